@@ -1,0 +1,1 @@
+"""The lake: Iceberg catalog and tables, the idempotent writer, its maintenance, and quarantine."""

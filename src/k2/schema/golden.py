@@ -1,0 +1,46 @@
+"""Golden schema files: generated from the canonical definitions, committed, checked for drift.
+
+``python -m k2.schema.golden`` rewrites ``src/k2/schema/golden/``; ``tests/unit/schema`` fails when
+the committed files differ from what the definitions produce.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from k2.schema.arrow import to_arrow
+from k2.schema.avro import to_avro
+from k2.schema.iceberg import to_iceberg
+from k2.schema.model import RecordSchema
+from k2.schema.trade import TRADE_V2
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+RECORDS: tuple[RecordSchema, ...] = (TRADE_V2,)
+
+
+def golden_files() -> dict[str, str]:
+    """File name -> expected text, for every canonical record."""
+    out: dict[str, str] = {}
+    for record in RECORDS:
+        stem = f"{record.name.lower()}_v{record.version}"
+        out[f"{stem}.avsc"] = json.dumps(to_avro(record), indent=2) + "\n"
+        out[f"{stem}.iceberg.json"] = to_iceberg(record).model_dump_json(indent=2) + "\n"
+        arrow = [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in to_arrow(record)]
+        out[f"{stem}.arrow.json"] = json.dumps(arrow, indent=2) + "\n"
+    return out
+
+
+def write_golden(directory: Path = GOLDEN_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in golden_files().items():
+        path = directory / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in write_golden():
+        print(p)  # noqa: T201

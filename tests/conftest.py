@@ -1,0 +1,65 @@
+"""Shared fixtures and the bounded ``eventually`` helper (never bare sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from k2.config import K2Settings, LakeSettings, SourceSettings
+from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
+from k2.sources.base import RawFrame
+
+T = TypeVar("T")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def eventually(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
+    """Call ``check`` until it returns a truthy value or stops raising AssertionError; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+async def eventually_async(check: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = await check()
+            if result:
+                return result
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def bundled_frames() -> list[RawFrame]:
+    """The bundled real recording (34,419 Binance trades) as raw frames."""
+    return [RawFrame(f.frame.encode(), f.recv_us) for f in read_recording(BUNDLED_BINANCE_TRADES)]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> K2Settings:
+    """Settings for a test: warehouse in tmp_path, nothing read from the environment's files."""
+    return K2Settings(
+        source=SourceSettings(symbols=("BTCUSDT", "ETHUSDT"), exchange_info_cache=tmp_path / "xinfo.json"),
+        lake=LakeSettings(warehouse=tmp_path / "warehouse", flush_rows=5_000, flush_seconds=0.2),
+    )
