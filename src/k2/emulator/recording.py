@@ -13,11 +13,10 @@ receive time is taken from the frame's exchange event time (``E``/``data.E``) wh
 from __future__ import annotations
 
 import gzip
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import msgspec
 
@@ -51,8 +50,8 @@ _line_encoder = msgspec.json.Encoder()
 
 def _open_text(path: Path, mode: str) -> IO[str]:
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, mode + "b"), encoding="utf-8")
-    return open(path, mode, encoding="utf-8")  # noqa: SIM115 - returned to the caller, closed there
+        return cast(IO[str], gzip.open(path, mode + "t", encoding="utf-8"))
+    return open(path, mode, encoding="utf-8")
 
 
 def _plain_frame(text: str) -> RecordedFrame:

@@ -7,6 +7,7 @@ schema (never from incoming data) with the partition spec and sort order chosen 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from pyiceberg.catalog import Catalog
@@ -31,6 +32,9 @@ TABLE_PROPERTIES: dict[str, str] = {
     # Keep the metadata.json history bounded as well.
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "20",
+    # K2's TableWriter owns the commit-retry policy (lake.commit_retries, conflict metric, backoff);
+    # pyiceberg would otherwise retry silently underneath it.
+    "commit.retry.num-retries": "0",
     "k2.schema-version": str(TRADE.version),
 }
 
@@ -41,15 +45,11 @@ def open_catalog(lake: LakeSettings, **extra: Any) -> Catalog:
         lake.warehouse.mkdir(parents=True, exist_ok=True)
     warehouse = str(lake.warehouse) if "://" in str(lake.warehouse) else lake.warehouse.resolve().as_uri()
     try:
-        catalog = SqlCatalog(
-            lake.catalog_name, uri=lake.resolved_catalog_uri, warehouse=warehouse, **extra
-        )
+        catalog = SqlCatalog(lake.catalog_name, uri=lake.resolved_catalog_uri, warehouse=warehouse, **extra)
     except Exception as exc:  # sqlalchemy / driver errors: translate at the edge
         raise LakeError(f"cannot open catalog {lake.catalog_name!r}: {exc}") from exc
-    try:
+    with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(lake.namespace)
-    except NamespaceAlreadyExistsError:
-        pass
     return catalog
 
 

@@ -43,4 +43,4 @@ def write_golden(directory: Path = GOLDEN_DIR) -> list[Path]:
 
 if __name__ == "__main__":
     for p in write_golden():
-        print(p)  # noqa: T201
+        print(p)

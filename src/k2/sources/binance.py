@@ -109,18 +109,19 @@ def message_id(exchange: str, symbol: str, trade_id: int | str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+class _ExchangeInfoSymbol(msgspec.Struct):
+    symbol: str
+    baseAsset: str
+    quoteAsset: str
+
+
+class _ExchangeInfo(msgspec.Struct):
+    symbols: list[_ExchangeInfoSymbol]
+
+
 def parse_exchange_info(payload: bytes) -> dict[str, SymbolInfo]:
     """Symbols -> base/quote assets from a ``GET /api/v3/exchangeInfo`` response body."""
-
-    class _Sym(msgspec.Struct):
-        symbol: str
-        baseAsset: str
-        quoteAsset: str
-
-    class _Info(msgspec.Struct):
-        symbols: list[_Sym]
-
-    info = msgspec.json.decode(payload, type=_Info)
+    info = msgspec.json.decode(payload, type=_ExchangeInfo)
     return {s.symbol: SymbolInfo(s.symbol, s.baseAsset, s.quoteAsset) for s in info.symbols}
 
 
@@ -196,7 +197,9 @@ class BinanceAdapter:
             out.control += 1
             return None
         else:
-            out.rejected.append(Rejected(frame, RejectReason.MISSING_FIELD, "no event type `e` and no `data`"))
+            out.rejected.append(
+                Rejected(frame, RejectReason.MISSING_FIELD, "no event type `e` and no `data`")
+            )
             return None
         try:
             trade = _trade_decoder.decode(body)

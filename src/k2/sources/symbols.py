@@ -15,12 +15,8 @@ UNKNOWN_ASSET = "UNKNOWN"
 # Quote assets seen on Binance spot, longest first so that e.g. FDUSD wins over USD-like suffixes.
 KNOWN_QUOTES: tuple[str, ...] = tuple(
     sorted(
-        (
-            "USDT", "USDC", "FDUSD", "TUSD", "BUSD", "USDP", "USDS", "DAI", "AEUR", "EURI",
-            "EUR", "GBP", "TRY", "BRL", "JPY", "AUD", "UAH", "RUB", "ZAR", "IDR", "BIDR", "ARS",
-            "PLN", "RON", "MXN", "COP", "CZK", "NGN", "BTC", "ETH", "BNB", "XRP", "TRX", "DOGE",
-            "DOT", "SOL", "PAX", "VAI", "USD",
-        ),  # fmt: skip
+        """USDT USDC FDUSD TUSD BUSD USDP USDS DAI AEUR EURI EUR GBP TRY BRL JPY AUD UAH RUB ZAR IDR BIDR ARS
+        PLN RON MXN COP CZK NGN BTC ETH BNB XRP TRX DOGE DOT SOL PAX VAI USD""".split(),
         key=len,
         reverse=True,
     )

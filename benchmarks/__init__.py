@@ -1,0 +1,1 @@
+"""Reproducible benchmarks; results in benchmarks/results/*.md with the exact commands."""

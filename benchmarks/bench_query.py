@@ -1,0 +1,173 @@
+"""Query latency on the table built by ``benchmarks.build_table`` (>= 10M rows).
+
+    python -m benchmarks.build_table --warehouse benchmarks/.work/query --rows 10000000
+    python -m benchmarks.bench_query --warehouse benchmarks/.work/query --runs 30
+
+For each query: the cold first run on a fresh QueryEngine (empty plan cache, empty DuckDB Parquet
+metadata cache; the OS page cache is whatever the machine has), then median and p95 of ``--runs``
+warm runs. The profile splits the cold run into pyiceberg planning and the rest (DuckDB scan +
+result conversion), and shows what was planned. ``--alternatives`` also times the designs the
+engine did not take (time_bucket(INTERVAL) bars, the limb fallback for exact VWAP) on the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from k2.config import LakeSettings
+from k2.lake.catalog import open_catalog
+from k2.logging import configure_logging
+from k2.query import QueryEngine, exact, sql
+
+DAY = datetime(2024, 8, 9, tzinfo=UTC)  # a full day inside the 10M-row table
+HOUR = datetime(2024, 8, 9, 12, tzinfo=UTC)
+SYMBOL = "BTCUSDT"
+
+
+def _queries() -> dict[str, tuple[Callable[[QueryEngine], Any], dict[str, Any]]]:
+    """name -> (call, the plan filter it uses)."""
+    hour = {"symbol": SYMBOL, "start_time": HOUR, "end_time": HOUR + timedelta(hours=1)}
+    day = {"symbol": SYMBOL, "start_time": DAY, "end_time": DAY + timedelta(days=1)}
+    return {
+        "trades: 1 symbol, 1 hour, limit 1000": (lambda e: e.query_trades(**hour, limit=1000), hour),
+        "ohlcv 1m: 1 symbol-day": (lambda e: e.ohlcv(SYMBOL, "1m", DAY, DAY + timedelta(days=1)), day),
+        "vwap: 1 symbol-day": (lambda e: e.vwap(SYMBOL, DAY, DAY + timedelta(days=1)), day),
+        "sql: SELECT count(*) FROM trades": (lambda e: e.sql("SELECT count(*) AS n FROM trades"), {}),
+    }
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def _p95(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[max(0, round(0.95 * len(ordered)) - 1)]
+
+
+def _time(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - started, value
+
+
+def measure(lake: LakeSettings, runs: int) -> list[dict[str, Any]]:
+    results = []
+    for name, (call, flt) in _queries().items():
+        # Cold: a fresh engine; planning timed on its own first, then the query on another fresh engine.
+        with QueryEngine(open_catalog(lake), lake, refresh_interval_s=None) as engine:
+            plan_s, plan = _time(lambda: engine.plan(**flt))  # noqa: B023 - called right here
+            warm_plan_s, _ = _time(lambda: engine.plan(**flt))  # noqa: B023
+        with QueryEngine(open_catalog(lake), lake, refresh_interval_s=None) as engine:
+            cold_s, value = _time(lambda: call(engine))  # noqa: B023
+            samples = [_time(lambda: call(engine))[0] for _ in range(runs)]  # noqa: B023
+        method = exact.choose_method(plan.max_abs_price, plan.max_abs_quantity, len(plan.files), plan.max_file_rows)
+        results.append(
+            {
+                "query": name,
+                "cold_ms": _ms(cold_s),
+                "median_ms": _ms(statistics.median(samples)),
+                "p95_ms": _ms(_p95(samples)),
+                "min_ms": _ms(min(samples)),
+                "plan_cold_ms": _ms(plan_s),
+                "plan_cached_ms": f"{warm_plan_s * 1000:.3f}",
+                "files": len(plan.files),
+                "planned_rows": plan.rows,
+                "notional_method": f"{method.kind}" + (f"/{method.chunk_rows}" if method.chunk_rows else ""),
+                "result": _describe(value),
+            }
+        )
+    return results
+
+
+def _describe(value: Any) -> str:
+    if hasattr(value, "num_rows"):
+        if value.num_rows == 1 and value.table.num_columns == 1:
+            return f"{value.table.column(0)[0].as_py():,}"
+        return f"{value.num_rows} rows"
+    return str(value)
+
+
+def alternatives(lake: LakeSettings, runs: int) -> list[dict[str, Any]]:
+    """Designs not taken, timed on the symbol-day's planned files with a raw DuckDB connection."""
+    with QueryEngine(open_catalog(lake), lake, refresh_interval_s=None) as engine:
+        plan = engine.plan(SYMBOL, start_time=DAY, end_time=DAY + timedelta(days=1))
+    location = plan.files[0].rsplit("/data/", 1)[0] + "/"
+    con = sql.open_connection(location)
+    where, params = plan.sql_where()
+    params["files"] = list(plan.files)
+    chunked = exact.NotionalMethod("chunked", None)
+    cases: dict[str, tuple[str, dict[str, Any]]] = {
+        "ohlcv 1m, integer floor buckets (engine)": (
+            sql.aggregate_sql(where, chunked, bucketed=True),
+            {**params, "width": 60_000_000},
+        ),
+        "ohlcv 1m, time_bucket(INTERVAL, timestamptz)": (
+            "SELECT time_bucket($width, \"timestamp\", TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket, "
+            "arg_min(price, (epoch_us(\"timestamp\")::HUGEINT << 64) + source_sequence) AS open, max(price), "
+            "min(price), arg_max(price, (epoch_us(\"timestamp\")::HUGEINT << 64) + source_sequence) AS close, "
+            f"sum(quantity), count(*), sum(price * quantity) FROM read_parquet($files) WHERE {where} "  # noqa: S608
+            "GROUP BY bucket ORDER BY bucket",
+            {**params, "width": timedelta(minutes=1)},
+        ),
+        "vwap, chunked decimal sums (engine)": (sql.aggregate_sql(where, chunked, bucketed=False), params),
+        "vwap, limb sums (fallback for extreme values)": (
+            sql.aggregate_sql(where, exact.LIMBS, bucketed=False),
+            params,
+        ),
+    }
+    out = []
+    try:
+        for name, (text, p) in cases.items():
+            sql.run(con, text, p)  # warm-up
+            samples = [_time(lambda: sql.run(con, text, p))[0] for _ in range(runs)]  # noqa: B023
+            out.append({"variant": name, "median_ms": _ms(statistics.median(samples)), "p95_ms": _ms(_p95(samples))})
+    finally:
+        con.close()
+    return out
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--warehouse", type=Path, default=Path("benchmarks/.work/query"))
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--alternatives", action="store_true")
+    args = parser.parse_args()
+    configure_logging("WARNING")
+    lake = LakeSettings(warehouse=args.warehouse)
+    build = args.warehouse / "build.json"
+    if build.exists():
+        print("build:", json.dumps(json.loads(build.read_text())))
+    print(f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
+          f"duckdb {duckdb.__version__}")
+    with QueryEngine(open_catalog(lake), lake, refresh_interval_s=None) as engine:
+        stats = engine.stats()
+        refresh_s = statistics.median(_time(engine.refresh)[0] for _ in range(10))
+    print(f"table: {stats['rows']:,} rows, {stats['files']} files, {stats['bytes']:,} bytes, "
+          f"{stats['snapshots']} snapshots, {stats['min_timestamp']} .. {stats['max_timestamp']}")
+    print(f"refresh() (reload table metadata): median {_ms(refresh_s)} ms\n")
+    print(_table(measure(lake, args.runs)))
+    if args.alternatives:
+        print()
+        print(_table(alternatives(lake, args.runs)))
+
+
+if __name__ == "__main__":
+    main()

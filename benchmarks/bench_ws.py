@@ -1,0 +1,69 @@
+"""Raw receive rate of WebSocketSession from the emulator over loopback (frames/s).
+
+The emulator replays the bundled recording as fast as the client reads (``speed=None``, looping)
+in a child process (its own GIL); the session runs here with a sink that only counts frames, so the
+figure is the ceiling the WebSocket edge puts on the pipeline.
+
+    /tmp/k2venv/bin/python benchmarks/bench_ws.py [--frames 500000] [--runs 3] [--in-process]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+from k2.config import SourceSettings
+from k2.emulator.runner import EmulatorProcess
+from k2.emulator.server import EmulatorThread, ReplayConfig
+from k2.logging import configure_logging
+from k2.sources import DataType
+from k2.sources.base import RawFrame
+from k2.sources.binance import BinanceAdapter
+from k2.sources.session import WebSocketSession
+
+
+async def receive(base_url: str, frames: int) -> float:
+    """Receive ``frames`` frames; returns frames per second (from the first frame to the last)."""
+    url = BinanceAdapter().stream_urls(base_url, ["BTCUSDT", "ETHUSDT"], [DataType.TRADES])[0]
+    session = WebSocketSession(url, venue="binance", settings=SourceSettings(max_connect_attempts=3))
+    count = 0
+    first = 0.0
+
+    async def sink(frame: RawFrame) -> None:
+        nonlocal count, first
+        count += 1
+        if count == 1:
+            first = time.perf_counter()
+        elif count == frames:
+            session.stop()
+
+    await session.run(sink)
+    return (count - 1) / (time.perf_counter() - first)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=500_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--in-process", action="store_true", help="emulator in a thread of this process")
+    args = parser.parse_args()
+    configure_logging(level="WARNING")
+    config = ReplayConfig(speed=None, loop=True)
+    rates = []
+    for run in range(args.runs):
+        runner = EmulatorThread(config) if args.in_process else EmulatorProcess(config)
+        with runner:
+            rate = asyncio.run(receive(runner.url, args.frames))
+        rates.append(rate)
+        print(f"run {run + 1}: {rate:,.0f} frames/s")
+    where = "thread of the same process" if args.in_process else "child process"
+    print(
+        f"WebSocketSession receive rate, emulator in a {where}, {args.frames:,} frames x {args.runs} runs: "
+        f"median {statistics.median(rates):,.0f} frames/s (min {min(rates):,.0f}, max {max(rates):,.0f})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,520 @@
+"""A local WebSocket server speaking Binance spot's stream protocol, replaying a recording.
+
+Paths, as on ``wss://stream.binance.com:9443``:
+
+* ``/stream?streams=btcusdt@trade/ethusdt@trade`` — combined streams: each frame is the recorded
+  envelope ``{"stream":...,"data":{...}}``, byte for byte.
+* ``/ws/<stream>[/<stream>...]`` — raw streams: only the ``data`` object, sliced out verbatim.
+* ``/ws`` or ``/stream`` alone, then ``SUBSCRIBE`` / ``UNSUBSCRIBE`` / ``LIST_SUBSCRIPTIONS`` JSON
+  methods on the socket. Any other path is refused with HTTP 404 at the handshake.
+
+One replay cursor per emulator, shared by all connections, like a live feed: a single task walks
+the recording and sends each frame to every connection subscribed to its stream. The cursor only
+moves while a client is subscribed, and a frame that could not be delivered is retried on the next
+connection, so a client that reconnects after an injected disconnect carries on exactly where the
+stream stopped, with nothing lost and nothing repeated. After the last frame connections stay open
+and idle (``finished`` is set) unless ``loop=True`` starts over.
+
+Binance behaviour: a ping every ``ping_interval_s`` (20 s), a client that sends more than
+``max_client_messages_per_s`` messages in one second is disconnected (close code 1008), at most
+1024 streams per connection. See docs/emulator.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from k2.emulator.faults import DISCONNECT, FRAME, INJECTED_KINDS, Faults, OutFrame, replay_frames
+from k2.emulator.protocol import (
+    MAX_STREAMS_PER_CONNECTION,
+    PathError,
+    decode_control,
+    error_reply,
+    parse_target,
+    result_reply,
+)
+from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
+from k2.errors import RecordingError
+from k2.logging import get_logger
+
+log = get_logger(__name__)
+
+_YIELD_EVERY = 256  # frames sent between forced yields to the event loop when the socket never blocks
+_BATCH = 128  # frames framed into one socket write
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayConfig:
+    """How to replay: which recording, how fast, which faults, and the Binance limits to enforce.
+
+    ``speed=None`` sends as fast as clients read (write backpressure applies), ``1.0`` at the
+    recorded pace (from the ``recv_us`` deltas), ``N`` N times faster. The replay starts when
+    ``min_clients`` connections hold a subscription (raise it when a test opens several).
+    """
+
+    recording: Path = BUNDLED_BINANCE_TRADES
+    speed: float | None = None
+    loop: bool = False
+    faults: Faults = field(default_factory=Faults)
+    ping_interval_s: float | None = 20.0
+    ping_timeout_s: float | None = 60.0
+    max_client_messages_per_s: int = 5
+    min_clients: int = 1
+
+    def __post_init__(self) -> None:
+        if self.speed is not None and self.speed <= 0:
+            raise ValueError("speed must be positive (or None for as fast as possible)")
+        if self.min_clients < 1:
+            raise ValueError("min_clients must be >= 1")
+
+
+@dataclass(eq=False)
+class _Client:
+    ws: ServerConnection
+    combined: bool
+    streams: dict[str, None]  # insertion-ordered set
+    recent: collections.deque[float]
+
+
+class BinanceEmulator:
+    """Replays a recording over a local WebSocket. Use ``async with BinanceEmulator(config) as emu``.
+
+    Counters for tests: ``replayed`` (recorded frames delivered: the cursor), ``frames_sent`` (all
+    frames written to clients, duplicates and bad frames included, per connection), ``connections``,
+    ``disconnects_injected``, ``rate_limited``, ``replays_completed`` and ``injected`` (by kind).
+    """
+
+    def __init__(self, config: ReplayConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.config = config or ReplayConfig()
+        self.host = host
+        self.port = port
+        self.finished = asyncio.Event()
+        self.error: BaseException | None = None
+        self.replayed = 0
+        self.frames_sent = 0
+        self.connections = 0
+        self.disconnects_injected = 0
+        self.rate_limited = 0
+        self.replays_completed = 0
+        self.injected: dict[str, int] = dict.fromkeys(INJECTED_KINDS, 0)
+        self._server: Server | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._clients: set[_Client] = set()
+        self._subs: dict[str, tuple[_Client, ...]] = {}
+        self._subscribed_changed = asyncio.Event()
+        self._disconnect_at = set(self.config.faults.disconnect_after)
+        self._closers: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``ws://127.0.0.1:54321`` (adapters append ``/stream?streams=...``)."""
+        if self._server is None:
+            raise RuntimeError("emulator not started")
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def server(self) -> Server | None:
+        """The underlying websockets server (its ``connections`` expose ping latency)."""
+        return self._server
+
+    async def start(self) -> str:
+        if not self.config.recording.exists():
+            raise RecordingError(f"recording not found: {self.config.recording}")
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._process_request,
+            compression=None,
+            ping_interval=self.config.ping_interval_s,
+            ping_timeout=self.config.ping_timeout_s,
+            max_size=2**16,
+            close_timeout=2.0,
+            write_limit=2**18,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._pump_task = asyncio.create_task(self._pump(), name="emulator-replay")
+        log.info(
+            "emulator.started", url=self.url, recording=str(self.config.recording), speed=self.config.speed
+        )
+        return self.url
+
+    async def close(self) -> None:
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            await asyncio.gather(self._pump_task, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> BinanceEmulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def wait_finished(self) -> None:
+        """Wait until the recording has been replayed (raises if the replay failed)."""
+        await self.finished.wait()
+        if self.error is not None:
+            raise self.error
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "url": self.url if self._server else None,
+            "replayed": self.replayed,
+            "frames_sent": self.frames_sent,
+            "connections": self.connections,
+            "open_connections": len(self._clients),
+            "disconnects_injected": self.disconnects_injected,
+            "rate_limited": self.rate_limited,
+            "replays_completed": self.replays_completed,
+            "finished": self.finished.is_set(),
+            "injected": dict(self.injected),
+        }
+
+    # --- connections --------------------------------------------------------------------------------
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            parse_target(request.path)
+        except PathError as exc:
+            return connection.respond(exc.status, exc.text)
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        combined, streams = parse_target(ws.request.path)
+        client = _Client(
+            ws, combined, {}, collections.deque(maxlen=max(1, self.config.max_client_messages_per_s))
+        )
+        self.connections += 1
+        self._clients.add(client)
+        self._subscribe(client, streams)
+        log.debug("emulator.connected", path=ws.request.path, streams=len(streams))
+        try:
+            async for message in ws:
+                if self._over_limit(client):
+                    self.rate_limited += 1
+                    log.info("emulator.rate_limited", limit=self.config.max_client_messages_per_s)
+                    await ws.close(1008, "too many requests")
+                    return
+                await ws.send(self._control(client, message))
+        except ConnectionClosed:
+            pass
+        finally:
+            self._forget(client)
+
+    def _over_limit(self, client: _Client) -> bool:
+        """Binance's incoming limit: more than N messages within one second disconnects."""
+        now = time.monotonic()
+        recent = client.recent
+        over = len(recent) == recent.maxlen and now - recent[0] < 1.0
+        recent.append(now)
+        return over
+
+    def _control(self, client: _Client, message: str | bytes) -> bytes:
+        """Answer one SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS request, as Binance does."""
+        req = decode_control(message)
+        if isinstance(req, bytes):
+            return req
+        if req.method == "SUBSCRIBE":
+            if len(client.streams) + len(req.params) > MAX_STREAMS_PER_CONNECTION:
+                return error_reply(2, "Invalid request: too many streams", req.id)
+            self._subscribe(client, req.params)
+            return result_reply(req.id)
+        if req.method == "UNSUBSCRIBE":
+            self._unsubscribe(client, req.params)
+            return result_reply(req.id)
+        if req.method == "LIST_SUBSCRIPTIONS":
+            return result_reply(req.id, list(client.streams))
+        return error_reply(2, f"Invalid request: unknown method {req.method!r}", req.id)
+
+    def _subscribe(self, client: _Client, streams: list[str]) -> None:
+        for stream in streams:
+            if stream not in client.streams:
+                client.streams[stream] = None
+                self._subs[stream] = (*self._subs.get(stream, ()), client)
+        if streams:
+            self._subscribed_changed.set()
+
+    def _unsubscribe(self, client: _Client, streams: list[str]) -> None:
+        for stream in streams:
+            if client.streams.pop(stream, 0) is None:
+                remaining = tuple(c for c in self._subs[stream] if c is not client)
+                if remaining:
+                    self._subs[stream] = remaining
+                else:
+                    del self._subs[stream]
+
+    def _forget(self, client: _Client) -> None:
+        if client in self._clients:
+            self._unsubscribe(client, list(client.streams))
+            self._clients.discard(client)
+
+    def _subscribed_clients(self) -> int:
+        return sum(1 for c in self._clients if c.streams)
+
+    def _drop_all(self) -> None:
+        """Injected disconnect: every subscribed connection goes, after what was already written."""
+        code = self.config.faults.disconnect_code
+        for client in [c for c in self._clients if c.streams]:
+            self._forget(client)
+            if code is None:
+                client.ws.transport.close()  # flushes written frames, then FIN without a close frame
+            else:
+                task = asyncio.create_task(client.ws.close(code, "injected disconnect"))
+                self._closers.add(task)
+                task.add_done_callback(self._closers.discard)
+        self.disconnects_injected += 1
+        self.injected[DISCONNECT] += 1
+
+    # --- replay -----------------------------------------------------------------------------------
+    async def _wait_for_clients(self) -> bool:
+        """Block until enough clients are subscribed; True when it had to wait."""
+        waited = False
+        while self._subscribed_clients() < self.config.min_clients:
+            waited = True
+            self._subscribed_changed.clear()
+            await self._subscribed_changed.wait()
+        return waited
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                await self._replay_once()
+                self.replays_completed += 1
+                log.info("emulator.replay_finished", replayed=self.replayed, frames_sent=self.frames_sent)
+                if not self.config.loop:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.error = exc
+            log.error("emulator.replay_failed", error=str(exc))
+        self.finished.set()
+
+    async def _replay_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        speed = self.config.speed
+        source = replay_frames(read_recording(self.config.recording), self.config.faults, self.injected)
+        pending: collections.deque[OutFrame] = collections.deque()  # frames taken but not yet delivered
+        t0: float | None = None
+        r0 = 0
+        since_yield = 0
+        while True:
+            if not pending:
+                head = next(source, None)
+                if head is None:
+                    return
+                pending.append(head)
+            if await self._wait_for_clients():
+                t0 = None  # resume at the recorded pace from here, not with a burst
+            due_us: float | None = None
+            if speed is not None:
+                now = loop.time()
+                if t0 is None:
+                    t0, r0 = now, pending[0].recv_us
+                delay = t0 + (pending[0].recv_us - r0) / 1e6 / speed - now
+                if delay > 0.0005:
+                    await asyncio.sleep(delay)
+                    since_yield = 0
+                    continue  # clients may have come or gone meanwhile
+                due_us = r0 + (now - t0 + 0.0005) * speed * 1e6
+            batch = self._take_batch(pending, source, due_us)
+            if batch:
+                since_yield += await self._deliver(batch, pending)
+            if since_yield >= _YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)
+
+    def _take_batch(
+        self, pending: collections.deque[OutFrame], source: Iterator[OutFrame], due_us: float | None
+    ) -> list[OutFrame]:
+        """Frames to send now: up to _BATCH, only those due, ending at an injected-disconnect point.
+
+        Frames of streams nobody is subscribed to are dropped here, as a live feed would.
+        """
+        batch: list[OutFrame] = []
+        position = self.replayed
+        subs = self._subs
+        while len(batch) < _BATCH:
+            if pending:
+                out = pending[0]
+            else:
+                nxt = next(source, None)
+                if nxt is None:
+                    break
+                out = nxt
+                pending.append(out)
+            if due_us is not None and batch and out.recv_us > due_us:
+                break
+            pending.popleft()
+            if out.stream not in subs:
+                continue
+            batch.append(out)
+            if out.kind == FRAME:
+                position += 1
+                if position in self._disconnect_at:
+                    break
+        return batch
+
+    async def _deliver(self, batch: list[OutFrame], pending: collections.deque[OutFrame]) -> int:
+        """Send a batch to its subscribers; frames nobody received go back to ``pending``."""
+        plan: dict[_Client, tuple[list[bytes], list[int]]] = {}
+        for i, out in enumerate(batch):
+            for client in self._subs.get(out.stream or "", ()):
+                entry = plan.get(client)
+                if entry is None:
+                    entry = plan[client] = ([], [])
+                entry[0].append(out.combined if client.combined else out.raw)
+                entry[1].append(i)
+        delivered = [False] * len(batch)
+        sent = 0
+        for client, (payloads, indexes) in plan.items():
+            if await self._write(client, payloads):
+                sent += len(payloads)
+                for i in indexes:
+                    delivered[i] = True
+        self.frames_sent += sent
+        pending.extendleft(reversed([out for out, ok in zip(batch, delivered, strict=True) if not ok]))
+        for out, ok in zip(batch, delivered, strict=True):
+            if ok and out.kind == FRAME:
+                self.replayed += 1
+                if self.replayed in self._disconnect_at:
+                    self._drop_all()
+        return sent
+
+    async def _write(self, client: _Client, payloads: list[bytes]) -> bool:
+        """Frame all payloads and write them at once; the last goes through send() for backpressure."""
+        ws = client.ws
+        protocol = ws.protocol
+        try:
+            if protocol.state is not State.OPEN:
+                raise ConnectionClosed(None, None)
+            if len(payloads) > 1:
+                for payload in payloads[:-1]:
+                    protocol.send_text(payload)
+                ws.transport.write(b"".join(protocol.data_to_send()))
+            await ws.send(payloads[-1], text=True)  # the last one through send(): it drains when paused
+        except ConnectionClosed:
+            self._forget(client)
+            return False
+        return True
+
+
+async def serve_forever(config: ReplayConfig, host: str = "127.0.0.1", port: int = 9443) -> None:
+    """Run an emulator until cancelled (the ``k2 emulator`` command), logging its URL."""
+    async with BinanceEmulator(config, host, port) as emu:
+        log.info(
+            "emulator.listening", url=emu.url, example=f"{emu.url}/stream?streams=btcusdt@trade/ethusdt@trade"
+        )
+        await asyncio.Event().wait()
+
+
+class EmulatorThread:
+    """A :class:`BinanceEmulator` on its own event loop in a daemon thread of this process.
+
+    For callers that run their own loop (the demo): ``with EmulatorThread(config) as emu:`` then
+    connect to ``emu.url``. Counters are read from the emulator (plain ints, safe to read). The
+    emulator shares this process's GIL; :class:`k2.emulator.runner.EmulatorProcess` does not.
+    """
+
+    def __init__(self, config: ReplayConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.emulator = BinanceEmulator(config, host, port)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._done = threading.Event()
+        self._startup_error: BaseException | None = None
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        """Start serving; returns the base URL once the server listens."""
+        self._thread = threading.Thread(target=self._main, name="k2-emulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError("emulator thread did not start in time")
+        if self._startup_error is not None:
+            raise self._startup_error
+        return self.emulator.url
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def __enter__(self) -> EmulatorThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return self.emulator.url
+
+    @property
+    def finished(self) -> bool:
+        """True once the whole recording has been replayed."""
+        return self._done.is_set()
+
+    def wait_finished(self, timeout_s: float | None = None) -> bool:
+        return self._done.wait(timeout_s)
+
+    @property
+    def frames_sent(self) -> int:
+        return self.emulator.frames_sent
+
+    @property
+    def replayed(self) -> int:
+        return self.emulator.replayed
+
+    def stats(self) -> dict[str, Any]:
+        return self.emulator.stats()
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            await self.emulator.start()
+        except BaseException as exc:
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        waiter = asyncio.create_task(self.emulator.finished.wait())
+        waiter.add_done_callback(lambda _: self._done.set())
+        try:
+            await self._stop.wait()
+        finally:
+            waiter.cancel()
+            await self.emulator.close()
+
+
+__all__ = [
+    "BinanceEmulator",
+    "EmulatorThread",
+    "Faults",
+    "ReplayConfig",
+    "parse_target",
+    "serve_forever",
+]

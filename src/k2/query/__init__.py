@@ -1,0 +1,16 @@
+"""Queries: DuckDB over the Parquet files pyiceberg plans for each query (see docs/query.md)."""
+
+from k2.query.engine import OHLCV_SCHEMA, QueryEngine, make_filter, parse_interval
+from k2.query.planner import CacheInfo, ScanPlan, TradeFilter
+from k2.query.result import QueryResult
+
+__all__ = [
+    "OHLCV_SCHEMA",
+    "CacheInfo",
+    "QueryEngine",
+    "QueryResult",
+    "ScanPlan",
+    "TradeFilter",
+    "make_filter",
+    "parse_interval",
+]

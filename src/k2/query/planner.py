@@ -1,0 +1,288 @@
+"""Scan planning: which Parquet files a query reads, decided by pyiceberg and cached per snapshot.
+
+The query's filters become an Iceberg row filter, so ``plan_files()`` prunes by partition (day of
+``timestamp``, ``symbol``) and by the column metrics of each data file (min/max of ``timestamp``,
+``exchange``, ...). The result, a :class:`ScanPlan`, is cached under (snapshot id, filter): a
+snapshot is immutable, so its plan never goes stale; a new snapshot gets new plans and the old
+ones are dropped. Planning never reads data; DuckDB reads only the planned files.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, cast
+from urllib.parse import urlparse
+
+from pyiceberg.expressions import (
+    AlwaysTrue,
+    And,
+    BooleanExpression,
+    EqualTo,
+    GreaterThanOrEqual,
+    LessThan,
+)
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table
+
+from k2.errors import QueryError
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _predicate(kind: type[BooleanExpression], column: str, value: object) -> BooleanExpression:
+    # The pydantic mypy plugin types these predicates by their fields; they are built as (term, literal).
+    factory: Any = kind
+    return cast(BooleanExpression, factory(column, value))
+
+
+@dataclass(frozen=True, slots=True)
+class TradeFilter:
+    """What a query selects: all fields optional; ``start_us`` inclusive, ``end_us`` exclusive."""
+
+    symbol: str | None = None
+    exchange: str | None = None
+    start_us: int | None = None
+    end_us: int | None = None
+
+    def row_filter(self) -> BooleanExpression:
+        """The same filter as an Iceberg expression (drives partition and metrics pruning)."""
+        parts: list[BooleanExpression] = []
+        if self.symbol is not None:
+            parts.append(_predicate(EqualTo, "symbol", self.symbol))
+        if self.exchange is not None:
+            parts.append(_predicate(EqualTo, "exchange", self.exchange))
+        if self.start_us is not None:
+            parts.append(_predicate(GreaterThanOrEqual, "timestamp", self.start_us))
+        if self.end_us is not None:
+            parts.append(_predicate(LessThan, "timestamp", self.end_us))
+        if not parts:
+            return AlwaysTrue()
+        return parts[0] if len(parts) == 1 else And(*parts)
+
+    def sql_where(self) -> tuple[str, dict[str, object]]:
+        """A WHERE clause of fixed fragments and the named parameters it binds."""
+        clauses: list[str] = []
+        params: dict[str, object] = {}
+        if self.symbol is not None:
+            clauses.append("symbol = $symbol")
+            params["symbol"] = self.symbol
+        if self.exchange is not None:
+            clauses.append("exchange = $exchange")
+            params["exchange"] = self.exchange
+        if self.start_us is not None:
+            clauses.append('"timestamp" >= $start_time')
+            params["start_time"] = from_us(self.start_us)
+        if self.end_us is not None:
+            clauses.append('"timestamp" < $end_time')
+            params["end_time"] = from_us(self.end_us)
+        return (" AND ".join(clauses) if clauses else "true"), params
+
+
+def from_us(us: int) -> datetime:
+    """UTC datetime of a microsecond timestamp (exact)."""
+    return EPOCH + timedelta(microseconds=us)
+
+
+def to_us(value: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime (exact integer arithmetic)."""
+    return (value - EPOCH) // timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPlan:
+    """The data files one query reads, with what their metadata says about them."""
+
+    snapshot_id: int | None
+    filter: TradeFilter
+    files: tuple[str, ...]  # local paths, in planning order
+    rows: int  # records in the planned files: an upper bound on the rows the query reads
+    bytes: int
+    max_file_rows: int
+    # Largest |unscaled value| of price and quantity in the planned files (column metrics);
+    # None when some file has no bounds for the column.
+    max_abs_price: int | None
+    max_abs_quantity: int | None
+    min_timestamp_us: int | None
+    max_timestamp_us: int | None
+    single_symbol_files: tuple[tuple[str, str], ...]  # (path, symbol) of files holding one symbol
+    # True when the metrics prove every row of every planned file passes the filter (e.g. whole
+    # day+symbol partitions for a day query): DuckDB then needs no WHERE clause at all.
+    filter_implied: bool
+
+    def sql_where(self) -> tuple[str, dict[str, object]]:
+        """The WHERE clause DuckDB still has to apply (``true`` when the plan implies the filter)."""
+        return ("true", {}) if self.filter_implied else self.filter.sql_where()
+
+
+class CacheInfo(NamedTuple):
+    hits: int
+    misses: int
+    entries: int
+    snapshot_id: int | None
+
+
+def local_path(uri: str) -> str:
+    """The local filesystem path of a data file URI; only local warehouses can be read by DuckDB."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return parsed.path if parsed.scheme else uri
+    raise QueryError(f"data file {uri!r}: only local (file://) warehouses can be queried")
+
+
+def _decimal_bound(raw: bytes | None) -> int | None:
+    """Iceberg single-value form of a decimal: big-endian two's-complement unscaled integer."""
+    return None if raw is None else int.from_bytes(raw, "big", signed=True)
+
+
+def _long_bound(raw: bytes | None) -> int | None:
+    """Iceberg single-value form of a long/timestamp: 8-byte little-endian."""
+    return None if raw is None else int.from_bytes(raw, "little", signed=True)
+
+
+class Planner:
+    """Plans scans of one table, with an LRU cache of plans for its current snapshot. Thread-safe."""
+
+    def __init__(self, table: Table, max_entries: int = 256) -> None:
+        self._lock = threading.Lock()
+        self._max_entries = max_entries
+        self._cache: OrderedDict[tuple[int | None, TradeFilter], ScanPlan] = OrderedDict()
+        self._hits = 0
+        self._misses = 0
+        self._table = table
+        self._snapshot_id = self._current_snapshot_id(table)
+        schema = table.schema()
+        self._price_id = schema.find_field("price").field_id
+        self._quantity_id = schema.find_field("quantity").field_id
+        self._timestamp_id = schema.find_field("timestamp").field_id
+        self._symbol_id = schema.find_field("symbol").field_id
+        self._exchange_id = schema.find_field("exchange").field_id
+
+    @staticmethod
+    def _current_snapshot_id(table: Table) -> int | None:
+        snapshot = table.current_snapshot()
+        return None if snapshot is None else snapshot.snapshot_id
+
+    @property
+    def table(self) -> Table:
+        return self._table
+
+    @property
+    def snapshot_id(self) -> int | None:
+        return self._snapshot_id
+
+    def set_table(self, table: Table) -> bool:
+        """Switch to a reloaded table; drops cached plans when its snapshot changed. True if it did."""
+        snapshot_id = self._current_snapshot_id(table)
+        with self._lock:
+            self._table = table
+            changed = snapshot_id != self._snapshot_id
+            if changed:
+                self._snapshot_id = snapshot_id
+                self._cache.clear()
+            return changed
+
+    def cache_info(self) -> CacheInfo:
+        with self._lock:
+            return CacheInfo(self._hits, self._misses, len(self._cache), self._snapshot_id)
+
+    def plan(self, flt: TradeFilter) -> ScanPlan:
+        """The plan of ``flt`` on the current snapshot, from the cache when it was planned before."""
+        with self._lock:
+            table, snapshot_id = self._table, self._snapshot_id
+            key = (snapshot_id, flt)
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                self._hits += 1
+                return cached
+            self._misses += 1
+        plan = self._plan(table, snapshot_id, flt)
+        with self._lock:
+            if snapshot_id == self._snapshot_id:
+                self._cache[key] = plan
+                while len(self._cache) > self._max_entries:
+                    self._cache.popitem(last=False)
+        return plan
+
+    def _plan(self, table: Table, snapshot_id: int | None, flt: TradeFilter) -> ScanPlan:
+        if snapshot_id is None:
+            return ScanPlan(None, flt, (), 0, 0, 0, 0, 0, None, None, (), True)
+        try:
+            tasks = list(table.scan(row_filter=flt.row_filter(), snapshot_id=snapshot_id).plan_files())
+        except Exception as exc:  # pyiceberg / IO errors: translate at the edge
+            raise QueryError(f"cannot plan the scan: {exc}") from exc
+        files: list[str] = []
+        rows = size = max_rows = 0
+        max_price: int | None = 0
+        max_qty: int | None = 0
+        ts_min: int | None = None
+        ts_max: int | None = None
+        single: list[tuple[str, str]] = []
+        implied = True
+        for task in tasks:
+            if task.delete_files:
+                raise QueryError(
+                    f"data file {task.file.file_path} has {len(task.delete_files)} delete file(s): "
+                    "K2's engine reads append-only tables and will not return rows that may be deleted"
+                )
+            data = task.file
+            path = local_path(data.file_path)
+            files.append(path)
+            rows += data.record_count
+            size += data.file_size_in_bytes
+            max_rows = max(max_rows, data.record_count)
+            lower, upper = data.lower_bounds or {}, data.upper_bounds or {}
+            max_price = _max_abs(max_price, lower.get(self._price_id), upper.get(self._price_id))
+            max_qty = _max_abs(max_qty, lower.get(self._quantity_id), upper.get(self._quantity_id))
+            lo, hi = _long_bound(lower.get(self._timestamp_id)), _long_bound(upper.get(self._timestamp_id))
+            if lo is not None:
+                ts_min = lo if ts_min is None else min(ts_min, lo)
+            if hi is not None:
+                ts_max = hi if ts_max is None else max(ts_max, hi)
+            sym_lo, sym_hi = lower.get(self._symbol_id), upper.get(self._symbol_id)
+            # Equal bounds are exact (a truncated upper bound is incremented, so it never equals the lower).
+            if sym_lo is not None and sym_lo == sym_hi:
+                single.append((path, sym_lo.decode()))
+            implied = implied and self._within(data, flt)
+        return ScanPlan(
+            snapshot_id,
+            flt,
+            tuple(files),
+            rows,
+            size,
+            max_rows,
+            max_price,
+            max_qty,
+            ts_min,
+            ts_max,
+            tuple(single),
+            implied,
+        )
+
+    def _within(self, data: DataFile, flt: TradeFilter) -> bool:
+        """Whether the file's metrics prove that all of its rows pass ``flt``."""
+        lower, upper = data.lower_bounds or {}, data.upper_bounds or {}
+        nulls = data.null_value_counts or {}
+        for field_id, wanted in ((self._symbol_id, flt.symbol), (self._exchange_id, flt.exchange)):
+            if wanted is None:
+                continue
+            raw = wanted.encode()
+            if lower.get(field_id) != raw or upper.get(field_id) != raw or nulls.get(field_id) != 0:
+                return False
+        if flt.start_us is None and flt.end_us is None:
+            return True
+        lo = _long_bound(lower.get(self._timestamp_id))
+        hi = _long_bound(upper.get(self._timestamp_id))
+        if lo is None or hi is None or nulls.get(self._timestamp_id) != 0:
+            return False
+        return (flt.start_us is None or lo >= flt.start_us) and (flt.end_us is None or hi < flt.end_us)
+
+
+def _max_abs(current: int | None, lower: bytes | None, upper: bytes | None) -> int | None:
+    lo, hi = _decimal_bound(lower), _decimal_bound(upper)
+    if current is None or lo is None or hi is None:
+        return None
+    return max(current, abs(lo), abs(hi))

@@ -1,0 +1,217 @@
+"""DuckDB side of the engine: the locked-down connection, the read-only guard and the query texts.
+
+Every query text here is a constant or assembled from constant fragments chosen by code (hence the
+``noqa: S608`` markers); file lists and every user value are bound as named parameters (``$files``,
+``$symbol``, ...), never spliced into SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from k2.errors import QueryError, ReadOnlyViolation
+from k2.query.exact import LIMB_MASK, NotionalMethod, combine_limbs, unscaled_ints
+from k2.schema import TRADE_ARROW_SCHEMA
+
+TRADES_VIEW = "trades"
+FILES_VARIABLE = "k2_trades_files"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+TRADE_COLUMNS = ", ".join(quote_ident(f.name) for f in TRADE_ARROW_SCHEMA)
+
+
+def open_connection(allowed_directory: str) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that can read files under ``allowed_directory`` and nothing else.
+
+    External access is off (no other files, no network, no extension install/load, no Python
+    object scans), the UTC time zone is fixed, and the configuration is locked so a statement
+    cannot undo any of it.
+    """
+    con = duckdb.connect(
+        ":memory:",
+        config={
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "python_enable_replacements": False,
+        },
+    )
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET parquet_metadata_cache = true")  # data files are immutable
+        con.execute("SET temp_directory = ''")  # no spilling, and no implicitly allowed temp dir
+        con.execute("SET allowed_directories = $dirs", {"dirs": [allowed_directory]})
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except duckdb.Error as exc:
+        con.close()
+        raise QueryError(f"cannot configure DuckDB: {exc}") from exc
+    return con
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> str:
+    """The query text if it is exactly one SELECT (incl. WITH/VALUES/DESCRIBE/SUMMARIZE/SHOW) statement.
+
+    Anything else (several statements, COPY, ATTACH, CREATE, INSERT, SET, PRAGMA, INSTALL/LOAD,
+    EXPLAIN, CALL, ...) raises ReadOnlyViolation before anything runs. File access outside the
+    table's directory is refused by the connection itself (see :func:`open_connection`).
+    """
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as exc:
+        raise QueryError(f"invalid SQL: {exc}") from exc
+    if len(statements) != 1:
+        raise ReadOnlyViolation(f"exactly one statement is allowed, got {len(statements)}")
+    statement = statements[0]
+    if statement.type != duckdb.StatementType.SELECT:
+        raise ReadOnlyViolation(f"only SELECT queries are allowed, not {statement.type.name}")
+    return str(statement.query)
+
+
+def run(
+    con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+) -> Any:
+    """Execute one read-only query text and return its Arrow table."""
+    relation = con.sql(query, params=params)
+    if relation is None:  # not a query that returns rows
+        raise QueryError("the statement returned no result")
+    return relation.to_arrow_table()
+
+
+def trades_sql(where: str) -> str:
+    return (
+        f"SELECT {TRADE_COLUMNS} FROM read_parquet($files) WHERE {where} "  # noqa: S608
+        'ORDER BY "timestamp", source_sequence NULLS LAST, platform_sequence LIMIT $limit'
+    )
+
+
+# Order of trades inside a bucket: exchange time, then the venue's sequence for equal times.
+_ORDER_KEY = '(epoch_us("timestamp")::HUGEINT << 64) + coalesce(source_sequence, 0)'
+# Unscaled integer of a decimal(38, 12) value, exactly: integer part and fraction separately.
+_UNSCALED = (
+    "(CAST(floor({c}) AS HUGEINT) * 1000000000000 + CAST(({c} - floor({c})) * 1000000000000 AS HUGEINT))"
+)
+_MASK = str(LIMB_MASK)
+
+
+def _limbs(name: str) -> str:
+    u = f"{name}u"
+    return f"{u} & {_MASK} AS {name}0, ({u} >> 42) & {_MASK} AS {name}1, {u} >> 84 AS {name}2"
+
+
+def aggregate_sql(where: str, method: NotionalMethod, *, bucketed: bool) -> str:
+    """Exact OHLCV bars (``bucketed``) or one VWAP aggregate over the filtered trades.
+
+    Two levels: ``fine`` groups by bucket (and, for the chunked method, by row-number chunk, so no
+    group sum can overflow); the outer level merges the fine groups of each bucket. Parameters:
+    ``$files``, ``$width`` (bucket width in µs, bucketed only), ``$chunk_rows`` (chunked with
+    row numbers only), plus the filter's.
+    """
+    frn = method.needs_row_numbers
+    source = "read_parquet($files, file_row_number = true)" if frn else "read_parquet($files)"
+    row_cols = ["price", "quantity"]
+    if bucketed:
+        row_cols += [
+            """epoch_us("timestamp") - ((epoch_us("timestamp") % $width) + $width) % $width AS bucket_us""",
+            f"{_ORDER_KEY} AS k",
+            "trade_id",
+        ]
+    row_cols.append("file_row_number // $chunk_rows AS chunk" if frn else "0 AS chunk")
+    limbs = method.kind == "limbs"
+    if limbs:
+        row_cols += [f"{_UNSCALED.format(c='price')} AS pu", f"{_UNSCALED.format(c='quantity')} AS qu"]
+        fine_sums = [
+            "sum(p0 * q0) AS n0",
+            "sum(p0 * q1 + p1 * q0) AS n1",
+            "sum(p0 * q2 + p1 * q1 + p2 * q0) AS n2",
+            "sum(p1 * q2 + p2 * q1) AS n3",
+            "sum(p2 * q2) AS n4",
+            "sum(q0) AS v0",
+            "sum(q1) AS v1",
+            "sum(q2) AS v2",
+        ]
+        outer_sums = [f"sum({c}) AS {c}" for c in ("n0", "n1", "n2", "n3", "n4", "v0", "v1", "v2")]
+    else:
+        fine_sums = ["sum(price * quantity) AS notional", "sum(quantity) AS volume"]
+        outer_sums = ["list(notional) AS notional", "list(volume) AS volume"]
+    fine_cols = ["count(*) AS trades", *fine_sums]
+    outer_cols = ["sum(trades)::BIGINT AS trades", *outer_sums]
+    group = "chunk"
+    if bucketed:
+        fine_cols = [
+            "bucket_us",
+            "arg_min(price, k) AS open",
+            "min(k) AS open_k",
+            "max(price) AS high",
+            "min(price) AS low",
+            "arg_max(price, k) AS close",
+            "max(k) AS close_k",
+            "arg_min(trade_id, k) AS first_trade_id",
+            "arg_max(trade_id, k) AS last_trade_id",
+            *fine_cols,
+        ]
+        outer_cols = [
+            "bucket_us",
+            "arg_min(open, open_k) AS open",
+            "max(high) AS high",
+            "min(low) AS low",
+            "arg_max(close, close_k) AS close",
+            *outer_cols,
+            "arg_min(first_trade_id, open_k) AS first_trade_id",
+            "arg_max(last_trade_id, close_k) AS last_trade_id",
+        ]
+        group = "bucket_us, chunk"
+    rows = f"SELECT {', '.join(row_cols)} FROM {source} WHERE {where}"  # noqa: S608
+    if limbs:
+        rows = f"SELECT *, {_limbs('p')}, {_limbs('q')} FROM ({rows})"  # noqa: S608
+    text = (
+        f"WITH src AS ({rows}), "  # noqa: S608
+        f"fine AS (SELECT {', '.join(fine_cols)} FROM src GROUP BY {group}) "
+        f"SELECT {', '.join(outer_cols)} FROM fine"
+    )
+    if bucketed:
+        text += " GROUP BY bucket_us ORDER BY bucket_us"
+    return text
+
+
+def aggregate_sums(raw: pa.Table, method: NotionalMethod) -> tuple[list[int], list[int]]:
+    """Per row of an :func:`aggregate_sql` result: exact notional (unscaled, scale 24) and volume
+    (unscaled, scale 12), added up in Python integers from the partial or limb sums."""
+    if method.kind == "limbs":
+        n = [unscaled_ints(raw.column(f"n{i}").combine_chunks()) for i in range(5)]
+        v = [unscaled_ints(raw.column(f"v{i}").combine_chunks()) for i in range(3)]
+        notional = [combine_limbs([x or 0 for x in limbs]) for limbs in zip(*n, strict=True)]
+        volume = [combine_limbs([x or 0 for x in limbs]) for limbs in zip(*v, strict=True)]
+        return notional, volume
+    return _list_sums(raw.column("notional")), _list_sums(raw.column("volume"))
+
+
+def _list_sums(column: pa.ChunkedArray) -> list[int]:
+    lists = column.combine_chunks()
+    values = unscaled_ints(lists.values)
+    offsets = lists.offsets.to_pylist()
+    return [sum(x or 0 for x in values[offsets[i] : offsets[i + 1]]) for i in range(len(offsets) - 1)]
+
+
+def create_trades_view(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> None:
+    """(Re)point the ``trades`` view at ``files`` (bound through a variable, never spliced into SQL)."""
+    con.execute(f"SET VARIABLE {FILES_VARIABLE} = $files", {"files": list(files)})
+    con.execute(
+        f"CREATE OR REPLACE VIEW {TRADES_VIEW} AS SELECT * FROM read_parquet(getvariable('{FILES_VARIABLE}'))"  # noqa: S608
+    )
+
+
+def create_empty_trades_view(con: duckdb.DuckDBPyConnection) -> None:
+    """A ``trades`` view with the canonical columns and no rows (a table without data files)."""
+    con.from_arrow(TRADE_ARROW_SCHEMA.empty_table()).create_view(TRADES_VIEW, replace=True)
+
+
+def distinct_symbols_sql() -> str:
+    return "SELECT DISTINCT symbol FROM read_parquet($files)"

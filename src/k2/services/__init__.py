@@ -1,0 +1,1 @@
+"""Composition only: services wire sources, lake and query together (run, demo, capture)."""

@@ -1,0 +1,267 @@
+"""The embedded pipeline: WebSocket sessions -> venue parser -> quarantine / buffered Iceberg writer.
+
+No broker: frames go from the socket into an in-memory backlog, are parsed in batches (columnar),
+and canonical batches are committed to Iceberg by one writer thread, flushed by row count or age.
+Backpressure: when the backlog reaches ``max_backlog_rows`` the frame sink stops returning, which
+stops reading the socket; nothing is dropped. At most one commit is in flight, so commits land in
+platform-sequence order; the last assigned ``platform_sequence`` is stored in each commit's
+snapshot summary and recovered on start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from k2.config import K2Settings
+from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.quarantine import Quarantine
+from k2.lake.writer import TableWriter
+from k2.logging import get_logger
+from k2.metrics import LAST_EVENT_TIME, RECORDS_NORMALIZED
+from k2.sources import DataType, RawFrame, load_adapter
+from k2.sources.session import WebSocketSession
+from k2.sources.symbols import SymbolInfo
+
+log = get_logger(__name__)
+
+PLATFORM_SEQUENCE_PROPERTY = "k2.platform-sequence"
+
+
+def wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class PipelineStats:
+    frames: int = 0
+    trades: int = 0
+    rejected: int = 0
+    rows_committed: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    last_commit_at: datetime | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    trades_by_symbol: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        elapsed = time.monotonic() - self.started_at
+        return {
+            "frames": self.frames,
+            "trades": self.trades,
+            "rejected": self.rejected,
+            "rows_committed": self.rows_committed,
+            "commits": self.commits,
+            "commit_failures": self.commit_failures,
+            "last_commit_at": self.last_commit_at.isoformat() if self.last_commit_at else None,
+            "elapsed_s": round(elapsed, 3),
+            "trades_by_symbol": dict(self.trades_by_symbol),
+        }
+
+
+class EmbeddedPipeline:
+    """Streams one venue's trades into the local Iceberg warehouse."""
+
+    def __init__(
+        self,
+        settings: K2Settings,
+        *,
+        ws_base_url: str | None = None,
+        is_sample_data: bool = False,
+        symbol_info: Mapping[str, SymbolInfo] | None = None,
+        parse_batch_frames: int = 5_000,
+        parse_interval_s: float = 0.05,
+    ) -> None:
+        self.settings = settings
+        self.is_sample_data = is_sample_data
+        self.adapter = load_adapter(settings.source.venue, symbol_info=symbol_info)
+        self.urls = self.adapter.stream_urls(
+            ws_base_url or settings.source.ws_url, settings.source.symbols, [DataType.TRADES]
+        )
+        lake = settings.lake
+        self.catalog = open_catalog(lake)
+        table = load_or_create_trades_table(self.catalog, lake)
+        self.writer = TableWriter(self.catalog, (lake.namespace, lake.trades_table), lake)
+        self.quarantine = Quarantine(lake.quarantine_dir, self.adapter.venue)
+        self.stats = PipelineStats()
+        self._next_seq = _recover_platform_sequence(table.snapshots()) + 1
+        self._symbols = set(settings.source.symbols)
+        self._parse_batch_frames = parse_batch_frames
+        self._parse_interval_s = parse_interval_s
+        self._max_backlog = 4 * lake.flush_rows + parse_batch_frames
+        self._pending: list[RawFrame] = []
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffer_rows = 0
+        self._buffer_since = time.monotonic()
+        self._data_ready = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._stopping = asyncio.Event()
+        self._sessions = [
+            WebSocketSession(
+                url,
+                venue=self.adapter.venue,
+                settings=settings.source,
+                subscribe_messages=self.adapter.subscribe_messages(settings.source.symbols, [DataType.TRADES]),
+            )
+            for url in self.urls
+        ]
+        self._inflight: asyncio.Task[None] | None = None
+
+    # --- public ---------------------------------------------------------------------------------
+    @property
+    def next_platform_sequence(self) -> int:
+        """The platform_sequence the next parsed record gets (recovered from the table on start)."""
+        return self._next_seq
+
+    def get_stats(self) -> dict[str, Any]:
+        out = self.stats.as_dict()
+        out["backlog_frames"] = len(self._pending)
+        out["buffered_rows"] = self._buffer_rows
+        out["sessions"] = [s.get_stats() for s in self._sessions]
+        out["writer"] = self.writer.get_stats()
+        out["quarantine"] = dict(self.quarantine.counts)
+        return out
+
+    def stop(self) -> None:
+        """Ask the pipeline to finish: stop reading, then parse and commit everything received."""
+        self._stopping.set()
+        self._data_ready.set()
+        for session in self._sessions:
+            session.stop()
+
+    async def run(self) -> PipelineStats:
+        """Run until :meth:`stop` (or a session fails fatally); returns the final stats."""
+        log.info(
+            "pipeline.start",
+            venue=self.adapter.venue,
+            urls=self.urls,
+            warehouse=str(self.settings.lake.warehouse),
+        )
+        session_tasks = [asyncio.create_task(s.run(self._sink)) for s in self._sessions]
+        processor = asyncio.create_task(self._process_loop())
+        try:
+            done, _ = await asyncio.wait([*session_tasks, processor], return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            self.stop()
+            for task in session_tasks:
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*session_tasks, return_exceptions=True)
+            await processor
+        log.info("pipeline.stopped", **self.stats.as_dict())
+        return self.stats
+
+    # --- internals ------------------------------------------------------------------------------
+    async def _sink(self, frame: RawFrame) -> None:
+        self._pending.append(frame)
+        if len(self._pending) >= self._parse_batch_frames:
+            self._data_ready.set()
+            if len(self._pending) + self._buffer_rows >= self._max_backlog:
+                self._space.clear()
+                await self._space.wait()
+
+    async def _process_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._data_ready.wait(), timeout=self._parse_interval_s)
+            self._data_ready.clear()
+            self._parse_pending()
+            await self._maybe_flush(force=self._stopping.is_set())
+            if len(self._pending) + self._buffer_rows < self._max_backlog:
+                self._space.set()
+            if self._stopping.is_set() and not self._pending and self._buffer_rows == 0 and self._inflight is None:
+                return
+
+    def _parse_pending(self) -> None:
+        if not self._pending:
+            return
+        frames, self._pending = self._pending, []
+        self.stats.frames += len(frames)
+        parsed = self.adapter.parse(frames, first_platform_sequence=self._next_seq, is_sample_data=self.is_sample_data)
+        self.quarantine.add(parsed.rejected)
+        self.stats.rejected += len(parsed.rejected)
+        batch = parsed.records.get(DataType.TRADES)
+        if batch is None or batch.num_rows == 0:
+            return
+        self._next_seq += batch.num_rows
+        self.stats.trades += batch.num_rows
+        RECORDS_NORMALIZED.labels(venue=self.adapter.venue, data_type=DataType.TRADES.value).inc(batch.num_rows)
+        self._observe_symbols(batch)
+        if self._buffer_rows == 0:
+            self._buffer_since = time.monotonic()
+        self._buffer.append(batch)
+        self._buffer_rows += batch.num_rows
+
+    def _observe_symbols(self, batch: pa.RecordBatch) -> None:
+        grouped = (
+            pa.Table.from_batches([batch]).group_by("symbol").aggregate([("timestamp", "max"), ("symbol", "count")])
+        )
+        for symbol, newest, count in zip(
+            grouped["symbol"].to_pylist(),
+            grouped["timestamp_max"].to_pylist(),
+            grouped["symbol_count"].to_pylist(),
+            strict=True,
+        ):
+            self.stats.trades_by_symbol[symbol] = self.stats.trades_by_symbol.get(symbol, 0) + count
+            if symbol in self._symbols:
+                LAST_EVENT_TIME.labels(venue=self.adapter.venue, symbol=symbol).set(newest.timestamp())
+
+    async def _maybe_flush(self, *, force: bool) -> None:
+        if self._inflight is not None:
+            if not self._inflight.done():
+                if not force:
+                    return
+                await asyncio.wait([self._inflight])
+            self._inflight = None
+        if self._buffer_rows == 0:
+            return
+        due = (
+            force
+            or self._buffer_rows >= self.settings.lake.flush_rows
+            or time.monotonic() - self._buffer_since >= self.settings.lake.flush_seconds
+        )
+        if not due:
+            return
+        batches, rows = self._buffer, self._buffer_rows
+        self._buffer, self._buffer_rows = [], 0
+        self._inflight = asyncio.create_task(self._commit(batches, rows))
+        if force:
+            await asyncio.wait([self._inflight])
+
+    async def _commit(self, batches: Sequence[pa.RecordBatch], rows: int) -> None:
+        last_seq = int(pc.max(pa.chunked_array([b.column("platform_sequence") for b in batches])).as_py())
+        try:
+            result = await asyncio.to_thread(self.writer.append, batches, {PLATFORM_SEQUENCE_PROPERTY: str(last_seq)})
+        except Exception as exc:
+            # Keep the rows: put them back in front of the buffer and let the next flush retry.
+            self.stats.commit_failures += 1
+            log.error("pipeline.commit_failed", rows=rows, error=str(exc), error_type=type(exc).__name__)
+            self._buffer = [*batches, *self._buffer]
+            self._buffer_rows += rows
+            await asyncio.sleep(min(5.0, 0.5 * self.stats.commit_failures))
+            return
+        self.stats.rows_committed += result.rows
+        self.stats.commits += 1
+        self.stats.last_commit_at = datetime.now(tz=UTC)
+
+
+def _recover_platform_sequence(snapshots: Sequence[Any]) -> int:
+    """The last platform_sequence committed (newest snapshot that recorded one), or 0."""
+    for snapshot in sorted(snapshots, key=lambda s: s.timestamp_ms, reverse=True):
+        summary = snapshot.summary
+        value = summary.additional_properties.get(PLATFORM_SEQUENCE_PROPERTY) if summary else None
+        if value is not None:
+            return int(value)
+    return 0

@@ -1,0 +1,51 @@
+"""`k2 run`: the embedded pipeline against a live venue (or any compatible URL, e.g. the emulator)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from k2.config import K2Settings
+from k2.errors import SourceError
+from k2.logging import get_logger
+from k2.metrics import serve_metrics
+from k2.services.pipeline import EmbeddedPipeline, PipelineStats
+from k2.sources.exchange_info import load_exchange_info
+from k2.sources.symbols import SymbolInfo
+
+log = get_logger(__name__)
+
+
+def resolve_symbol_info(settings: K2Settings) -> dict[str, SymbolInfo] | None:
+    """exchangeInfo (cached) for live runs; None (the documented offline fallback) when unreachable."""
+    source = settings.source
+    if source.venue != "binance":
+        return None
+    try:
+        return load_exchange_info(source.rest_url, source.exchange_info_cache, source.exchange_info_ttl_s)
+    except SourceError as exc:
+        log.warning("exchange_info.offline_fallback", error=str(exc))
+        return None
+
+
+async def run_pipeline(
+    settings: K2Settings,
+    *,
+    ws_base_url: str | None = None,
+    duration_s: float | None = None,
+    is_sample_data: bool = False,
+    fetch_symbol_info: bool = True,
+) -> PipelineStats:
+    """Run the embedded pipeline until SIGINT/SIGTERM or ``duration_s``; commit everything received."""
+    info = resolve_symbol_info(settings) if fetch_symbol_info else None
+    pipeline = EmbeddedPipeline(settings, ws_base_url=ws_base_url, is_sample_data=is_sample_data, symbol_info=info)
+    if settings.metrics.port is not None:
+        serve_metrics(settings.metrics.port, settings.metrics.host)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, pipeline.stop)
+    if duration_s is not None:
+        loop.call_later(duration_s, pipeline.stop)
+    return await pipeline.run()

@@ -1,0 +1,149 @@
+"""Fault injection, pure: decoding for routing, duplicates, reordering, and bad frames the parser rejects."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from k2.emulator.faults import (
+    DUPLICATE,
+    FRAME,
+    MALFORMED_KINDS,
+    Faults,
+    OutFrame,
+    bad_frame,
+    decode_frame,
+    replay_frames,
+)
+from k2.emulator.recording import BUNDLED_BINANCE_TRADES, RecordedFrame, read_recording
+from k2.sources import RawFrame, RejectReason
+from k2.sources.binance import BinanceAdapter
+
+FIRST = (
+    '{"stream":"btcusdt@trade","data":{"e":"trade","E":1723161255343,"s":"BTCUSDT","t":3735683259,'
+    '"p":"61837.63000000","q":"0.02000000","T":1723161255342,"m":true,"M":true}}'
+)
+FIRST_DATA = FIRST[len('{"stream":"btcusdt@trade","data":') : -1]
+
+
+def _recording(n: int) -> list[RecordedFrame]:
+    frames = []
+    for frame in read_recording(BUNDLED_BINANCE_TRADES):
+        frames.append(frame)
+        if len(frames) == n:
+            break
+    return frames
+
+
+def _trade_id(out: OutFrame) -> int:
+    return int(json.loads(out.raw)["t"])
+
+
+def test_combined_frame_keeps_its_bytes_and_slices_data_verbatim() -> None:
+    out = decode_frame(RecordedFrame(1723161255343000, FIRST))
+    assert out == OutFrame("btcusdt@trade", FIRST.encode(), FIRST_DATA.encode(), 1723161255343000, FRAME)
+
+
+def test_raw_event_is_routed_by_symbol_and_event_and_wrapped_for_combined_clients() -> None:
+    out = decode_frame(RecordedFrame(7, FIRST_DATA))
+    assert out.stream == "btcusdt@trade"
+    assert out.raw == FIRST_DATA.encode()
+    assert out.combined == FIRST.encode()
+
+
+@pytest.mark.parametrize("text", ['{"result":null,"id":1}', "not json", "[1,2]"])
+def test_frames_that_cannot_be_routed_have_no_stream(text: str) -> None:
+    assert decode_frame(RecordedFrame(0, text)).stream is None
+
+
+def test_no_faults_replays_the_recording_unchanged() -> None:
+    recording = _recording(50)
+    injected: dict[str, int] = {}
+    out = list(replay_frames(recording, Faults(), injected))
+    assert [o.combined.decode() for o in out] == [r.frame for r in recording]
+    assert [o.recv_us for o in out] == [r.recv_us for r in recording]
+    assert injected == {}
+
+
+def test_duplicate_every_k_sends_those_frames_twice() -> None:
+    recording = _recording(10)
+    ids = [_trade_id(decode_frame(r)) for r in recording]
+    injected: dict[str, int] = {}
+    out = list(replay_frames(recording, Faults(duplicate_every=4), injected))
+    expected = [*ids[:4], ids[3], *ids[4:8], ids[7], *ids[8:]]
+    assert [_trade_id(o) for o in out] == expected
+    assert [o.kind for o in out].count(DUPLICATE) == 2
+    assert out[4].kind == DUPLICATE
+    assert out[4].combined == out[3].combined
+    assert injected == {"duplicate": 2}
+
+
+def test_reorder_every_k_swaps_frame_k_with_the_next() -> None:
+    recording = _recording(7)
+    ids = [_trade_id(decode_frame(r)) for r in recording]
+    injected: dict[str, int] = {}
+    out = list(replay_frames(recording, Faults(reorder_every=3), injected))
+    assert [_trade_id(o) for o in out] == [ids[0], ids[1], ids[3], ids[2], ids[4], ids[6], ids[5]]
+    assert all(o.kind == FRAME for o in out)
+    assert injected == {"reorder": 2}
+
+
+def test_reorder_at_the_last_frame_has_nothing_to_swap_with() -> None:
+    recording = _recording(3)
+    injected: dict[str, int] = {}
+    out = list(replay_frames(recording, Faults(reorder_every=3), injected))
+    assert [o.combined.decode() for o in out] == [r.frame for r in recording]
+    assert injected == {}
+
+
+def test_malformed_every_k_inserts_bad_frames_cycling_through_the_kinds() -> None:
+    recording = _recording(14)
+    injected: dict[str, int] = {}
+    out = list(replay_frames(recording, Faults(malformed_every=2), injected))
+    assert len(out) == 14 + 7
+    bad = [o for o in out if o.kind != FRAME]
+    assert [o.kind for o in bad] == [*MALFORMED_KINDS, MALFORMED_KINDS[0]]
+    assert [i for i, o in enumerate(out) if o.kind != FRAME] == [2, 5, 8, 11, 14, 17, 20]
+    assert injected == {**dict.fromkeys(MALFORMED_KINDS, 1), "malformed_json": 2}
+
+
+@pytest.mark.parametrize("kind", MALFORMED_KINDS)
+@pytest.mark.parametrize("form", ["combined", "raw"])
+def test_each_bad_frame_kind_is_rejected_by_the_parser_with_the_reason_of_its_name(
+    kind: str, form: str
+) -> None:
+    source = decode_frame(RecordedFrame(1723161255343000, FIRST))
+    bad = bad_frame(source, kind)
+    assert bad.stream == "btcusdt@trade"
+    payload = bad.combined if form == "combined" else bad.raw
+    # Parsed alongside the good frame it was built from: only the bad one is rejected.
+    good = source.combined if form == "combined" else source.raw
+    batch = BinanceAdapter().parse(
+        [RawFrame(good, 1), RawFrame(payload, 2)], first_platform_sequence=1, is_sample_data=True
+    )
+    assert [(r.reason, r.frame.payload) for r in batch.rejected] == [(RejectReason(kind), payload)]
+    assert batch.records["trades"].column("trade_id").to_pylist() == ["3735683259"]
+
+
+def test_bad_frames_are_built_from_the_real_frame() -> None:
+    source = decode_frame(RecordedFrame(0, FIRST))
+    data = json.loads(FIRST_DATA)
+    assert bad_frame(source, "malformed_json").raw == FIRST_DATA.encode()[: len(FIRST_DATA) // 2]
+    assert json.loads(bad_frame(source, "missing_field").raw) == {k: v for k, v in data.items() if k != "p"}
+    assert json.loads(bad_frame(source, "wrong_type").raw) == {**data, "t": "3735683259"}
+    assert json.loads(bad_frame(source, "invalid_number").raw) == {**data, "p": "not-a-number"}
+    assert json.loads(bad_frame(source, "non_positive").raw) == {**data, "p": "-61837.63000000"}
+    assert json.loads(bad_frame(source, "unknown_event").raw) == {**data, "e": "unknownEvent"}
+    envelope = json.loads(bad_frame(source, "wrong_type").combined)
+    assert envelope == {"stream": "btcusdt@trade", "data": {**data, "t": "3735683259"}}
+
+
+def test_faults_validate_and_normalise() -> None:
+    assert Faults(disconnect_after=(30, 10, 30)).disconnect_after == (10, 30)
+    assert not Faults().any
+    assert Faults(duplicate_every=3).any
+    with pytest.raises(ValueError, match="positive"):
+        Faults(disconnect_after=(0,))
+    with pytest.raises(ValueError, match="duplicate_every"):
+        Faults(duplicate_every=-1)

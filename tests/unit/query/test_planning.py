@@ -1,0 +1,193 @@
+"""Scan planning: partition and metrics pruning, the per-snapshot plan cache, refresh, odd layouts."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from pyiceberg.catalog import Catalog
+from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC
+
+from k2.config import LakeSettings
+from k2.errors import QueryError
+from k2.lake.catalog import TABLE_PROPERTIES, load_or_create_trades_table, open_catalog
+from k2.query import QueryEngine, TradeFilter
+from k2.query.planner import local_path
+from k2.schema import TRADE, to_iceberg
+from tests.unit.query import reference as ref
+from tests.unit.query.conftest import SPLIT, fill
+
+
+def _partition_dirs(files: tuple[str, ...]) -> list[str]:
+    return sorted("/".join(f.split("/")[-3:-1]) for f in files)
+
+
+def test_full_plan_lists_every_data_file(engine: QueryEngine) -> None:
+    plan = engine.plan()
+    assert plan.rows == 34_419
+    assert _partition_dirs(plan.files) == [
+        "timestamp_day=2024-08-08/symbol=BTCUSDT",
+        "timestamp_day=2024-08-08/symbol=ETHUSDT",
+        "timestamp_day=2024-08-09/symbol=BTCUSDT",
+        "timestamp_day=2024-08-09/symbol=BTCUSDT",
+        "timestamp_day=2024-08-09/symbol=ETHUSDT",
+        "timestamp_day=2024-08-09/symbol=ETHUSDT",
+    ]
+    assert all(os.path.isfile(f) for f in plan.files)
+
+
+def test_one_symbol_one_hour_plans_one_partition(engine: QueryEngine, recording: pa.Table) -> None:
+    start = datetime(2024, 8, 8, 23, tzinfo=UTC)
+    plan = engine.plan("BTCUSDT", start_time=start, end_time=start + timedelta(hours=1))
+    assert len(plan.files) == 1 < len(engine.plan().files)
+    assert _partition_dirs(plan.files) == ["timestamp_day=2024-08-08/symbol=BTCUSDT"]
+    btc_before_midnight = [
+        r for r in ref.rows(recording, "BTCUSDT") if r["timestamp"] < start + timedelta(hours=1)
+    ]
+    assert plan.rows == len(btc_before_midnight)
+
+
+def test_column_metrics_prune_files_inside_a_partition(engine: QueryEngine, recording: pa.Table) -> None:
+    """2024-08-09/BTCUSDT has a file per commit; a window after the first commit's last trade skips it."""
+    first_commit_end = max(recording.slice(0, SPLIT).column("timestamp").to_pylist())
+    day = engine.plan("BTCUSDT", start_time=datetime(2024, 8, 9, tzinfo=UTC))
+    late = engine.plan("BTCUSDT", start_time=first_commit_end + timedelta(seconds=1))
+    assert len(day.files) == 2
+    assert len(late.files) == 1
+    assert late.files[0] in day.files
+    second_commit = recording.slice(SPLIT)
+    btc = pc.equal(second_commit.column("symbol"), "BTCUSDT")
+    assert late.rows == second_commit.filter(btc).num_rows
+
+
+def test_exchange_is_pruned_by_column_metrics(engine: QueryEngine) -> None:
+    assert engine.plan(exchange="COINBASE").files == ()
+    assert len(engine.plan(exchange="BINANCE").files) == 6
+
+
+def test_plan_carries_metrics_bounds(engine: QueryEngine, recording: pa.Table) -> None:
+    plan = engine.plan("ETHUSDT")
+    eth = recording.filter(pc.equal(recording.column("symbol"), "ETHUSDT"))
+    max_price = pc.max(eth.column("price")).as_py()
+    max_qty = pc.max(eth.column("quantity")).as_py()
+    assert plan.max_abs_price == int(max_price.scaleb(12))
+    assert plan.max_abs_quantity == int(max_qty.scaleb(12))
+    assert plan.filter == TradeFilter(symbol="ETHUSDT")
+
+
+def test_plans_are_cached_per_snapshot_and_replaced_after_an_append(
+    empty_lake: tuple[Catalog, LakeSettings], recording: pa.Table
+) -> None:
+    catalog, lake = empty_lake
+    fill(catalog, lake, recording)
+    with QueryEngine(catalog, lake, refresh_interval_s=None) as engine:
+        first = engine.plan("BTCUSDT")
+        again = engine.plan("btcusdt")  # same filter after normalisation
+        assert again is first
+        info = engine.cache_info()
+        assert (info.hits, info.misses, info.entries) == (1, 1, 1)
+        before = engine.query_trades("BTCUSDT", limit=1_000_000).num_rows
+
+        # Another writer appends a day later; the engine keeps its snapshot until refreshed.
+        later = recording.slice(0, 100).set_column(
+            5,
+            recording.schema.field("timestamp"),
+            pc.add(recording.column("timestamp").slice(0, 100), pa.scalar(timedelta(days=1))),
+        )
+        load_or_create_trades_table(catalog, lake).append(later)
+        assert engine.plan("BTCUSDT") is first
+        assert engine.query_trades("BTCUSDT", limit=1_000_000).num_rows == before
+
+        engine.refresh()
+        fresh = engine.plan("BTCUSDT")
+        assert fresh is not first
+        assert fresh.snapshot_id != first.snapshot_id
+        assert set(first.files) < set(fresh.files)
+        assert engine.cache_info().entries == 1  # plans of the old snapshot were dropped
+        new_btc = sum(1 for s in later.column("symbol").to_pylist() if s == "BTCUSDT")
+        assert engine.query_trades("BTCUSDT", limit=1_000_000).num_rows == before + new_btc
+        assert engine.stats()["rows"] == 34_419 + 100
+        assert engine.sql("SELECT count(*) AS n FROM trades").to_pylist() == [{"n": 34_419 + 100}]
+
+
+def test_refresh_interval_zero_sees_every_new_snapshot(
+    empty_lake: tuple[Catalog, LakeSettings], recording: pa.Table
+) -> None:
+    catalog, lake = empty_lake
+    with QueryEngine(catalog, lake, refresh_interval_s=0.0) as engine:
+        assert engine.sql("SELECT count(*) AS n FROM trades").to_pylist() == [{"n": 0}]
+        table = load_or_create_trades_table(catalog, lake)
+        table.append(recording.slice(0, 500))
+        assert engine.sql("SELECT count(*) AS n FROM trades").to_pylist() == [{"n": 500}]
+        assert engine.symbols() == sorted(set(recording.slice(0, 500).column("symbol").to_pylist()))
+        table.append(recording.slice(500, 500))
+        assert engine.stats()["rows"] == 1000
+        assert engine.query_trades(limit=5000).num_rows == 1000
+
+
+def test_a_vanished_data_file_is_a_query_error(
+    empty_lake: tuple[Catalog, LakeSettings], recording: pa.Table
+) -> None:
+    catalog, lake = empty_lake
+    fill(catalog, lake, recording)
+    with QueryEngine(catalog, lake, refresh_interval_s=None) as engine:
+        plan = engine.plan("ETHUSDT")
+        os.remove(plan.files[0])
+        with pytest.raises(QueryError, match="cannot read"):
+            engine.vwap("ETHUSDT")
+
+
+def test_unpartitioned_table_gives_the_same_answers(
+    empty_lake: tuple[Catalog, LakeSettings], recording: pa.Table
+) -> None:
+    """The engine relies on pyiceberg planning only, not on a particular partition spec."""
+    catalog, lake = empty_lake
+    table = catalog.create_table(
+        (lake.namespace, lake.trades_table),
+        schema=to_iceberg(TRADE),
+        partition_spec=UNPARTITIONED_PARTITION_SPEC,
+        properties=TABLE_PROPERTIES,
+    )
+    table.append(recording)
+    with QueryEngine(catalog, lake, refresh_interval_s=None) as engine:
+        assert len(engine.plan().files) == 1
+        assert engine.plan().single_symbol_files == ()  # both symbols in one file: symbols() scans it
+        assert engine.symbols() == ["BTCUSDT", "ETHUSDT"]
+        assert engine.vwap("ETHUSDT") == ref.vwap(ref.rows(recording, "ETHUSDT"))
+        assert engine.ohlcv("BTCUSDT", "1m").to_pylist() == ref.ohlcv(
+            ref.rows(recording, "BTCUSDT"), timedelta(minutes=1)
+        )
+
+
+def test_local_path() -> None:
+    assert local_path("file:///tmp/wh/a.parquet") == "/tmp/wh/a.parquet"
+    assert local_path("/tmp/wh/a.parquet") == "/tmp/wh/a.parquet"
+    with pytest.raises(QueryError, match="local"):
+        local_path("s3://bucket/a.parquet")
+
+
+def test_separate_catalog_handles_see_the_same_table(filled_lake: tuple[Catalog, LakeSettings]) -> None:
+    _, lake = filled_lake
+    with QueryEngine(open_catalog(lake), lake, refresh_interval_s=None) as engine:
+        assert engine.stats()["rows"] == 34_419
+
+
+def test_filters_the_metrics_imply_are_not_reapplied(engine: QueryEngine) -> None:
+    """Files partitioned by day and symbol hold only matching rows for a symbol or a whole-day query."""
+    assert engine.plan("BTCUSDT").filter_implied
+    assert engine.plan("BTCUSDT").sql_where() == ("true", {})
+    day = datetime(2024, 8, 8, tzinfo=UTC)
+    assert engine.plan("ETHUSDT", start_time=day, end_time=day + timedelta(days=1)).filter_implied
+    window = engine.plan("ETHUSDT", start_time=day + timedelta(hours=23, minutes=58))
+    assert not window.filter_implied
+    where, params = window.sql_where()
+    assert where == 'symbol = $symbol AND "timestamp" >= $start_time'
+    assert params == {"symbol": "ETHUSDT", "start_time": day + timedelta(hours=23, minutes=58)}
+    whole = engine.plan(exchange="binance", symbol="BTCUSDT", end_time=day + timedelta(days=1))
+    assert whole.filter_implied  # only the 2024-08-08 file, entirely before the end
+    cut = engine.plan(exchange="binance", symbol="BTCUSDT", end_time=day + timedelta(days=1, seconds=30))
+    assert len(cut.files) == 2
+    assert not cut.filter_implied
