@@ -49,9 +49,7 @@ def main() -> None:
 
     warehouse = args.warehouse or Path(tempfile.mkdtemp(prefix="k2-bench-commits-"))
     every = 10**9 if args.no_maintenance else args.maintenance_every
-    lake = LakeSettings(
-        warehouse=warehouse, keep_snapshots=args.keep_snapshots, maintenance_every_commits=every
-    )
+    lake = LakeSettings(warehouse=warehouse, keep_snapshots=args.keep_snapshots, maintenance_every_commits=every)
     catalog = open_catalog(lake)
     table = load_or_create_trades_table(catalog, lake)
     if args.table_property:
@@ -81,7 +79,7 @@ def main() -> None:
     print()
     print(
         f"commits: {n} x {args.rows} rows, maintenance: {'off' if args.no_maintenance else f'every {every}'}"
-        f", keep_snapshots: {args.keep_snapshots}"
+        f", keep_snapshots: {args.keep_snapshots}, table properties: {args.table_property or 'catalog defaults'}"
     )
     print("| measure | value |")
     print("|---|---|")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -28,6 +29,7 @@ from k2.config import LakeSettings
 from k2.lake.catalog import open_catalog
 from k2.logging import configure_logging
 from k2.query import QueryEngine, exact, sql
+from k2.query.engine import bar_parameters
 
 DAY = datetime(2024, 8, 9, tzinfo=UTC)  # a full day inside the 10M-row table
 HOUR = datetime(2024, 8, 9, 12, tzinfo=UTC)
@@ -107,16 +109,22 @@ def alternatives(lake: LakeSettings, runs: int) -> list[dict[str, Any]]:
     where, params = plan.sql_where()
     params["files"] = list(plan.files)
     chunked = exact.NotionalMethod("chunked", None)
+    bars, compact = bar_parameters(plan, 60_000_000)
+    wide = {k: v for k, v in bars.items() if not k.startswith("key_")}
     cases: dict[str, tuple[str, dict[str, Any]]] = {
-        "ohlcv 1m, integer floor buckets (engine)": (
-            sql.aggregate_sql(where, chunked, bucketed=True),
-            {**params, "width": 60_000_000},
+        "ohlcv 1m, engine SQL (BIGINT order key)" if compact else "ohlcv 1m, engine SQL": (
+            sql.aggregate_sql(where, chunked, bucketed=True, compact_key=compact),
+            {**params, **bars},
         ),
-        "ohlcv 1m, time_bucket(INTERVAL, timestamptz)": (
+        "ohlcv 1m, HUGEINT order key": (
+            sql.aggregate_sql(where, chunked, bucketed=True, compact_key=False),
+            {**params, **wide},
+        ),
+        "ohlcv 1m, time_bucket(INTERVAL, timestamptz), HUGEINT key, one level": (
             "SELECT time_bucket($width, \"timestamp\", TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket, "
-            "arg_min(price, (epoch_us(\"timestamp\")::HUGEINT << 64) + source_sequence) AS open, max(price), "
-            "min(price), arg_max(price, (epoch_us(\"timestamp\")::HUGEINT << 64) + source_sequence) AS close, "
-            f"sum(quantity), count(*), sum(price * quantity) FROM read_parquet($files) WHERE {where} "  # noqa: S608
+            'arg_min(price, (epoch_us("timestamp")::HUGEINT << 64) + source_sequence) AS open, max(price), '
+            'min(price), arg_max(price, (epoch_us("timestamp")::HUGEINT << 64) + source_sequence) AS close, '
+            f"sum(quantity), count(*), sum(price * quantity) FROM read_parquet($files) WHERE {where} "
             "GROUP BY bucket ORDER BY bucket",
             {**params, "width": timedelta(minutes=1)},
         ),
@@ -155,18 +163,24 @@ def main() -> None:
     build = args.warehouse / "build.json"
     if build.exists():
         print("build:", json.dumps(json.loads(build.read_text())))
-    print(f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
-          f"duckdb {duckdb.__version__}")
+    print(f"load average before: {os.getloadavg()[0]:.2f} (1 min), cpus: {os.cpu_count()}")
+    print(
+        f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
+        f"duckdb {duckdb.__version__}"
+    )
     with QueryEngine(open_catalog(lake), lake, refresh_interval_s=None) as engine:
         stats = engine.stats()
         refresh_s = statistics.median(_time(engine.refresh)[0] for _ in range(10))
-    print(f"table: {stats['rows']:,} rows, {stats['files']} files, {stats['bytes']:,} bytes, "
-          f"{stats['snapshots']} snapshots, {stats['min_timestamp']} .. {stats['max_timestamp']}")
+    print(
+        f"table: {stats['rows']:,} rows, {stats['files']} files, {stats['bytes']:,} bytes, "
+        f"{stats['snapshots']} snapshots, {stats['min_timestamp']} .. {stats['max_timestamp']}"
+    )
     print(f"refresh() (reload table metadata): median {_ms(refresh_s)} ms\n")
     print(_table(measure(lake, args.runs)))
     if args.alternatives:
         print()
         print(_table(alternatives(lake, args.runs)))
+    print(f"\nload average after: {os.getloadavg()[0]:.2f} (1 min)")
 
 
 if __name__ == "__main__":

@@ -24,23 +24,24 @@ from k2.sources.binance import BinanceAdapter
 from k2.sources.session import WebSocketSession
 
 
-async def receive(base_url: str, frames: int) -> float:
-    """Receive ``frames`` frames; returns frames per second (from the first frame to the last)."""
+async def receive(base_url: str, frames: int) -> tuple[float, float]:
+    """Receive ``frames`` frames: (frames per second, this process's CPU µs per frame)."""
     url = BinanceAdapter().stream_urls(base_url, ["BTCUSDT", "ETHUSDT"], [DataType.TRADES])[0]
     session = WebSocketSession(url, venue="binance", settings=SourceSettings(max_connect_attempts=3))
     count = 0
-    first = 0.0
+    first = first_cpu = 0.0
 
     async def sink(frame: RawFrame) -> None:
-        nonlocal count, first
+        nonlocal count, first, first_cpu
         count += 1
         if count == 1:
-            first = time.perf_counter()
+            first, first_cpu = time.perf_counter(), time.process_time()
         elif count == frames:
             session.stop()
 
     await session.run(sink)
-    return (count - 1) / (time.perf_counter() - first)
+    wall, cpu = time.perf_counter() - first, time.process_time() - first_cpu
+    return (count - 1) / wall, cpu / (count - 1) * 1e6
 
 
 def main() -> None:
@@ -51,17 +52,19 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging(level="WARNING")
     config = ReplayConfig(speed=None, loop=True)
-    rates = []
+    rates, costs = [], []
     for run in range(args.runs):
         runner = EmulatorThread(config) if args.in_process else EmulatorProcess(config)
         with runner:
-            rate = asyncio.run(receive(runner.url, args.frames))
+            rate, cpu_us = asyncio.run(receive(runner.url, args.frames))
         rates.append(rate)
-        print(f"run {run + 1}: {rate:,.0f} frames/s")
+        costs.append(cpu_us)
+        print(f"run {run + 1}: {rate:,.0f} frames/s, receiving process CPU {cpu_us:.2f} µs/frame")
     where = "thread of the same process" if args.in_process else "child process"
     print(
         f"WebSocketSession receive rate, emulator in a {where}, {args.frames:,} frames x {args.runs} runs: "
-        f"median {statistics.median(rates):,.0f} frames/s (min {min(rates):,.0f}, max {max(rates):,.0f})"
+        f"median {statistics.median(rates):,.0f} frames/s (min {min(rates):,.0f}, max {max(rates):,.0f}); "
+        f"receiving process CPU median {statistics.median(costs):.2f} µs/frame"
     )
 
 

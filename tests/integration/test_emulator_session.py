@@ -110,9 +110,7 @@ def test_session_reconnects_after_injected_drops_and_loses_or_repeats_nothing(
 def test_unreachable_exchange_raises_after_max_connect_attempts() -> None:
     errors_before = _reconnects("error")
     settings = SourceSettings(reconnect_initial_s=0.01, reconnect_max_s=0.02, max_connect_attempts=3)
-    session = WebSocketSession(
-        f"ws://127.0.0.1:{_closed_port()}/ws/btcusdt@trade", venue="binance", settings=settings
-    )
+    session = WebSocketSession(f"ws://127.0.0.1:{_closed_port()}/ws/btcusdt@trade", venue="binance", settings=settings)
     with pytest.raises(ExchangeUnreachable) as info:
         asyncio.run(_collect(session, 1))
     message = str(info.value)
@@ -203,9 +201,7 @@ def test_subscribe_messages_are_paced_under_the_incoming_limit() -> None:
 
     async def main() -> tuple[list[bytes], int, float]:
         async with BinanceEmulator(ReplayConfig(max_client_messages_per_s=5, speed=1.0)) as emu:
-            session = WebSocketSession(
-                emu.url + "/ws", venue="binance", settings=FAST, subscribe_messages=messages
-            )
+            session = WebSocketSession(emu.url + "/ws", venue="binance", settings=FAST, subscribe_messages=messages)
             acks: list[bytes] = []
             times: list[float] = []
 

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from k2.emulator.recording import RecordedFrame
+from k2.errors import ConfigError
 
 FRAME = "frame"
 DUPLICATE = "duplicate"
@@ -60,16 +61,14 @@ class Faults:
     def __post_init__(self) -> None:
         for name in ("duplicate_every", "reorder_every", "malformed_every"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
+                raise ConfigError(f"{name} must be >= 0")
         if any(n <= 0 for n in self.disconnect_after):
-            raise ValueError("disconnect_after positions must be positive")
+            raise ConfigError("disconnect_after positions must be positive")
         object.__setattr__(self, "disconnect_after", tuple(sorted(set(self.disconnect_after))))
 
     @property
     def any(self) -> bool:
-        return bool(
-            self.disconnect_after or self.duplicate_every or self.reorder_every or self.malformed_every
-        )
+        return bool(self.disconnect_after or self.duplicate_every or self.reorder_every or self.malformed_every)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +145,7 @@ def _count(injected: MutableMapping[str, int], kind: str) -> None:
     injected[kind] = injected.get(kind, 0) + 1
 
 
-def _reordered(
-    frames: Iterator[OutFrame], every: int, injected: MutableMapping[str, int]
-) -> Iterator[OutFrame]:
+def _reordered(frames: Iterator[OutFrame], every: int, injected: MutableMapping[str, int]) -> Iterator[OutFrame]:
     """Swap recorded frame k with k+1 for k = every, 2*every, ... (positions in the original order)."""
     position = 0
     for frame in frames:
@@ -166,23 +163,25 @@ def _reordered(
         yield frame
 
 
-def replay_frames(
-    recording: Iterable[RecordedFrame], faults: Faults, injected: MutableMapping[str, int]
-) -> Iterator[OutFrame]:
-    """The frames to send for one pass over a recording, faults applied; ``injected`` is updated lazily.
+def routable_frames(recording: Iterable[RecordedFrame]) -> Iterator[OutFrame]:
+    """The recording's frames decoded for routing; frames with no stream are left out."""
+    return (f for f in map(decode_frame, recording) if f.stream is not None)
 
-    Positions count recorded (routable) frames in recording order; duplicates and bad frames follow
-    the recorded frame they were made from.
+
+def apply_faults(frames: Iterable[OutFrame], faults: Faults, injected: MutableMapping[str, int]) -> Iterator[OutFrame]:
+    """``frames`` with faults applied; ``injected`` is updated lazily, as frames are taken.
+
+    Positions count recorded frames in recording order; duplicates and bad frames follow the
+    recorded frame they were made from.
     """
-    routable = (f for f in map(decode_frame, recording) if f.stream is not None)
-    frames: Iterator[OutFrame] = routable
+    source: Iterator[OutFrame] = iter(frames)
     if faults.reorder_every:
-        frames = _reordered(routable, faults.reorder_every, injected)
+        source = _reordered(source, faults.reorder_every, injected)
     dup, bad = faults.duplicate_every, faults.malformed_every
     if not dup and not bad:
-        yield from frames
+        yield from source
         return
-    for position, frame in enumerate(frames, 1):
+    for position, frame in enumerate(source, 1):
         yield frame
         if dup and position % dup == 0:
             _count(injected, DUPLICATE)
@@ -191,3 +190,10 @@ def replay_frames(
             kind = MALFORMED_KINDS[(position // bad - 1) % len(MALFORMED_KINDS)]
             _count(injected, kind)
             yield bad_frame(frame, kind)
+
+
+def replay_frames(
+    recording: Iterable[RecordedFrame], faults: Faults, injected: MutableMapping[str, int]
+) -> Iterator[OutFrame]:
+    """The frames to send for one pass over a recording: routable frames, faults applied."""
+    return apply_faults(routable_frames(recording), faults, injected)

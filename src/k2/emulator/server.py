@@ -1,23 +1,10 @@
 """A local WebSocket server speaking Binance spot's stream protocol, replaying a recording.
 
-Paths, as on ``wss://stream.binance.com:9443``:
-
-* ``/stream?streams=btcusdt@trade/ethusdt@trade`` — combined streams: each frame is the recorded
-  envelope ``{"stream":...,"data":{...}}``, byte for byte.
-* ``/ws/<stream>[/<stream>...]`` — raw streams: only the ``data`` object, sliced out verbatim.
-* ``/ws`` or ``/stream`` alone, then ``SUBSCRIBE`` / ``UNSUBSCRIBE`` / ``LIST_SUBSCRIPTIONS`` JSON
-  methods on the socket. Any other path is refused with HTTP 404 at the handshake.
-
-One replay cursor per emulator, shared by all connections, like a live feed: a single task walks
-the recording and sends each frame to every connection subscribed to its stream. The cursor only
-moves while a client is subscribed, and a frame that could not be delivered is retried on the next
-connection, so a client that reconnects after an injected disconnect carries on exactly where the
-stream stopped, with nothing lost and nothing repeated. After the last frame connections stay open
-and idle (``finished`` is set) unless ``loop=True`` starts over.
-
-Binance behaviour: a ping every ``ping_interval_s`` (20 s), a client that sends more than
-``max_client_messages_per_s`` messages in one second is disconnected (close code 1008), at most
-1024 streams per connection. See docs/emulator.md.
+``/stream?streams=a@trade/b@trade`` sends the recorded combined envelopes byte for byte,
+``/ws/<stream>...`` only their ``data`` objects; SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS work on
+the socket; other paths get HTTP 404. One replay cursor is shared by all connections, and a frame
+that could not be delivered waits for the next connection, so a client that reconnects after an
+injected disconnect carries on where the stream stopped. See docs/emulator.md.
 """
 
 from __future__ import annotations
@@ -26,7 +13,7 @@ import asyncio
 import collections
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from k2.emulator.faults import DISCONNECT, FRAME, INJECTED_KINDS, Faults, OutFrame, replay_frames
+from k2.emulator.faults import DISCONNECT, FRAME, INJECTED_KINDS, Faults, OutFrame, apply_faults, routable_frames
 from k2.emulator.protocol import (
     MAX_STREAMS_PER_CONNECTION,
     PathError,
@@ -46,7 +33,7 @@ from k2.emulator.protocol import (
     result_reply,
 )
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
-from k2.errors import RecordingError
+from k2.errors import ConfigError, RecordingError
 from k2.logging import get_logger
 
 log = get_logger(__name__)
@@ -75,9 +62,11 @@ class ReplayConfig:
 
     def __post_init__(self) -> None:
         if self.speed is not None and self.speed <= 0:
-            raise ValueError("speed must be positive (or None for as fast as possible)")
+            raise ConfigError("speed must be positive (or None for as fast as possible)")
         if self.min_clients < 1:
-            raise ValueError("min_clients must be >= 1")
+            raise ConfigError("min_clients must be >= 1")
+        if self.max_client_messages_per_s < 1:
+            raise ConfigError("max_client_messages_per_s must be >= 1")
 
 
 @dataclass(eq=False)
@@ -116,6 +105,7 @@ class BinanceEmulator:
         self._subscribed_changed = asyncio.Event()
         self._disconnect_at = set(self.config.faults.disconnect_after)
         self._closers: set[asyncio.Task[None]] = set()
+        self._decoded: list[OutFrame] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
     @property
@@ -147,9 +137,7 @@ class BinanceEmulator:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._pump_task = asyncio.create_task(self._pump(), name="emulator-replay")
-        log.info(
-            "emulator.started", url=self.url, recording=str(self.config.recording), speed=self.config.speed
-        )
+        log.info("emulator.started", url=self.url, recording=str(self.config.recording), speed=self.config.speed)
         return self.url
 
     async def close(self) -> None:
@@ -198,9 +186,7 @@ class BinanceEmulator:
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         combined, streams = parse_target(ws.request.path)
-        client = _Client(
-            ws, combined, {}, collections.deque(maxlen=max(1, self.config.max_client_messages_per_s))
-        )
+        client = _Client(ws, combined, {}, collections.deque(maxlen=self.config.max_client_messages_per_s))
         self.connections += 1
         self._clients.add(client)
         self._subscribe(client, streams)
@@ -297,6 +283,8 @@ class BinanceEmulator:
             while True:
                 await self._replay_once()
                 self.replays_completed += 1
+                if self.config.loop and not self._decoded:
+                    raise RecordingError(f"nothing to replay in {self.config.recording}")
                 log.info("emulator.replay_finished", replayed=self.replayed, frames_sent=self.frames_sent)
                 if not self.config.loop:
                     break
@@ -310,7 +298,14 @@ class BinanceEmulator:
     async def _replay_once(self) -> None:
         loop = asyncio.get_running_loop()
         speed = self.config.speed
-        source = replay_frames(read_recording(self.config.recording), self.config.faults, self.injected)
+        if self._decoded is not None:  # looping: later passes reuse the decoded recording
+            frames: Iterable[OutFrame] = self._decoded
+        elif self.config.loop:
+            self._decoded = list(routable_frames(read_recording(self.config.recording)))
+            frames = self._decoded
+        else:
+            frames = routable_frames(read_recording(self.config.recording))
+        source = apply_faults(frames, self.config.faults, self.injected)
         pending: collections.deque[OutFrame] = collections.deque()  # frames taken but not yet delivered
         t0: float | None = None
         r0 = 0
@@ -419,9 +414,7 @@ class BinanceEmulator:
 async def serve_forever(config: ReplayConfig, host: str = "127.0.0.1", port: int = 9443) -> None:
     """Run an emulator until cancelled (the ``k2 emulator`` command), logging its URL."""
     async with BinanceEmulator(config, host, port) as emu:
-        log.info(
-            "emulator.listening", url=emu.url, example=f"{emu.url}/stream?streams=btcusdt@trade/ethusdt@trade"
-        )
+        log.info("emulator.listening", url=emu.url, example=f"{emu.url}/stream?streams=btcusdt@trade/ethusdt@trade")
         await asyncio.Event().wait()
 
 

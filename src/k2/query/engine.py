@@ -56,8 +56,6 @@ OHLCV_SCHEMA = pa.schema(
         pa.field("volume", _PRICE, False),
         pa.field("trades", pa.int64(), False),
         pa.field("vwap", _PRICE, True),  # null only when the bar's volume is zero
-        pa.field("first_trade_id", pa.string(), False),
-        pa.field("last_trade_id", pa.string(), False),
     ]
 )
 
@@ -207,6 +205,12 @@ class QueryEngine:
                     return TRADE_ARROW_SCHEMA.empty_table()
                 where, params = plan.sql_where()
                 params.update(files=list(plan.files), limit=limit)
+                if plan.rows > limit:
+                    cutoff = self._run(sql.cutoff_sql(where), params).column("cutoff")[0].as_py()
+                    if cutoff is None:
+                        return TRADE_ARROW_SCHEMA.empty_table()
+                    where += ' AND "timestamp" <= $cutoff'
+                    params["cutoff"] = cutoff
                 return self._run(sql.trades_sql(where), params)
 
             table = self._retrying(attempt)
@@ -341,21 +345,22 @@ class QueryEngine:
                 raise QueryError(f"cannot read the table's data files: {again}") from again
 
     def _aggregate(
-        self, flt: TradeFilter, *, bucketed: bool, width_us: int | None = None
+        self, flt: TradeFilter, *, bucketed: bool, width_us: int = 0
     ) -> tuple[pa.Table, exact.NotionalMethod]:
         plan = self._planner.plan(flt)
-        method = exact.choose_method(
-            plan.max_abs_price, plan.max_abs_quantity, len(plan.files), plan.max_file_rows
-        )
+        method = exact.choose_method(plan.max_abs_price, plan.max_abs_quantity, len(plan.files), plan.max_file_rows)
         if not plan.files:
             return pa.table({"trades": pa.array([], pa.int64())}), method
         where, params = plan.sql_where()
         params["files"] = list(plan.files)
+        compact = False
         if bucketed:
-            params["width"] = width_us
+            bucket_params, compact = bar_parameters(plan, width_us)
+            params.update(bucket_params)
         if method.needs_row_numbers:
             params["chunk_rows"] = method.chunk_rows
-        return self._run(sql.aggregate_sql(where, method, bucketed=bucketed), params), method
+        text = sql.aggregate_sql(where, method, bucketed=bucketed, compact_key=compact)
+        return self._run(text, params), method
 
     def _ensure_view(self) -> None:
         """Point the ``trades`` view at the current snapshot's files (caller holds the lock)."""
@@ -372,6 +377,29 @@ class QueryEngine:
         self._view_snapshot = (plan.snapshot_id,)
 
 
+def bar_parameters(plan: ScanPlan, width_us: int) -> tuple[dict[str, int], bool]:
+    """Bucket and order-key parameters for :func:`k2.query.sql.aggregate_sql`, from plan metrics.
+
+    ``origin`` is a multiple of the width at or before every planned timestamp (so DuckDB's
+    truncating division floors). The order key is the compact BIGINT form when
+    (time span) x (sequence span) provably fits 63 bits, else the HUGEINT form (returns False).
+    """
+    if plan.min_timestamp_us is not None:
+        origin = plan.min_timestamp_us // width_us * width_us
+    else:  # no metrics: an origin before any realistic timestamp (overflow raises, never wraps)
+        origin = -((1 << 62) // width_us + 1) * width_us
+    params = {"width": width_us, "origin": origin}
+    t0, t1 = plan.min_timestamp_us, plan.max_timestamp_us
+    s0, s1 = plan.min_sequence, plan.max_sequence
+    if t0 is None or t1 is None or s0 is None or s1 is None:
+        return params, False
+    span = s1 - s0 + 1
+    if (t1 - t0 + 1) * span >= 1 << 63:
+        return params, False
+    params.update(key_t0=t0, key_m=span, key_s0=s0)
+    return params, True
+
+
 def _ohlcv_table(raw: pa.Table, method: exact.NotionalMethod) -> pa.Table:
     if raw.num_rows == 0:
         return OHLCV_SCHEMA.empty_table()
@@ -386,7 +414,5 @@ def _ohlcv_table(raw: pa.Table, method: exact.NotionalMethod) -> pa.Table:
         "volume": exact.decimal_array(volume, "volume"),
         "trades": raw.column("trades"),
         "vwap": exact.decimal_array(vwap, "vwap"),
-        "first_trade_id": raw.column("first_trade_id"),
-        "last_trade_id": raw.column("last_trade_id"),
     }
     return pa.table([columns[f.name] for f in OHLCV_SCHEMA], schema=OHLCV_SCHEMA)

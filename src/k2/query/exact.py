@@ -119,9 +119,7 @@ def unscaled_ints(array: pa.Array) -> list[int | None]:
         raise TypeError(f"expected decimal128, got {array.type}")
     data = array.buffers()[1]
     raw = memoryview(data)[array.offset * 16 : (array.offset + len(array)) * 16]
-    values: list[int | None] = [
-        int.from_bytes(raw[i : i + 16], "little", signed=True) for i in range(0, len(raw), 16)
-    ]
+    values: list[int | None] = [int.from_bytes(raw[i : i + 16], "little", signed=True) for i in range(0, len(raw), 16)]
     if array.null_count:
         for i, valid in enumerate(array.is_valid().to_pylist()):
             if not valid:

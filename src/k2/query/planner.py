@@ -107,6 +107,9 @@ class ScanPlan:
     max_abs_quantity: int | None
     min_timestamp_us: int | None
     max_timestamp_us: int | None
+    # Range of source_sequence (None when unknown or when a file has only nulls in it).
+    min_sequence: int | None
+    max_sequence: int | None
     single_symbol_files: tuple[tuple[str, str], ...]  # (path, symbol) of files holding one symbol
     # True when the metrics prove every row of every planned file passes the filter (e.g. whole
     # day+symbol partitions for a day query): DuckDB then needs no WHERE clause at all.
@@ -159,6 +162,7 @@ class Planner:
         self._timestamp_id = schema.find_field("timestamp").field_id
         self._symbol_id = schema.find_field("symbol").field_id
         self._exchange_id = schema.find_field("exchange").field_id
+        self._sequence_id = schema.find_field("source_sequence").field_id
 
     @staticmethod
     def _current_snapshot_id(table: Table) -> int | None:
@@ -209,7 +213,7 @@ class Planner:
 
     def _plan(self, table: Table, snapshot_id: int | None, flt: TradeFilter) -> ScanPlan:
         if snapshot_id is None:
-            return ScanPlan(None, flt, (), 0, 0, 0, 0, 0, None, None, (), True)
+            return ScanPlan(None, flt, (), 0, 0, 0, 0, 0, None, None, None, None, (), True)
         try:
             tasks = list(table.scan(row_filter=flt.row_filter(), snapshot_id=snapshot_id).plan_files())
         except Exception as exc:  # pyiceberg / IO errors: translate at the edge
@@ -220,6 +224,9 @@ class Planner:
         max_qty: int | None = 0
         ts_min: int | None = None
         ts_max: int | None = None
+        seq_min: int | None = None
+        seq_max: int | None = None
+        seq_known = ts_known = True
         single: list[tuple[str, str]] = []
         implied = True
         for task in tasks:
@@ -238,10 +245,17 @@ class Planner:
             max_price = _max_abs(max_price, lower.get(self._price_id), upper.get(self._price_id))
             max_qty = _max_abs(max_qty, lower.get(self._quantity_id), upper.get(self._quantity_id))
             lo, hi = _long_bound(lower.get(self._timestamp_id)), _long_bound(upper.get(self._timestamp_id))
-            if lo is not None:
+            if lo is None or hi is None:
+                ts_known = False
+            else:
                 ts_min = lo if ts_min is None else min(ts_min, lo)
-            if hi is not None:
                 ts_max = hi if ts_max is None else max(ts_max, hi)
+            lo, hi = _long_bound(lower.get(self._sequence_id)), _long_bound(upper.get(self._sequence_id))
+            if lo is None or hi is None:
+                seq_known = False
+            else:
+                seq_min = lo if seq_min is None else min(seq_min, lo)
+                seq_max = hi if seq_max is None else max(seq_max, hi)
             sym_lo, sym_hi = lower.get(self._symbol_id), upper.get(self._symbol_id)
             # Equal bounds are exact (a truncated upper bound is incremented, so it never equals the lower).
             if sym_lo is not None and sym_lo == sym_hi:
@@ -256,8 +270,10 @@ class Planner:
             max_rows,
             max_price,
             max_qty,
-            ts_min,
-            ts_max,
+            ts_min if ts_known else None,
+            ts_max if ts_known else None,
+            seq_min if seq_known else None,
+            seq_max if seq_known else None,
             tuple(single),
             implied,
         )

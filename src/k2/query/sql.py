@@ -75,14 +75,21 @@ def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> str:
     return str(statement.query)
 
 
-def run(
-    con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None
-) -> Any:
+def run(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> Any:
     """Execute one read-only query text and return its Arrow table."""
     relation = con.sql(query, params=params)
     if relation is None:  # not a query that returns rows
         raise QueryError("the statement returned no result")
     return relation.to_arrow_table()
+
+
+def cutoff_sql(where: str) -> str:
+    """The timestamp of the ``$limit``-th trade: a cheap first step that reads one column, so the
+    full-width query only decodes rows at or before it (late materialisation by hand)."""
+    return (
+        'SELECT max("timestamp") AS cutoff FROM (SELECT "timestamp" FROM read_parquet($files) '  # noqa: S608
+        f'WHERE {where} ORDER BY "timestamp" LIMIT $limit)'
+    )
 
 
 def trades_sql(where: str) -> str:
@@ -92,12 +99,16 @@ def trades_sql(where: str) -> str:
     )
 
 
-# Order of trades inside a bucket: exchange time, then the venue's sequence for equal times.
-_ORDER_KEY = '(epoch_us("timestamp")::HUGEINT << 64) + coalesce(source_sequence, 0)'
+# Order of trades inside a bucket: exchange time, then the venue's sequence for equal times. The
+# compact form is a BIGINT, usable when the plan's metrics prove (time span x sequence span) fits
+# 63 bits (a symbol-day does); the wide form is a HUGEINT that always fits.
+_WIDE_KEY = '(epoch_us("timestamp")::HUGEINT << 64) + coalesce(source_sequence, 0)'
+_COMPACT_KEY = '(epoch_us("timestamp") - $key_t0) * $key_m + (coalesce(source_sequence, $key_s0) - $key_s0)'
+# Bucket start: floor to a multiple of $width, counted from $origin (a multiple of $width at or
+# before every timestamp, so integer division is floor division).
+_BUCKET = '$origin + (epoch_us("timestamp") - $origin) // $width * $width'
 # Unscaled integer of a decimal(38, 12) value, exactly: integer part and fraction separately.
-_UNSCALED = (
-    "(CAST(floor({c}) AS HUGEINT) * 1000000000000 + CAST(({c} - floor({c})) * 1000000000000 AS HUGEINT))"
-)
+_UNSCALED = "(CAST(floor({c}) AS HUGEINT) * 1000000000000 + CAST(({c} - floor({c})) * 1000000000000 AS HUGEINT))"
 _MASK = str(LIMB_MASK)
 
 
@@ -106,23 +117,19 @@ def _limbs(name: str) -> str:
     return f"{u} & {_MASK} AS {name}0, ({u} >> 42) & {_MASK} AS {name}1, {u} >> 84 AS {name}2"
 
 
-def aggregate_sql(where: str, method: NotionalMethod, *, bucketed: bool) -> str:
+def aggregate_sql(where: str, method: NotionalMethod, *, bucketed: bool, compact_key: bool = False) -> str:
     """Exact OHLCV bars (``bucketed``) or one VWAP aggregate over the filtered trades.
 
     Two levels: ``fine`` groups by bucket (and, for the chunked method, by row-number chunk, so no
     group sum can overflow); the outer level merges the fine groups of each bucket. Parameters:
-    ``$files``, ``$width`` (bucket width in µs, bucketed only), ``$chunk_rows`` (chunked with
-    row numbers only), plus the filter's.
+    ``$files``; bucketed: ``$width`` (µs), ``$origin`` (µs) and, with ``compact_key``, ``$key_t0``,
+    ``$key_m``, ``$key_s0``; ``$chunk_rows`` (chunked with row numbers only); plus the filter's.
     """
     frn = method.needs_row_numbers
     source = "read_parquet($files, file_row_number = true)" if frn else "read_parquet($files)"
     row_cols = ["price", "quantity"]
     if bucketed:
-        row_cols += [
-            """epoch_us("timestamp") - ((epoch_us("timestamp") % $width) + $width) % $width AS bucket_us""",
-            f"{_ORDER_KEY} AS k",
-            "trade_id",
-        ]
+        row_cols += [f"{_BUCKET} AS bucket_us", f"{_COMPACT_KEY if compact_key else _WIDE_KEY} AS k"]
     row_cols.append("file_row_number // $chunk_rows AS chunk" if frn else "0 AS chunk")
     limbs = method.kind == "limbs"
     if limbs:
@@ -153,8 +160,6 @@ def aggregate_sql(where: str, method: NotionalMethod, *, bucketed: bool) -> str:
             "min(price) AS low",
             "arg_max(price, k) AS close",
             "max(k) AS close_k",
-            "arg_min(trade_id, k) AS first_trade_id",
-            "arg_max(trade_id, k) AS last_trade_id",
             *fine_cols,
         ]
         outer_cols = [
@@ -164,8 +169,6 @@ def aggregate_sql(where: str, method: NotionalMethod, *, bucketed: bool) -> str:
             "min(low) AS low",
             "arg_max(close, close_k) AS close",
             *outer_cols,
-            "arg_min(first_trade_id, open_k) AS first_trade_id",
-            "arg_max(last_trade_id, close_k) AS last_trade_id",
         ]
         group = "bucket_us, chunk"
     rows = f"SELECT {', '.join(row_cols)} FROM {source} WHERE {where}"  # noqa: S608

@@ -54,6 +54,7 @@ MAX_MESSAGE_BYTES = 16 * 2**20
 # Frames buffered by websockets before it stops reading the socket (high, low water marks).
 MAX_QUEUE = (1024, 256)
 CLOSE_TIMEOUT_S = 2.0
+_COUNT_EVERY_US = 1_000_000  # WS_MESSAGES is updated once a second per connection, not per frame
 
 _CONNECT_ERRORS = (OSError, TimeoutError, WebSocketException)
 
@@ -94,9 +95,7 @@ def _describe(exc: BaseException) -> str:
         return f"HTTP {exc.response.status_code} at handshake"
     if isinstance(exc, ConnectionClosed):
         rcvd = exc.rcvd
-        return (
-            f"closed with code {rcvd.code} {rcvd.reason!r}" if rcvd else "closed without a close frame (1006)"
-        )
+        return f"closed with code {rcvd.code} {rcvd.reason!r}" if rcvd else "closed without a close frame (1006)"
     if isinstance(exc, TimeoutError):
         return "timed out"
     text = " ".join((str(exc) or type(exc).__name__).split())
@@ -205,6 +204,8 @@ class WebSocketSession:
                 except InvalidURI as exc:
                     raise ConfigError(f"invalid WebSocket URL {self.url!r}: {exc}") from exc
                 except _CONNECT_ERRORS as exc:
+                    if self._stopping:
+                        break
                     failures += 1
                     self.failed_attempts = failures
                     self.last_error = _describe(exc)
@@ -299,13 +300,17 @@ class WebSocketSession:
         messages = WS_MESSAGES.labels(venue=self.venue)
         clock = self._clock_us
         recv = ws.recv
+        counted = self.frames  # frames already added to the counter (updated at most once a second)
+        count_at = 0
         try:
             while True:
                 payload = await recv(False)
                 now = clock()
                 self.frames += 1
                 self.last_frame_at_us = now
-                messages.inc()
+                if now >= count_at:
+                    messages.inc(self.frames - counted)
+                    counted, count_at = self.frames, now + _COUNT_EVERY_US
                 await sink(RawFrame(payload, now))
         except ConnectionClosed as exc:
             if self._stopping:
@@ -316,6 +321,7 @@ class WebSocketSession:
             self.last_error = _describe(exc)
             return "error"
         finally:
+            messages.inc(self.frames - counted)
             expiry.cancel()
             self._ws = None
             self._set_connected(False)

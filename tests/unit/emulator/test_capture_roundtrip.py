@@ -20,9 +20,7 @@ from k2.sources import RawFrame
 TOTAL = 34_419
 
 
-def test_capture_then_replay_round_trip(
-    tmp_path: Path, settings: K2Settings, bundled_frames: list[RawFrame]
-) -> None:
+def test_capture_then_replay_round_trip(tmp_path: Path, settings: K2Settings, bundled_frames: list[RawFrame]) -> None:
     out = tmp_path / "captured.jsonl.gz"
     expected = [f.payload for f in bundled_frames]
 
@@ -50,9 +48,7 @@ def test_capture_then_replay_round_trip(
     assert asyncio.run(replay()) == expected
 
 
-def test_capture_stops_after_duration(
-    tmp_path: Path, settings: K2Settings, bundled_frames: list[RawFrame]
-) -> None:
+def test_capture_stops_after_duration(tmp_path: Path, settings: K2Settings, bundled_frames: list[RawFrame]) -> None:
     out = tmp_path / "short.jsonl.gz"
 
     async def record() -> int:
@@ -70,14 +66,10 @@ def test_capture_gives_up_on_an_unreachable_venue(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
     settings = K2Settings(
-        source=SourceSettings(
-            max_connect_attempts=2, reconnect_initial_s=0.01, exchange_info_cache=tmp_path / "x"
-        )
+        source=SourceSettings(max_connect_attempts=2, reconnect_initial_s=0.01, exchange_info_cache=tmp_path / "x")
     )
     with pytest.raises(ExchangeUnreachable, match="after 2 attempt"):
-        asyncio.run(
-            capture(settings, tmp_path / "none.jsonl.gz", url=f"ws://127.0.0.1:{port}", max_frames=10)
-        )
+        asyncio.run(capture(settings, tmp_path / "none.jsonl.gz", url=f"ws://127.0.0.1:{port}", max_frames=10))
     assert list(read_recording(tmp_path / "none.jsonl.gz")) == []
 
 

@@ -17,6 +17,7 @@ from k2.emulator.faults import (
     replay_frames,
 )
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, RecordedFrame, read_recording
+from k2.errors import ConfigError
 from k2.sources import RawFrame, RejectReason
 from k2.sources.binance import BinanceAdapter
 
@@ -110,9 +111,7 @@ def test_malformed_every_k_inserts_bad_frames_cycling_through_the_kinds() -> Non
 
 @pytest.mark.parametrize("kind", MALFORMED_KINDS)
 @pytest.mark.parametrize("form", ["combined", "raw"])
-def test_each_bad_frame_kind_is_rejected_by_the_parser_with_the_reason_of_its_name(
-    kind: str, form: str
-) -> None:
+def test_each_bad_frame_kind_is_rejected_by_the_parser_with_the_reason_of_its_name(kind: str, form: str) -> None:
     source = decode_frame(RecordedFrame(1723161255343000, FIRST))
     bad = bad_frame(source, kind)
     assert bad.stream == "btcusdt@trade"
@@ -143,7 +142,7 @@ def test_faults_validate_and_normalise() -> None:
     assert Faults(disconnect_after=(30, 10, 30)).disconnect_after == (10, 30)
     assert not Faults().any
     assert Faults(duplicate_every=3).any
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ConfigError, match="positive"):
         Faults(disconnect_after=(0,))
-    with pytest.raises(ValueError, match="duplicate_every"):
+    with pytest.raises(ConfigError, match="duplicate_every"):
         Faults(duplicate_every=-1)

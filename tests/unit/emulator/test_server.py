@@ -17,7 +17,7 @@ from k2.emulator.faults import MALFORMED_KINDS, Faults, replay_frames
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, RecordingWriter, read_recording
 from k2.emulator.runner import EmulatorProcess
 from k2.emulator.server import BinanceEmulator, EmulatorThread, ReplayConfig
-from k2.errors import RecordingError
+from k2.errors import ConfigError, RecordingError
 from k2.sources import RawFrame, RejectReason
 from k2.sources.binance import BinanceAdapter
 from tests.conftest import eventually, eventually_async
@@ -251,9 +251,7 @@ def test_faults_over_the_wire_match_the_pure_plan_and_the_parser_reasons() -> No
     batch = BinanceAdapter().parse(
         [RawFrame(p, i) for i, p in enumerate(got)], first_platform_sequence=1, is_sample_data=True
     )
-    assert Counter(r.reason for r in batch.rejected) == {
-        RejectReason(k): injected[k] for k in MALFORMED_KINDS
-    }
+    assert Counter(r.reason for r in batch.rejected) == {RejectReason(k): injected[k] for k in MALFORMED_KINDS}
     assert batch.rows("trades") == TOTAL + injected["duplicate"]
 
 
@@ -309,6 +307,26 @@ def test_server_pings_and_the_client_pongs() -> None:
             return await eventually_async(latency)
 
     assert asyncio.run(main()) > 0
+
+
+def test_invalid_config_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="speed"):
+        ReplayConfig(speed=0)
+    with pytest.raises(ConfigError, match="min_clients"):
+        ReplayConfig(min_clients=0)
+
+
+def test_looping_over_a_recording_with_nothing_to_replay_fails_instead_of_spinning(tmp_path: Path) -> None:
+    empty = tmp_path / "controls.jsonl.gz"
+    with RecordingWriter(empty) as writer:
+        writer.write('{"result":null,"id":1}', 1)
+
+    async def main() -> None:
+        async with BinanceEmulator(ReplayConfig(recording=empty, loop=True)) as emu, _connect(emu.url + BOTH):
+            await asyncio.wait_for(emu.wait_finished(), 10)
+
+    with pytest.raises(RecordingError, match="nothing to replay"):
+        asyncio.run(main())
 
 
 def test_missing_recording_fails_at_start(tmp_path: Path) -> None:

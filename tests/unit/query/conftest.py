@@ -34,9 +34,7 @@ def fill(catalog: Catalog, lake: LakeSettings, data: pa.Table) -> None:
 
 
 @pytest.fixture(scope="module")
-def filled_lake(
-    tmp_path_factory: pytest.TempPathFactory, recording: pa.Table
-) -> tuple[Catalog, LakeSettings]:
+def filled_lake(tmp_path_factory: pytest.TempPathFactory, recording: pa.Table) -> tuple[Catalog, LakeSettings]:
     """A warehouse holding the recording (read-only for the tests that share it)."""
     lake = LakeSettings(warehouse=tmp_path_factory.mktemp("query") / "warehouse")
     catalog = open_catalog(lake)

@@ -61,8 +61,6 @@ def ohlcv(trades: list[dict[str, Any]], width: timedelta) -> list[dict[str, Any]
                 "volume": volume,
                 "trades": len(group),
                 "vwap": vwap(group),
-                "first_trade_id": group[0]["trade_id"],
-                "last_trade_id": group[-1]["trade_id"],
             }
         )
     return bars

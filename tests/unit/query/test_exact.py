@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -17,7 +18,9 @@ from k2.config import LakeSettings
 from k2.errors import QueryError
 from k2.lake.catalog import load_or_create_trades_table
 from k2.query import QueryEngine, exact, sql
+from k2.query.engine import bar_parameters
 from k2.query.exact import LIMBS, NotionalMethod
+from k2.query.planner import ScanPlan, TradeFilter
 from tests.unit.query import reference as ref
 
 # Decimal arithmetic rounds to 28 digits by default: every 38-digit value here is written out.
@@ -93,45 +96,75 @@ def test_choose_method(
     assert exact.choose_method(price, quantity, files, max_rows) == expected
 
 
-@pytest.mark.parametrize(
-    "method", [NotionalMethod("chunked", None), NotionalMethod("chunked", 997), LIMBS], ids=str
-)
+@pytest.mark.parametrize("compact_key", [True, False], ids=["bigint-key", "hugeint-key"])
+@pytest.mark.parametrize("method", [NotionalMethod("chunked", None), NotionalMethod("chunked", 997), LIMBS], ids=str)
 def test_every_method_gives_the_same_exact_bars_on_the_recording(
-    engine: QueryEngine, recording: pa.Table, method: NotionalMethod
+    engine: QueryEngine, recording: pa.Table, method: NotionalMethod, compact_key: bool
 ) -> None:
+    """Every summing method and both order keys, forced on the real recording (1-minute BTCUSDT bars)."""
     plan = engine.plan("BTCUSDT")
-    where, params = plan.filter.sql_where()
-    params.update(files=list(plan.files), width=60_000_000)
+    where, params = plan.filter.sql_where()  # the explicit WHERE, even though the plan implies it
+    bar_params, compact = bar_parameters(plan, 60_000_000)
+    assert compact  # 11 minutes x ~20k trade ids fit a BIGINT key
+    if not compact_key:
+        bar_params = {k: v for k, v in bar_params.items() if not k.startswith("key_")}
+    params.update(files=list(plan.files), **bar_params)
     if method.needs_row_numbers:
         params["chunk_rows"] = method.chunk_rows
     con = sql.open_connection(str(engine.plan().files[0]).rsplit("/data/", 1)[0] + "/")
     try:
-        raw = sql.run(con, sql.aggregate_sql(where, method, bucketed=True), params)
+        text = sql.aggregate_sql(where, method, bucketed=True, compact_key=compact_key)
+        raw = sql.run(con, text, params)
     finally:
         con.close()
     notional, volume = sql.aggregate_sums(raw, method)
-    bars = ref.ohlcv(ref.rows(recording, "BTCUSDT"), timedelta(minutes=1))
+    btc = ref.rows(recording, "BTCUSDT")
+    bars = ref.ohlcv(btc, timedelta(minutes=1))
     by_bucket: dict[int, list[dict[str, Any]]] = {}
-    for r in ref.rows(recording, "BTCUSDT"):
+    for r in btc:
         t = ref.us(r["timestamp"])
         by_bucket.setdefault(t - t % 60_000_000, []).append(r)
     expected_notional = [
-        sum(exact.unscaled(r["price"]) * exact.unscaled(r["quantity"]) for r in by_bucket[b])
-        for b in sorted(by_bucket)
+        sum(exact.unscaled(r["price"]) * exact.unscaled(r["quantity"]) for r in by_bucket[b]) for b in sorted(by_bucket)
     ]
     assert raw.column("bucket_us").to_pylist() == sorted(by_bucket)
     assert notional == expected_notional
     assert volume == [exact.unscaled(b["volume"]) for b in bars]
-    for name in ("open", "high", "low", "close", "trades", "first_trade_id", "last_trade_id"):
+    for name in ("open", "high", "low", "close", "trades"):
         assert raw.column(name).to_pylist() == [b[name] for b in bars], name
+
+
+def test_bar_parameters() -> None:
+    base = ScanPlan(1, TradeFilter(), ("f",), 1, 1, 1, 1, 1, None, None, None, None, (), True)
+    # No metrics: an origin far before any timestamp, and the HUGEINT key.
+    params, compact = bar_parameters(base, 60_000_000)
+    assert not compact
+    assert params["origin"] % 60_000_000 == 0
+    assert params["origin"] < -(1 << 62)
+    day = 1_723_161_600_000_000  # 2024-08-09 00:00 UTC
+    one_day = replace(base, min_timestamp_us=day + 5, max_timestamp_us=day + 86_399_999_999)
+    params, compact = bar_parameters(replace(one_day, min_sequence=10, max_sequence=2_600_009), 60_000_000)
+    assert compact
+    assert params == {
+        "width": 60_000_000,
+        "origin": day,
+        "key_t0": day + 5,
+        "key_m": 2_600_000,
+        "key_s0": 10,
+    }
+    # A sequence span too wide for 63 bits next to a day of microseconds: HUGEINT key.
+    params, compact = bar_parameters(replace(one_day, min_sequence=0, max_sequence=10**9), 60_000_000)
+    assert not compact
+    assert params == {"width": 60_000_000, "origin": day}
+    # Timestamps before 1970 still floor to the bucket below.
+    params, _ = bar_parameters(replace(base, min_timestamp_us=-1, max_timestamp_us=5), 60_000_000)
+    assert params["origin"] == -60_000_000
 
 
 def _with_values(template: pa.Table, prices: list[Decimal], quantities: list[Decimal]) -> pa.Table:
     """``len(prices)`` real BTCUSDT trades with their price and quantity replaced."""
     btc = template.filter(pc.equal(template.column("symbol"), "BTCUSDT")).slice(0, len(prices))
-    btc = btc.set_column(
-        btc.schema.get_field_index("price"), btc.schema.field("price"), pa.array(prices, DEC)
-    )
+    btc = btc.set_column(btc.schema.get_field_index("price"), btc.schema.field("price"), pa.array(prices, DEC))
     return btc.set_column(
         btc.schema.get_field_index("quantity"), btc.schema.field("quantity"), pa.array(quantities, DEC)
     )
@@ -175,9 +208,7 @@ def test_huge_quantities_at_tiny_prices(
         engine.ohlcv("BTCUSDT", "1d")
 
 
-def test_the_largest_prices(
-    extreme_engine: tuple[QueryEngine, Catalog, LakeSettings], recording: pa.Table
-) -> None:
+def test_the_largest_prices(extreme_engine: tuple[QueryEngine, Catalog, LakeSettings], recording: pa.Table) -> None:
     prices = [MAX, MAX_MINUS_TINY, MAX, Decimal("12345678901234567890123456.5")]
     quantities = [Decimal(1), TINY, Decimal("2.5"), Decimal("3.000000000001")]
     engine = _load(extreme_engine, _with_values(recording, prices, quantities))

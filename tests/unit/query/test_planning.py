@@ -44,9 +44,7 @@ def test_one_symbol_one_hour_plans_one_partition(engine: QueryEngine, recording:
     plan = engine.plan("BTCUSDT", start_time=start, end_time=start + timedelta(hours=1))
     assert len(plan.files) == 1 < len(engine.plan().files)
     assert _partition_dirs(plan.files) == ["timestamp_day=2024-08-08/symbol=BTCUSDT"]
-    btc_before_midnight = [
-        r for r in ref.rows(recording, "BTCUSDT") if r["timestamp"] < start + timedelta(hours=1)
-    ]
+    btc_before_midnight = [r for r in ref.rows(recording, "BTCUSDT") if r["timestamp"] < start + timedelta(hours=1)]
     assert plan.rows == len(btc_before_midnight)
 
 
@@ -128,9 +126,7 @@ def test_refresh_interval_zero_sees_every_new_snapshot(
         assert engine.query_trades(limit=5000).num_rows == 1000
 
 
-def test_a_vanished_data_file_is_a_query_error(
-    empty_lake: tuple[Catalog, LakeSettings], recording: pa.Table
-) -> None:
+def test_a_vanished_data_file_is_a_query_error(empty_lake: tuple[Catalog, LakeSettings], recording: pa.Table) -> None:
     catalog, lake = empty_lake
     fill(catalog, lake, recording)
     with QueryEngine(catalog, lake, refresh_interval_s=None) as engine:

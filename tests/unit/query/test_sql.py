@@ -16,8 +16,7 @@ from tests.unit.query import reference as ref
 
 def test_vendor_data_is_readable(engine: QueryEngine, recording: pa.Table) -> None:
     result = engine.sql(
-        "SELECT vendor_data['is_buyer_maker'] AS buyer_maker, side, count(*) AS n "
-        "FROM trades GROUP BY ALL ORDER BY ALL"
+        "SELECT vendor_data['is_buyer_maker'] AS buyer_maker, side, count(*) AS n FROM trades GROUP BY ALL ORDER BY ALL"
     )
     rows = ref.rows(recording)
     makers = sum(1 for r in rows if dict(r["vendor_data"])["is_buyer_maker"] == "true")
@@ -29,21 +28,15 @@ def test_vendor_data_is_readable(engine: QueryEngine, recording: pa.Table) -> No
 
 def test_positional_and_named_parameters(engine: QueryEngine, recording: pa.Table) -> None:
     btc = len(ref.rows(recording, "BTCUSDT"))
-    assert engine.sql("SELECT count(*) AS n FROM trades WHERE symbol = ?", ["BTCUSDT"]).to_pylist() == [
-        {"n": btc}
-    ]
+    assert engine.sql("SELECT count(*) AS n FROM trades WHERE symbol = ?", ["BTCUSDT"]).to_pylist() == [{"n": btc}]
     named = engine.sql("SELECT count(*) AS n FROM trades WHERE symbol = $s", {"s": "BTCUSDT"})
     assert named.to_pylist() == [{"n": btc}]
     # A value that looks like SQL is only ever a value.
-    assert engine.sql("SELECT count(*) AS n FROM trades WHERE symbol = ?", ["x' OR 1=1 --"]).to_pylist() == [
-        {"n": 0}
-    ]
+    assert engine.sql("SELECT count(*) AS n FROM trades WHERE symbol = ?", ["x' OR 1=1 --"]).to_pylist() == [{"n": 0}]
 
 
 def test_with_values_describe_and_decimal_types(engine: QueryEngine) -> None:
-    result = engine.sql(
-        "WITH t AS (SELECT max(price) AS p FROM trades WHERE symbol = 'ETHUSDT') SELECT p FROM t"
-    )
+    result = engine.sql("WITH t AS (SELECT max(price) AS p FROM trades WHERE symbol = 'ETHUSDT') SELECT p FROM t")
     assert result.table.schema.field("p").type == pa.decimal128(38, 12)
     assert engine.sql("VALUES (1), (2)").num_rows == 2
     columns = engine.sql("DESCRIBE trades").table.column("column_name").to_pylist()
