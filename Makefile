@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.k2-installed
 
-.PHONY: demo test lint typecheck unit golden bench clean
+.PHONY: services demo test lint typecheck unit golden bench clean prometheus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck services
 	$(BIN)/pytest
+
+# Distributed-mode services for the integration tests: Maven Central jars into ~/.m2 and ~/.cache/k2,
+# PostgreSQL via apt-get when missing (the fixtures fetch lazily too; this fails early and clearly).
+services: $(STAMP)
+	$(BIN)/k2 dev fetch
 
 golden: $(STAMP)
 	$(BIN)/python -m k2.schema.golden
@@ -33,3 +38,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) k2-data .pytest_cache .mypy_cache .ruff_cache
+
+# Prometheus + promtool (Debian's package, unpacked under ~/.cache/k2; the tests fetch it themselves too).
+prometheus:
+	bash deploy/scripts/fetch-prometheus.sh

@@ -59,11 +59,13 @@ def main() -> None:
 
     commit_s: list[float] = []  # CommitResult.duration_s: sort + write files + commit
     call_s: list[float] = []  # the whole append() call, including maintenance when it runs
+    cpu_s: list[float] = []  # process CPU time of the append() call (robust to other load)
     started = time.perf_counter()
     for i, batch in enumerate(shifted_trades(args.commits * args.rows, batch_rows=args.rows)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = writer.append(batch, snapshot_properties={"k2.bench.commit": str(i)})
         call_s.append(time.perf_counter() - t0)
+        cpu_s.append(time.process_time() - c0)
         commit_s.append(result.duration_s)
         if (i + 1) % 250 == 0:
             print(f"  {i + 1} commits, last-50 median {_ms(statistics.median(commit_s[-50:]))}", flush=True)
@@ -86,6 +88,9 @@ def main() -> None:
     print(f"| median commit, commits 1-{w} | {_ms(first)} |")
     print(f"| median commit, commits {n - w + 1}-{n} | {_ms(last)} |")
     print(f"| ratio last/first | {last / first:.2f}x |")
+    cpu_first, cpu_last = statistics.median(cpu_s[:w]), statistics.median(cpu_s[-w:])
+    print(f"| median CPU per append(), first / last {w} | {_ms(cpu_first)} / {_ms(cpu_last)} |")
+    print(f"| CPU ratio last/first | {cpu_last / cpu_first:.2f}x |")
     print(f"| p95 / max commit (all) | {_ms(_pct(commit_s, 0.95))} / {_ms(max(commit_s))} |")
     print(f"| p95 / max commit, last {w} | {_ms(_pct(commit_s[-w:], 0.95))} / {_ms(max(commit_s[-w:]))} |")
     print(f"| p95 / max append() call incl. maintenance | {_ms(_pct(call_s, 0.95))} / {_ms(max(call_s))} |")

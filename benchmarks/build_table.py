@@ -1,6 +1,8 @@
 """Build the query benchmark's trades table: >= 10M rows of shifted real trades, via TableWriter.
 
     python -m benchmarks.build_table --warehouse benchmarks/.work/query --rows 10000000 --batch-rows 500000
+    python -m benchmarks.build_table --warehouse benchmarks/.work/query-rg128k \
+        --property write.parquet.row-group-limit=131072
 
 The bundled real recording (34,419 Binance trades, BTCUSDT + ETHUSDT) is repeated and shifted
 forward in time (``benchmarks._data.shifted_trades``): 10M rows cover ~2.2 days from
@@ -48,10 +50,15 @@ def _batches(rows: int, batch_rows: int, start: datetime) -> Iterator[list[pa.Re
         yield pending
 
 
-def build(warehouse: Path, rows: int, batch_rows: int, start: datetime) -> dict[str, object]:
+def build(
+    warehouse: Path, rows: int, batch_rows: int, start: datetime, properties: dict[str, str]
+) -> dict[str, object]:
     lake = LakeSettings(warehouse=warehouse)
     catalog = open_catalog(lake)
     table = load_or_create_trades_table(catalog, lake)
+    if properties:
+        with table.transaction() as tx:
+            tx.set_properties(properties)
     writer = TableWriter(catalog, (lake.namespace, lake.trades_table), lake)
     started = time.perf_counter()
     commits = written = 0
@@ -75,6 +82,8 @@ def build(warehouse: Path, rows: int, batch_rows: int, start: datetime) -> dict[
         "data_bytes": sum(f.file.file_size_in_bytes for f in files),
         "snapshots_kept": len(table.metadata.snapshots),
         "snapshot_id": snapshot.snapshot_id if snapshot else None,
+        "partition_spec": str(table.spec()),
+        "extra_properties": properties,
         "start": start.isoformat(),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -86,13 +95,21 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--batch-rows", type=int, default=500_000)
     parser.add_argument("--start", type=datetime.fromisoformat, default=DEFAULT_START)
+    parser.add_argument(
+        "--property",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra table property set before writing, e.g. write.parquet.row-group-limit=131072",
+    )
     args = parser.parse_args()
+    properties = dict(p.split("=", 1) for p in args.property)
     if args.warehouse.exists() and any(args.warehouse.iterdir()):
         parser.error(f"{args.warehouse} is not empty: pick a new directory (or remove it yourself)")
     if args.start.tzinfo is None:
         parser.error("--start must carry a time zone, e.g. 2024-08-08T23:54:15+00:00")
     configure_logging("WARNING")
-    summary = build(args.warehouse, args.rows, args.batch_rows, args.start)
+    summary = build(args.warehouse, args.rows, args.batch_rows, args.start, properties)
     (args.warehouse / "build.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 

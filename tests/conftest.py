@@ -14,6 +14,9 @@ from k2.config import K2Settings, LakeSettings, SourceSettings
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
 from k2.sources.base import RawFrame
 
+# Real services (kafka, kafka3, schema_registry, s3, postgres): see tests/integration/services/conftest.py.
+pytest_plugins = ("tests.integration.services.fixtures",)
+
 T = TypeVar("T")
 
 FIXTURES = Path(__file__).parent / "fixtures"

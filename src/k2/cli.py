@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from k2.config import K2Settings, load_settings
+from k2.devservices.cli import dev_app
 from k2.errors import ConfigError, K2Error
 from k2.logging import configure_logging
 
@@ -32,6 +33,7 @@ app = typer.Typer(
 )
 query_app = typer.Typer(help="Query the trades table (DuckDB over Iceberg).", no_args_is_help=True)
 app.add_typer(query_app, name="query")
+app.add_typer(dev_app, name="dev")  # k2.devservices: Kafka, registry, S3, PostgreSQL for development
 
 out = Console()
 err = Console(stderr=True)
@@ -49,6 +51,15 @@ def _errors() -> Iterator[None]:
     except K2Error as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+def _service_logging() -> None:
+    """Service logging from settings: ``K2_LOG__FORMAT=json`` (set in the image) and ``K2_LOG__LEVEL``."""
+    with _errors():
+        log = load_settings().log
+        if log.format not in ("json", "console") or log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"K2_LOG__FORMAT must be json or console and K2_LOG__LEVEL DEBUG..ERROR: {log}")
+        configure_logging(log.level, "json" if log.format == "json" else "console")
 
 
 def _settings(*, symbols: str | None = None, warehouse: Path | None = None, **source: Any) -> K2Settings:
@@ -129,16 +140,14 @@ def run(
     """Stream live trades into the local Iceberg warehouse (embedded mode, no broker)."""
     from k2.services.run import run_pipeline
 
-    configure_logging()
+    _service_logging()
     with _errors():
         settings = _settings(symbols=symbols, warehouse=warehouse, max_connect_attempts=connect_attempts)
         if metrics_port is not None:
             settings = settings.model_copy(
                 update={"metrics": settings.metrics.model_copy(update={"port": metrics_port})}
             )
-        stats = asyncio.run(
-            run_pipeline(settings, ws_base_url=ws_url, duration_s=duration, is_sample_data=sample)
-        )
+        stats = asyncio.run(run_pipeline(settings, ws_base_url=ws_url, duration_s=duration, is_sample_data=sample))
     out.print(
         f"stopped: {stats.frames} frames, {stats.trades} trades, {stats.rejected} rejected, "
         f"{stats.rows_committed} rows in {stats.commits} commits -> {settings.lake.warehouse}"
@@ -147,10 +156,11 @@ def run(
 
 @app.command()
 def demo(
-    warehouse: Annotated[Path, typer.Option(help="Demo warehouse (recreated on each run).")] = Path(
-        "k2-demo"
-    ),
+    warehouse: Annotated[Path, typer.Option(help="Demo warehouse (recreated on each run).")] = Path("k2-demo"),
     speed: Annotated[str, typer.Option(help="Replay speed: a factor like 50, or 'max'.")] = "50",
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus /metrics on this port (watch with `k2 status`).")
+    ] = None,
 ) -> None:
     """Replay the bundled real Binance recording through the emulator into Iceberg, then query it."""
     from k2.services.demo import run_demo
@@ -158,7 +168,7 @@ def demo(
     configure_logging(level="WARNING")
     with _errors():
         replay_speed = None if speed == "max" else _positive_float(speed)
-        run_demo(warehouse, speed=replay_speed, console=out, print_table=print_arrow)
+        run_demo(warehouse, speed=replay_speed, console=out, print_table=print_arrow, metrics_port=metrics_port)
 
 
 def _positive_float(text: str) -> float:
@@ -241,12 +251,8 @@ def query_vwap(
 
 @query_app.command("sql")
 def query_sql(
-    query: Annotated[
-        str, typer.Argument(help="A read-only SELECT over the view `trades`; use ? for parameters.")
-    ],
-    param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="Positional parameter (repeatable).")
-    ] = None,
+    query: Annotated[str, typer.Argument(help="A read-only SELECT over the view `trades`; use ? for parameters.")],
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Positional parameter (repeatable).")] = None,
     warehouse: WarehouseOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
@@ -259,18 +265,12 @@ def query_sql(
 # --- emulator & capture -------------------------------------------------------------------------
 @app.command()
 def emulator(
-    recording: Annotated[
-        Path | None, typer.Option(help="Recording to replay (default: the bundled one).")
-    ] = None,
+    recording: Annotated[Path | None, typer.Option(help="Recording to replay (default: the bundled one).")] = None,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 9443,
-    speed: Annotated[
-        str, typer.Option(help="1 = recorded pace, N = N times faster, 'max' = as fast as read.")
-    ] = "1",
+    speed: Annotated[str, typer.Option(help="1 = recorded pace, N = N times faster, 'max' = as fast as read.")] = "1",
     loop: Annotated[bool, typer.Option(help="Start over at the end of the recording.")] = False,
-    disconnect_after: Annotated[
-        list[int] | None, typer.Option(help="Drop the connection after N frames.")
-    ] = None,
+    disconnect_after: Annotated[list[int] | None, typer.Option(help="Drop the connection after N frames.")] = None,
     duplicate_every: Annotated[int, typer.Option(help="Send every k-th frame twice.")] = 0,
     reorder_every: Annotated[int, typer.Option(help="Swap every k-th frame with the next.")] = 0,
     malformed_every: Annotated[int, typer.Option(help="Insert a bad frame after every k-th frame.")] = 0,
@@ -310,10 +310,137 @@ def capture(
     configure_logging()
     with _errors():
         settings = _settings(symbols=symbols, max_connect_attempts=connect_attempts)
-        written = asyncio.run(
-            run_capture(settings, out_path, url=ws_url, max_frames=max_frames, duration_s=duration)
-        )
+        written = asyncio.run(run_capture(settings, out_path, url=ws_url, max_frames=max_frames, duration_s=duration))
     out.print(f"captured {written} frames -> {out_path}")
+
+
+# --- observability ------------------------------------------------------------------------------
+@app.command()
+def status(
+    url: Annotated[
+        str | None, typer.Option(help="The process's /metrics URL (default: http://127.0.0.1:PORT/metrics).")
+    ] = None,
+    port: Annotated[int, typer.Option(help="Metrics port of a local K2 process (when --url is not given).")] = 9108,
+    interval: Annotated[float, typer.Option(help="Seconds between scrapes.")] = 1.0,
+    count: Annotated[int | None, typer.Option(help="Stop after this many refreshes (default: until Ctrl-C).")] = None,
+) -> None:
+    """Live view of a running K2 process (feeds, rates, freshness, commits) from its /metrics endpoint."""
+    from k2.services.status import watch
+
+    with _errors():
+        if interval <= 0:
+            raise ConfigError("--interval must be positive")
+        watch(url or f"http://127.0.0.1:{port}/metrics", interval_s=interval, console=out, updates=count)
+
+
+@app.command("metrics-doc")
+def metrics_doc(
+    path: Annotated[Path, typer.Option(help="The operations guide to update.")] = Path("docs/operations.md"),
+    check: Annotated[bool, typer.Option(help="Fail if the file is out of date instead of writing it.")] = False,
+) -> None:
+    """Regenerate the metric reference in docs/operations.md from k2.metrics (--check: fail on drift)."""
+    from k2.services.metrics_doc import update_operations_doc
+
+    with _errors():
+        changed = update_operations_doc(path, check=check)
+    out.print(f"{path}: {'updated' if changed else 'up to date'}")
+
+
+# --- distributed mode: Kafka (docs/kafka.md) ----------------------------------------------------
+BootstrapOpt = Annotated[str | None, typer.Option(help="Kafka bootstrap servers (host:port,...).")]
+RegistryOpt = Annotated[str | None, typer.Option(help="Schema registry URL (Confluent API).")]
+
+
+def _with_kafka(settings: K2Settings, metrics_port: int | None = None, **kafka: Any) -> K2Settings:
+    """``settings`` with non-None Kafka options (and the metrics port) applied."""
+    data = settings.model_dump()
+    data["kafka"].update({k: v for k, v in kafka.items() if v is not None})
+    if metrics_port is not None:
+        data["metrics"]["port"] = metrics_port
+    return load_settings(**data)
+
+
+@app.command()
+def ingest(
+    symbols: SymbolsOpt = None,
+    ws_url: Annotated[str | None, typer.Option(help="WebSocket base URL (default: Binance).")] = None,
+    bootstrap_servers: BootstrapOpt = None,
+    schema_registry: RegistryOpt = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    connect_attempts: Annotated[int, typer.Option(help="Give up after this many failed connection attempts.")] = 5,
+    sample: Annotated[bool, typer.Option(help="Mark rows is_sample_data (replays).")] = False,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics on this port.")] = None,
+) -> None:
+    """Stream live trades into Kafka (Avro, Confluent wire format), keyed by symbol."""
+    from k2.services.ingest import run_ingest
+    from k2.services.run import resolve_symbol_info
+
+    _service_logging()
+    with _errors():
+        settings = _with_kafka(
+            _settings(symbols=symbols, max_connect_attempts=connect_attempts),
+            metrics_port,
+            bootstrap_servers=bootstrap_servers,
+            schema_registry_url=schema_registry,
+        )
+        info = resolve_symbol_info(settings) if ws_url is None else None
+        stats = asyncio.run(
+            run_ingest(settings, ws_base_url=ws_url, duration_s=duration, is_sample_data=sample, symbol_info=info)
+        )
+    p = stats.producer
+    out.print(
+        f"stopped: {stats.frames} frames, {stats.trades} trades, {stats.rejected} rejected; "
+        f"{p.get('delivered', 0)} delivered, {p.get('failed', 0)} failed"
+    )
+
+
+@app.command()
+def consume(
+    warehouse: WarehouseOpt = None,
+    topic: Annotated[list[str] | None, typer.Option(help="Topic to consume (repeatable).")] = None,
+    group: Annotated[str | None, typer.Option(help="Consumer group (one per table).")] = None,
+    bootstrap_servers: BootstrapOpt = None,
+    schema_registry: RegistryOpt = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    idle_exit: Annotated[float | None, typer.Option(help="Stop after this many seconds without messages.")] = None,
+    max_messages: Annotated[int | None, typer.Option(help="Stop after about this many messages.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics on this port.")] = None,
+) -> None:
+    """Consume trades from Kafka into Iceberg, exactly once (offsets live in the Iceberg commits)."""
+    from k2.services.consume import run_consume
+
+    _service_logging()
+    with _errors():
+        settings = _with_kafka(
+            _settings(warehouse=warehouse),
+            metrics_port,
+            bootstrap_servers=bootstrap_servers,
+            schema_registry_url=schema_registry,
+            consumer_group=group,
+        )
+        stats = run_consume(
+            settings, topics=topic, duration_s=duration, idle_exit_s=idle_exit, max_messages=max_messages
+        )
+    out.print(
+        f"stopped: {stats.messages} messages, {stats.rows_committed} rows in {stats.commits} commits, "
+        f"{stats.dead_lettered} dead-lettered -> {settings.lake.warehouse}"
+    )
+
+
+# --- quality --------------------------------------------------------------------------------------
+@app.command()
+def quality(
+    symbol: Annotated[str | None, typer.Option("--symbol", "-s", help="Only this symbol.")] = None,
+    day: Annotated[str | None, typer.Option(help="Only this UTC day, YYYY-MM-DD.")] = None,
+    warehouse: WarehouseOpt = None,
+    fmt: FormatOpt = "table",
+) -> None:
+    """Completeness and quality per symbol per day: ids expected vs stored, gaps, backfill, duplicates, anomalies."""
+    from k2.services.quality_report import parse_day, quality_report
+
+    with _errors():
+        table = quality_report(_settings(warehouse=warehouse), symbol=symbol, day=parse_day(day))
+        print_arrow(table, fmt, title="quality report")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -60,6 +60,27 @@ class SourceSettings(_Section):
         return cleaned
 
 
+class S3Settings(_Section):
+    """Object storage of an ``s3://`` warehouse (distributed mode; see docs/distributed.md)."""
+
+    endpoint: str | None = None  # e.g. http://127.0.0.1:19000 for s3proxy; None: AWS's own endpoint
+    region: str = "us-east-1"
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    path_style: bool = True  # S3-compatible stores (s3proxy, MinIO) want path-style addressing
+
+    def fileio_properties(self) -> dict[str, str]:
+        """pyiceberg FileIO properties (``s3.*``) for these settings; secrets unwrapped only here."""
+        props = {"s3.region": self.region, "s3.force-virtual-addressing": str(not self.path_style).lower()}
+        if self.endpoint:
+            props["s3.endpoint"] = self.endpoint
+        if self.access_key_id is not None:
+            props["s3.access-key-id"] = self.access_key_id.get_secret_value()
+        if self.secret_access_key is not None:
+            props["s3.secret-access-key"] = self.secret_access_key.get_secret_value()
+        return props
+
+
 class LakeSettings(_Section):
     """The Iceberg warehouse."""
 
@@ -76,6 +97,11 @@ class LakeSettings(_Section):
     keep_snapshots: int = Field(default=20, ge=1)
     maintenance_every_commits: int = Field(default=10, ge=1)
     commit_retries: int = Field(default=5, ge=0)
+
+    # Distributed mode: an object-store warehouse such as "s3://k2/warehouse" (overrides `warehouse`
+    # for table data; the quarantine stays in the local `warehouse` directory) and its S3 settings.
+    warehouse_uri: str | None = None
+    s3: S3Settings = S3Settings()
 
     @property
     def resolved_catalog_uri(self) -> str:
@@ -100,6 +126,62 @@ class LogSettings(_Section):
     format: str = "console"
 
 
+class KafkaSettings(_Section):
+    """Distributed mode: Kafka topics, the schema registry, producer and consumer knobs (docs/kafka.md)."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    schema_registry_url: str = "http://127.0.0.1:8081"
+    asset_class: str = "crypto"
+    # Topics are created with these settings and checked against them at start-up.
+    partitions: int = Field(default=6, gt=0)
+    replication_factor: int = Field(default=1, gt=0)
+    retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=-1)
+    compression: str = "zstd"  # topic compression.type and producer compression.codec
+    # Producer: bounded local queue; when full, the WebSocket source is paused (backpressure).
+    producer_queue_messages: int = Field(default=100_000, gt=0)
+    linger_ms: int = Field(default=20, ge=0)
+    delivery_timeout_ms: int = Field(default=120_000, gt=0)
+    # Consumer: one group per table; batches of up to batch_size messages per poll.
+    consumer_group: str = "k2-iceberg-trades"
+    batch_size: int = Field(default=10_000, gt=0)
+    poll_timeout_s: float = Field(default=0.5, gt=0)
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    dlq_suffix: str = ".dlq"
+
+    @field_validator("compression")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        if value not in ("zstd", "lz4", "snappy", "gzip", "none"):
+            raise ValueError(f"unknown compression {value!r}: zstd, lz4, snappy, gzip or none")
+        return value
+
+
+class QualitySettings(_Section):
+    """Completeness and data quality at ingest (docs/quality.md)."""
+
+    events_table: str = "quality_events"
+    # A gap is backfilled once it has stayed open this long (a reordered frame may still fill it).
+    gap_grace_s: float = Field(default=2.0, ge=0)
+    backfill: bool = True
+    # Gaps larger than this many trades are recorded UNRECOVERABLE without fetching them.
+    max_backfill_trades: int = Field(default=1_000_000, gt=0)
+    backfill_page_limit: int = Field(default=1000, gt=0, le=1000)
+    backfill_attempts: int = Field(default=8, ge=1)  # per page, across 429/418/5xx and network errors
+    # Token bucket on Binance request weight: the documented limit is 6000 per minute; use a share.
+    rest_weight_per_minute: int = Field(default=3000, gt=0)
+    rest_weight_burst: int = Field(default=300, gt=0)
+    rest_timeout_s: float = Field(default=10.0, gt=0)
+    # Trades whose id is this far below the high-water mark mean the venue reset its numbering.
+    reset_threshold: int = Field(default=10_000_000, gt=0)
+    # Startup: ids from the table's newest rows (this far back in exchange time) seed the tracker.
+    seed_lookback_s: float = Field(default=3600.0, gt=0)
+    price_jump_fraction: float = Field(default=0.05, gt=0)
+    price_window: int = Field(default=50, ge=1)
+    max_future_s: float = Field(default=2.0, ge=0)
+    max_lag_s: float = Field(default=30.0, gt=0)
+    stale_after_s: float = Field(default=60.0, gt=0)
+
+
 class K2Settings(BaseSettings):
     """All of K2's configuration. Frozen: read once, pass down."""
 
@@ -114,6 +196,8 @@ class K2Settings(BaseSettings):
     lake: LakeSettings = LakeSettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
+    quality: QualitySettings = QualitySettings()
+    kafka: KafkaSettings = KafkaSettings()
 
     @classmethod
     def settings_customise_sources(

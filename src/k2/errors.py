@@ -7,12 +7,20 @@
     ├── SchemaError                  a canonical-schema problem (drift, incompatible evolution)
     ├── SourceError                  exchange-side trouble
     │   ├── ConnectionLost           a WebSocket dropped (retryable: the session reconnects)
-    │   └── ExchangeUnreachable      could not connect at all within the allowed attempts
+    │   ├── ExchangeUnreachable      could not connect at all within the allowed attempts
+    │   ├── RateLimited              REST 429/418 from the venue (retryable after retry_after_s)
+    │   └── BackfillError            a gap that backfill could not close
     ├── RecordingError               a capture/recording file that cannot be read or written
     ├── LakeError                    Iceberg catalog/table/writer failures
     │   └── CommitConflict           another writer committed first (retryable: reload and retry)
-    └── QueryError                   a query that cannot run
-        └── ReadOnlyViolation        SQL that would write, attach or reach outside the warehouse
+    ├── QueryError                   a query that cannot run
+    │   └── ReadOnlyViolation        SQL that would write, attach or reach outside the warehouse
+    ├── ScrapeError                  a process's /metrics endpoint could not be read (`k2 status`)
+    ├── BusError                     Kafka / schema-registry failures
+    │   ├── BusUnavailable           broker or registry unreachable (retryable)
+    │   ├── TopicMismatch            an existing topic differs from the configured one
+    │   └── IncompatibleSchema       the registry rejected a schema under the subject's compatibility
+    └── DevServiceError              a dev/test service (k2.devservices) that cannot be fetched or started
 
 ``retryable`` tells callers whether trying again can help. Library errors (pyiceberg, duckdb,
 websockets) are translated at the edge where they are caught; only the CLI turns a K2Error into an
@@ -70,3 +78,45 @@ class QueryError(K2Error):
 
 class ReadOnlyViolation(QueryError):
     """SQL that would modify data or reach outside the warehouse."""
+
+
+class ScrapeError(K2Error):
+    """A K2 process's ``/metrics`` endpoint could not be read or parsed (retryable)."""
+
+    retryable = True
+
+
+class BusError(K2Error):
+    """Kafka or schema-registry failure."""
+
+
+class BusUnavailable(BusError):
+    """The broker or the schema registry could not be reached."""
+
+    retryable = True
+
+
+class TopicMismatch(BusError):
+    """An existing topic's partitions or configuration differ from the configured ones."""
+
+
+class IncompatibleSchema(BusError):
+    """The schema registry rejected a schema under the subject's compatibility level."""
+
+
+class RateLimited(SourceError):
+    """The venue's REST API refused a request for rate reasons (HTTP 429/418); retry after a delay."""
+
+    retryable = True
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class BackfillError(SourceError):
+    """A gap could not be backfilled (REST errors persisted, or the venue no longer has the trades)."""
+
+
+class DevServiceError(K2Error):
+    """A development service (Kafka, registry, S3, PostgreSQL) could not be downloaded, started or stopped."""

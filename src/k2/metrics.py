@@ -9,6 +9,8 @@ declared metric is never used.
 
 from __future__ import annotations
 
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -75,6 +77,12 @@ LAKE_BATCH_ROWS = Histogram(
     buckets=_ROW_BUCKETS,
     registry=REGISTRY,
 )
+LAKE_LAST_COMMIT_TIME = Gauge(
+    "k2_lake_last_commit_timestamp_seconds",
+    "Wall-clock time of the last successful Iceberg commit (Unix seconds).",
+    ["table"],
+    registry=REGISTRY,
+)
 LAKE_COMMIT_CONFLICTS = Counter(
     "k2_lake_commit_conflicts_total",
     "Iceberg commits retried after another writer committed first.",
@@ -99,6 +107,83 @@ QUERY_SECONDS = Histogram(
 )
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Expose ``/metrics`` for this process's registry on ``host:port`` (a daemon thread)."""
-    start_http_server(port, addr=host, registry=REGISTRY)
+# --- bus: Kafka producer / consumer ---------------------------------------------------------------
+PRODUCER_MESSAGES = Counter(
+    "k2_producer_messages_total",
+    "Messages produced to Kafka, by delivery result (delivered, failed).",
+    ["topic", "result"],
+    registry=REGISTRY,
+)
+PRODUCER_QUEUE_MESSAGES = Gauge(
+    "k2_producer_queue_messages",
+    "Messages waiting in the producer's local queue (not yet acknowledged by the broker).",
+    registry=REGISTRY,
+)
+PRODUCER_BACKPRESSURE = Counter(
+    "k2_producer_backpressure_waits_total",
+    "Times the producer's queue was full and the source was paused until it drained.",
+    ["topic"],
+    registry=REGISTRY,
+)
+CONSUMER_MESSAGES = Counter(
+    "k2_consumer_messages_total",
+    "Messages consumed from Kafka, by outcome (committed to Iceberg, dead_lettered, fenced).",
+    ["topic", "result"],
+    registry=REGISTRY,
+)
+CONSUMER_DEAD_LETTERS = Counter(
+    "k2_consumer_dead_letters_total",
+    "Messages sent to the dead-letter topic, by reason.",
+    ["topic", "reason"],
+    registry=REGISTRY,
+)
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> WSGIServer:
+    """Expose ``/metrics`` for this process's registry on ``host:port`` from a daemon thread.
+
+    Every long-running K2 process calls this once at start-up when ``settings.metrics.port`` is set
+    (``k2 run``/``k2 demo --metrics-port``, ``k2 ingest``, ``k2 consume``). ``port=0`` binds a free
+    port: read it from ``server.server_port``. ``server.shutdown()`` stops serving. ``k2 status``
+    and Prometheus scrape this endpoint.
+    """
+    server, _ = start_http_server(port, addr=host, registry=REGISTRY)
+    return server
+
+# --- quality: sequence tracking, backfill, data-quality checks ------------------------------------
+QUALITY_EVENTS = Counter(
+    "k2_quality_events_total",
+    "Sequence and data-quality events (one per detected gap/burst), by kind.",
+    ["venue", "kind"],
+    registry=REGISTRY,
+)
+QUALITY_AFFECTED_TRADES = Counter(
+    "k2_quality_affected_trades_total",
+    "Trades concerned by quality events, by kind (ids missing, duplicates dropped, anomalies).",
+    ["venue", "kind"],
+    registry=REGISTRY,
+)
+BACKFILL_TRADES = Counter(
+    "k2_backfill_trades_total",
+    "Trades fetched from the venue's REST API by backfill and written (after deduplication).",
+    ["venue"],
+    registry=REGISTRY,
+)
+BACKFILL_GAPS = Counter(
+    "k2_backfill_gaps_total",
+    "Gaps handled by backfill, by outcome (resolved, unrecoverable).",
+    ["venue", "outcome"],
+    registry=REGISTRY,
+)
+REST_REQUESTS = Counter(
+    "k2_rest_requests_total",
+    "REST requests to a venue, by HTTP status class (2xx, 4xx, 429, 5xx, error).",
+    ["venue", "status"],
+    registry=REGISTRY,
+)
+REST_WAIT_SECONDS = Counter(
+    "k2_rest_rate_limit_wait_seconds_total",
+    "Time spent waiting for the request-weight limiter or a Retry-After.",
+    ["venue"],
+    registry=REGISTRY,
+)

@@ -24,6 +24,7 @@ FRAME = "frame"
 DUPLICATE = "duplicate"
 REORDER = "reorder"
 DISCONNECT = "disconnect"
+WITHHELD = "withheld"
 
 MALFORMED_KINDS: tuple[str, ...] = (
     "malformed_json",
@@ -35,7 +36,7 @@ MALFORMED_KINDS: tuple[str, ...] = (
 )
 """Bad-frame kinds in the order they are cycled through; each equals the parser's reject reason."""
 
-INJECTED_KINDS: tuple[str, ...] = (DUPLICATE, REORDER, DISCONNECT, *MALFORMED_KINDS)
+INJECTED_KINDS: tuple[str, ...] = (DUPLICATE, REORDER, DISCONNECT, WITHHELD, *MALFORMED_KINDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,10 @@ class Faults:
     * ``reorder_every``: swap the k-th recorded frame with the one after it (k, 2k, ...).
     * ``malformed_every``: after every k-th recorded frame, insert a bad frame built from it, cycling
       through :data:`MALFORMED_KINDS`.
+    * ``withhold``: ``(start, count)`` ranges of recorded frames (1-based positions) never sent on the
+      WebSocket; the REST endpoints still serve their trades (a gap that backfill can close).
+    * ``rest_errors``: ``(status, retry_after_s)`` answers given, in order, to the first
+      ``historicalTrades`` requests instead of data (e.g. ``((429, 1.0), (503, 0.5))``).
     """
 
     disconnect_after: tuple[int, ...] = ()
@@ -57,6 +62,8 @@ class Faults:
     duplicate_every: int = 0
     reorder_every: int = 0
     malformed_every: int = 0
+    withhold: tuple[tuple[int, int], ...] = ()
+    rest_errors: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("duplicate_every", "reorder_every", "malformed_every"):
@@ -65,10 +72,25 @@ class Faults:
         if any(n <= 0 for n in self.disconnect_after):
             raise ConfigError("disconnect_after positions must be positive")
         object.__setattr__(self, "disconnect_after", tuple(sorted(set(self.disconnect_after))))
+        if any(start <= 0 or count <= 0 for start, count in self.withhold):
+            raise ConfigError("withhold ranges must be (start >= 1, count >= 1)")
+        if any(not 400 <= status <= 599 or retry < 0 for status, retry in self.rest_errors):
+            raise ConfigError("rest_errors must be (HTTP status 4xx/5xx, retry_after_s >= 0)")
+
+    def withheld(self, position: int) -> bool:
+        """True when recorded frame ``position`` (1-based) is withheld from the WebSocket."""
+        return any(start <= position < start + count for start, count in self.withhold)
 
     @property
     def any(self) -> bool:
-        return bool(self.disconnect_after or self.duplicate_every or self.reorder_every or self.malformed_every)
+        return bool(
+            self.disconnect_after
+            or self.duplicate_every
+            or self.reorder_every
+            or self.malformed_every
+            or self.withhold
+            or self.rest_errors
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +185,15 @@ def _reordered(frames: Iterator[OutFrame], every: int, injected: MutableMapping[
         yield frame
 
 
+def _withheld(frames: Iterator[OutFrame], faults: Faults, injected: MutableMapping[str, int]) -> Iterator[OutFrame]:
+    """Leave out the recorded frames in ``faults.withhold`` (positions in the original order)."""
+    for position, frame in enumerate(frames, 1):
+        if faults.withheld(position):
+            _count(injected, WITHHELD)
+            continue
+        yield frame
+
+
 def routable_frames(recording: Iterable[RecordedFrame]) -> Iterator[OutFrame]:
     """The recording's frames decoded for routing; frames with no stream are left out."""
     return (f for f in map(decode_frame, recording) if f.stream is not None)
@@ -175,6 +206,8 @@ def apply_faults(frames: Iterable[OutFrame], faults: Faults, injected: MutableMa
     recorded frame they were made from.
     """
     source: Iterator[OutFrame] = iter(frames)
+    if faults.withhold:
+        source = _withheld(source, faults, injected)
     if faults.reorder_every:
         source = _reordered(source, faults.reorder_every, injected)
     dup, bad = faults.duplicate_every, faults.malformed_every

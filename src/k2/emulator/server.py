@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import email.utils
+import http
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -33,6 +36,7 @@ from k2.emulator.protocol import (
     result_reply,
 )
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
+from k2.emulator.rest import RestEndpoints, RestResponse
 from k2.errors import ConfigError, RecordingError
 from k2.logging import get_logger
 
@@ -106,6 +110,8 @@ class BinanceEmulator:
         self._disconnect_at = set(self.config.faults.disconnect_after)
         self._closers: set[asyncio.Task[None]] = set()
         self._decoded: list[OutFrame] | None = None
+        self.rest = RestEndpoints(self.config.recording, self.config.faults)
+        """The REST side (``/api/v3/...`` on the same port); ``rest.requests`` logs every request."""
 
     # --- lifecycle --------------------------------------------------------------------------------
     @property
@@ -114,6 +120,11 @@ class BinanceEmulator:
         if self._server is None:
             raise RuntimeError("emulator not started")
         return f"ws://{self.host}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the REST endpoints (same port), e.g. ``http://127.0.0.1:54321``."""
+        return "http" + self.url[2:]
 
     @property
     def server(self) -> Server | None:
@@ -177,6 +188,9 @@ class BinanceEmulator:
 
     # --- connections --------------------------------------------------------------------------------
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        rest = self.rest.handle(request.path)
+        if rest is not None:
+            return _http_response(rest)
         try:
             parse_target(request.path)
         except PathError as exc:
@@ -409,6 +423,19 @@ class BinanceEmulator:
             self._forget(client)
             return False
         return True
+
+
+def _http_response(rest: RestResponse) -> Response:
+    status = http.HTTPStatus(rest.status)
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(rest.body))),
+            *rest.headers,
+        ]
+    )
+    return Response(status.value, status.phrase, headers, rest.body)
 
 
 async def serve_forever(config: ReplayConfig, host: str = "127.0.0.1", port: int = 9443) -> None:

@@ -183,10 +183,7 @@ def _unreferenced_files(table: Table, expired: list[Snapshot], retained: list[Sn
     files.extend(m.manifest_path for m in gone)
     if gone and not _only_appends(table, expired):
         files.extend(
-            sorted(
-                _entry_paths(table, gone, live_only=False)
-                - _entry_paths(table, kept.values(), live_only=True)
-            )
+            sorted(_entry_paths(table, gone, live_only=False) - _entry_paths(table, kept.values(), live_only=True))
         )
     return files
 
@@ -205,9 +202,7 @@ def expire_snapshots(table: Table, keep: int, *, delete_files: bool = True) -> E
         raise LakeError(f"cannot reload table {table.name()}: {exc}") from exc
     metadata = table.metadata
     protected = {ref.snapshot_id for ref in metadata.refs.values()}
-    newest_first = sorted(
-        metadata.snapshots, key=lambda s: (s.sequence_number or 0, s.timestamp_ms), reverse=True
-    )
+    newest_first = sorted(metadata.snapshots, key=lambda s: (s.sequence_number or 0, s.timestamp_ms), reverse=True)
     keep_ids = {s.snapshot_id for s in newest_first[:keep]} | protected
     expired = [s for s in newest_first if s.snapshot_id not in keep_ids]
     if not expired:
@@ -253,9 +248,7 @@ def merge_manifests(table: Table) -> int | None:
     carried = {
         k: v
         for k, v in (snapshot.summary.additional_properties if snapshot.summary else {}).items()
-        if k not in ICEBERG_SUMMARY_KEYS
-        and not k.startswith("partitions.")
-        and k != MAINTENANCE_OPERATION_KEY
+        if k not in ICEBERG_SUMMARY_KEYS and not k.startswith("partitions.") and k != MAINTENANCE_OPERATION_KEY
     }
     carried[MAINTENANCE_OPERATION_KEY] = "merge-manifests"
     tx = table.transaction()

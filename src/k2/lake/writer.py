@@ -42,6 +42,7 @@ from k2.metrics import (
     LAKE_BATCH_ROWS,
     LAKE_COMMIT_CONFLICTS,
     LAKE_COMMIT_SECONDS,
+    LAKE_LAST_COMMIT_TIME,
     LAKE_MAINTENANCE_SECONDS,
     LAKE_ROWS_WRITTEN,
 )
@@ -92,12 +93,9 @@ def _schema_problems(got: pa.Schema, want: pa.Schema) -> list[str]:
         elif other.type != field.type:
             problems.append(f"column {name!r} is {other.type}, the table has {field.type}")
         elif other.nullable != field.nullable:
-            problems.append(
-                f"column {name!r} nullable={other.nullable}, the table has nullable={field.nullable}"
-            )
+            problems.append(f"column {name!r} nullable={other.nullable}, the table has nullable={field.nullable}")
     problems.extend(
-        f"unexpected column {name!r} ({got_fields[name].type})"
-        for name in got_fields.keys() - want_fields.keys()
+        f"unexpected column {name!r} ({got_fields[name].type})" for name in got_fields.keys() - want_fields.keys()
     )
     if not problems and list(got_fields) != list(want_fields):
         problems.append(f"columns in order {list(got_fields)}, the table has {list(want_fields)}")
@@ -139,6 +137,12 @@ class TableWriter:
         """The pyiceberg table as of this writer's last commit or refresh."""
         return self._table
 
+    def refresh(self) -> Table:
+        """Reload the table from the catalog (e.g. to read the newest snapshot summary before a commit)."""
+        with self._lock:
+            self._refresh()
+            return self._table
+
     def append(self, data: ArrowData, snapshot_properties: Mapping[str, str] | None = None) -> CommitResult:
         """Commit ``data`` as one snapshot; ``snapshot_properties`` land in its summary.
 
@@ -164,6 +168,7 @@ class TableWriter:
             LAKE_ROWS_WRITTEN.labels(table=self._name).inc(arrow.num_rows)
             LAKE_COMMIT_SECONDS.labels(table=self._name).observe(duration)
             LAKE_BATCH_ROWS.labels(table=self._name).observe(arrow.num_rows)
+            LAKE_LAST_COMMIT_TIME.labels(table=self._name).set(self._last_commit_at.timestamp())
             self._log.debug(
                 "lake.committed",
                 snapshot_id=snapshot_id,
@@ -243,9 +248,7 @@ class TableWriter:
     def _write_files(self, arrow: pa.Table) -> list[DataFile]:
         if arrow.num_rows == 0:
             return []
-        return list(
-            _dataframe_to_data_files(table_metadata=self._table.metadata, df=arrow, io=self._table.io)
-        )
+        return list(_dataframe_to_data_files(table_metadata=self._table.metadata, df=arrow, io=self._table.io))
 
     def _commit_once(self, files: list[DataFile], props: dict[str, str]) -> int:
         tx = self._table.transaction()
@@ -275,9 +278,7 @@ class TableWriter:
                         f"commit to {self._name} still conflicted after {attempt} attempts: {exc}"
                     ) from exc
                 delay = min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
-                self._log.info(
-                    "lake.commit_conflict", attempt=attempt, retry_in_s=round(delay, 3), error=str(exc)
-                )
+                self._log.info("lake.commit_conflict", attempt=attempt, retry_in_s=round(delay, 3), error=str(exc))
                 time.sleep(delay)
                 self._refresh()
                 if self._table.metadata.default_spec_id != spec_id:

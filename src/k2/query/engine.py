@@ -132,7 +132,8 @@ class QueryEngine:
         self._planner = Planner(table, plan_cache_size)
         self._location = local_path(table.location()).rstrip("/") + "/"
         self._con = sql.open_connection(self._location)
-        self._view_snapshot: tuple[int | None] | None = None  # snapshot the `trades` view points at
+        self._view_ready = False
+        self._view_snapshot: int | None = None  # the snapshot the `trades` view points at
         self._symbols: tuple[int | None, list[str]] | None = None
 
     @classmethod
@@ -290,7 +291,7 @@ class QueryEngine:
         found = set(known.values())
         rest = [f for f in plan.files if f not in known]
         if rest:
-            table = self._run(sql.distinct_symbols_sql(), {"files": rest})
+            table = self._retrying(lambda: self._run(sql.distinct_symbols_sql(), {"files": rest}))
             found.update(table.column("symbol").to_pylist())
         result = sorted(found)
         self._symbols = (plan.snapshot_id, result)
@@ -319,7 +320,9 @@ class QueryEngine:
         try:
             yield
         finally:
-            QUERY_SECONDS.labels(kind=kind).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            QUERY_SECONDS.labels(kind=kind).observe(seconds)
+            log.debug("query.done", table=self._name, kind=kind, seconds=round(seconds, 6))
 
     def _run(self, text: str, params: Mapping[str, Any]) -> pa.Table:
         with self._lock:
@@ -365,7 +368,7 @@ class QueryEngine:
     def _ensure_view(self) -> None:
         """Point the ``trades`` view at the current snapshot's files (caller holds the lock)."""
         plan = self._planner.plan(TradeFilter())
-        if self._view_snapshot == (plan.snapshot_id,):
+        if self._view_ready and self._view_snapshot == plan.snapshot_id:
             return
         try:
             if plan.files:
@@ -374,7 +377,7 @@ class QueryEngine:
                 sql.create_empty_trades_view(self._con)
         except duckdb.Error as exc:
             raise QueryError(f"cannot create the trades view: {exc}") from exc
-        self._view_snapshot = (plan.snapshot_id,)
+        self._view_ready, self._view_snapshot = True, plan.snapshot_id
 
 
 def bar_parameters(plan: ScanPlan, width_us: int) -> tuple[dict[str, int], bool]:

@@ -13,10 +13,10 @@ from k2.schema.arrow import to_arrow
 from k2.schema.avro import to_avro
 from k2.schema.iceberg import to_iceberg
 from k2.schema.model import RecordSchema
-from k2.schema.trade import TRADE_V2
+from k2.schema.trade import TRADE_V2, TRADE_V3
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
-RECORDS: tuple[RecordSchema, ...] = (TRADE_V2,)
+RECORDS: tuple[RecordSchema, ...] = (TRADE_V2, TRADE_V3)
 
 
 def golden_files() -> dict[str, str]:

@@ -74,3 +74,23 @@ TRADE_V2 = RecordSchema(
 
 TRADE = TRADE_V2
 """The trade schema the pipeline writes today."""
+
+
+TRADE_V3 = RecordSchema(
+    name="Trade",
+    namespace="k2.market_data",
+    version=3,
+    doc="One trade printed by an exchange, normalized to K2's canonical form (schema v3).",
+    fields=(
+        *TRADE_V2.fields,
+        Field(
+            20,
+            "venue_region",
+            StringType(),
+            "Region of the venue's matching engine (e.g. ap-northeast-1), when known. Added in v3.",
+            False,
+        ),
+    ),
+)
+"""Schema v3: v2 plus one optional field. BACKWARD compatible with v2 (docs/kafka.md); not yet the
+pipeline's schema (``TRADE`` stays v2): it exists to prove and test registry-compatible evolution."""

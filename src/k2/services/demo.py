@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from k2.config import K2Settings, LakeSettings, SourceSettings
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
 from k2.emulator.server import EmulatorThread, ReplayConfig
+from k2.metrics import serve_metrics
 from k2.query.engine import QueryEngine
 from k2.services.pipeline import EmbeddedPipeline
 
@@ -70,6 +71,7 @@ def run_demo(
     speed: float | None,
     console: Console,
     print_table: Callable[..., None],
+    metrics_port: int | None = None,
 ) -> None:
     if warehouse.exists():
         shutil.rmtree(warehouse)
@@ -81,7 +83,15 @@ def run_demo(
         "(BTCUSDT, ETHUSDT, 2024-08-08 23:54-00:05 UTC)\n"
         f"through the exchange emulator over a real WebSocket, {pace}, into Iceberg at {warehouse}/"
     )
+    if metrics_port is not None:
+        serve_metrics(metrics_port)
+        console.print(
+            f"Prometheus metrics on http://127.0.0.1:{metrics_port}/metrics (`k2 status --port {metrics_port}`)"
+        )
     with EmulatorThread(ReplayConfig(recording=BUNDLED_BINANCE_TRADES, speed=speed)) as emulator:
+        # Gap backfill asks the emulator's REST side (same port) for missing trades.
+        rest = settings.source.model_copy(update={"rest_url": emulator.emulator.http_url})
+        settings = settings.model_copy(update={"source": rest})
         pipeline = EmbeddedPipeline(settings, ws_base_url=emulator.url, is_sample_data=True)
         asyncio.run(_stream(pipeline, emulator, total, console))
     stats = pipeline.stats

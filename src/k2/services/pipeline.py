@@ -27,6 +27,8 @@ from k2.lake.quarantine import Quarantine
 from k2.lake.writer import TableWriter
 from k2.logging import get_logger
 from k2.metrics import LAST_EVENT_TIME, RECORDS_NORMALIZED
+from k2.quality.records import QualityEventRow
+from k2.services.completeness import Completeness
 from k2.sources import DataType, RawFrame, load_adapter
 from k2.sources.session import WebSocketSession
 from k2.sources.symbols import SymbolInfo
@@ -115,6 +117,12 @@ class EmbeddedPipeline:
             for url in self.urls
         ]
         self._inflight: asyncio.Task[None] | None = None
+        # Sequence tracking, dedup, quality checks and gap backfill (docs/quality.md).
+        self.completeness = Completeness(
+            settings, self.catalog, table, exchange=self.adapter.exchange, venue=self.adapter.venue,
+            is_sample_data=is_sample_data, now_us=wall_clock_us(), symbol_info=symbol_info,
+        )  # fmt: skip
+        self._backfill_task: asyncio.Task[None] | None = None
 
     # --- public ---------------------------------------------------------------------------------
     @property
@@ -129,6 +137,7 @@ class EmbeddedPipeline:
         out["sessions"] = [s.get_stats() for s in self._sessions]
         out["writer"] = self.writer.get_stats()
         out["quarantine"] = dict(self.quarantine.counts)
+        out["quality"] = self.completeness.stats.as_dict()
         return out
 
     def stop(self) -> None:
@@ -148,6 +157,8 @@ class EmbeddedPipeline:
         )
         session_tasks = [asyncio.create_task(s.run(self._sink)) for s in self._sessions]
         processor = asyncio.create_task(self._process_loop())
+        if self.settings.quality.backfill:
+            self._backfill_task = asyncio.create_task(self.completeness.run_backfill(self._add_backfilled))
         try:
             done, _ = await asyncio.wait([*session_tasks, processor], return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -159,6 +170,9 @@ class EmbeddedPipeline:
                 if not task.done():
                     task.cancel()
             await asyncio.gather(*session_tasks, return_exceptions=True)
+            if self._backfill_task is not None:
+                self._backfill_task.cancel()
+                await asyncio.gather(self._backfill_task, return_exceptions=True)
             await processor
         log.info("pipeline.stopped", **self.stats.as_dict())
         return self.stats
@@ -178,10 +192,12 @@ class EmbeddedPipeline:
                 await asyncio.wait_for(self._data_ready.wait(), timeout=self._parse_interval_s)
             self._data_ready.clear()
             self._parse_pending()
+            self.completeness.tick(wall_clock_us())
             await self._maybe_flush(force=self._stopping.is_set())
             if len(self._pending) + self._buffer_rows < self._max_backlog:
                 self._space.set()
-            if self._stopping.is_set() and not self._pending and self._buffer_rows == 0 and self._inflight is None:
+            idle = not self._pending and self._buffer_rows == 0 and not self.completeness.has_events
+            if self._stopping.is_set() and idle and self._inflight is None:
                 return
 
     def _parse_pending(self) -> None:
@@ -191,18 +207,40 @@ class EmbeddedPipeline:
         self.stats.frames += len(frames)
         parsed = self.adapter.parse(frames, first_platform_sequence=self._next_seq, is_sample_data=self.is_sample_data)
         self.quarantine.add(parsed.rejected)
+        self.completeness.rejected(parsed.rejected)
         self.stats.rejected += len(parsed.rejected)
         batch = parsed.records.get(DataType.TRADES)
         if batch is None or batch.num_rows == 0:
             return
-        self._next_seq += batch.num_rows
-        self.stats.trades += batch.num_rows
         RECORDS_NORMALIZED.labels(venue=self.adapter.venue, data_type=DataType.TRADES.value).inc(batch.num_rows)
+        parsed_rows = batch.num_rows
+        batch = self.completeness.ingest(batch, wall_clock_us())  # duplicates dropped here
+        if batch.num_rows < parsed_rows:
+            batch = self._renumbered(batch)
+        self.stats.trades += batch.num_rows
+        if batch.num_rows == 0:
+            return
+        self._next_seq += batch.num_rows
         self._observe_symbols(batch)
+        self._buffer_batch(batch)
+
+    def _buffer_batch(self, batch: pa.RecordBatch) -> None:
         if self._buffer_rows == 0:
             self._buffer_since = time.monotonic()
         self._buffer.append(batch)
         self._buffer_rows += batch.num_rows
+
+    def _renumbered(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """``batch`` with platform_sequence numbered from the next free value."""
+        index = batch.schema.get_field_index("platform_sequence")
+        seq = pa.array(range(self._next_seq, self._next_seq + batch.num_rows), pa.int64())
+        return batch.set_column(index, batch.schema.field(index), seq)
+
+    def _add_backfilled(self, batch: pa.RecordBatch) -> None:
+        """Rows fetched by backfill (already deduplicated by the tracker) join the write buffer."""
+        batch = self._renumbered(batch)
+        self._next_seq += batch.num_rows
+        self._buffer_batch(batch)
 
     def _observe_symbols(self, batch: pa.RecordBatch) -> None:
         grouped = (
@@ -225,7 +263,7 @@ class EmbeddedPipeline:
                     return
                 await asyncio.wait([self._inflight])
             self._inflight = None
-        if self._buffer_rows == 0:
+        if self._buffer_rows == 0 and not self.completeness.has_events:
             return
         due = (
             force
@@ -236,11 +274,25 @@ class EmbeddedPipeline:
             return
         batches, rows = self._buffer, self._buffer_rows
         self._buffer, self._buffer_rows = [], 0
-        self._inflight = asyncio.create_task(self._commit(batches, rows))
+        self._inflight = asyncio.create_task(self._commit(batches, rows, self.completeness.take_events()))
         if force:
             await asyncio.wait([self._inflight])
 
-    async def _commit(self, batches: Sequence[pa.RecordBatch], rows: int) -> None:
+    async def _commit(
+        self, batches: Sequence[pa.RecordBatch], rows: int, events: list[QualityEventRow] | None = None
+    ) -> None:
+        if batches and not await self._commit_trades(batches, rows):
+            if events:
+                self.completeness.restore_events(events)
+            return
+        if events:  # after the trades they describe: a RESOLVED gap's rows are committed first
+            try:
+                await asyncio.to_thread(self.completeness.commit_events, events)
+            except Exception as exc:
+                log.error("pipeline.events_commit_failed", events=len(events), error=str(exc))
+                self.completeness.restore_events(events)
+
+    async def _commit_trades(self, batches: Sequence[pa.RecordBatch], rows: int) -> bool:
         last_seq = int(pc.max(pa.chunked_array([b.column("platform_sequence") for b in batches])).as_py())
         try:
             result = await asyncio.to_thread(self.writer.append, batches, {PLATFORM_SEQUENCE_PROPERTY: str(last_seq)})
@@ -251,10 +303,11 @@ class EmbeddedPipeline:
             self._buffer = [*batches, *self._buffer]
             self._buffer_rows += rows
             await asyncio.sleep(min(5.0, 0.5 * self.stats.commit_failures))
-            return
+            return False
         self.stats.rows_committed += result.rows
         self.stats.commits += 1
         self.stats.last_commit_at = datetime.now(tz=UTC)
+        return True
 
 
 def _recover_platform_sequence(snapshots: Sequence[Any]) -> int:

@@ -302,6 +302,16 @@ class WebSocketSession:
         recv = ws.recv
         counted = self.frames  # frames already added to the counter (updated at most once a second)
         count_at = 0
+        loop = self._loop
+        flusher: asyncio.TimerHandle
+
+        def flush_count() -> None:  # so a connection gone quiet still reports its last frames
+            nonlocal counted, count_at, flusher
+            messages.inc(self.frames - counted)
+            counted, count_at = self.frames, clock() + _COUNT_EVERY_US
+            flusher = loop.call_later(_COUNT_EVERY_US / 1e6, flush_count)
+
+        flusher = loop.call_later(_COUNT_EVERY_US / 1e6, flush_count)
         try:
             while True:
                 payload = await recv(False)
@@ -321,6 +331,7 @@ class WebSocketSession:
             self.last_error = _describe(exc)
             return "error"
         finally:
+            flusher.cancel()
             messages.inc(self.frames - counted)
             expiry.cancel()
             self._ws = None

@@ -43,9 +43,7 @@ def _sample(name: str) -> float:
     return REGISTRY.get_sample_value(name, {"table": TABLE}) or 0.0
 
 
-def test_append_reads_back_every_row_exactly(
-    catalog: Catalog, lake: LakeSettings, trades: pa.RecordBatch
-) -> None:
+def test_append_reads_back_every_row_exactly(catalog: Catalog, lake: LakeSettings, trades: pa.RecordBatch) -> None:
     writer = _writer(catalog, lake)
     rows_before = _sample("k2_lake_rows_written_total")
     commits_before = _sample("k2_lake_commit_duration_seconds_count")
@@ -91,9 +89,7 @@ def test_data_files_are_sorted_by_symbol_then_timestamp(
         assert data.equals(data.sort_by([("symbol", "ascending"), ("timestamp", "ascending")]))
 
 
-def test_accepts_a_table_or_a_sequence_of_batches(
-    catalog: Catalog, lake: LakeSettings, trades: pa.RecordBatch
-) -> None:
+def test_accepts_a_table_or_a_sequence_of_batches(catalog: Catalog, lake: LakeSettings, trades: pa.RecordBatch) -> None:
     writer = _writer(catalog, lake)
     first = writer.append([trades.slice(0, 100), trades.slice(100, 50)])
     second = writer.append(pa.Table.from_batches([trades.slice(150, 25)]))
@@ -150,9 +146,7 @@ def test_float_prices_are_refused_with_a_clear_message(
     writer = _writer(catalog, lake)
     batch = trades.slice(0, 5)
     idx = TRADE_ARROW_SCHEMA.get_field_index("price")
-    floats = batch.set_column(
-        idx, pa.field("price", pa.float64(), False), batch.column("price").cast(pa.float64())
-    )
+    floats = batch.set_column(idx, pa.field("price", pa.float64(), False), batch.column("price").cast(pa.float64()))
     with pytest.raises(LakeError, match=r"column 'price' is double, the table has decimal128\(38, 12\)"):
         writer.append(floats)
     missing = batch.drop_columns(["side"])

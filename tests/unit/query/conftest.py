@@ -8,10 +8,13 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from pyiceberg.catalog import Catalog
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.transforms import DayTransform, IdentityTransform
 
 from k2.config import LakeSettings
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.catalog import TABLE_PROPERTIES, load_or_create_trades_table, open_catalog
 from k2.query import QueryEngine
+from k2.schema import TRADE, to_iceberg
 from k2.sources.base import DataType, RawFrame
 from k2.sources.binance import BinanceAdapter
 
@@ -33,9 +36,42 @@ def fill(catalog: Catalog, lake: LakeSettings, data: pa.Table) -> None:
     table.append(data.slice(SPLIT))
 
 
+def day_symbol_spec() -> PartitionSpec:
+    """day(timestamp) + identity(symbol): a fixed layout for the tests that assert which files are planned
+    (the production spec is the lake's choice; the engine must not depend on it)."""
+    schema = to_iceberg(TRADE)
+    return PartitionSpec(
+        PartitionField(schema.find_field("timestamp").field_id, 1000, DayTransform(), "timestamp_day"),
+        PartitionField(schema.find_field("symbol").field_id, 1001, IdentityTransform(), "symbol"),
+    )
+
+
+def create_table(catalog: Catalog, lake: LakeSettings, spec: PartitionSpec) -> None:
+    catalog.create_table(
+        (lake.namespace, lake.trades_table), schema=to_iceberg(TRADE), partition_spec=spec, properties=TABLE_PROPERTIES
+    )
+
+
+@pytest.fixture(scope="module")
+def day_symbol_lake(tmp_path_factory: pytest.TempPathFactory, recording: pa.Table) -> tuple[Catalog, LakeSettings]:
+    """The recording in a table partitioned by day and symbol (read-only for the tests sharing it)."""
+    lake = LakeSettings(warehouse=tmp_path_factory.mktemp("query-day-symbol") / "warehouse")
+    catalog = open_catalog(lake)
+    create_table(catalog, lake, day_symbol_spec())
+    fill(catalog, lake, recording)
+    return catalog, lake
+
+
+@pytest.fixture(scope="module")
+def day_symbol_engine(day_symbol_lake: tuple[Catalog, LakeSettings]) -> Iterator[QueryEngine]:
+    catalog, lake = day_symbol_lake
+    with QueryEngine(catalog, lake, refresh_interval_s=None) as eng:
+        yield eng
+
+
 @pytest.fixture(scope="module")
 def filled_lake(tmp_path_factory: pytest.TempPathFactory, recording: pa.Table) -> tuple[Catalog, LakeSettings]:
-    """A warehouse holding the recording (read-only for the tests that share it)."""
+    """The recording in a table created as production creates it (read-only for the tests sharing it)."""
     lake = LakeSettings(warehouse=tmp_path_factory.mktemp("query") / "warehouse")
     catalog = open_catalog(lake)
     fill(catalog, lake, recording)
@@ -53,3 +89,11 @@ def engine(filled_lake: tuple[Catalog, LakeSettings]) -> Iterator[QueryEngine]:
 def empty_lake(tmp_path: Path) -> tuple[Catalog, LakeSettings]:
     lake = LakeSettings(warehouse=tmp_path / "warehouse")
     return open_catalog(lake), lake
+
+
+@pytest.fixture(params=["production-spec", "day+symbol-spec"])
+def any_engine(request: pytest.FixtureRequest) -> QueryEngine:
+    """The engine on each table layout: answers must not depend on it."""
+    name = "engine" if request.param == "production-spec" else "day_symbol_engine"
+    eng: QueryEngine = request.getfixturevalue(name)
+    return eng

@@ -19,9 +19,15 @@ def us(value: datetime) -> int:
     return (value - EPOCH) // timedelta(microseconds=1)
 
 
+_ROWS: dict[int, tuple[pa.Table, list[dict[str, Any]]]] = {}
+
+
 def rows(table: pa.Table, symbol: str | None = None) -> list[dict[str, Any]]:
-    out = table.to_pylist()
-    return [r for r in out if symbol is None or r["symbol"] == symbol]
+    """The table's rows as dicts (converted once per table: the recording is shared by many tests)."""
+    cached = _ROWS.get(id(table))
+    if cached is None or cached[0] is not table:
+        cached = _ROWS[id(table)] = (table, table.to_pylist())
+    return [r for r in cached[1] if symbol is None or r["symbol"] == symbol]
 
 
 def order_key(row: dict[str, Any]) -> tuple[datetime, int]:

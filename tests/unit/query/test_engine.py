@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -19,18 +20,29 @@ from tests.unit.query import reference as ref
 T0 = datetime(2024, 8, 8, 23, 54, tzinfo=UTC)  # the recording spans 23:54:15 .. 00:05:06 (next day)
 
 
-def test_query_trades_returns_the_first_rows_in_time_order(engine: QueryEngine, recording: pa.Table) -> None:
-    result = engine.query_trades("BTCUSDT", limit=50)
+def test_query_trades_returns_the_first_rows_in_time_order(any_engine: QueryEngine, recording: pa.Table) -> None:
+    result = any_engine.query_trades("BTCUSDT", limit=50)
     expected = sorted(ref.rows(recording, "BTCUSDT"), key=ref.order_key)[:50]
     assert result.table.schema == TRADE_ARROW_SCHEMA
     assert result.num_rows == 50
     assert result.to_pylist() == expected
 
 
-def test_query_trades_time_window_is_start_inclusive_end_exclusive(engine: QueryEngine, recording: pa.Table) -> None:
+def test_query_trades_limit_inside_a_run_of_equal_timestamps(any_engine: QueryEngine, recording: pa.Table) -> None:
+    """The limit cuts between two trades with the same timestamp: the venue's sequence decides."""
+    btc = sorted(ref.rows(recording, "BTCUSDT"), key=ref.order_key)
+    cut = next(i for i in range(1000, len(btc)) if btc[i]["timestamp"] == btc[i + 1]["timestamp"])
+    result = any_engine.query_trades("BTCUSDT", limit=cut + 1)
+    assert result.to_pylist() == btc[: cut + 1]
+    assert result.to_pylist()[-1]["source_sequence"] + 1 == btc[cut + 1]["source_sequence"]
+
+
+def test_query_trades_time_window_is_start_inclusive_end_exclusive(
+    any_engine: QueryEngine, recording: pa.Table
+) -> None:
     eth = sorted(ref.rows(recording, "ETHUSDT"), key=ref.order_key)
     start, end = eth[100]["timestamp"], eth[400]["timestamp"]
-    result = engine.query_trades("ethusdt", start_time=start, end_time=end, limit=10_000)
+    result = any_engine.query_trades("ethusdt", start_time=start, end_time=end, limit=10_000)
     expected = [r for r in eth if start <= r["timestamp"] < end]
     assert result.to_pylist() == expected
     assert result.to_pylist()[0]["timestamp"] == start
@@ -104,9 +116,9 @@ def test_parse_interval_rejects(text: str) -> None:
 @pytest.mark.parametrize("interval", ["1m", "5m", "250ms", "1h"])
 @pytest.mark.parametrize("symbol", ["BTCUSDT", "ETHUSDT"])
 def test_ohlcv_equals_the_python_reference(
-    engine: QueryEngine, recording: pa.Table, symbol: str, interval: str
+    any_engine: QueryEngine, recording: pa.Table, symbol: str, interval: str
 ) -> None:
-    bars = engine.ohlcv(symbol, interval)
+    bars = any_engine.ohlcv(symbol, interval)
     expected = ref.ohlcv(ref.rows(recording, symbol), parse_interval(interval))
     assert bars.table.schema == OHLCV_SCHEMA
     assert bars.to_pylist() == expected
@@ -130,9 +142,9 @@ def test_ohlcv_first_bars_of_btcusdt(engine: QueryEngine) -> None:
     assert second["trades"] == 1255
 
 
-def test_ohlcv_time_window_and_crossing_midnight(engine: QueryEngine, recording: pa.Table) -> None:
+def test_ohlcv_time_window_and_crossing_midnight(any_engine: QueryEngine, recording: pa.Table) -> None:
     start, end = datetime(2024, 8, 8, 23, 58, tzinfo=UTC), datetime(2024, 8, 9, 0, 2, tzinfo=UTC)
-    bars = engine.ohlcv("BTCUSDT", "1m", start_time=start, end_time=end, exchange="BINANCE")
+    bars = any_engine.ohlcv("BTCUSDT", "1m", start_time=start, end_time=end, exchange="BINANCE")
     trades = [r for r in ref.rows(recording, "BTCUSDT") if start <= r["timestamp"] < end]
     assert [b["bucket"].minute for b in bars.to_pylist()] == [58, 59, 0, 1]
     assert bars.to_pylist() == ref.ohlcv(trades, timedelta(minutes=1))
@@ -145,13 +157,13 @@ def test_ohlcv_without_matching_trades_is_empty(engine: QueryEngine) -> None:
     assert engine.ohlcv("DOGEUSDT").num_rows == 0
 
 
-def test_vwap_equals_the_python_reference(engine: QueryEngine, recording: pa.Table) -> None:
+def test_vwap_equals_the_python_reference(any_engine: QueryEngine, recording: pa.Table) -> None:
     for symbol in ("BTCUSDT", "ETHUSDT"):
-        assert engine.vwap(symbol) == ref.vwap(ref.rows(recording, symbol))
-    assert engine.vwap("BTCUSDT") == Decimal("61671.551606654178")
+        assert any_engine.vwap(symbol) == ref.vwap(ref.rows(recording, symbol))
+    assert any_engine.vwap("BTCUSDT") == Decimal("61671.551606654178")
     start, end = datetime(2024, 8, 9, tzinfo=UTC), datetime(2024, 8, 9, 0, 1, tzinfo=UTC)
     window = [r for r in ref.rows(recording, "ETHUSDT") if start <= r["timestamp"] < end]
-    assert engine.vwap("ETHUSDT", start_time=start, end_time=end) == ref.vwap(window)
+    assert any_engine.vwap("ETHUSDT", start_time=start, end_time=end) == ref.vwap(window)
 
 
 def test_vwap_without_trades_is_none(engine: QueryEngine) -> None:
@@ -165,15 +177,17 @@ def test_vwap_is_a_decimal_with_12_places(engine: QueryEngine) -> None:
     assert value.as_tuple().exponent == -12
 
 
-def test_symbols_and_stats(engine: QueryEngine, recording: pa.Table) -> None:
-    assert engine.symbols() == ["BTCUSDT", "ETHUSDT"]
-    stats = engine.stats()
+def test_symbols_and_stats(any_engine: QueryEngine, recording: pa.Table) -> None:
+    assert any_engine.symbols() == ["BTCUSDT", "ETHUSDT"]
+    stats = any_engine.stats()
     timestamps = recording.column("timestamp").to_pylist()
+    on_disk = sorted(str(p) for p in Path(any_engine.table.location().removeprefix("file://")).rglob("*.parquet"))
     assert stats["rows"] == 34_419
     assert stats["snapshots"] == 2
-    assert stats["files"] == 6  # 2 days x 2 symbols, and the 2nd commit re-touches both 2024-08-09 partitions
+    assert stats["files"] == len(on_disk)
+    assert sorted(any_engine.plan().files) == on_disk
     assert stats["table"] == "market_data.trades"
-    snapshot = engine.table.current_snapshot()
+    snapshot = any_engine.table.current_snapshot()
     assert snapshot is not None
     assert stats["snapshot_id"] == snapshot.snapshot_id
     assert stats["min_timestamp"] == min(timestamps)

@@ -104,10 +104,14 @@ def test_every_method_gives_the_same_exact_bars_on_the_recording(
     """Every summing method and both order keys, forced on the real recording (1-minute BTCUSDT bars)."""
     plan = engine.plan("BTCUSDT")
     where, params = plan.filter.sql_where()  # the explicit WHERE, even though the plan implies it
-    bar_params, compact = bar_parameters(plan, 60_000_000)
-    assert compact  # 11 minutes x ~20k trade ids fit a BIGINT key
-    if not compact_key:
-        bar_params = {k: v for k, v in bar_params.items() if not k.startswith("key_")}
+    bar_params, _ = bar_parameters(plan, 60_000_000)
+    bar_params = {k: v for k, v in bar_params.items() if not k.startswith("key_")}
+    if compact_key:  # recording-sized spans always fit a BIGINT key
+        assert plan.min_timestamp_us is not None and plan.min_sequence is not None
+        assert plan.max_sequence is not None
+        bar_params.update(
+            key_t0=plan.min_timestamp_us, key_m=plan.max_sequence - plan.min_sequence + 1, key_s0=plan.min_sequence
+        )
     params.update(files=list(plan.files), **bar_params)
     if method.needs_row_numbers:
         params["chunk_rows"] = method.chunk_rows

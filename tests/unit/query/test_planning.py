@@ -13,20 +13,19 @@ from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC
 
 from k2.config import LakeSettings
 from k2.errors import QueryError
-from k2.lake.catalog import TABLE_PROPERTIES, load_or_create_trades_table, open_catalog
+from k2.lake.catalog import load_or_create_trades_table, open_catalog
 from k2.query import QueryEngine, TradeFilter
 from k2.query.planner import local_path
-from k2.schema import TRADE, to_iceberg
 from tests.unit.query import reference as ref
-from tests.unit.query.conftest import SPLIT, fill
+from tests.unit.query.conftest import SPLIT, create_table, fill
 
 
 def _partition_dirs(files: tuple[str, ...]) -> list[str]:
     return sorted("/".join(f.split("/")[-3:-1]) for f in files)
 
 
-def test_full_plan_lists_every_data_file(engine: QueryEngine) -> None:
-    plan = engine.plan()
+def test_full_plan_lists_every_data_file(day_symbol_engine: QueryEngine) -> None:
+    plan = day_symbol_engine.plan()
     assert plan.rows == 34_419
     assert _partition_dirs(plan.files) == [
         "timestamp_day=2024-08-08/symbol=BTCUSDT",
@@ -39,20 +38,20 @@ def test_full_plan_lists_every_data_file(engine: QueryEngine) -> None:
     assert all(os.path.isfile(f) for f in plan.files)
 
 
-def test_one_symbol_one_hour_plans_one_partition(engine: QueryEngine, recording: pa.Table) -> None:
+def test_one_symbol_one_hour_plans_one_partition(day_symbol_engine: QueryEngine, recording: pa.Table) -> None:
     start = datetime(2024, 8, 8, 23, tzinfo=UTC)
-    plan = engine.plan("BTCUSDT", start_time=start, end_time=start + timedelta(hours=1))
-    assert len(plan.files) == 1 < len(engine.plan().files)
+    plan = day_symbol_engine.plan("BTCUSDT", start_time=start, end_time=start + timedelta(hours=1))
+    assert len(plan.files) == 1 < len(day_symbol_engine.plan().files)
     assert _partition_dirs(plan.files) == ["timestamp_day=2024-08-08/symbol=BTCUSDT"]
     btc_before_midnight = [r for r in ref.rows(recording, "BTCUSDT") if r["timestamp"] < start + timedelta(hours=1)]
     assert plan.rows == len(btc_before_midnight)
 
 
-def test_column_metrics_prune_files_inside_a_partition(engine: QueryEngine, recording: pa.Table) -> None:
+def test_column_metrics_prune_files_inside_a_partition(day_symbol_engine: QueryEngine, recording: pa.Table) -> None:
     """2024-08-09/BTCUSDT has a file per commit; a window after the first commit's last trade skips it."""
     first_commit_end = max(recording.slice(0, SPLIT).column("timestamp").to_pylist())
-    day = engine.plan("BTCUSDT", start_time=datetime(2024, 8, 9, tzinfo=UTC))
-    late = engine.plan("BTCUSDT", start_time=first_commit_end + timedelta(seconds=1))
+    day = day_symbol_engine.plan("BTCUSDT", start_time=datetime(2024, 8, 9, tzinfo=UTC))
+    late = day_symbol_engine.plan("BTCUSDT", start_time=first_commit_end + timedelta(seconds=1))
     assert len(day.files) == 2
     assert len(late.files) == 1
     assert late.files[0] in day.files
@@ -63,11 +62,25 @@ def test_column_metrics_prune_files_inside_a_partition(engine: QueryEngine, reco
 
 def test_exchange_is_pruned_by_column_metrics(engine: QueryEngine) -> None:
     assert engine.plan(exchange="COINBASE").files == ()
-    assert len(engine.plan(exchange="BINANCE").files) == 6
+    assert engine.plan(exchange="BINANCE").files == engine.plan().files
 
 
-def test_plan_carries_metrics_bounds(engine: QueryEngine, recording: pa.Table) -> None:
-    plan = engine.plan("ETHUSDT")
+def test_the_production_layout_prunes_a_one_hour_query(engine: QueryEngine, recording: pa.Table) -> None:
+    """Whatever spec the lake chose (day partitions today), one symbol-hour plans fewer files than all."""
+    start = datetime(2024, 8, 8, 23, tzinfo=UTC)
+    hour = engine.plan("BTCUSDT", start_time=start, end_time=start + timedelta(hours=1))
+    everything = engine.plan()
+    assert 0 < len(hour.files) < len(everything.files)
+    assert everything.rows == recording.num_rows
+    before_midnight = [r for r in ref.rows(recording, "BTCUSDT") if r["timestamp"] < start + timedelta(hours=1)]
+    assert hour.rows >= len(before_midnight)
+    assert engine.query_trades(
+        "BTCUSDT", start_time=start, end_time=start + timedelta(hours=1), limit=100_000
+    ).num_rows == len(before_midnight)
+
+
+def test_plan_carries_metrics_bounds(day_symbol_engine: QueryEngine, recording: pa.Table) -> None:
+    plan = day_symbol_engine.plan("ETHUSDT")
     eth = recording.filter(pc.equal(recording.column("symbol"), "ETHUSDT"))
     max_price = pc.max(eth.column("price")).as_py()
     max_qty = pc.max(eth.column("quantity")).as_py()
@@ -141,13 +154,8 @@ def test_unpartitioned_table_gives_the_same_answers(
 ) -> None:
     """The engine relies on pyiceberg planning only, not on a particular partition spec."""
     catalog, lake = empty_lake
-    table = catalog.create_table(
-        (lake.namespace, lake.trades_table),
-        schema=to_iceberg(TRADE),
-        partition_spec=UNPARTITIONED_PARTITION_SPEC,
-        properties=TABLE_PROPERTIES,
-    )
-    table.append(recording)
+    create_table(catalog, lake, UNPARTITIONED_PARTITION_SPEC)
+    load_or_create_trades_table(catalog, lake).append(recording)
     with QueryEngine(catalog, lake, refresh_interval_s=None) as engine:
         assert len(engine.plan().files) == 1
         assert engine.plan().single_symbol_files == ()  # both symbols in one file: symbols() scans it
@@ -171,19 +179,19 @@ def test_separate_catalog_handles_see_the_same_table(filled_lake: tuple[Catalog,
         assert engine.stats()["rows"] == 34_419
 
 
-def test_filters_the_metrics_imply_are_not_reapplied(engine: QueryEngine) -> None:
+def test_filters_the_metrics_imply_are_not_reapplied(day_symbol_engine: QueryEngine) -> None:
     """Files partitioned by day and symbol hold only matching rows for a symbol or a whole-day query."""
-    assert engine.plan("BTCUSDT").filter_implied
-    assert engine.plan("BTCUSDT").sql_where() == ("true", {})
+    assert day_symbol_engine.plan("BTCUSDT").filter_implied
+    assert day_symbol_engine.plan("BTCUSDT").sql_where() == ("true", {})
     day = datetime(2024, 8, 8, tzinfo=UTC)
-    assert engine.plan("ETHUSDT", start_time=day, end_time=day + timedelta(days=1)).filter_implied
-    window = engine.plan("ETHUSDT", start_time=day + timedelta(hours=23, minutes=58))
+    assert day_symbol_engine.plan("ETHUSDT", start_time=day, end_time=day + timedelta(days=1)).filter_implied
+    window = day_symbol_engine.plan("ETHUSDT", start_time=day + timedelta(hours=23, minutes=58))
     assert not window.filter_implied
     where, params = window.sql_where()
     assert where == 'symbol = $symbol AND "timestamp" >= $start_time'
     assert params == {"symbol": "ETHUSDT", "start_time": day + timedelta(hours=23, minutes=58)}
-    whole = engine.plan(exchange="binance", symbol="BTCUSDT", end_time=day + timedelta(days=1))
+    whole = day_symbol_engine.plan(exchange="binance", symbol="BTCUSDT", end_time=day + timedelta(days=1))
     assert whole.filter_implied  # only the 2024-08-08 file, entirely before the end
-    cut = engine.plan(exchange="binance", symbol="BTCUSDT", end_time=day + timedelta(days=1, seconds=30))
+    cut = day_symbol_engine.plan(exchange="binance", symbol="BTCUSDT", end_time=day + timedelta(days=1, seconds=30))
     assert len(cut.files) == 2
     assert not cut.filter_implied

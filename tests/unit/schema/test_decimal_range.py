@@ -48,21 +48,13 @@ def _frames() -> list[RawFrame]:
 
 
 def test_extremes_parse_exactly() -> None:
-    batch = (
-        BinanceAdapter()
-        .parse(_frames(), first_platform_sequence=1, is_sample_data=False)
-        .records[DataType.TRADES]
-    )
+    batch = BinanceAdapter().parse(_frames(), first_platform_sequence=1, is_sample_data=False).records[DataType.TRADES]
     got = [(r["price"], r["quantity"]) for r in batch.to_pylist()]
     assert got == [(Decimal(p), Decimal(q)) for p, q in EXTREMES]
 
 
 def test_extremes_round_trip_through_avro() -> None:
-    batch = (
-        BinanceAdapter()
-        .parse(_frames(), first_platform_sequence=1, is_sample_data=False)
-        .records[DataType.TRADES]
-    )
+    batch = BinanceAdapter().parse(_frames(), first_platform_sequence=1, is_sample_data=False).records[DataType.TRADES]
     rows = batch.to_pylist()
     for row in rows:
         row["vendor_data"] = dict(row["vendor_data"])
@@ -77,11 +69,7 @@ def test_extremes_round_trip_through_avro() -> None:
 def test_extremes_round_trip_through_iceberg_and_duckdb(tmp_path: Path) -> None:
     lake = LakeSettings(warehouse=tmp_path)
     table = load_or_create_trades_table(open_catalog(lake), lake)
-    batch = (
-        BinanceAdapter()
-        .parse(_frames(), first_platform_sequence=1, is_sample_data=False)
-        .records[DataType.TRADES]
-    )
+    batch = BinanceAdapter().parse(_frames(), first_platform_sequence=1, is_sample_data=False).records[DataType.TRADES]
     table.append(pa.Table.from_batches([batch]))
     files = [t.file.file_path.removeprefix("file://") for t in table.scan().plan_files()]
     assert all(pq.read_schema(f).field("price").type == pa.decimal128(38, 12) for f in files)

@@ -1,0 +1,308 @@
+"""Avro in the Confluent wire format, columnar: canonical Arrow batches <-> Kafka message values.
+
+A message value is ``0x00`` (magic byte), the writer schema's registry id (4 bytes, big-endian) and
+the Avro binary body. Any Confluent-compatible client decodes K2's topics.
+
+Fast paths. Logical types do not change Avro's binary encoding, so encoder and decoder hand
+fastavro *raw* schemas (logical types stripped): decimals travel as their unscaled two's-complement
+bytes and timestamps as microsecond longs, which K2 converts column by column (NumPy / Arrow)
+instead of building a ``Decimal`` and a ``datetime`` per value. Decoding resolves the writer schema
+(fetched once per id from the registry, cached) against the reader's canonical schema, so added or
+removed optional fields follow Avro's resolution rules. benchmarks/bench_bus.py measures both paths.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import fastavro
+import numpy as np
+import pyarrow as pa
+
+from k2.schema import to_arrow, to_avro
+from k2.schema.model import (
+    BooleanType,
+    DecimalType,
+    EnumType,
+    ListType,
+    LogicalType,
+    LongType,
+    MapType,
+    RecordSchema,
+    StringType,
+    TimestampType,
+)
+
+MAGIC = 0
+_HEADER = struct.Struct(">bI")
+HEADER_SIZE = _HEADER.size  # 5
+
+
+class WireFormatError(ValueError):
+    """A message value that is not a Confluent-framed Avro record K2 can decode (goes to the DLQ)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason  # small fixed set: a metric label and a DLQ header
+
+
+def frame(schema_id: int, body: bytes) -> bytes:
+    """The Confluent wire form of an Avro body."""
+    return _HEADER.pack(MAGIC, schema_id) + body
+
+
+def unframe(value: bytes | None) -> tuple[int, bytes]:
+    """(schema id, Avro body) of a framed value; :class:`WireFormatError` when it is not framed."""
+    if value is None or len(value) < HEADER_SIZE:
+        raise WireFormatError("not_framed", f"value of {0 if value is None else len(value)} bytes: too short")
+    magic, schema_id = _HEADER.unpack_from(value)
+    if magic != MAGIC:
+        raise WireFormatError("not_framed", f"magic byte {magic}, expected {MAGIC}")
+    return schema_id, value[HEADER_SIZE:]
+
+
+def raw_schema(schema: Any) -> Any:
+    """An Avro schema (JSON form) with every logical type replaced by its underlying type."""
+    if isinstance(schema, dict):
+        if "logicalType" in schema and schema.get("type") in ("bytes", "long", "int", "fixed", "string"):
+            return (
+                schema["type"] if schema["type"] != "fixed" else {k: v for k, v in schema.items() if k != "logicalType"}
+            )
+        return {k: raw_schema(v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [raw_schema(x) for x in schema]
+    return schema
+
+
+def _decimal_fields(schema: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """Top-level decimal fields of a record schema: name -> (precision, scale)."""
+    out: dict[str, tuple[int, int]] = {}
+    for f in schema.get("fields", []):
+        branches = f["type"] if isinstance(f["type"], list) else [f["type"]]
+        for t in branches:
+            if isinstance(t, dict) and t.get("logicalType") == "decimal":
+                out[f["name"]] = (int(t["precision"]), int(t.get("scale", 0)))
+    return out
+
+
+# --- decimals: Arrow decimal128 <-> unscaled big-endian two's complement --------------------------
+def unscaled_ints(array: pa.Array) -> list[int | None]:
+    """The unscaled integers of a decimal128 array (None for nulls)."""
+    n = len(array)
+    words = np.frombuffer(array.buffers()[1], dtype="<i8", count=2 * (array.offset + n))[2 * array.offset :]
+    lo, hi = words[0::2], words[1::2]
+    if bool(np.all(hi == (lo >> 63))):  # every value fits in 64 bits: the common case
+        values: list[int | None] = list(lo.tolist())
+    else:
+        ulo = lo.view(np.uint64).tolist()
+        values = [(h << 64) | u for h, u in zip(hi.tolist(), ulo, strict=True)]
+    if array.null_count:
+        valid = array.is_valid().to_pylist()
+        values = [v if ok else None for v, ok in zip(values, valid, strict=True)]
+    return values
+
+
+def int_to_avro_bytes(n: int) -> bytes:
+    """Minimal big-endian two's complement (what Java's ``BigInteger.toByteArray`` produces)."""
+    bits = n.bit_length() if n >= 0 else (~n).bit_length()
+    return n.to_bytes(bits // 8 + 1, "big", signed=True)
+
+
+def decimal_array(values: Sequence[bytes | None], precision: int, scale: int) -> pa.Array:
+    """A decimal128 array from Avro decimal bytes; :class:`ValueError` when one exceeds the precision."""
+    ints = [None if b is None else int.from_bytes(b, "big", signed=True) for b in values]
+    limit = 10**precision
+    n = len(ints)
+    present = [v for v in ints if v is not None]
+    if any(not -limit < v < limit for v in present):
+        raise ValueError(f"decimal value exceeds precision {precision}")
+    typ = pa.decimal128(precision, scale)
+    if len(present) != n:
+        mask = pa.array([v is not None for v in ints], pa.bool_())
+        filled = [0 if v is None else v for v in ints]
+        return pa.Array.from_buffers(typ, n, [mask.buffers()[1], _decimal_buffer(filled)], null_count=n - len(present))
+    return pa.Array.from_buffers(typ, n, [None, _decimal_buffer(present)])
+
+
+def _decimal_buffer(ints: Sequence[int]) -> pa.Buffer:
+    if not ints:
+        return pa.py_buffer(b"")
+    if min(ints) >= -(2**63) and max(ints) < 2**63:
+        lo = np.array(ints, dtype=np.int64)
+        words = np.empty(2 * len(ints), dtype="<i8")
+        words[0::2] = lo
+        words[1::2] = lo >> 63
+        return pa.py_buffer(words.tobytes())
+    return pa.py_buffer(b"".join(v.to_bytes(16, "little", signed=True) for v in ints))
+
+
+# --- columns ---------------------------------------------------------------------------------------
+def _column_to_raw(column: pa.Array, t: LogicalType) -> list[Any]:
+    """A column as the Python values fastavro writes for the raw (logical-type-free) schema."""
+    match t:
+        case DecimalType():
+            return [None if v is None else int_to_avro_bytes(v) for v in unscaled_ints(column)]
+        case TimestampType():
+            return column.cast(pa.int64()).to_pylist()  # type: ignore[no-any-return]
+        case MapType():
+            return [None if v is None else dict(v) for v in column.to_pylist()]
+        case _:
+            return column.to_pylist()  # type: ignore[no-any-return]
+
+
+def _raw_to_column(values: list[Any], t: LogicalType, arrow_type: pa.DataType) -> pa.Array:
+    match t:
+        case DecimalType(precision=p, scale=s):
+            return decimal_array(values, p, s)
+        case StringType() | EnumType() | LongType() | BooleanType() | TimestampType() | ListType() | MapType():
+            return pa.array(values, arrow_type)
+    raise TypeError(f"no column builder for {t!r}")  # pragma: no cover
+
+
+@dataclass
+class DecodeResult:
+    """What a run of message values decoded to: one batch of the good ones and the bad ones' errors."""
+
+    batch: pa.RecordBatch
+    indices: list[int]  # position (in the input) of each row of ``batch``
+    errors: list[tuple[int, WireFormatError]] = field(default_factory=list)
+
+
+class TradeEncoder:
+    """Encodes canonical Arrow batches to Confluent-framed Avro values with one registered schema id."""
+
+    def __init__(self, schema_id: int, record: RecordSchema) -> None:
+        self.schema_id = schema_id
+        self.record = record
+        self._parsed = fastavro.parse_schema(raw_schema(to_avro(record)))
+        self._header = _HEADER.pack(MAGIC, schema_id)
+
+    def encode(self, batch: pa.RecordBatch) -> list[bytes]:
+        """One framed value per row, in row order."""
+        names = [f.name for f in self.record.fields]
+        columns = [_column_to_raw(batch.column(f.name), f.type) for f in self.record.fields]
+        buf = io.BytesIO()
+        ends: list[int] = []
+        write = fastavro.schemaless_writer
+        header = self._header
+        for values in zip(*columns, strict=True):
+            buf.write(header)
+            write(buf, self._parsed, dict(zip(names, values, strict=True)))
+            ends.append(buf.tell())
+        data = buf.getbuffer()
+        out: list[bytes] = []
+        start = 0
+        for end in ends:
+            out.append(bytes(data[start:end]))
+            start = end
+        data.release()
+        return out
+
+
+class TradeDecoder:
+    """Decodes framed values to canonical Arrow batches, resolving each writer schema (by id) to ``record``.
+
+    ``fetch_schema(id)`` returns the writer schema (Avro JSON as a dict) registered under that id; it
+    is called once per id. It raises :class:`KeyError` for an unknown id (those messages are
+    rejected) and a :class:`~k2.errors.K2Error` when the registry cannot be reached (propagated: the
+    caller retries, nothing is dead-lettered for an outage).
+    """
+
+    def __init__(self, record: RecordSchema, fetch_schema: Callable[[int], dict[str, Any]]) -> None:
+        self.record = record
+        self.arrow_schema = to_arrow(record)
+        self._reader_json = to_avro(record)
+        self._reader = fastavro.parse_schema(raw_schema(self._reader_json))
+        self._decimals = _decimal_fields(self._reader_json)
+        self._fetch = fetch_schema
+        self._reader_form = fastavro.schema.to_parsing_canonical_form(self._reader)
+        self._writers: dict[int, tuple[Any, Any]] = {}
+        self.fetches = 0
+
+    def _writer(self, schema_id: int) -> tuple[Any, Any]:
+        """(parsed writer schema, reader schema or None when no resolution is needed), cached per id."""
+        cached = self._writers.get(schema_id)
+        if cached is None:
+            self.fetches += 1
+            try:
+                writer_json = self._fetch(schema_id)
+            except KeyError:
+                raise WireFormatError("unknown_schema", f"schema id {schema_id} is not in the registry") from None
+            for name, spec in _decimal_fields(writer_json).items():
+                if name in self._decimals and spec != self._decimals[name]:
+                    raise WireFormatError(
+                        "incompatible_schema",
+                        f"field {name!r} is decimal{spec} in schema {schema_id}, expected {self._decimals[name]}",
+                    )
+            try:
+                parsed = fastavro.parse_schema(raw_schema(writer_json))
+            except Exception as exc:  # fastavro raises several types for bad schemas
+                raise WireFormatError("incompatible_schema", f"schema {schema_id} is not usable: {exc}") from exc
+            same = fastavro.schema.to_parsing_canonical_form(parsed) == self._reader_form
+            cached = self._writers[schema_id] = (parsed, None if same else self._reader)
+        return cached
+
+    def decode_one(self, value: bytes | None) -> dict[str, Any]:
+        """One value to a dict in the raw form (decimal bytes, timestamp longs)."""
+        schema_id, _ = unframe(value)
+        assert value is not None
+        writer, reader = self._writer(schema_id)
+        fo = io.BytesIO(value)
+        fo.seek(HEADER_SIZE)
+        try:
+            record = fastavro.schemaless_reader(fo, writer, reader)
+        except Exception as exc:  # truncated or corrupt bodies raise EOFError, ValueError, ...
+            raise WireFormatError("undecodable", f"{type(exc).__name__}: {exc}") from exc
+        if fo.tell() != len(value):
+            raise WireFormatError("undecodable", f"{len(value) - fo.tell()} trailing bytes after the record")
+        if not isinstance(record, dict):  # pragma: no cover - the reader schema is a record
+            raise WireFormatError("undecodable", "not a record")
+        return record
+
+    def decode(self, values: Iterable[bytes | None]) -> DecodeResult:
+        """Decode values; the good ones become one batch, the bad ones are reported, never raised."""
+        rows: list[dict[str, Any]] = []
+        indices: list[int] = []
+        errors: list[tuple[int, WireFormatError]] = []
+        for i, value in enumerate(values):
+            try:
+                rows.append(self.decode_one(value))
+                indices.append(i)
+            except WireFormatError as exc:
+                errors.append((i, exc))
+        batch = self.to_batch(rows)
+        if batch is None:  # a decimal out of range somewhere: find it row by row
+            good: list[dict[str, Any]] = []
+            good_idx: list[int] = []
+            for row, i in zip(rows, indices, strict=True):
+                if self.to_batch([row]) is None:
+                    errors.append((i, WireFormatError("invalid_value", "decimal value exceeds the column precision")))
+                else:
+                    good.append(row)
+                    good_idx.append(i)
+            rows, indices = good, good_idx
+            batch = self.to_batch(rows)
+            assert batch is not None
+            errors.sort(key=lambda e: e[0])
+        return DecodeResult(batch, indices, errors)
+
+    def to_batch(self, rows: list[dict[str, Any]]) -> pa.RecordBatch | None:
+        """Raw dicts to a canonical batch (None when a decimal exceeds its precision)."""
+        arrays = []
+        for f, arrow_field in zip(self.record.fields, self.arrow_schema, strict=True):
+            values = [r[f.name] for r in rows]
+            try:
+                arrays.append(_raw_to_column(values, f.type, arrow_field.type))
+            except ValueError:
+                return None
+        return pa.RecordBatch.from_arrays(arrays, schema=self.arrow_schema)
+
+
+def schema_json(record: RecordSchema) -> str:
+    """The Avro schema text registered for a canonical record."""
+    return json.dumps(to_avro(record), separators=(",", ":"))

@@ -1,0 +1,33 @@
+"""Topic and subject naming: ``market.<asset_class>.<data_type>.<exchange>``, one topic per venue and type.
+
+Symbols are message keys (per-symbol ordering), never part of a topic name. The value schema is
+registered under the Confluent ``TopicNameStrategy`` subject ``<topic>-value``; undecodable messages
+go to ``<topic><dlq_suffix>`` (``.dlq`` by default).
+"""
+
+from __future__ import annotations
+
+import re
+
+from k2.errors import ConfigError
+
+_PART = re.compile(r"^[a-z0-9_]+$")
+
+
+def topic_name(asset_class: str, data_type: str, exchange: str) -> str:
+    """``market.crypto.trades.binance``: every part lower-case letters, digits or ``_``."""
+    parts = [p.strip().lower() for p in (asset_class, data_type, exchange)]
+    for part in parts:
+        if not _PART.match(part):
+            raise ConfigError(f"invalid topic name part {part!r}: use letters, digits and _ only")
+    return "market." + ".".join(parts)
+
+
+def value_subject(topic: str) -> str:
+    """The schema-registry subject of a topic's values (TopicNameStrategy)."""
+    return f"{topic}-value"
+
+
+def dlq_topic(topic: str, suffix: str = ".dlq") -> str:
+    """The dead-letter topic of ``topic``."""
+    return f"{topic}{suffix}"

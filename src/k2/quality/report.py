@@ -1,0 +1,109 @@
+"""The per-symbol, per-day quality report, computed from trade rows and quality-event rows. Pure.
+
+Inputs are Arrow tables (the caller scans the lake); the aggregation runs in an in-memory DuckDB.
+Days are UTC days of the exchange trade time (events: of the trade that revealed them). A gap's
+state is its newest row (see :mod:`k2.schema.quality_event`).
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+REPORT_COLUMNS = (
+    "day",
+    "exchange",
+    "symbol",
+    "trades",
+    "first_id",
+    "last_id",
+    "expected",
+    "missing",
+    "backfilled_trades",
+    "gaps_found",
+    "gaps_backfilled",
+    "gaps_unrecoverable",
+    "gaps_open",
+    "duplicates_dropped",
+    "out_of_order",
+    "resets",
+    "price_jump",
+    "timestamp_future",
+    "timestamp_lag",
+    "stale_feed",
+)
+
+_US_PER_DAY = 86_400_000_000
+
+_SQL = """
+WITH t AS (
+    SELECT day, exchange, symbol, count(*) AS trades, min(id) AS first_id, max(id) AS last_id,
+           count(*) FILTER (WHERE backfilled) AS backfilled_trades
+    FROM trades GROUP BY ALL
+), latest AS (
+    SELECT * FROM events
+    QUALIFY row_number() OVER (
+        PARTITION BY event_id ORDER BY status_at DESC, (status IN ('RESOLVED', 'UNRECOVERABLE')) DESC
+    ) = 1
+), e AS (
+    SELECT day, exchange, symbol,
+        count(*) FILTER (WHERE kind = 'GAP') AS gaps_found,
+        count(*) FILTER (WHERE kind = 'GAP' AND status = 'RESOLVED') AS gaps_backfilled,
+        count(*) FILTER (WHERE kind = 'GAP' AND status = 'UNRECOVERABLE') AS gaps_unrecoverable,
+        count(*) FILTER (WHERE kind = 'GAP' AND status = 'OPEN') AS gaps_open,
+        CAST(coalesce(sum("count") FILTER (WHERE kind = \'DUPLICATE\'), 0) AS BIGINT) AS duplicates_dropped,
+        CAST(coalesce(sum("count") FILTER (WHERE kind = \'OUT_OF_ORDER\'), 0) AS BIGINT) AS out_of_order,
+        count(*) FILTER (WHERE kind = 'RESET') AS resets,
+        CAST(coalesce(sum("count") FILTER (WHERE kind = \'PRICE_JUMP\'), 0) AS BIGINT) AS price_jump,
+        CAST(coalesce(sum("count") FILTER (WHERE kind = \'TIMESTAMP_FUTURE\'), 0) AS BIGINT) AS timestamp_future,
+        CAST(coalesce(sum("count") FILTER (WHERE kind = \'TIMESTAMP_LAG\'), 0) AS BIGINT) AS timestamp_lag,
+        count(*) FILTER (WHERE kind = 'STALE_FEED') AS stale_feed
+    FROM latest GROUP BY ALL
+)
+SELECT coalesce(t.day, e.day) AS day, coalesce(t.exchange, e.exchange) AS exchange,
+       coalesce(t.symbol, e.symbol) AS symbol,
+       coalesce(t.trades, 0) AS trades, t.first_id, t.last_id,
+       coalesce(t.last_id - t.first_id + 1, 0) AS expected,
+       coalesce(t.last_id - t.first_id + 1 - t.trades, 0) AS missing,
+       coalesce(t.backfilled_trades, 0) AS backfilled_trades,
+       coalesce(gaps_found, 0) AS gaps_found, coalesce(gaps_backfilled, 0) AS gaps_backfilled,
+       coalesce(gaps_unrecoverable, 0) AS gaps_unrecoverable, coalesce(gaps_open, 0) AS gaps_open,
+       coalesce(duplicates_dropped, 0) AS duplicates_dropped, coalesce(out_of_order, 0) AS out_of_order,
+       coalesce(resets, 0) AS resets, coalesce(price_jump, 0) AS price_jump,
+       coalesce(timestamp_future, 0) AS timestamp_future, coalesce(timestamp_lag, 0) AS timestamp_lag,
+       coalesce(stale_feed, 0) AS stale_feed
+FROM t FULL OUTER JOIN e ON t.day = e.day AND t.exchange = e.exchange AND t.symbol = e.symbol
+ORDER BY day, exchange, symbol
+"""
+
+
+def _utc_day(ts: pa.ChunkedArray | pa.Array) -> pa.Array:
+    days = pc.divide(pc.cast(ts, pa.int64()), _US_PER_DAY)  # integer division: floor for >= 1970
+    return pc.cast(pc.cast(days, pa.int32()), pa.date32())
+
+
+def build_report(trades: pa.Table, events: pa.Table) -> pa.Table:
+    """``trades``: exchange, symbol, timestamp, source_sequence, vendor_data; ``events``: the
+    quality-event table's rows. Returns one row per (day, exchange, symbol), :data:`REPORT_COLUMNS`."""
+    vendor = trades["vendor_data"]
+    backfilled_value = pc.map_lookup(vendor, pa.scalar("backfilled", vendor.type.key_type), "first")
+    backfilled = pc.fill_null(pc.equal(backfilled_value, "true"), False)
+    t = pa.table(
+        {
+            "day": _utc_day(trades["timestamp"]),
+            "exchange": trades["exchange"],
+            "symbol": trades["symbol"],
+            "id": trades["source_sequence"],
+            "backfilled": backfilled,
+        }
+    )
+    e = events.append_column("day", _utc_day(events["trade_time"]))
+    con = duckdb.connect(":memory:")
+    try:
+        con.register("trades", t)
+        con.register("events", e)
+        result: pa.Table = con.sql(_SQL).to_arrow_table()
+    finally:
+        con.close()
+    return result.select(list(REPORT_COLUMNS))

@@ -1,0 +1,274 @@
+"""Sequence tracking per (exchange, symbol, stream): gaps, duplicates, reorders, resets. Pure logic.
+
+Binance trade ids are consecutive per symbol, so the ids K2 holds for a stream are described
+exactly by a *high-water mark* (the highest id seen) and a short list of *holes* below it (ids
+never received). From that state each incoming id is classified in O(log holes):
+
+========================  =====================================================  ===============
+id ``x`` vs state          meaning                                                kept?
+========================  =====================================================  ===============
+``x == high + 1``          next in sequence                                       yes
+``x > high + 1``           a gap ``[high + 1, x - 1]`` opens (pending)            yes
+``x`` inside a hole        out-of-order: a late arrival fills (part of) a hole    yes
+``x <= high``, no hole     duplicate                                              no (dropped)
+``high - x > threshold``   reset: the venue restarted its numbering               yes, re-based
+========================  =====================================================  ===============
+
+A gap stays *pending* for a grace period (a reordered frame may still fill it); :meth:`due_gaps`
+(called with the current time) confirms the ones still open, and the caller backfills them.
+Rows fetched by backfill go through :meth:`accept_backfill`, which keeps only ids still missing:
+the same state deduplicates live delivery, reconnect overlap, replays and backfill. After a restart
+:meth:`seed` rebuilds the state from the ids already in the table. Nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from k2.schema.quality_event import EventKind
+
+_GAP_NAMESPACE = uuid.UUID("1d6f3c52-8d0e-5b6a-a7d4-5f3e0c2b9a61")
+
+DEFAULT_RESET_THRESHOLD = 10_000_000
+DEFAULT_MAX_HOLES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class StreamKey:
+    exchange: str
+    symbol: str
+    stream: str = "trade"
+
+
+class HoleState(StrEnum):
+    PENDING = "pending"  # detected, inside the grace period
+    CONFIRMED = "confirmed"  # handed to backfill
+    ABANDONED = "abandoned"  # backfill gave up; a late arrival is still accepted
+
+
+@dataclass(slots=True)
+class _Hole:
+    lo: int
+    hi: int
+    since_us: int
+    trade_time_us: int
+    gap_id: str
+    state: HoleState = HoleState.PENDING
+
+
+@dataclass(slots=True)
+class _State:
+    high: int | None = None
+    holes: list[_Hole] = field(default_factory=list)  # sorted by lo, disjoint, all below high
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A confirmed gap: ids ``first_id..last_id`` (inclusive) were not received."""
+
+    key: StreamKey
+    first_id: int
+    last_id: int
+    detected_at_us: int
+    trade_time_us: int
+    gap_id: str
+
+    @property
+    def count(self) -> int:
+        return self.last_id - self.first_id + 1
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceEvent:
+    """Duplicates, reorders or a reset seen in one :meth:`SequenceTracker.observe` call."""
+
+    key: StreamKey
+    kind: EventKind
+    first_id: int
+    last_id: int
+    count: int
+    trade_time_us: int
+    detected_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    keep: np.ndarray  # bool per input id: False for duplicates
+    events: list[SequenceEvent]
+    gaps_opened: list[tuple[int, int]]  # pending gaps opened by this call (first, last)
+
+    @property
+    def dropped(self) -> int:
+        return int(self.keep.size - np.count_nonzero(self.keep))
+
+
+def gap_id(key: StreamKey, first_id: int, last_id: int) -> str:
+    """Deterministic id of a gap, so a gap found again after a restart keeps its identity."""
+    return str(uuid.uuid5(_GAP_NAMESPACE, f"{key.exchange}:{key.symbol}:{key.stream}:{first_id}:{last_id}"))
+
+
+class SequenceTracker:
+    """Per-stream sequence state. Not thread-safe: one owner (the pipeline's processing task)."""
+
+    def __init__(
+        self,
+        *,
+        grace_us: int = 2_000_000,
+        reset_threshold: int = DEFAULT_RESET_THRESHOLD,
+        max_holes: int = DEFAULT_MAX_HOLES,
+    ) -> None:
+        self.grace_us = grace_us
+        self.reset_threshold = reset_threshold
+        self.max_holes = max_holes
+        self._states: dict[StreamKey, _State] = {}
+
+    # --- state ----------------------------------------------------------------------------------
+    def seed(
+        self,
+        key: StreamKey,
+        ids: Iterable[int] | np.ndarray,
+        now_us: int,
+        trade_times_us: Iterable[int] | np.ndarray | None = None,
+    ) -> None:
+        """Rebuild the state from ids already stored (e.g. the table's recent ids for this stream).
+
+        The high-water mark is the largest id (compared as integers); holes between the smallest
+        and the largest become pending gaps, so a restart also repairs holes left in the table.
+        ``trade_times_us`` (aligned with ``ids``) dates each hole by the trade just after it.
+        """
+        raw = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), dtype=np.int64)
+        times = (
+            np.zeros(raw.size, dtype=np.int64)
+            if trade_times_us is None
+            else np.asarray(
+                trade_times_us if isinstance(trade_times_us, np.ndarray) else list(trade_times_us), dtype=np.int64
+            )
+        )
+        arr, first = np.unique(raw, return_index=True)
+        times = times[first]
+        state = self._states[key] = _State()
+        if arr.size == 0:
+            return
+        state.high = int(arr[-1])
+        steps = np.flatnonzero(np.diff(arr) > 1)
+        for i in steps.tolist():
+            lo, hi = int(arr[i]) + 1, int(arr[i + 1]) - 1
+            state.holes.append(_Hole(lo, hi, now_us, int(times[i + 1]), gap_id(key, lo, hi)))
+
+    def high(self, key: StreamKey) -> int | None:
+        state = self._states.get(key)
+        return None if state is None else state.high
+
+    def holes(self, key: StreamKey) -> list[tuple[int, int, HoleState]]:
+        state = self._states.get(key)
+        return [] if state is None else [(h.lo, h.hi, h.state) for h in state.holes]
+
+    def streams(self) -> list[StreamKey]:
+        return list(self._states)
+
+    # --- live ids -------------------------------------------------------------------------------
+    def observe(self, key: StreamKey, ids: np.ndarray, trade_times_us: np.ndarray, now_us: int) -> Observation:
+        """Classify ``ids`` (in arrival order) and update the state; ``keep`` drops duplicates."""
+        state = self._states.setdefault(key, _State())
+        n = int(ids.size)
+        if n == 0:
+            return Observation(np.zeros(0, dtype=bool), [], [])
+        first = int(ids[0])
+        if (state.high is None or first == state.high + 1) and (n == 1 or bool(np.all(np.diff(ids) == 1))):
+            state.high = int(ids[-1])  # fast path: the common, perfectly consecutive batch
+            return Observation(np.ones(n, dtype=bool), [], [])
+        keep = np.ones(n, dtype=bool)
+        dups: list[tuple[int, int]] = []
+        late: list[tuple[int, int]] = []
+        resets: list[SequenceEvent] = []
+        opened: list[tuple[int, int]] = []
+        for i, (x, t) in enumerate(zip(ids.tolist(), trade_times_us.tolist(), strict=True)):
+            high = state.high
+            if high is None or x == high + 1:
+                state.high = x
+            elif x > high:
+                lo, hi = high + 1, x - 1
+                state.holes.append(_Hole(lo, hi, now_us, t, gap_id(key, lo, hi)))
+                opened.append((lo, hi))
+                state.high = x
+            elif self._take(state, x):
+                late.append((x, t))
+            elif high - x > self.reset_threshold:
+                resets.append(SequenceEvent(key, EventKind.RESET, x, high, 1, t, now_us))
+                state.high, state.holes = x, []
+            else:
+                keep[i] = False
+                dups.append((x, t))
+        if len(state.holes) > self.max_holes:
+            del state.holes[: len(state.holes) - self.max_holes]  # the oldest are forgotten (seen)
+        events = [*resets]
+        for kind, items in ((EventKind.DUPLICATE, dups), (EventKind.OUT_OF_ORDER, late)):
+            if items:
+                xs = [x for x, _ in items]
+                events.append(SequenceEvent(key, kind, min(xs), max(xs), len(items), items[0][1], now_us))
+        return Observation(keep, events, opened)
+
+    def _take(self, state: _State, x: int) -> bool:
+        """Remove ``x`` from the hole containing it; False when no hole contains it."""
+        holes = state.holes
+        i = bisect.bisect_right(holes, x, key=lambda h: h.lo) - 1
+        if i < 0 or holes[i].hi < x:
+            return False
+        hole = holes[i]
+        if hole.lo == hole.hi:
+            del holes[i]
+        elif x == hole.lo:
+            hole.lo += 1
+        elif x == hole.hi:
+            hole.hi -= 1
+        else:
+            right = _Hole(x + 1, hole.hi, hole.since_us, hole.trade_time_us, hole.gap_id, hole.state)
+            hole.hi = x - 1
+            holes.insert(i + 1, right)
+        return True
+
+    # --- gaps and backfill ----------------------------------------------------------------------
+    def due_gaps(self, now_us: int) -> list[Gap]:
+        """Pending gaps older than the grace period, now confirmed (hand them to backfill).
+
+        Parts of one detected gap that a late arrival split are confirmed together as one gap
+        spanning them (backfill fetches the span; ids already held are dropped again).
+        """
+        out: list[Gap] = []
+        for key, state in self._states.items():
+            spans: dict[str, list[_Hole]] = {}
+            for hole in state.holes:
+                if hole.state is HoleState.PENDING and now_us - hole.since_us >= self.grace_us:
+                    spans.setdefault(hole.gap_id, []).append(hole)
+            for gid, parts in spans.items():
+                for hole in parts:
+                    hole.state = HoleState.CONFIRMED
+                lo, hi = parts[0].lo, parts[-1].hi
+                out.append(Gap(key, lo, hi, parts[0].since_us, parts[0].trade_time_us, gid))
+        return out
+
+    def accept_backfill(self, key: StreamKey, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Keep-mask for ids fetched by backfill: True only for ids still missing (and now taken)."""
+        state = self._states.setdefault(key, _State())
+        return np.fromiter((self._take(state, int(x)) for x in ids), dtype=bool, count=len(ids))
+
+    def abandon(self, gap: Gap) -> int:
+        """Backfill gave up on ``gap``: its remaining holes stop being retried. Returns ids still missing."""
+        state = self._states.get(gap.key)
+        missing = 0
+        for hole in state.holes if state else []:
+            if hole.gap_id == gap.gap_id:
+                hole.state = HoleState.ABANDONED
+                missing += hole.hi - hole.lo + 1
+        return missing
+
+    def missing_in(self, gap: Gap) -> int:
+        """Ids of ``gap`` still missing."""
+        state = self._states.get(gap.key)
+        return sum(h.hi - h.lo + 1 for h in (state.holes if state else []) if h.gap_id == gap.gap_id)

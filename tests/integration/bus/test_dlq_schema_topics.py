@@ -1,0 +1,141 @@
+"""Dead letters, schema evolution against the real registry, and topic checks against the real broker."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pyarrow as pa
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from k2.bus.admin import admin_client, ensure_topics, topic_specs
+from k2.bus.registry import SchemaRegistry
+from k2.bus.serde import TradeDecoder, TradeEncoder, frame
+from k2.bus.topics import dlq_topic, value_subject
+from k2.config import K2Settings
+from k2.errors import IncompatibleSchema, TopicMismatch
+from k2.metrics import CONSUMER_DEAD_LETTERS
+from k2.schema import TRADE, to_arrow
+from k2.schema.model import Field, LongType
+from k2.schema.trade import TRADE_V3
+from k2.services.consume import build_consumer
+from tests.integration.bus.conftest import assert_exactly, produce
+
+pytestmark = pytest.mark.integration
+
+
+def _read_all(settings: K2Settings, topic: str, count: int) -> list[tuple[bytes, list[tuple[str, bytes]], int, int]]:
+    """(value, headers, partition, offset) of the first ``count`` messages of ``topic``."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": f"reader-{topic}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    out: list[tuple[bytes, list[tuple[str, bytes]], int, int]] = []
+    try:
+        for _ in range(200):
+            for msg in consumer.consume(count, 0.5):
+                if msg.error() is None:
+                    out.append((msg.value(), list(msg.headers() or []), msg.partition(), msg.offset()))
+            if len(out) >= count:
+                break
+    finally:
+        consumer.close()
+    return out
+
+
+def test_bad_messages_go_to_the_dead_letter_topic_and_never_stall(
+    bus_settings: K2Settings, recording_batch: pa.RecordBatch
+) -> None:
+    settings = bus_settings.model_copy(update={"kafka": bus_settings.kafka.model_copy(update={"partitions": 1})})
+    good = recording_batch.slice(0, 1_000)
+    topic = produce(settings, good.slice(0, 500))
+    valid = TradeEncoder(1, TRADE).encode(good.slice(0, 1))[0]
+    bad = [b"not avro at all", frame(987_654, valid[5:]), valid[:-4]]
+    raw = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    for value in bad:
+        raw.produce(topic, value, b"BTCUSDT", headers=[("origin", b"test")])
+    assert raw.flush(10) == 0
+    produce(settings, good.slice(500, 500))
+    before = CONSUMER_DEAD_LETTERS.labels(topic=topic, reason="undecodable")._value.get()
+
+    consumer, registry = build_consumer(settings)
+    stats = consumer.run(idle_exit_s=2.0, duration_s=60)
+    registry.close()
+    assert stats.messages == 1_003
+    assert stats.dead_lettered == 3
+    assert stats.rows_committed == 1_000
+    assert_exactly(settings, good)
+    assert CONSUMER_DEAD_LETTERS.labels(topic=topic, reason="undecodable")._value.get() == before + 1
+
+    letters = _read_all(settings, dlq_topic(topic), 3)
+    assert [v for v, _, _, _ in letters] == bad
+    reasons = [dict(h)["k2.dlq.reason"] for _, h, _, _ in letters]
+    assert reasons == [b"not_framed", b"unknown_schema", b"undecodable"]
+    for (_, headers, _, _), offset in zip(letters, (500, 501, 502), strict=True):
+        h = dict(headers)
+        assert h["origin"] == b"test"
+        assert h["k2.dlq.source.topic"] == topic.encode()
+        assert h["k2.dlq.source.partition"] == b"0"
+        assert h["k2.dlq.source.offset"] == str(offset).encode()
+        assert h["k2.dlq.consumer.group"] == settings.kafka.consumer_group.encode()
+    assert b"987654" in dict(letters[1][1])["k2.dlq.error"]
+
+
+def test_v3_is_backward_compatible_and_both_readers_read_both(
+    bus_settings: K2Settings, recording_batch: pa.RecordBatch
+) -> None:
+    settings = bus_settings.model_copy(update={"kafka": bus_settings.kafka.model_copy(update={"partitions": 1})})
+    v2_rows = recording_batch.slice(0, 300)
+    v3_source = recording_batch.slice(300, 300)
+    v3_rows = pa.RecordBatch.from_arrays(
+        [*v3_source.columns, pa.array(["eu-west-1"] * 300, pa.string())], schema=to_arrow(TRADE_V3)
+    )
+    topic = produce(settings, v2_rows)
+    produce(settings, v3_rows, TRADE_V3)
+    registry = SchemaRegistry(settings.kafka.schema_registry_url)
+    subject = value_subject(topic)
+    v2_id, v3_id = registry.register(subject, TRADE), registry.register(subject, TRADE_V3)
+    assert v2_id != v3_id
+
+    # The v2 pipeline consumes both into the v2 table.
+    consumer, reg = build_consumer(settings)
+    assert consumer.run(idle_exit_s=2.0, duration_s=60).rows_committed == 600
+    reg.close()
+    assert_exactly(settings, recording_batch.slice(0, 600))
+
+    # A v3 reader decodes both (v2 messages get the new field's default, null).
+    values = [v for v, _, _, _ in _read_all(settings, topic, 600)]
+    decoded = TradeDecoder(TRADE_V3, registry.fetch).decode(values)
+    assert decoded.errors == []
+    rows = decoded.batch.to_pylist()
+    assert [r["venue_region"] for r in rows] == [None] * 300 + ["eu-west-1"] * 300
+    assert [r["message_id"] for r in rows] == recording_batch.slice(0, 600).column("message_id").to_pylist()
+
+    # An incompatible change (a new required field) is refused by the registry, by name.
+    breaking = dataclasses.replace(
+        TRADE_V3, version=4, fields=(*TRADE_V3.fields, Field(21, "venue_latency_us", LongType(), "x"))
+    )
+    assert registry.is_compatible(subject, breaking) is False
+    with pytest.raises(IncompatibleSchema, match=r"Trade v4 is not BACKWARD compatible .*-value"):
+        registry.register(subject, breaking)
+    registry.close()
+
+
+def test_existing_topics_that_differ_from_the_settings_are_refused(bus_settings: K2Settings) -> None:
+    kafka = bus_settings.kafka
+    topic = f"market.{kafka.asset_class}.trades.binance"
+    admin = admin_client(kafka.bootstrap_servers)
+    assert ensure_topics(admin, topic_specs(kafka, topic, dlq_topic(topic))) == [topic, dlq_topic(topic)]
+    assert ensure_topics(admin, topic_specs(kafka, topic, dlq_topic(topic))) == []  # idempotent
+    other = kafka.model_copy(update={"partitions": 4, "retention_ms": 3_600_000})
+    with pytest.raises(TopicMismatch) as info:
+        ensure_topics(admin, topic_specs(other, topic, dlq_topic(topic)))
+    message = str(info.value)
+    assert f"topic {topic} differs" in message
+    assert "3 partitions, configured 4" in message
+    assert f"retention.ms={kafka.retention_ms}, configured 3600000" in message

@@ -1,0 +1,136 @@
+"""Session-scoped real services for integration tests (registered in tests/conftest.py; see conftest.py here).
+
+Each fixture starts its service the first time a test asks for it and stops it at the end of the
+session. Services come from ``k2.devservices`` (Maven Central jars cached in ~/.m2 and ~/.cache/k2,
+PostgreSQL from Debian's packages, installed with apt-get when missing and running as root).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from k2.config import S3Settings
+from k2.devservices.kafka import KafkaCluster
+from k2.devservices.postgres import PostgresServer
+from k2.devservices.registry import ApicurioRegistry
+from k2.devservices.s3 import REGION, S3Proxy
+
+
+@dataclass(frozen=True)
+class KafkaService:
+    """``bootstrap_servers`` for clients; ``cluster`` for fault tests (``kill(node_id)``, ``restart(node_id)``)."""
+
+    bootstrap_servers: str
+    cluster: KafkaCluster = field(repr=False)
+
+    @property
+    def brokers(self) -> int:
+        return len(self.cluster.nodes)
+
+
+@dataclass(frozen=True)
+class RegistryService:
+    """``url``: Apicurio's Confluent-compatible base URL, for confluent-kafka's SchemaRegistryClient."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class S3Service:
+    """An s3proxy endpoint with one bucket; path-style addressing, region us-east-1."""
+
+    endpoint: str
+    bucket: str
+    access_key: str
+    secret_key: str = field(repr=False)
+    region: str = REGION
+    proxy: S3Proxy = field(repr=False, default=None)  # type: ignore[assignment]
+
+    def settings(self) -> S3Settings:
+        return S3Settings(
+            endpoint=self.endpoint,
+            region=self.region,
+            access_key_id=SecretStr(self.access_key),
+            secret_access_key=SecretStr(self.secret_key),
+        )
+
+    def warehouse_uri(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+    def filesystem(self) -> Any:
+        """A ``pyarrow.fs.S3FileSystem`` for this endpoint."""
+        return self.proxy.filesystem()
+
+
+@dataclass(frozen=True)
+class PostgresService:
+    """A PostgreSQL database owned by ``user``; ``sqlalchemy_url`` uses the psycopg (v3) driver."""
+
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str = field(repr=False)
+    sqlalchemy_url: str = field(repr=False)
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaService]:
+    """One KRaft broker (combined broker+controller), replication factor 1."""
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka"), brokers=1)
+    try:
+        cluster.start()
+        yield KafkaService(cluster.bootstrap_servers, cluster)
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaService]:
+    """Three KRaft nodes, replication factor 3, min.insync.replicas=2. Restart what you kill."""
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka3"), brokers=3)
+    try:
+        cluster.start()
+        yield KafkaService(cluster.bootstrap_servers, cluster)
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryService]:
+    """Apicurio Registry 3 with in-memory storage."""
+    registry = ApicurioRegistry(tmp_path_factory.mktemp("registry"))
+    try:
+        registry.start()
+        yield RegistryService(registry.url)
+    finally:
+        registry.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
+    """s3proxy (filesystem backend) with the bucket ``k2-warehouse``; checksum env relaxed in-process."""
+    proxy = S3Proxy(tmp_path_factory.mktemp("s3"), buckets=("k2-warehouse",))
+    try:
+        proxy.start()
+        creds = proxy.credentials
+        yield S3Service(proxy.endpoint, "k2-warehouse", creds.access_key, creds.secret_key, proxy=proxy)
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
+    """PostgreSQL on 127.0.0.1 with database ``k2`` owned by role ``k2``."""
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    try:
+        server.start()
+        c = server.credentials
+        yield PostgresService("127.0.0.1", server.port, c.database, c.user, c.password, server.sqlalchemy_url)
+    finally:
+        server.stop()

@@ -1,0 +1,87 @@
+"""The lake in distributed mode: pyiceberg's SQL catalog on PostgreSQL, table data on s3proxy (s3://)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pyarrow as pa
+import pytest
+from pyarrow import fs
+
+from k2.config import LakeSettings
+from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
+from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.sources import DataType, RawFrame
+from k2.sources.binance import BinanceAdapter
+from tests.integration.services.fixtures import PostgresService, S3Service
+
+pytestmark = [pytest.mark.integration, pytest.mark.services]
+
+ROWS = 500
+
+
+def test_trades_table_on_postgres_catalog_and_s3_warehouse(
+    s3: S3Service, postgres: PostgresService, tmp_path: Path
+) -> None:
+    recording = list(read_recording(BUNDLED_BINANCE_TRADES))[:ROWS]
+    frames = [RawFrame(r.frame.encode(), r.recv_us) for r in recording]
+    batch = BinanceAdapter().parse(frames, first_platform_sequence=1, is_sample_data=True).records[DataType.TRADES]
+    namespace = f"md_{uuid.uuid4().hex[:8]}"
+    prefix = f"wh-{namespace}"
+    lake = LakeSettings(
+        warehouse=tmp_path / "local",
+        warehouse_uri=s3.warehouse_uri(prefix),
+        catalog_uri=postgres.sqlalchemy_url,
+        s3=s3.settings(),
+        namespace=namespace,
+    )
+
+    assert s3.secret_key not in repr(lake)
+    assert s3.secret_key not in repr(s3)
+    assert lake.s3.fileio_properties() == {
+        "s3.endpoint": s3.endpoint,
+        "s3.region": "us-east-1",
+        "s3.force-virtual-addressing": "false",
+        "s3.access-key-id": s3.access_key,
+        "s3.secret-access-key": s3.secret_key,
+    }
+
+    writer_catalog = open_catalog(lake)
+    load_or_create_trades_table(writer_catalog, lake).append(pa.Table.from_batches([batch]))
+    writer_catalog.engine.dispose()
+
+    # A fresh catalog connection sees the committed rows, with exact decimals.
+    reader_catalog = open_catalog(lake)
+    reread = load_or_create_trades_table(reader_catalog, lake).scan().to_arrow()
+    reader_catalog.engine.dispose()
+    assert reread.num_rows == ROWS
+    got = {
+        (row["symbol"], row["trade_id"]): (row["price"], row["quantity"])
+        for row in reread.select(["symbol", "trade_id", "price", "quantity"]).to_pylist()
+    }
+    expected = {}
+    for rec in recording:
+        data = json.loads(rec.frame)["data"]
+        expected[(data["s"], str(data["t"]))] = (Decimal(data["p"]), Decimal(data["q"]))
+    assert got == expected
+    assert all(isinstance(p, Decimal) and isinstance(q, Decimal) for p, q in got.values())
+
+    # The metadata and data files are objects in the bucket, the table row is in PostgreSQL.
+    files = s3.filesystem().get_file_info(fs.FileSelector(f"{s3.bucket}/{prefix}", recursive=True))
+    names = [f.path for f in files if f.type == fs.FileType.File]
+    assert any(n.endswith(".parquet") and "/data/" in n for n in names)
+    assert any(n.endswith(".metadata.json") for n in names)
+    conninfo = psycopg.conninfo.make_conninfo(
+        host=postgres.host, port=postgres.port, user=postgres.user, password=postgres.password, dbname=postgres.database
+    )
+    with psycopg.connect(conninfo) as conn:
+        rows = conn.execute(
+            "SELECT table_name, metadata_location FROM iceberg_tables WHERE table_namespace = %s", (namespace,)
+        ).fetchall()
+    assert len(rows) == 1
+    assert rows[0][0] == "trades"
+    assert rows[0][1].startswith(f"s3://{s3.bucket}/{prefix}/{namespace}/trades/metadata/")

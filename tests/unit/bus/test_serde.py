@@ -1,0 +1,223 @@
+"""Serde: exact Confluent wire bytes, exact round trips of real trades, schema-id cache, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+from decimal import Decimal, localcontext
+from typing import Any
+
+import fastavro
+import pyarrow as pa
+import pytest
+
+from k2.bus.serde import (
+    TradeDecoder,
+    TradeEncoder,
+    WireFormatError,
+    decimal_array,
+    frame,
+    int_to_avro_bytes,
+    unframe,
+    unscaled_ints,
+)
+from k2.schema import TRADE, TRADE_ARROW_SCHEMA, to_avro
+from k2.schema.trade import TRADE_V3
+from k2.sources import DataType, RawFrame
+from k2.sources.binance import BinanceAdapter
+
+SCHEMA_ID = 42
+
+
+@pytest.fixture(scope="module")
+def trades(bundled_frames: list[RawFrame]) -> pa.RecordBatch:
+    parsed = BinanceAdapter().parse(bundled_frames[:3_000], first_platform_sequence=1, is_sample_data=True)
+    return parsed.records[DataType.TRADES]
+
+
+def _reference_body(row: dict[str, Any]) -> bytes:
+    """fastavro's own encoding of one row with the full (logical-type) schema: the reference."""
+    row = {**row, "vendor_data": dict(row["vendor_data"])}
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(to_avro(TRADE)), row)
+    return buf.getvalue()
+
+
+def _registry(*records: Any) -> tuple[dict[int, dict[str, Any]], list[int]]:
+    schemas = {SCHEMA_ID + i: to_avro(r) for i, r in enumerate(records)}
+    return schemas, []
+
+
+def _decoder(schemas: dict[int, dict[str, Any]], calls: list[int], record: Any = TRADE) -> TradeDecoder:
+    def fetch(schema_id: int) -> dict[str, Any]:
+        calls.append(schema_id)
+        return schemas[schema_id]
+
+    return TradeDecoder(record, fetch)
+
+
+def test_frame_is_magic_byte_then_big_endian_schema_id() -> None:
+    assert frame(7, b"\x02\x04") == b"\x00\x00\x00\x00\x07\x02\x04"
+    assert frame(0x01020304, b"") == b"\x00\x01\x02\x03\x04"
+    assert unframe(b"\x00\x00\x00\x01\x00body") == (256, b"body")
+
+
+def test_encoded_values_are_header_plus_fastavro_reference_body(trades: pa.RecordBatch) -> None:
+    values = TradeEncoder(SCHEMA_ID, TRADE).encode(trades)
+    rows = trades.to_pylist()
+    assert len(values) == trades.num_rows == 3_000
+    for value, row in zip(values[:200], rows[:200], strict=True):
+        assert value[:5] == b"\x00\x00\x00\x00\x2a"
+        assert value[5:] == _reference_body(row)
+    first = fastavro.schemaless_reader(io.BytesIO(values[0][5:]), fastavro.parse_schema(to_avro(TRADE)), None)
+    assert first["trade_id"] == "3735683259"
+    assert first["price"] == Decimal("61837.630000000000")
+    assert first["quantity"] == Decimal("0.020000000000")
+    assert first["side"] == "SELL"
+    assert first["timestamp"].isoformat() == "2024-08-08T23:54:15.342000+00:00"
+    assert first["vendor_data"]["event_time"] == "1723161255343"
+
+
+def test_round_trip_of_real_trades_is_exact(trades: pa.RecordBatch) -> None:
+    schemas, calls = _registry(TRADE)
+    values = TradeEncoder(SCHEMA_ID, TRADE).encode(trades)
+    result = _decoder(schemas, calls).decode(values)
+    assert result.errors == []
+    assert result.indices == list(range(trades.num_rows))
+    assert result.batch.schema == TRADE_ARROW_SCHEMA
+    assert result.batch.equals(trades)
+    assert result.batch.to_pylist() == trades.to_pylist()
+
+
+EXTREMES = [
+    "0",
+    "0.000000000001",
+    "-0.000000000001",
+    "61837.63",
+    "99999999999999999999999999.999999999999",
+    "-99999999999999999999999999.999999999999",
+    "9223372.036854775807",  # 2**63 - 1 unscaled
+    "9223372.036854775808",  # 2**63 unscaled: needs the wide path
+    "-9223372.036854775808",
+]
+
+
+@pytest.mark.parametrize("text", EXTREMES)
+def test_decimals_survive_exactly(text: str) -> None:
+    with localcontext() as ctx:
+        ctx.prec = 50
+        value = Decimal(text).quantize(Decimal("1e-12"))
+        unscaled = int(value.scaleb(12))
+    arr = pa.array([value, None, value], pa.decimal128(38, 12))
+    ints = unscaled_ints(arr)
+    assert ints == [unscaled, None, unscaled]
+    encoded = [None if i is None else int_to_avro_bytes(i) for i in ints]
+    back = decimal_array(encoded, 38, 12)
+    assert back.to_pylist() == [value, None, value]
+
+
+def test_avro_decimal_bytes_are_minimal_twos_complement() -> None:
+    assert int_to_avro_bytes(0) == b"\x00"
+    assert int_to_avro_bytes(127) == b"\x7f"
+    assert int_to_avro_bytes(128) == b"\x00\x80"
+    assert int_to_avro_bytes(-1) == b"\xff"
+    assert int_to_avro_bytes(-128) == b"\x80"
+    assert int_to_avro_bytes(-129) == b"\xff\x7f"
+
+
+def test_decimal_beyond_the_precision_is_rejected() -> None:
+    with pytest.raises(ValueError, match="precision 38"):
+        decimal_array([int_to_avro_bytes(10**38)], 38, 12)
+
+
+def test_writer_schema_is_fetched_once_per_id(trades: pa.RecordBatch) -> None:
+    schemas, calls = _registry(TRADE, TRADE)
+    a = TradeEncoder(SCHEMA_ID, TRADE).encode(trades.slice(0, 10))
+    b = TradeEncoder(SCHEMA_ID + 1, TRADE).encode(trades.slice(10, 10))
+    decoder = _decoder(schemas, calls)
+    for _ in range(3):
+        assert decoder.decode(a + b).batch.num_rows == 20
+    assert calls == [SCHEMA_ID, SCHEMA_ID + 1]
+    assert decoder.fetches == 2
+
+
+def test_bad_messages_are_reported_and_the_good_ones_decoded(trades: pa.RecordBatch) -> None:
+    schemas, calls = _registry(TRADE)
+    good = TradeEncoder(SCHEMA_ID, TRADE).encode(trades.slice(0, 4))
+    values: list[bytes | None] = [
+        good[0],
+        b"\x01" + good[1][1:],  # wrong magic byte
+        good[1],
+        frame(999, good[2][5:]),  # unknown schema id
+        good[2][:-3],  # truncated
+        None,  # tombstone
+        good[2] + b"\x00",  # trailing garbage
+        good[3],
+    ]
+    result = _decoder(schemas, calls).decode(values)
+    assert result.indices == [0, 2, 7]
+    assert result.batch.to_pylist() == [trades.slice(i, 1).to_pylist()[0] for i in (0, 1, 3)]
+    assert [(i, e.reason) for i, e in result.errors] == [
+        (1, "not_framed"),
+        (3, "unknown_schema"),
+        (4, "undecodable"),
+        (5, "not_framed"),
+        (6, "undecodable"),
+    ]
+    assert "magic byte 1" in str(result.errors[0][1])
+
+
+def test_out_of_range_decimal_goes_to_errors_not_the_batch(trades: pa.RecordBatch) -> None:
+    row = {**trades.slice(0, 1).to_pylist()[0]}
+    row["vendor_data"] = dict(row["vendor_data"])
+    raw = to_avro(TRADE)
+    for f in raw["fields"]:
+        if f["name"] == "price":
+            f["type"] = {"type": "bytes", "logicalType": "decimal", "precision": 39, "scale": 12}
+    row["price"] = Decimal("999999999999999999999999999.000000000000")  # 27 integer digits: 39 total
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(raw), row)
+    bad = frame(SCHEMA_ID, buf.getvalue())
+    good = TradeEncoder(SCHEMA_ID, TRADE).encode(trades.slice(0, 2))
+    result = _decoder({SCHEMA_ID: to_avro(TRADE)}, []).decode([good[0], bad, good[1]])
+    assert result.indices == [0, 2]
+    assert [(i, e.reason) for i, e in result.errors] == [(1, "invalid_value")]
+
+
+def test_v2_reader_decodes_v3_messages_and_v3_reader_decodes_v2(trades: pa.RecordBatch) -> None:
+    schemas = {1: to_avro(TRADE), 2: to_avro(TRADE_V3)}
+    v2_values = TradeEncoder(1, TRADE).encode(trades.slice(0, 5))
+    v3_batch = _with_region(trades.slice(5, 5), "ap-northeast-1")
+    v3_values = TradeEncoder(2, TRADE_V3).encode(v3_batch)
+
+    v2_reader = _decoder(schemas, [])
+    mixed = v2_reader.decode(v2_values + v3_values)
+    assert mixed.errors == []
+    assert mixed.batch.to_pylist() == trades.slice(0, 10).to_pylist()
+
+    v3_reader = _decoder(schemas, [], TRADE_V3)
+    back = v3_reader.decode(v2_values + v3_values).batch.to_pylist()
+    assert [r["venue_region"] for r in back] == [None] * 5 + ["ap-northeast-1"] * 5
+    assert [{k: v for k, v in r.items() if k != "venue_region"} for r in back] == trades.slice(0, 10).to_pylist()
+
+
+def _with_region(batch: pa.RecordBatch, region: str) -> pa.RecordBatch:
+    from k2.schema import to_arrow
+
+    schema = to_arrow(TRADE_V3)
+    columns = [*batch.columns, pa.array([region] * batch.num_rows, pa.string())]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def test_golden_v3_only_adds_an_optional_field() -> None:
+    v2, v3 = to_avro(TRADE), to_avro(TRADE_V3)
+    assert v3["fields"][:-1] == v2["fields"]
+    assert v3["fields"][-1]["type"] == ["null", "string"]
+    assert v3["fields"][-1]["default"] is None
+    assert json.dumps(v3).count("field-id") == json.dumps(v2).count("field-id") + 1
+
+
+def test_wire_format_error_carries_a_reason() -> None:
+    with pytest.raises(WireFormatError) as info:
+        unframe(b"\x00\x00")
+    assert info.value.reason == "not_framed"

@@ -1,0 +1,131 @@
+"""SequenceTracker on hand-built id sequences: gap, duplicate, reorder, reset, restart, large ids."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from k2.quality.sequence import Gap, HoleState, SequenceTracker, StreamKey, gap_id
+from k2.schema.quality_event import EventKind
+
+KEY = StreamKey("BINANCE", "BTCUSDT")
+
+
+def observe(tracker: SequenceTracker, ids: list[int], now_us: int = 0):  # type: ignore[no-untyped-def]
+    arr = np.array(ids, dtype=np.int64)
+    return tracker.observe(KEY, arr, arr * 10, now_us)
+
+
+def test_consecutive_ids_are_all_kept_without_events() -> None:
+    tracker = SequenceTracker()
+    obs = observe(tracker, [100, 101, 102])
+    assert obs.keep.tolist() == [True, True, True] and obs.events == [] and obs.gaps_opened == []
+    obs = observe(tracker, [103, 104])
+    assert obs.keep.tolist() == [True, True]
+    assert tracker.high(KEY) == 104 and tracker.holes(KEY) == []
+
+
+def test_jump_opens_a_pending_gap_confirmed_after_grace() -> None:
+    tracker = SequenceTracker(grace_us=1_000)
+    observe(tracker, [1, 2])
+    obs = observe(tracker, [6, 7], now_us=5_000)
+    assert obs.keep.tolist() == [True, True] and obs.gaps_opened == [(3, 5)]
+    assert tracker.holes(KEY) == [(3, 5, HoleState.PENDING)]
+    assert tracker.due_gaps(5_999) == []
+    assert tracker.due_gaps(6_000) == [Gap(KEY, 3, 5, 5_000, 60, gap_id(KEY, 3, 5))]
+    assert tracker.holes(KEY) == [(3, 5, HoleState.CONFIRMED)]
+    assert tracker.due_gaps(10_000) == []  # confirmed once
+
+
+def test_repeat_is_a_duplicate_and_dropped() -> None:
+    tracker = SequenceTracker()
+    observe(tracker, [10, 11, 12])
+    obs = observe(tracker, [12, 13, 11, 13], now_us=7)
+    assert obs.keep.tolist() == [False, True, False, False]
+    assert obs.dropped == 3
+    (event,) = obs.events
+    assert (event.kind, event.first_id, event.last_id, event.count) == (EventKind.DUPLICATE, 11, 13, 3)
+    assert (event.trade_time_us, event.detected_at_us) == (120, 7)
+
+
+def test_reorder_within_grace_fills_the_gap_and_counts_out_of_order() -> None:
+    tracker = SequenceTracker(grace_us=1_000)
+    observe(tracker, [1])
+    obs = observe(tracker, [3, 2, 4])
+    assert obs.keep.tolist() == [True, True, True]
+    assert [(e.kind, e.first_id, e.last_id, e.count) for e in obs.events] == [(EventKind.OUT_OF_ORDER, 2, 2, 1)]
+    assert tracker.holes(KEY) == [] and tracker.due_gaps(10**9) == []
+    # the same id again is now a duplicate
+    assert observe(tracker, [2]).keep.tolist() == [False]
+
+
+def test_late_arrival_splits_a_hole_and_the_gap_is_confirmed_as_one_span() -> None:
+    tracker = SequenceTracker(grace_us=0)
+    observe(tracker, [1, 10])
+    observe(tracker, [5])
+    assert tracker.holes(KEY) == [(2, 4, HoleState.PENDING), (6, 9, HoleState.PENDING)]
+    (gap,) = tracker.due_gaps(1)
+    assert (gap.first_id, gap.last_id, gap.gap_id) == (2, 9, gap_id(KEY, 2, 9))
+    # backfill returns the whole span: only the still-missing ids are kept
+    keep = tracker.accept_backfill(KEY, list(range(2, 10)))
+    assert keep.tolist() == [True, True, True, False, True, True, True, True]
+    assert tracker.holes(KEY) == [] and tracker.missing_in(gap) == 0
+    assert tracker.accept_backfill(KEY, [3]).tolist() == [False]  # second backfill of the same ids
+
+
+def test_abandoned_gap_still_accepts_a_late_arrival() -> None:
+    tracker = SequenceTracker(grace_us=0)
+    observe(tracker, [1, 5])
+    (gap,) = tracker.due_gaps(0)
+    assert tracker.accept_backfill(KEY, [2]).tolist() == [True]
+    assert tracker.abandon(gap) == 2
+    assert tracker.holes(KEY) == [(3, 4, HoleState.ABANDONED)]
+    assert tracker.due_gaps(10**9) == []
+    assert observe(tracker, [4]).keep.tolist() == [True]
+
+
+def test_large_jump_back_is_a_reset_and_rebases() -> None:
+    tracker = SequenceTracker(reset_threshold=1_000)
+    observe(tracker, [50_000, 50_001])
+    obs = observe(tracker, [7, 8], now_us=3)
+    assert obs.keep.tolist() == [True, True]
+    assert [(e.kind, e.first_id, e.last_id) for e in obs.events] == [(EventKind.RESET, 7, 50_001)]
+    assert tracker.high(KEY) == 8
+    # a small step back below the threshold is a duplicate, not a reset
+    assert observe(tracker, [1]).keep.tolist() == [False]
+
+
+def test_seed_recovers_high_and_holes_from_stored_ids() -> None:
+    tracker = SequenceTracker(grace_us=0)
+    tracker.seed(KEY, [20, 21, 22, 25, 26], now_us=100)
+    assert tracker.high(KEY) == 26
+    assert tracker.holes(KEY) == [(23, 24, HoleState.PENDING)]
+    obs = observe(tracker, [22, 27, 30], now_us=200)  # restart overlap: 22 is a duplicate
+    assert obs.keep.tolist() == [False, True, True] and obs.gaps_opened == [(28, 29)]
+    assert [(g.first_id, g.last_id) for g in tracker.due_gaps(200)] == [(23, 24), (28, 29)]
+
+
+def test_ids_past_digit_and_int32_boundaries_across_restarts() -> None:
+    """Ids compared as integers: 99_999 < 100_000 (as text it would not be), and near 2**63."""
+    tracker = SequenceTracker(grace_us=0)
+    tracker.seed(KEY, np.array([99_998, 99_999, 100_000, 100_001], dtype=np.int64), now_us=0)
+    assert tracker.high(KEY) == 100_001
+    assert observe(tracker, [100_002]).keep.tolist() == [True]
+    big = 2**63 - 10
+    restarted = SequenceTracker(grace_us=0)
+    restarted.seed(KEY, [2**31 - 1, 2**31, big], now_us=0)
+    assert restarted.high(KEY) == big
+    obs = observe(restarted, [big + 1, big + 3, big])
+    assert obs.keep.tolist() == [True, True, False]
+    assert [(g.first_id, g.last_id, g.count) for g in restarted.due_gaps(0)] == [
+        (2**31 + 1, big - 1, big - 2**31 - 1),
+        (big + 2, big + 2, 1),
+    ]
+
+
+def test_streams_are_tracked_independently() -> None:
+    tracker = SequenceTracker()
+    eth = StreamKey("BINANCE", "ETHUSDT")
+    observe(tracker, [5, 6])
+    tracker.observe(eth, np.array([5], dtype=np.int64), np.array([0], dtype=np.int64), 0)
+    assert tracker.high(KEY) == 6 and tracker.high(eth) == 5
+    assert set(tracker.streams()) == {KEY, eth}
