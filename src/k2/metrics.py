@@ -115,8 +115,8 @@ PRODUCER_MESSAGES = Counter(
     registry=REGISTRY,
 )
 PRODUCER_QUEUE_MESSAGES = Gauge(
-    "k2_producer_queue_messages",
-    "Messages waiting in the producer's local queue (not yet acknowledged by the broker).",
+    "k2_producer_queue_rows",
+    "Messages (one trade each) in the producer's local queue, not yet acknowledged by the broker.",
     registry=REGISTRY,
 )
 PRODUCER_BACKPRESSURE = Counter(
@@ -149,6 +149,7 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> WSGIServer:
     """
     server, _ = start_http_server(port, addr=host, registry=REGISTRY)
     return server
+
 
 # --- quality: sequence tracking, backfill, data-quality checks ------------------------------------
 QUALITY_EVENTS = Counter(

@@ -137,7 +137,8 @@ def test_faults_are_repaired_and_reported_exactly(tmp_path: Path) -> None:
         disconnect_after=(8_050, 25_050),
         rest_errors=((429, 0.2), (503, 0.1)),
     )
-    settings = _settings(tmp_path, backfill_page_limit=500)
+    # 100 weight/s with a burst of 50: the ~9 historicalTrades requests (25 each) must be paced.
+    settings = _settings(tmp_path, backfill_page_limit=500, rest_weight_per_minute=6_000, rest_weight_burst=50)
     pipeline, emu = asyncio.run(_run(settings, faults))
     recording = _recording()
     withheld = {
@@ -171,6 +172,13 @@ def test_faults_are_repaired_and_reported_exactly(tmp_path: Path) -> None:
     # The REST side saw the injected errors, then only successful pages.
     statuses = [r.status for r in emu.rest.requests]
     assert statuses[:2] == [429, 503] and set(statuses[2:]) == {200}
+    assert emu.rest.requests[1].at - emu.rest.requests[0].at >= 0.2 - 0.01  # Retry-After honoured
+    times = [r.at for r in emu.rest.requests]
+    assert times[-1] - times[0] >= (25 * len(times) - 50) / 100 - 0.1  # unpaced, they take ~50 ms
+    slack = 0.1  # server-side arrival times jitter (a new TCP connection per request, a loaded machine)
+    for i in range(len(times)):
+        for j in range(i + 1, len(times)):  # weight in [t_i, t_j] <= burst + rate * span
+            assert (j - i + 1) * 25 <= 50 + 100 * (times[j] - times[i] + slack)
 
     # The report, summed over days, matches what was injected, per symbol.
     report = quality_report_dicts(settings)

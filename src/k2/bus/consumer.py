@@ -91,8 +91,10 @@ class ConsumerStats:
     fenced: int = 0
     conflicts: int = 0
     rebalances: int = 0
+    first_message_at: float | None = None  # wall clock (Unix seconds), for rate measurements
+    last_commit_at: float | None = None
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
 
 
@@ -164,6 +166,8 @@ class IcebergConsumer:
                 messages = self._consumer.consume(self.kafka.batch_size, self.kafka.poll_timeout_s)
                 now = time.monotonic()
                 if messages:
+                    if self.stats.first_message_at is None:
+                        self.stats.first_message_at = time.time()
                     self._last_activity = now
                     self._handle(messages)
                 if self._due(now):
@@ -301,6 +305,7 @@ class IcebergConsumer:
                 self._expected[tp] = offsets[tp]
         self.stats.rows_committed += rows
         self.stats.commits += 1
+        self.stats.last_commit_at = time.time()
         self._pending.clear()
         self._pending_rows = 0
         advisory = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self._expected]

@@ -263,6 +263,11 @@ class Completeness:
                 gap = await self._queue.get()
                 try:
                     await self._backfill(client, gap, deliver)
+                except Exception as exc:  # a bug must not stop backfill: record it on the gap
+                    log.error("backfill.failed", symbol=gap.key.symbol, first_id=gap.first_id, error=repr(exc))
+                    self.tracker.abandon(gap)
+                    row = gap_row(gap, EventStatus.UNRECOVERABLE, client.clock_us(), 0, f"backfill failed: {exc!r}")
+                    self._record(row)
                 finally:
                     self.backfilling -= 1
 

@@ -60,7 +60,7 @@ def test_client_respects_the_weight_rate() -> None:
     assert [s for _, s in log] == [200] * 8
     times = [t for t, _ in log]
     assert times[-1] - times[0] >= (8 * 25 - 50) / 250 - 0.02
-    slack = 0.02  # request arrival times at the server jitter by a few ms around the client's schedule
+    slack = 0.05  # arrival times at the server jitter around the client's schedule (new TCP connection each)
     for i in range(len(times)):
         for j in range(i + 1, len(times)):
             # weight spent in [t_i, t_j] <= burst + rate * (t_j - t_i)
