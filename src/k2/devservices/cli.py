@@ -46,8 +46,8 @@ def up(
     except K2Error as exc:
         raise _fail(exc) from None
     for name, endpoint in stack.endpoints().items():
-        out.print(f"{name:<9} up in {timings[name]:5.1f}s  {endpoint}", highlight=False)
-    out.print('Point K2 at it with: eval "$(k2 dev env)"   Stop it with: k2 dev down', highlight=False)
+        out.print(f"{name:<9} up in {timings[name]:5.1f}s  {endpoint}", highlight=False, soft_wrap=True)
+    out.print('Point K2 at it with: eval "$(k2 dev env)"   Stop it with: k2 dev down', highlight=False, soft_wrap=True)
 
 
 @dev_app.command()
@@ -70,7 +70,7 @@ def fetch(
     except K2Error as exc:
         raise _fail(exc) from None
     for name, seconds in timings.items():
-        out.print(f"{name:<9} ready in {seconds:5.1f}s", highlight=False)
+        out.print(f"{name:<9} ready in {seconds:5.1f}s", highlight=False, soft_wrap=True)
 
 
 @dev_app.command()
@@ -101,7 +101,7 @@ def status(root: RootOpt = None) -> None:
     except K2Error as exc:
         raise _fail(exc) from None
     for name, state in states.items():
-        out.print(f"{name:<9} {state:<5} {endpoints[name]}", highlight=False)
+        out.print(f"{name:<9} {state:<5} {endpoints[name]}", highlight=False, soft_wrap=True)
     if any(state != "up" for state in states.values()):
         raise typer.Exit(1)
 

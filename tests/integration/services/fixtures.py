@@ -48,8 +48,8 @@ class S3Service:
     bucket: str
     access_key: str
     secret_key: str = field(repr=False)
+    proxy: S3Proxy = field(repr=False)
     region: str = REGION
-    proxy: S3Proxy = field(repr=False, default=None)  # type: ignore[assignment]
 
     def settings(self) -> S3Settings:
         return S3Settings(
@@ -91,14 +91,25 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaService]:
 
 
 @pytest.fixture(scope="session")
-def kafka3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaService]:
-    """Three KRaft nodes, replication factor 3, min.insync.replicas=2. Restart what you kill."""
+def _kafka3_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaService]:
     cluster = KafkaCluster(tmp_path_factory.mktemp("kafka3"), brokers=3)
     try:
         cluster.start()
         yield KafkaService(cluster.bootstrap_servers, cluster)
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def kafka3(_kafka3_session: KafkaService) -> Iterator[KafkaService]:
+    """Three KRaft nodes (one cluster per session), replication factor 3, min.insync.replicas=2.
+
+    A test may ``cluster.kill(node_id)``; any node left dead is restarted after the test.
+    """
+    yield _kafka3_session
+    for node in _kafka3_session.cluster.nodes:
+        if node.process is None or not node.process.alive:
+            _kafka3_session.cluster.restart(node.node_id)
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +130,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
     try:
         proxy.start()
         creds = proxy.credentials
-        yield S3Service(proxy.endpoint, "k2-warehouse", creds.access_key, creds.secret_key, proxy=proxy)
+        yield S3Service(proxy.endpoint, "k2-warehouse", creds.access_key, creds.secret_key, proxy)
     finally:
         proxy.stop()
 
