@@ -4,6 +4,7 @@ Prometheus config and rules, and the rule unit tests fire every alert and keep h
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -141,6 +142,15 @@ def test_dashboards_are_valid_and_use_only_declared_metrics() -> None:
         ids = [p["id"] for p in dashboard["panels"]]
         assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
         assert dashboard["uid"] == path.stem
+
+
+def test_dashboard_json_is_what_the_builder_writes() -> None:
+    """deploy/grafana/build_dashboard.py is the source; regenerate the JSON after editing it."""
+    spec = importlib.util.spec_from_file_location("build_dashboard", DEPLOY / "grafana" / "build_dashboard.py")
+    assert spec is not None and spec.loader is not None
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    assert builder.OUT.read_text() == builder.render(), "run: python deploy/grafana/build_dashboard.py"
 
 
 def test_dashboard_covers_the_pipeline_overview() -> None:

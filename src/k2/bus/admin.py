@@ -7,8 +7,10 @@ instead of being silently used.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -75,14 +77,17 @@ def ensure_topics(admin: AdminClient, specs: Sequence[TopicSpec], timeout_s: flo
 
 def check_topic(admin: AdminClient, spec: TopicSpec, timeout_s: float = 30.0) -> None:
     """:class:`~k2.errors.TopicMismatch` naming every difference between the topic and ``spec``."""
-    try:
-        meta = admin.list_topics(topic=spec.name, timeout=timeout_s).topics.get(spec.name)
-        resource = ConfigResource(ConfigResource.Type.TOPIC, spec.name)
-        configs = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(timeout=timeout_s)
-    except KafkaException as exc:
-        raise BusUnavailable(f"cannot describe topic {spec.name}: {exc}") from exc
-    if meta is None or meta.error is not None:
-        raise BusUnavailable(f"topic {spec.name} is not available: {None if meta is None else meta.error}")
+    deadline = time.monotonic() + timeout_s
+    meta = _wait_for_metadata(admin, spec.name, timeout_s)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, spec.name)
+    while True:
+        try:
+            configs = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(timeout=timeout_s)
+            break
+        except KafkaException as exc:  # a just-created topic may not have reached every broker yet
+            if time.monotonic() >= deadline:
+                raise BusUnavailable(f"cannot describe topic {spec.name}: {exc}") from exc
+            time.sleep(0.1)
     problems: list[str] = []
     if len(meta.partitions) != spec.partitions:
         problems.append(f"{len(meta.partitions)} partitions, configured {spec.partitions}")
@@ -100,3 +105,18 @@ def check_topic(admin: AdminClient, spec: TopicSpec, timeout_s: float = 30.0) ->
             + "; ".join(problems)
             + " (change the settings or the topic; K2 does not alter existing topics)"
         )
+
+
+def _wait_for_metadata(admin: AdminClient, name: str, timeout_s: float) -> Any:
+    """The topic's metadata, waiting while a just-created topic propagates to the brokers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            meta = admin.list_topics(topic=name, timeout=timeout_s).topics.get(name)
+        except KafkaException as exc:
+            raise BusUnavailable(f"cannot describe topic {name}: {exc}") from exc
+        if meta is not None and meta.error is None and meta.partitions:
+            return meta
+        if time.monotonic() >= deadline:
+            raise BusUnavailable(f"topic {name} is not available: {None if meta is None else meta.error}")
+        time.sleep(0.1)

@@ -384,22 +384,22 @@ def bar_parameters(plan: ScanPlan, width_us: int) -> tuple[dict[str, int], bool]
     """Bucket and order-key parameters for :func:`k2.query.sql.aggregate_sql`, from plan metrics.
 
     ``origin`` is a multiple of the width at or before every planned timestamp (so DuckDB's
-    truncating division floors). The order key is the compact BIGINT form when
-    (time span) x (sequence span) provably fits 63 bits, else the HUGEINT form (returns False).
+    truncating division floors). The order key is the compact BIGINT form when (largest offset of
+    a trade in its bucket) x (sequence span) provably fits 63 bits, else the HUGEINT form (False).
     """
     if plan.min_timestamp_us is not None:
         origin = plan.min_timestamp_us // width_us * width_us
     else:  # no metrics: an origin before any realistic timestamp (overflow raises, never wraps)
         origin = -((1 << 62) // width_us + 1) * width_us
     params = {"width": width_us, "origin": origin}
-    t0, t1 = plan.min_timestamp_us, plan.max_timestamp_us
-    s0, s1 = plan.min_sequence, plan.max_sequence
-    if t0 is None or t1 is None or s0 is None or s1 is None:
+    t1, s0, s1 = plan.max_timestamp_us, plan.min_sequence, plan.max_sequence
+    if t1 is None or s0 is None or s1 is None:
         return params, False
+    offsets = min(width_us, t1 - origin + 1)  # (timestamp - bucket start) is below this
     span = s1 - s0 + 1
-    if (t1 - t0 + 1) * span >= 1 << 63:
+    if offsets * span >= 1 << 63:
         return params, False
-    params.update(key_t0=t0, key_m=span, key_s0=s0)
+    params.update(key_m=span, key_s0=s0)
     return params, True
 
 

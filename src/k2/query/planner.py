@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
@@ -62,23 +63,24 @@ class TradeFilter:
             return AlwaysTrue()
         return parts[0] if len(parts) == 1 else And(*parts)
 
-    def sql_where(self) -> tuple[str, dict[str, object]]:
-        """A WHERE clause of fixed fragments and the named parameters it binds."""
-        clauses: list[str] = []
-        params: dict[str, object] = {}
+    def predicates(self) -> dict[str, tuple[str, object]]:
+        """Each predicate of the filter by name: (SQL fragment with a named parameter, value)."""
+        found: dict[str, tuple[str, object]] = {}
         if self.symbol is not None:
-            clauses.append("symbol = $symbol")
-            params["symbol"] = self.symbol
+            found["symbol"] = ("symbol = $symbol", self.symbol)
         if self.exchange is not None:
-            clauses.append("exchange = $exchange")
-            params["exchange"] = self.exchange
+            found["exchange"] = ("exchange = $exchange", self.exchange)
         if self.start_us is not None:
-            clauses.append('"timestamp" >= $start_time')
-            params["start_time"] = from_us(self.start_us)
+            found["start_time"] = ('"timestamp" >= $start_time', from_us(self.start_us))
         if self.end_us is not None:
-            clauses.append('"timestamp" < $end_time')
-            params["end_time"] = from_us(self.end_us)
-        return (" AND ".join(clauses) if clauses else "true"), params
+            found["end_time"] = ('"timestamp" < $end_time', from_us(self.end_us))
+        return found
+
+    def sql_where(self, skip: Collection[str] = ()) -> tuple[str, dict[str, object]]:
+        """A WHERE clause of fixed fragments and the named parameters it binds, minus ``skip``."""
+        kept = {name: p for name, p in self.predicates().items() if name not in skip}
+        where = " AND ".join(fragment for fragment, _ in kept.values()) or "true"
+        return where, {name: value for name, (_, value) in kept.items()}
 
 
 def from_us(us: int) -> datetime:
@@ -111,13 +113,19 @@ class ScanPlan:
     min_sequence: int | None
     max_sequence: int | None
     single_symbol_files: tuple[tuple[str, str], ...]  # (path, symbol) of files holding one symbol
-    # True when the metrics prove every row of every planned file passes the filter (e.g. whole
-    # day+symbol partitions for a day query): DuckDB then needs no WHERE clause at all.
-    filter_implied: bool
+    # The filter's predicates (see TradeFilter.predicates) that the metrics prove every row of every
+    # planned file passes (e.g. the time range of a whole-day query on day partitions): DuckDB
+    # does not re-check them.
+    implied: frozenset[str]
+
+    @property
+    def filter_implied(self) -> bool:
+        """True when no predicate is left for DuckDB to check."""
+        return self.implied >= self.filter.predicates().keys()
 
     def sql_where(self) -> tuple[str, dict[str, object]]:
         """The WHERE clause DuckDB still has to apply (``true`` when the plan implies the filter)."""
-        return ("true", {}) if self.filter_implied else self.filter.sql_where()
+        return self.filter.sql_where(skip=self.implied)
 
 
 class CacheInfo(NamedTuple):
@@ -213,7 +221,7 @@ class Planner:
 
     def _plan(self, table: Table, snapshot_id: int | None, flt: TradeFilter) -> ScanPlan:
         if snapshot_id is None:
-            return ScanPlan(None, flt, (), 0, 0, 0, 0, 0, None, None, None, None, (), True)
+            return ScanPlan(None, flt, (), 0, 0, 0, 0, 0, None, None, None, None, (), frozenset(flt.predicates()))
         try:
             tasks = list(table.scan(row_filter=flt.row_filter(), snapshot_id=snapshot_id).plan_files())
         except Exception as exc:  # pyiceberg / IO errors: translate at the edge
@@ -228,7 +236,7 @@ class Planner:
         seq_max: int | None = None
         seq_known = ts_known = True
         single: list[tuple[str, str]] = []
-        implied = True
+        implied = set(flt.predicates())
         for task in tasks:
             if task.delete_files:
                 raise QueryError(
@@ -260,7 +268,7 @@ class Planner:
             # Equal bounds are exact (a truncated upper bound is incremented, so it never equals the lower).
             if sym_lo is not None and sym_lo == sym_hi:
                 single.append((path, sym_lo.decode()))
-            implied = implied and self._within(data, flt)
+            implied &= self._within(data, flt)
         return ScanPlan(
             snapshot_id,
             flt,
@@ -275,26 +283,29 @@ class Planner:
             seq_min if seq_known else None,
             seq_max if seq_known else None,
             tuple(single),
-            implied,
+            frozenset(implied),
         )
 
-    def _within(self, data: DataFile, flt: TradeFilter) -> bool:
-        """Whether the file's metrics prove that all of its rows pass ``flt``."""
+    def _within(self, data: DataFile, flt: TradeFilter) -> set[str]:
+        """The predicates of ``flt`` that the file's metrics prove all of its rows pass."""
         lower, upper = data.lower_bounds or {}, data.upper_bounds or {}
         nulls = data.null_value_counts or {}
-        for field_id, wanted in ((self._symbol_id, flt.symbol), (self._exchange_id, flt.exchange)):
-            if wanted is None:
-                continue
-            raw = wanted.encode()
-            if lower.get(field_id) != raw or upper.get(field_id) != raw or nulls.get(field_id) != 0:
-                return False
-        if flt.start_us is None and flt.end_us is None:
-            return True
+        proven: set[str] = set()
+        for name, field_id, wanted in (
+            ("symbol", self._symbol_id, flt.symbol),
+            ("exchange", self._exchange_id, flt.exchange),
+        ):
+            raw = None if wanted is None else wanted.encode()
+            if raw is not None and lower.get(field_id) == raw == upper.get(field_id) and nulls.get(field_id) == 0:
+                proven.add(name)
         lo = _long_bound(lower.get(self._timestamp_id))
         hi = _long_bound(upper.get(self._timestamp_id))
-        if lo is None or hi is None or nulls.get(self._timestamp_id) != 0:
-            return False
-        return (flt.start_us is None or lo >= flt.start_us) and (flt.end_us is None or hi < flt.end_us)
+        if lo is not None and hi is not None and nulls.get(self._timestamp_id) == 0:
+            if flt.start_us is not None and lo >= flt.start_us:
+                proven.add("start_time")
+            if flt.end_us is not None and hi < flt.end_us:
+                proven.add("end_time")
+        return proven
 
 
 def _max_abs(current: int | None, lower: bytes | None, upper: bytes | None) -> int | None:

@@ -99,17 +99,29 @@ def trades_sql(where: str) -> str:
     )
 
 
+# Trades are bucketed by q = rel // $width, where rel = epoch_us(timestamp) - $origin and $origin is
+# a multiple of $width at or before every timestamp (so the truncating division floors); the bucket
+# starts at $origin + q * $width. One division per row: the offset in the bucket is rel - q * $width.
+#
 # Order of trades inside a bucket: exchange time, then the venue's sequence for equal times. The
-# compact form is a BIGINT, usable when the plan's metrics prove (time span x sequence span) fits
-# 63 bits (a symbol-day does); the wide form is a HUGEINT that always fits.
-_WIDE_KEY = '(epoch_us("timestamp")::HUGEINT << 64) + coalesce(source_sequence, 0)'
-_COMPACT_KEY = '(epoch_us("timestamp") - $key_t0) * $key_m + (coalesce(source_sequence, $key_s0) - $key_s0)'
-# Bucket start: floor to a multiple of $width, counted from $origin (a multiple of $width at or
-# before every timestamp, so integer division is floor division).
-_BUCKET = '$origin + (epoch_us("timestamp") - $origin) // $width * $width'
+# compact key is a BIGINT, (offset in bucket) x (sequence span) + (sequence - min), usable when the
+# plan's metrics prove it fits 63 bits (minute bars always do); the wide key is a HUGEINT that always
+# fits. A key only has to order the trades of one bucket.
+_WIDE_KEY = "(rel::HUGEINT << 64) + coalesce(source_sequence, 0)"
+_COMPACT_KEY = "(rel - q * $width) * $key_m + (coalesce(source_sequence, $key_s0) - $key_s0)"
 # Unscaled integer of a decimal(38, 12) value, exactly: integer part and fraction separately.
 _UNSCALED = "(CAST(floor({c}) AS HUGEINT) * 1000000000000 + CAST(({c} - floor({c})) * 1000000000000 AS HUGEINT))"
 _MASK = str(LIMB_MASK)
+_LIMB_SUMS = {
+    "n0": "sum(p0 * q0)",
+    "n1": "sum(p0 * q1 + p1 * q0)",
+    "n2": "sum(p0 * q2 + p1 * q1 + p2 * q0)",
+    "n3": "sum(p1 * q2 + p2 * q1)",
+    "n4": "sum(p2 * q2)",
+    "v0": "sum(q0)",
+    "v1": "sum(q1)",
+    "v2": "sum(q2)",
+}
 
 
 def _limbs(name: str) -> str:
@@ -122,38 +134,39 @@ def aggregate_sql(where: str, method: NotionalMethod, *, bucketed: bool, compact
 
     Two levels: ``fine`` groups by bucket (and, for the chunked method, by row-number chunk, so no
     group sum can overflow); the outer level merges the fine groups of each bucket. Parameters:
-    ``$files``; bucketed: ``$width`` (µs), ``$origin`` (µs) and, with ``compact_key``, ``$key_t0``,
-    ``$key_m``, ``$key_s0``; ``$chunk_rows`` (chunked with row numbers only); plus the filter's.
+    ``$files``; bucketed: ``$width`` (µs), ``$origin`` (µs) and, with ``compact_key``, ``$key_m``,
+    ``$key_s0``; ``$chunk_rows`` (chunked with row numbers only); plus the filter's.
     """
     frn = method.needs_row_numbers
-    source = "read_parquet($files, file_row_number = true)" if frn else "read_parquet($files)"
-    row_cols = ["price", "quantity"]
-    if bucketed:
-        row_cols += [f"{_BUCKET} AS bucket_us", f"{_COMPACT_KEY if compact_key else _WIDE_KEY} AS k"]
-    row_cols.append("file_row_number // $chunk_rows AS chunk" if frn else "0 AS chunk")
     limbs = method.kind == "limbs"
+    source = "read_parquet($files, file_row_number = true)" if frn else "read_parquet($files)"
+    # Level 1: read and filter; level 2: bucket number (and limbs); level 3: order key.
+    cols1 = ["price", "quantity"]
+    cols2 = ["price", "quantity"]
+    cols3 = ["price", "quantity"]
+    if bucketed:
+        cols1 += ['epoch_us("timestamp") - $origin AS rel', "source_sequence"]
+        cols2 += ["rel", "rel // $width AS q", "source_sequence"]
+        cols3 += ["q", f"{_COMPACT_KEY if compact_key else _WIDE_KEY} AS k"]
+    if frn:
+        cols1.append("file_row_number // $chunk_rows AS chunk")
+        cols2.append("chunk")
+        cols3.append("chunk")
     if limbs:
-        row_cols += [f"{_UNSCALED.format(c='price')} AS pu", f"{_UNSCALED.format(c='quantity')} AS qu"]
-        fine_sums = [
-            "sum(p0 * q0) AS n0",
-            "sum(p0 * q1 + p1 * q0) AS n1",
-            "sum(p0 * q2 + p1 * q1 + p2 * q0) AS n2",
-            "sum(p1 * q2 + p2 * q1) AS n3",
-            "sum(p2 * q2) AS n4",
-            "sum(q0) AS v0",
-            "sum(q1) AS v1",
-            "sum(q2) AS v2",
-        ]
-        outer_sums = [f"sum({c}) AS {c}" for c in ("n0", "n1", "n2", "n3", "n4", "v0", "v1", "v2")]
+        cols1 += [f"{_UNSCALED.format(c='price')} AS pu", f"{_UNSCALED.format(c='quantity')} AS qu"]
+        cols2 += [_limbs("p"), _limbs("q")]
+        cols3 += [f"{n}{i}" for n in ("p", "q") for i in range(3)]
+        fine_sums = [f"{expr} AS {name}" for name, expr in _LIMB_SUMS.items()]
+        outer_sums = [f"sum({name}) AS {name}" for name in _LIMB_SUMS]
     else:
         fine_sums = ["sum(price * quantity) AS notional", "sum(quantity) AS volume"]
         outer_sums = ["list(notional) AS notional", "list(volume) AS volume"]
     fine_cols = ["count(*) AS trades", *fine_sums]
     outer_cols = ["sum(trades)::BIGINT AS trades", *outer_sums]
-    group = "chunk"
+    fine_group = "chunk" if frn else "()"
     if bucketed:
         fine_cols = [
-            "bucket_us",
+            "q",
             "arg_min(price, k) AS open",
             "min(k) AS open_k",
             "max(price) AS high",
@@ -163,24 +176,24 @@ def aggregate_sql(where: str, method: NotionalMethod, *, bucketed: bool, compact
             *fine_cols,
         ]
         outer_cols = [
-            "bucket_us",
+            "$origin + q * $width AS bucket_us",
             "arg_min(open, open_k) AS open",
             "max(high) AS high",
             "min(low) AS low",
             "arg_max(close, close_k) AS close",
             *outer_cols,
         ]
-        group = "bucket_us, chunk"
-    rows = f"SELECT {', '.join(row_cols)} FROM {source} WHERE {where}"  # noqa: S608
-    if limbs:
-        rows = f"SELECT *, {_limbs('p')}, {_limbs('q')} FROM ({rows})"  # noqa: S608
+        fine_group = "q, chunk" if frn else "q"
+    level1 = f"SELECT {', '.join(cols1)} FROM {source} WHERE {where}"  # noqa: S608
+    level2 = f"SELECT {', '.join(cols2)} FROM ({level1})"  # noqa: S608
+    level3 = f"SELECT {', '.join(cols3)} FROM ({level2})"  # noqa: S608
     text = (
-        f"WITH src AS ({rows}), "  # noqa: S608
-        f"fine AS (SELECT {', '.join(fine_cols)} FROM src GROUP BY {group}) "
+        f"WITH src AS ({level3}), "  # noqa: S608
+        f"fine AS (SELECT {', '.join(fine_cols)} FROM src GROUP BY {fine_group}) "
         f"SELECT {', '.join(outer_cols)} FROM fine"
     )
     if bucketed:
-        text += " GROUP BY bucket_us ORDER BY bucket_us"
+        text += " GROUP BY q ORDER BY q"
     return text
 
 

@@ -109,9 +109,7 @@ def test_every_method_gives_the_same_exact_bars_on_the_recording(
     if compact_key:  # recording-sized spans always fit a BIGINT key
         assert plan.min_timestamp_us is not None and plan.min_sequence is not None
         assert plan.max_sequence is not None
-        bar_params.update(
-            key_t0=plan.min_timestamp_us, key_m=plan.max_sequence - plan.min_sequence + 1, key_s0=plan.min_sequence
-        )
+        bar_params.update(key_m=plan.max_sequence - plan.min_sequence + 1, key_s0=plan.min_sequence)
     params.update(files=list(plan.files), **bar_params)
     if method.needs_row_numbers:
         params["chunk_rows"] = method.chunk_rows
@@ -139,27 +137,27 @@ def test_every_method_gives_the_same_exact_bars_on_the_recording(
 
 
 def test_bar_parameters() -> None:
-    base = ScanPlan(1, TradeFilter(), ("f",), 1, 1, 1, 1, 1, None, None, None, None, (), True)
+    base = ScanPlan(1, TradeFilter(), ("f",), 1, 1, 1, 1, 1, None, None, None, None, (), frozenset())
     # No metrics: an origin far before any timestamp, and the HUGEINT key.
     params, compact = bar_parameters(base, 60_000_000)
     assert not compact
     assert params["origin"] % 60_000_000 == 0
     assert params["origin"] < -(1 << 62)
     day = 1_723_161_600_000_000  # 2024-08-09 00:00 UTC
-    one_day = replace(base, min_timestamp_us=day + 5, max_timestamp_us=day + 86_399_999_999)
-    params, compact = bar_parameters(replace(one_day, min_sequence=10, max_sequence=2_600_009), 60_000_000)
+    two_days = replace(base, min_timestamp_us=day + 5, max_timestamp_us=day + 2 * 86_400_000_000 - 1)
+    # Binance ids of BTCUSDT and ETHUSDT in one file span ~2.2e9: fine for minute bars...
+    mixed = replace(two_days, min_sequence=1_520_545_023, max_sequence=3_738_333_602)
+    params, compact = bar_parameters(mixed, 60_000_000)
     assert compact
-    assert params == {
-        "width": 60_000_000,
-        "origin": day,
-        "key_t0": day + 5,
-        "key_m": 2_600_000,
-        "key_s0": 10,
-    }
-    # A sequence span too wide for 63 bits next to a day of microseconds: HUGEINT key.
-    params, compact = bar_parameters(replace(one_day, min_sequence=0, max_sequence=10**9), 60_000_000)
+    assert params == {"width": 60_000_000, "origin": day, "key_m": 2_217_788_580, "key_s0": 1_520_545_023}
+    # ... and hourly ones (3.6e9 x 2.2e9 < 2**63), not daily ones (8.64e10 x 2.2e9 > 2**63).
+    assert bar_parameters(mixed, 3_600_000_000)[1]
+    params, compact = bar_parameters(mixed, 86_400_000_000)
     assert not compact
-    assert params == {"width": 60_000_000, "origin": day}
+    assert params == {"width": 86_400_000_000, "origin": day}
+    # A short time range bounds the offsets too: one hour of data takes daily bars with the BIGINT key.
+    short = replace(mixed, max_timestamp_us=day + 3_600_000_000)
+    assert bar_parameters(short, 86_400_000_000)[1]
     # Timestamps before 1970 still floor to the bucket below.
     params, _ = bar_parameters(replace(base, min_timestamp_us=-1, max_timestamp_us=5), 60_000_000)
     assert params["origin"] == -60_000_000

@@ -187,11 +187,23 @@ def test_filters_the_metrics_imply_are_not_reapplied(day_symbol_engine: QueryEng
     assert day_symbol_engine.plan("ETHUSDT", start_time=day, end_time=day + timedelta(days=1)).filter_implied
     window = day_symbol_engine.plan("ETHUSDT", start_time=day + timedelta(hours=23, minutes=58))
     assert not window.filter_implied
+    assert window.implied == {"symbol"}  # every file of the partition holds ETHUSDT only
     where, params = window.sql_where()
-    assert where == 'symbol = $symbol AND "timestamp" >= $start_time'
-    assert params == {"symbol": "ETHUSDT", "start_time": day + timedelta(hours=23, minutes=58)}
+    assert where == '"timestamp" >= $start_time'
+    assert params == {"start_time": day + timedelta(hours=23, minutes=58)}
     whole = day_symbol_engine.plan(exchange="binance", symbol="BTCUSDT", end_time=day + timedelta(days=1))
     assert whole.filter_implied  # only the 2024-08-08 file, entirely before the end
     cut = day_symbol_engine.plan(exchange="binance", symbol="BTCUSDT", end_time=day + timedelta(days=1, seconds=30))
     assert len(cut.files) == 2
     assert not cut.filter_implied
+
+
+def test_implied_predicates_on_the_production_layout(engine: QueryEngine) -> None:
+    """A whole-day query on day partitions never re-checks the time; the symbol only when files mix symbols."""
+    day = datetime(2024, 8, 8, tzinfo=UTC)
+    plan = engine.plan("BTCUSDT", start_time=day, end_time=day + timedelta(days=1))
+    assert {"start_time", "end_time"} <= plan.implied
+    if "symbol" in plan.implied:
+        assert plan.sql_where() == ("true", {})
+    else:
+        assert plan.sql_where() == ("symbol = $symbol", {"symbol": "BTCUSDT"})
