@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.k2-installed
 
-.PHONY: services demo test lint typecheck unit golden bench clean prometheus
+.PHONY: services demo test lint typecheck unit golden clean prometheus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,6 @@ services: $(STAMP)
 
 golden: $(STAMP)
 	$(BIN)/python -m k2.schema.golden
-
-bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) k2-data .pytest_cache .mypy_cache .ruff_cache

@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.bench_e2e [--copies 10] [--flush-rows 100000]
 
 Builds a recording of ``copies`` x the bundled 34,419 real trades (ids and times shifted so every
-trade is distinct), starts ``k2 emulator --speed max`` on it in another process, and runs the
+trade is distinct), serves it from the emulator in a child process (``speed=None``, as fast as read), and runs the
 embedded pipeline (the code behind ``k2 run``) against it. The clock starts when the pipeline starts
 and stops when the last row is committed; the rate is rows / elapsed. The table is then counted with
 the query engine to prove every row is queryable.
@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +20,10 @@ from pathlib import Path
 import msgspec
 
 from k2.config import K2Settings, LakeSettings, SourceSettings
-from k2.logging import configure_logging
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, RecordingWriter, read_recording
+from k2.emulator.runner import EmulatorProcess
+from k2.emulator.server import ReplayConfig
+from k2.logging import configure_logging
 from k2.query.engine import QueryEngine
 from k2.services.pipeline import EmbeddedPipeline
 
@@ -44,23 +43,6 @@ def build_recording(path: Path, copies: int) -> int:
                 out.write(msgspec.json.encode({"stream": msg["stream"], "data": d}).decode(), d["E"] * 1000)
                 n += 1
     return n
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"emulator did not listen on {port}")
 
 
 async def run(settings: K2Settings, url: str, expected: int) -> tuple[float, EmbeddedPipeline]:
@@ -88,35 +70,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="k2-bench-e2e-"))
     recording = work / "recording.jsonl.gz"
     expected = build_recording(recording, args.copies)
-    port = free_port()
-    emulator = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
-        [
-            sys.executable,
-            "-m",
-            "k2.cli",
-            "emulator",
-            "--recording",
-            str(recording),
-            "--speed",
-            "max",
-            "--port",
-            str(port),
-        ],  # fmt: skip
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    settings = K2Settings(
+        source=SourceSettings(symbols=("BTCUSDT", "ETHUSDT"), max_connect_attempts=3),
+        lake=LakeSettings(warehouse=work / "warehouse", flush_rows=args.flush_rows, flush_seconds=args.flush_seconds),
     )
-    try:
-        wait_port(port)
-        settings = K2Settings(
-            source=SourceSettings(symbols=("BTCUSDT", "ETHUSDT"), max_connect_attempts=3),
-            lake=LakeSettings(
-                warehouse=work / "warehouse", flush_rows=args.flush_rows, flush_seconds=args.flush_seconds
-            ),
-        )
-        elapsed, pipeline = asyncio.run(run(settings, f"ws://127.0.0.1:{port}", expected))
-    finally:
-        emulator.terminate()
-        emulator.wait(timeout=10)
+    with EmulatorProcess(ReplayConfig(recording=recording, speed=None)) as emulator:
+        elapsed, pipeline = asyncio.run(run(settings, emulator.url, expected))
     count = QueryEngine.from_settings(settings).sql("SELECT count(*) AS n FROM trades").to_pylist()[0]["n"]
     stats = pipeline.stats
     print(f"trades: {expected:,}  committed: {stats.rows_committed:,} in {stats.commits} commits  queryable: {count:,}")

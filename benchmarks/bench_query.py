@@ -8,7 +8,10 @@ metadata cache; the OS page cache is whatever the machine has), then median and 
 warm runs (wall clock, and the CPU time of all threads, which other load on the machine inflates
 less). The profile splits the cold run into pyiceberg planning and the rest (DuckDB scan +
 result conversion), and shows what was planned. ``--alternatives`` also times the designs the
-engine did not take (time_bucket(INTERVAL) bars, the limb fallback for exact VWAP) on the same files.
+engine did not take (time_bucket(INTERVAL) bars, the HUGEINT order key, the limb fallback for exact
+VWAP) and a cost profile (which columns and aggregates the OHLCV time goes to) on the same files;
+``--encodings`` rewrites the symbol-day's files with other Parquet settings (in a scratch folder of
+the warehouse, removed afterwards) and runs the same OHLCV SQL on them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow.parquet as pq
 
 from k2.config import LakeSettings
 from k2.lake.catalog import open_catalog
@@ -144,23 +149,100 @@ def alternatives(lake: LakeSettings, runs: int) -> list[dict[str, Any]]:
             params,
         ),
     }
-    out = []
+    cases.update(_profile_cases(where, params, bars))
     try:
-        for name, (text, p) in cases.items():
-            sql.run(con, text, p)  # warm-up
-            timings = [_wall_cpu(lambda: sql.run(con, text, p)) for _ in range(runs)]  # noqa: B023
-            samples = [wall for wall, _ in timings]
-            out.append(
-                {
-                    "variant": name,
-                    "median_ms": _ms(statistics.median(samples)),
-                    "p95_ms": _ms(_p95(samples)),
-                    "cpu_median_ms": _ms(statistics.median(cpu for _, cpu in timings)),
-                }
-            )
+        return _time_sql(con, cases, runs)
     finally:
         con.close()
-    return out
+
+
+def _profile_cases(where: str, params: dict[str, Any], bars: dict[str, int]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Where the OHLCV time goes: the same scan reading more columns, then grouping."""
+    src = f"FROM read_parquet($files) WHERE {where}"
+    bucket = {**params, "width": bars["width"], "origin": bars["origin"]}
+    q = 'SELECT (epoch_us("timestamp") - $origin) // $width AS q'
+    return {
+        "profile: read quantity": (f"SELECT sum(quantity) {src}", params),
+        "profile: + price": (f"SELECT sum(quantity), max(price) {src}", params),
+        "profile: + timestamp": (f'SELECT sum(quantity), max(price), max("timestamp") {src}', params),
+        "profile: + source_sequence": (
+            f'SELECT sum(quantity), max(price), max("timestamp"), max(source_sequence) {src}',
+            params,
+        ),
+        "profile: group by minute, count": (f"{q}, count(*) {src} GROUP BY q", bucket),
+        "profile: group by minute, high/low/volume/notional": (
+            f"{q}, max(price), min(price), sum(quantity), sum(price * quantity) {src} GROUP BY q",
+            bucket,
+        ),
+    }
+
+
+def _time_sql(
+    con: duckdb.DuckDBPyConnection, cases: dict[str, tuple[str, dict[str, Any]]], runs: int
+) -> list[dict[str, Any]]:
+    """Median/p95 wall and median CPU of each case; runs interleaved so load changes hit all alike."""
+    for text, p in cases.values():
+        sql.run(con, text, p)  # warm-up
+    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, (text, p) in cases.items():
+            timings[name].append(_wall_cpu(lambda: sql.run(con, text, p)))  # noqa: B023
+    return [
+        {
+            "variant": name,
+            "median_ms": _ms(statistics.median(w for w, _ in t)),
+            "p95_ms": _ms(_p95([w for w, _ in t])),
+            "cpu_median_ms": _ms(statistics.median(c for _, c in t)),
+        }
+        for name, t in timings.items()
+    ]
+
+
+def encodings(lake: LakeSettings, runs: int) -> list[dict[str, Any]]:
+    """The symbol-day's files rewritten with other Parquet settings (pyarrow, same rows), same query.
+
+    Written under ``<warehouse>/encoding-experiment`` and removed afterwards; the table is untouched.
+    """
+    with QueryEngine(open_catalog(lake), lake, refresh_interval_s=None) as engine:
+        plan = engine.plan(SYMBOL, start_time=DAY, end_time=DAY + timedelta(days=1))
+    low_cardinality = [
+        "symbol", "exchange", "asset_class", "currency", "side", "price", "quantity",
+        "trade_conditions.list.element", "vendor_data.key_value.key",
+    ]  # fmt: skip
+    ints = ["timestamp", "source_sequence", "ingestion_timestamp", "platform_sequence"]
+    settings: dict[str, dict[str, Any]] = {
+        "dictionary only for low-cardinality columns": {"use_dictionary": low_cardinality},
+        "... and DELTA_BINARY_PACKED int64 columns": {
+            "use_dictionary": low_cardinality,
+            "column_encoding": dict.fromkeys(ints, "DELTA_BINARY_PACKED"),
+        },
+        "row groups of 131,072 rows": {"row_group_size": 131_072},
+    }
+    root = (lake.warehouse / "encoding-experiment").resolve()
+    variants = {"as written by TableWriter": list(plan.files)}
+    try:
+        for i, (name, options) in enumerate(settings.items()):
+            folder = root / str(i)
+            folder.mkdir(parents=True)
+            variants[name] = []
+            for f in plan.files:
+                out = folder / Path(f).name
+                pq.write_table(pq.read_table(f), out, compression="zstd", **options)
+                variants[name].append(str(out))
+        where, params = plan.sql_where()
+        bars, compact = bar_parameters(plan, 60_000_000)
+        text = sql.aggregate_sql(where, exact.NotionalMethod("chunked", None), bucketed=True, compact_key=compact)
+        con = sql.open_connection(str(lake.warehouse.resolve()) + "/")
+        try:
+            cases = {name: (text, {**params, **bars, "files": files}) for name, files in variants.items()}
+            rows = _time_sql(con, cases, runs)
+        finally:
+            con.close()
+        for row in rows:
+            row["bytes"] = f"{sum(os.path.getsize(f) for f in variants[row['variant']]):,}"
+        return rows
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -174,7 +256,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warehouse", type=Path, default=Path("benchmarks/.work/query"))
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--alternatives", action="store_true")
+    parser.add_argument("--alternatives", action="store_true", help="designs not taken, and a cost profile")
+    parser.add_argument("--encodings", action="store_true", help="OHLCV on the day's files rewritten differently")
     args = parser.parse_args()
     configure_logging("WARNING")
     lake = LakeSettings(warehouse=args.warehouse)
@@ -198,6 +281,9 @@ def main() -> None:
     if args.alternatives:
         print()
         print(_table(alternatives(lake, args.runs)))
+    if args.encodings:
+        print()
+        print(_table(encodings(lake, args.runs)))
     print(f"\nload average after: {os.getloadavg()[0]:.2f} (1 min)")
 
 

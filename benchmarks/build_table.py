@@ -3,6 +3,7 @@
     python -m benchmarks.build_table --warehouse benchmarks/.work/query --rows 10000000 --batch-rows 500000
     python -m benchmarks.build_table --warehouse benchmarks/.work/query-rg128k \
         --property write.parquet.row-group-limit=131072
+    python -m benchmarks.build_table --warehouse benchmarks/.work/query-by-symbol --partition-by-symbol
 
 The bundled real recording (34,419 Binance trades, BTCUSDT + ETHUSDT) is repeated and shifted
 forward in time (``benchmarks._data.shifted_trades``): 10M rows cover ~2.2 days from
@@ -24,12 +25,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.transforms import DayTransform, IdentityTransform
 
 from benchmarks._data import shifted_trades
 from k2.config import LakeSettings
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.catalog import TABLE_PROPERTIES, load_or_create_trades_table, open_catalog, trades_sort_order
 from k2.lake.writer import TableWriter
 from k2.logging import configure_logging
+from k2.schema import TRADE, to_iceberg
 
 DEFAULT_START = datetime(2024, 8, 8, 23, 54, 15, 342000, tzinfo=UTC)  # the recording's first trade
 
@@ -50,11 +54,32 @@ def _batches(rows: int, batch_rows: int, start: datetime) -> Iterator[list[pa.Re
         yield pending
 
 
+def _day_symbol_spec() -> PartitionSpec:
+    schema = to_iceberg(TRADE)
+    return PartitionSpec(
+        PartitionField(schema.find_field("timestamp").field_id, 1000, DayTransform(), "timestamp_day"),
+        PartitionField(schema.find_field("symbol").field_id, 1001, IdentityTransform(), "symbol"),
+    )
+
+
 def build(
-    warehouse: Path, rows: int, batch_rows: int, start: datetime, properties: dict[str, str]
+    warehouse: Path,
+    rows: int,
+    batch_rows: int,
+    start: datetime,
+    properties: dict[str, str],
+    by_symbol: bool = False,
 ) -> dict[str, object]:
     lake = LakeSettings(warehouse=warehouse)
     catalog = open_catalog(lake)
+    if by_symbol:  # a comparison layout; production tables get k2.lake.catalog's spec
+        catalog.create_table(
+            (lake.namespace, lake.trades_table),
+            schema=to_iceberg(TRADE),
+            partition_spec=_day_symbol_spec(),
+            sort_order=trades_sort_order(),
+            properties=TABLE_PROPERTIES,
+        )
     table = load_or_create_trades_table(catalog, lake)
     if properties:
         with table.transaction() as tx:
@@ -102,6 +127,11 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="extra table property set before writing, e.g. write.parquet.row-group-limit=131072",
     )
+    parser.add_argument(
+        "--partition-by-symbol",
+        action="store_true",
+        help="create the table partitioned by day(timestamp) + identity(symbol) instead of the lake's spec",
+    )
     args = parser.parse_args()
     properties = dict(p.split("=", 1) for p in args.property)
     if args.warehouse.exists() and any(args.warehouse.iterdir()):
@@ -109,7 +139,7 @@ def main() -> None:
     if args.start.tzinfo is None:
         parser.error("--start must carry a time zone, e.g. 2024-08-08T23:54:15+00:00")
     configure_logging("WARNING")
-    summary = build(args.warehouse, args.rows, args.batch_rows, args.start, properties)
+    summary = build(args.warehouse, args.rows, args.batch_rows, args.start, properties, args.partition_by_symbol)
     (args.warehouse / "build.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 

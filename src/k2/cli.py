@@ -130,6 +130,9 @@ def run(
     symbols: SymbolsOpt = None,
     warehouse: WarehouseOpt = None,
     ws_url: Annotated[str | None, typer.Option(help="WebSocket base URL (default: Binance).")] = None,
+    rest_url: Annotated[
+        str | None, typer.Option(help="REST base URL for exchangeInfo and gap backfill (the emulator's http:// URL).")
+    ] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     connect_attempts: Annotated[
         int, typer.Option(help="Give up after this many consecutive failed connection attempts.")
@@ -142,7 +145,9 @@ def run(
 
     _service_logging()
     with _errors():
-        settings = _settings(symbols=symbols, warehouse=warehouse, max_connect_attempts=connect_attempts)
+        settings = _settings(
+            symbols=symbols, warehouse=warehouse, max_connect_attempts=connect_attempts, rest_url=rest_url
+        )
         if metrics_port is not None:
             settings = settings.model_copy(
                 update={"metrics": settings.metrics.model_copy(update={"port": metrics_port})}

@@ -114,9 +114,7 @@ def test_bad_frames_are_quarantined_and_the_pipeline_keeps_running(settings: K2S
 def test_restart_continues_platform_sequence(settings: K2Settings) -> None:
     asyncio.run(_replay(settings, Faults()))
     engine = QueryEngine.from_settings(settings)
-    top = engine.sql(
-        "SELECT min(platform_sequence) AS lo, max(platform_sequence) AS hi FROM trades"
-    ).to_pylist()
+    top = engine.sql("SELECT min(platform_sequence) AS lo, max(platform_sequence) AS hi FROM trades").to_pylist()
     assert top == [{"lo": 1, "hi": 34_419}]
     again = EmbeddedPipeline(settings, ws_base_url="ws://127.0.0.1:9", is_sample_data=True)
     assert again.next_platform_sequence == 34_420

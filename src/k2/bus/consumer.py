@@ -14,6 +14,10 @@ reassigned while this one stalled) is dropped from the batch and re-sought, the 
 offsets are copied from the head, and on a commit conflict both steps are redone against the new
 head (the writer's own retry is off because it would re-commit stale offsets).
 
+Commits run on one commit thread, at most one in flight, while the main thread decodes the next
+batch (Parquet writing releases the GIL); their outcome is applied on the main thread before the next
+flush and before any rebalance callback proceeds, so the writer is never used by two threads.
+
 Undecodable or invalid messages are copied to the dead-letter topic with the error and their source
 coordinates in headers, and counted; their offsets advance with the batch (after the dead letters are
 acknowledged by the broker), so one bad message never stalls a partition.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +37,6 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from k2.bus.dlq import dlq_headers
 from k2.bus.offsets import (
-    Offsets,
     encode_offsets,
     fenced_partitions,
     merge_offsets,
@@ -80,6 +84,17 @@ class _Pending:
     rows: int = 0
     messages: int = 0
     next_offset: int = 0
+
+
+@dataclass
+class _Commit:
+    """One flush handed to the commit thread, and what became of it."""
+
+    parts: dict[TP, _Pending]
+    expected: dict[TP, int | None]  # the recorded offset each partition's rows start from
+    committed: dict[TP, int] = field(default_factory=dict)  # next offsets now recorded in the table
+    fenced: dict[TP, tuple[int | None, int]] = field(default_factory=dict)  # tp -> (recorded, messages)
+    conflicts: int = 0
 
 
 @dataclass
@@ -131,6 +146,8 @@ class IcebergConsumer:
         self._pending: dict[TP, _Pending] = {}
         self._pending_rows = 0
         self._pending_since = time.monotonic()
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="k2-commit")
+        self._inflight: Future[_Commit] | None = None
         self._stopping = False
         self._last_activity = time.monotonic()  # last message or assignment: the idle clock
         self._limited = RateLimitedLogger(log, interval_s=10.0)
@@ -170,6 +187,8 @@ class IcebergConsumer:
                         self.stats.first_message_at = time.time()
                     self._last_activity = now
                     self._handle(messages)
+                if self._inflight is not None and self._inflight.done():
+                    self._settle()
                 if self._due(now):
                     self._flush()
                     if on_flush is not None:
@@ -182,10 +201,11 @@ class IcebergConsumer:
                     idle_exit_s is not None
                     and now - self._last_activity >= idle_exit_s
                     and not self._pending
+                    and self._inflight is None
                     and self._expected
                 ):
                     break
-            self._flush()
+            self._flush(wait=True)
         finally:
             self._close()
         log.info("consumer.stopped", group=self.group, **self.stats.as_dict())
@@ -253,62 +273,78 @@ class IcebergConsumer:
         return self._pending_rows >= self._flush_rows or now - self._pending_since >= self._flush_seconds
 
     # --- commit -------------------------------------------------------------------------------------
-    def _flush(self) -> None:
-        """Commit everything pending (rows + offsets) in one Iceberg snapshot, exactly once."""
-        if not self._pending:
-            return
-        remaining = self._dlq.flush(_DLQ_FLUSH_TIMEOUT_S)
-        if remaining:
-            raise BusError(f"{remaining} dead letters not acknowledged: offsets cannot advance past them")
+    def _flush(self, *, wait: bool = False) -> None:
+        """Hand everything pending to the commit thread (after the previous commit is settled).
+
+        Decoding goes on while the thread commits: at most one commit is in flight. Partitions'
+        expected offsets advance optimistically; :meth:`_settle` undoes that for fenced ones.
+        """
+        self._settle()
+        if self._pending:
+            remaining = self._dlq.flush(_DLQ_FLUSH_TIMEOUT_S)
+            if remaining:
+                raise BusError(f"{remaining} dead letters not acknowledged: offsets cannot advance past them")
+            job = _Commit(parts=self._pending, expected={tp: self._expected.get(tp) for tp in self._pending})
+            for tp, part in job.parts.items():
+                self._expected[tp] = part.next_offset
+            self._pending = {}
+            self._pending_rows = 0
+            self._inflight = self._committer.submit(self._commit, job)
+        if wait:
+            self._settle()
+
+    def _commit(self, job: _Commit) -> _Commit:
+        """Commit thread: fence, merge and append against the table head; redone on every conflict."""
         for attempt in range(1, _FLUSH_ATTEMPTS + 1):
             head = table_offsets(self._writer.table, self.group)
-            self._fence(head)
-            if not self._pending:
-                return
-            mine = {tp: p.next_offset for tp, p in self._pending.items()}
-            merged = merge_offsets(head, mine)
-            batches = [b for p in self._pending.values() for b in p.batches]
+            for tp in fenced_partitions(head, {tp: job.expected[tp] for tp in job.parts}):
+                job.fenced[tp] = (head.get(tp), job.parts.pop(tp).messages)
+            if not job.parts:
+                return job
+            mine = {tp: part.next_offset for tp, part in job.parts.items()}
+            batches = [b for part in job.parts.values() for b in part.batches]
             try:
-                self._writer.append(batches, {self._property: encode_offsets(merged)})
-                break
+                self._writer.append(batches, {self._property: encode_offsets(merge_offsets(head, mine))})
+                job.committed = mine
+                return job
             except CommitConflict:  # the writer reloaded the table: fence and merge again
-                self.stats.conflicts += 1
+                job.conflicts += 1
             except LakeError as exc:
                 self._limited.warning("consumer.commit_failed", "commit", attempt=attempt, error=str(exc))
                 self._writer.refresh()
-            if attempt == _FLUSH_ATTEMPTS:
-                raise LakeError(f"could not commit {self._pending_rows} rows after {attempt} attempts")
             time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
-        self._committed(mine)
+        rows = sum(part.rows for part in job.parts.values())
+        raise LakeError(f"could not commit {rows} rows after {_FLUSH_ATTEMPTS} attempts")
 
-    def _fence(self, head: Offsets) -> None:
-        """Drop pending partitions whose recorded offset moved underneath us, and re-seek them."""
-        expected = {tp: self._expected.get(tp) for tp in self._pending}
-        for tp in fenced_partitions(head, expected):
-            dropped = self._pending.pop(tp)
-            self._pending_rows -= dropped.rows
-            self.stats.fenced += dropped.messages
-            CONSUMER_MESSAGES.labels(topic=tp[0], result="fenced").inc(dropped.messages)
-            recorded = head.get(tp)
+    def _settle(self) -> None:
+        """Wait for the in-flight commit and apply its outcome (main thread); its errors are raised here."""
+        if self._inflight is None:
+            return
+        future, self._inflight = self._inflight, None
+        job = future.result()
+        self.stats.conflicts += job.conflicts
+        for tp, (recorded, messages) in job.fenced.items():
+            self.stats.fenced += messages
+            CONSUMER_MESSAGES.labels(topic=tp[0], result="fenced").inc(messages)
             log.warning(
-                "consumer.partition_fenced", topic=tp[0], partition=tp[1], expected=expected[tp], recorded=recorded
+                "consumer.partition_fenced", topic=tp[0], partition=tp[1], expected=job.expected[tp], recorded=recorded
             )
+            later = self._pending.pop(tp, None)  # read on from the fenced position: fenced as well
+            if later is not None:
+                self._pending_rows -= later.rows
+                self.stats.fenced += later.messages
+                CONSUMER_MESSAGES.labels(topic=tp[0], result="fenced").inc(later.messages)
             if tp in self._expected:
                 self._expected[tp] = recorded
                 self._seek(tp, recorded)
-
-    def _committed(self, offsets: dict[TP, int]) -> None:
-        rows = self._pending_rows
-        for tp, pending in self._pending.items():
-            CONSUMER_MESSAGES.labels(topic=tp[0], result="committed").inc(pending.messages)
-            if tp in self._expected:
-                self._expected[tp] = offsets[tp]
-        self.stats.rows_committed += rows
+        if not job.committed:
+            return
+        for tp, part in job.parts.items():
+            CONSUMER_MESSAGES.labels(topic=tp[0], result="committed").inc(part.messages)
+        self.stats.rows_committed += sum(part.rows for part in job.parts.values())
         self.stats.commits += 1
         self.stats.last_commit_at = time.time()
-        self._pending.clear()
-        self._pending_rows = 0
-        advisory = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self._expected]
+        advisory = [TopicPartition(t, p, o) for (t, p), o in job.committed.items() if (t, p) in self._expected]
         if advisory:
             try:
                 self._consumer.commit(offsets=advisory, asynchronous=True)
@@ -325,6 +361,7 @@ class IcebergConsumer:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
         self._last_activity = time.monotonic()
+        self._settle()  # the commit thread must not be using the writer while it reloads
         head = table_offsets(self._writer.refresh(), self.group)
         for p in partitions:
             recorded = head.get((p.topic, p.partition))
@@ -339,13 +376,17 @@ class IcebergConsumer:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
-            self._flush()  # hand the partitions over with everything read so far committed
+            self._flush(wait=True)  # hand the partitions over with everything read so far committed
         except (LakeError, BusError) as exc:
             log.warning("consumer.flush_on_revoke_failed", error=str(exc))
         self._forget(partitions)
         log.info("consumer.revoked", group=self.group, partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            self._settle()  # a commit already in flight is fenced by the table if it must be
+        except (LakeError, BusError) as exc:
+            log.warning("consumer.commit_on_lost_failed", error=str(exc))
         self._forget(partitions)  # another consumer may own them already: never commit them
         log.warning("consumer.lost", group=self.group, partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
@@ -369,6 +410,12 @@ class IcebergConsumer:
         self._limited.warning("consumer.client_error", err.name(), error=err.str(), fatal=err.fatal())
 
     def _close(self) -> None:
+        if self._inflight is not None:  # only after an error: settle what can be settled
+            try:
+                self._settle()
+            except (LakeError, BusError) as exc:
+                log.warning("consumer.commit_on_close_failed", error=str(exc))
+        self._committer.shutdown(wait=True)
         try:
             self._consumer.close()
         except (KafkaException, RuntimeError) as exc:

@@ -13,10 +13,12 @@ removed optional fields follow Avro's resolution rules. benchmarks/bench_bus.py 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import io
 import json
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +90,22 @@ def _decimal_fields(schema: dict[str, Any]) -> dict[str, tuple[int, int]]:
             if isinstance(t, dict) and t.get("logicalType") == "decimal":
                 out[f["name"]] = (int(t["precision"]), int(t.get("scale", 0)))
     return out
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while a batch builds many short-lived, acyclic dicts and lists.
+
+    Without it the collector rescans the growing list of decoded records again and again; pausing
+    it made batch decoding 16 % faster (benchmarks/results/bus.md).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # --- decimals: Arrow decimal128 <-> unscaled big-endian two's complement --------------------------
@@ -190,10 +208,11 @@ class TradeEncoder:
         ends: list[int] = []
         write = fastavro.schemaless_writer
         header = self._header
-        for values in zip(*columns, strict=True):
-            buf.write(header)
-            write(buf, self._parsed, dict(zip(names, values, strict=True)))
-            ends.append(buf.tell())
+        with _gc_paused():
+            for values in zip(*columns, strict=True):
+                buf.write(header)
+                write(buf, self._parsed, dict(zip(names, values, strict=True)))
+                ends.append(buf.tell())
         data = buf.getbuffer()
         out: list[bytes] = []
         start = 0
@@ -269,13 +288,14 @@ class TradeDecoder:
         rows: list[dict[str, Any]] = []
         indices: list[int] = []
         errors: list[tuple[int, WireFormatError]] = []
-        for i, value in enumerate(values):
-            try:
-                rows.append(self.decode_one(value))
-                indices.append(i)
-            except WireFormatError as exc:
-                errors.append((i, exc))
-        batch = self.to_batch(rows)
+        with _gc_paused():
+            for i, value in enumerate(values):
+                try:
+                    rows.append(self.decode_one(value))
+                    indices.append(i)
+                except WireFormatError as exc:
+                    errors.append((i, exc))
+            batch = self.to_batch(rows)
         if batch is None:  # a decimal out of range somewhere: find it row by row
             good: list[dict[str, Any]] = []
             good_idx: list[int] = []

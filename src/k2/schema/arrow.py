@@ -45,9 +45,6 @@ def _arrow_type(t: LogicalType) -> pa.DataType:
 def to_arrow(record: RecordSchema) -> pa.Schema:
     """The Arrow schema; each field carries its Iceberg field id as Parquet metadata."""
     return pa.schema(
-        [
-            pa.field(f.name, _arrow_type(f.type), not f.required, {FIELD_ID_KEY: str(f.id)})
-            for f in record.fields
-        ],
+        [pa.field(f.name, _arrow_type(f.type), not f.required, {FIELD_ID_KEY: str(f.id)}) for f in record.fields],
         metadata={b"k2.record": record.name.encode(), b"k2.schema_version": str(record.version).encode()},
     )

@@ -48,9 +48,7 @@ def to_iceberg(record: RecordSchema) -> Schema:
     """The Iceberg schema, field ids as declared."""
     return Schema(
         *[
-            it.NestedField(
-                field_id=f.id, name=f.name, field_type=_iceberg_type(f.type), required=f.required, doc=f.doc
-            )
+            it.NestedField(field_id=f.id, name=f.name, field_type=_iceberg_type(f.type), required=f.required, doc=f.doc)
             for f in record.fields
         ]
     )

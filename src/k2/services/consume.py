@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
+
+from pyiceberg.catalog import Catalog
 
 from k2.bus.admin import admin_client, ensure_topics, topic_specs
 from k2.bus.consumer import ConsumerStats, IcebergConsumer
 from k2.bus.registry import SchemaRegistry
 from k2.bus.serde import TradeDecoder
 from k2.bus.topics import dlq_topic, topic_name
-from k2.config import K2Settings
+from k2.config import K2Settings, LakeSettings
+from k2.errors import LakeError
 from k2.lake.catalog import load_or_create_trades_table, open_catalog
 from k2.lake.writer import TableWriter
 from k2.logging import get_logger
@@ -32,6 +36,22 @@ log = get_logger(__name__)
 def default_topics(settings: K2Settings) -> list[str]:
     """The trades topic of the configured venue."""
     return [topic_name(settings.kafka.asset_class, DataType.TRADES.value, settings.source.venue)]
+
+
+def _open_table(lake: LakeSettings, attempts: int = 5) -> Catalog:
+    """Open the catalog and the trades table, retried: consumers started together on a fresh SQLite
+    catalog race to create its tables and namespace (``already exists`` / ``UNIQUE constraint``
+    errors from SQLAlchemy); the loser succeeds on the next try."""
+    for attempt in range(1, attempts + 1):
+        try:
+            catalog = open_catalog(lake)
+            load_or_create_trades_table(catalog, lake)
+            return catalog
+        except Exception as exc:
+            if attempt == attempts:
+                raise LakeError(f"cannot open the trades table: {exc}") from exc
+            time.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def build_consumer(
@@ -48,8 +68,7 @@ def build_consumer(
     for name in names:
         ensure_topics(admin, topic_specs(kafka, name, dlq_topic(name, kafka.dlq_suffix)))
     lake = settings.lake.model_copy(update={"commit_retries": 0})
-    catalog = open_catalog(lake)
-    load_or_create_trades_table(catalog, lake)
+    catalog = _open_table(lake)
     writer = TableWriter(catalog, (lake.namespace, lake.trades_table), lake)
     registry = SchemaRegistry(kafka.schema_registry_url)
     decoder = TradeDecoder(TRADE, registry.fetch)

@@ -75,7 +75,10 @@ class IngestService:
         self.is_sample_data = is_sample_data
         self.adapter = load_adapter(settings.source.venue, symbol_info=symbol_info)
         self.topic = topic_name(kafka.asset_class, DataType.TRADES.value, self.adapter.venue)
-        ensure_topics(admin_client(kafka.bootstrap_servers), topic_specs(kafka, self.topic, dlq_topic(self.topic)))
+        ensure_topics(
+            admin_client(kafka.bootstrap_servers),
+            topic_specs(kafka, self.topic, dlq_topic(self.topic, kafka.dlq_suffix)),
+        )
         registry = SchemaRegistry(kafka.schema_registry_url)
         try:
             schema_id = registry.register(value_subject(self.topic), TRADE)

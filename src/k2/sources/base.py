@@ -74,8 +74,6 @@ class VenueAdapter(Protocol):
         """Messages to send right after connecting (empty when the URL already subscribes)."""
         ...
 
-    def parse(
-        self, frames: Sequence[RawFrame], *, first_platform_sequence: int, is_sample_data: bool
-    ) -> ParsedBatch:
+    def parse(self, frames: Sequence[RawFrame], *, first_platform_sequence: int, is_sample_data: bool) -> ParsedBatch:
         """Parse frames to canonical records. ``platform_sequence`` numbers rows from the given start."""
         ...

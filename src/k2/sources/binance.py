@@ -146,9 +146,7 @@ class BinanceAdapter:
     venue = VENUE
     exchange = EXCHANGE
 
-    def __init__(
-        self, symbol_info: Mapping[str, SymbolInfo] | None = None, time_unit: str = "MILLISECOND"
-    ) -> None:
+    def __init__(self, symbol_info: Mapping[str, SymbolInfo] | None = None, time_unit: str = "MILLISECOND") -> None:
         self._symbols: dict[str, SymbolInfo] = dict(symbol_info or {})
         if time_unit not in ("MILLISECOND", "MICROSECOND"):
             raise ValueError(f"time_unit must be MILLISECOND or MICROSECOND, not {time_unit!r}")
@@ -197,9 +195,7 @@ class BinanceAdapter:
             out.control += 1
             return None
         else:
-            out.rejected.append(
-                Rejected(frame, RejectReason.MISSING_FIELD, "no event type `e` and no `data`")
-            )
+            out.rejected.append(Rejected(frame, RejectReason.MISSING_FIELD, "no event type `e` and no `data`"))
             return None
         try:
             trade = _trade_decoder.decode(body)
@@ -220,9 +216,7 @@ class BinanceAdapter:
             return None
         return trade
 
-    def parse(
-        self, frames: Sequence[RawFrame], *, first_platform_sequence: int, is_sample_data: bool
-    ) -> ParsedBatch:
+    def parse(self, frames: Sequence[RawFrame], *, first_platform_sequence: int, is_sample_data: bool) -> ParsedBatch:
         out = ParsedBatch()
         trades: list[BinanceTrade] = []
         kept: list[RawFrame] = []

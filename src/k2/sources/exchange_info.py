@@ -29,9 +29,7 @@ def verified_ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-def load_exchange_info(
-    rest_url: str, cache: Path, ttl_s: float, timeout_s: float = 10.0
-) -> dict[str, SymbolInfo]:
+def load_exchange_info(rest_url: str, cache: Path, ttl_s: float, timeout_s: float = 10.0) -> dict[str, SymbolInfo]:
     """Symbol metadata from the cache when fresh, else from ``GET {rest_url}/api/v3/exchangeInfo``.
 
     Raises SourceError when neither a fresh fetch nor any cache (even stale) is available.

@@ -8,10 +8,12 @@ topic (a unique asset class) and consumer group, so tests never see each other's
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,14 @@ class Bus:
 def bus(kafka: KafkaService, schema_registry: RegistryService) -> Bus:
     """The session's broker and registry (tests/integration/services/fixtures.py)."""
     return Bus(kafka.bootstrap_servers, schema_registry.url)
+
+
+@pytest.fixture(autouse=True)
+def _free_clients() -> Iterator[None]:
+    """Collect each test's Kafka clients (their callbacks form reference cycles) while the broker still
+    runs, so that no client keeps reconnecting to a stopped broker at the end of the session."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture
