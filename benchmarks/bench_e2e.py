@@ -74,7 +74,7 @@ def main() -> None:
         source=SourceSettings(symbols=("BTCUSDT", "ETHUSDT"), max_connect_attempts=3),
         lake=LakeSettings(warehouse=work / "warehouse", flush_rows=args.flush_rows, flush_seconds=args.flush_seconds),
     )
-    with EmulatorProcess(ReplayConfig(recording=recording, speed=None)) as emulator:
+    with EmulatorProcess(ReplayConfig(recording=recording, speed=None, preload=True)) as emulator:
         elapsed, pipeline = asyncio.run(run(settings, emulator.url, expected))
     count = QueryEngine.from_settings(settings).sql("SELECT count(*) AS n FROM trades").to_pylist()[0]["n"]
     stats = pipeline.stats

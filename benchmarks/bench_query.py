@@ -216,6 +216,7 @@ def encodings(lake: LakeSettings, runs: int) -> list[dict[str, Any]]:
             "use_dictionary": low_cardinality,
             "column_encoding": dict.fromkeys(ints, "DELTA_BINARY_PACKED"),
         },
+        "dictionary page limit 16 KiB (write.parquet.dict-size-bytes=16384)": {"dictionary_pagesize_limit": 16_384},
         "row groups of 131,072 rows": {"row_group_size": 131_072},
     }
     root = (lake.warehouse / "encoding-experiment").resolve()

@@ -149,6 +149,11 @@ def build() -> dict[str, Any]:
     d.panel("Dead letters",
             [(f"sum by (topic, reason) (increase(k2_consumer_dead_letters_total[{RI}]))", "{{topic}} {{reason}}")],
             desc="Messages sent to the dead-letter topic, by reason (alert K2DeadLettersIncreasing).")  # fmt: skip
+    d.panel("Consumer lag", [("max by (topic, partition) (k2_consumer_lag_rows)", "{{topic}}[{{partition}}]")],
+            desc="Messages between each partition's high watermark and the consumer's position (alert K2ConsumerLagGrowing).")  # fmt: skip
+    d.panel("Iceberg commit failures",
+            [(f"sum by (table) (increase(k2_lake_commit_failures_total[{RI}])) or vector(0)", "{{table}}")],
+            desc="Commits that failed with an error and are retried (alert K2CommitErrors; 0 when none has happened).")  # fmt: skip
 
     d.row("Sequence gaps and data quality")
     d.panel("Quality events", [(f"sum by (venue, kind) (increase(k2_quality_events_total[{RI}]))", "{{venue}} {{kind}}")],

@@ -188,3 +188,17 @@ REST_WAIT_SECONDS = Counter(
     ["venue"],
     registry=REGISTRY,
 )
+
+# --- consumer lag and commit failures (issue 5) ---------------------------------------------------
+CONSUMER_LAG = Gauge(
+    "k2_consumer_lag_rows",
+    "Messages (one trade each) between the consumer's position and the partition's high watermark.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+LAKE_COMMIT_FAILURES = Counter(
+    "k2_lake_commit_failures_total",
+    "Iceberg commits that failed with an error (conflicts excluded); the rows are kept and retried.",
+    ["table"],
+    registry=REGISTRY,
+)

@@ -25,6 +25,7 @@ acknowledged by the broker), so one bad message never stalls a partition.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -50,13 +51,14 @@ from k2.config import KafkaSettings
 from k2.errors import BusError, CommitConflict, LakeError
 from k2.lake.writer import TableWriter
 from k2.logging import RateLimitedLogger, get_logger
-from k2.metrics import CONSUMER_DEAD_LETTERS, CONSUMER_MESSAGES
+from k2.metrics import CONSUMER_DEAD_LETTERS, CONSUMER_LAG, CONSUMER_MESSAGES, LAKE_COMMIT_FAILURES
 
 log = get_logger(__name__)
 
 TP = tuple[str, int]
 _FLUSH_ATTEMPTS = 8
 _DLQ_FLUSH_TIMEOUT_S = 30.0
+_LAG_INTERVAL_S = 1.0  # how often k2_consumer_lag_rows is refreshed
 
 
 def consumer_config(kafka: KafkaSettings, client_id: str) -> dict[str, Any]:
@@ -151,6 +153,8 @@ class IcebergConsumer:
         self._stopping = False
         self._last_activity = time.monotonic()  # last message or assignment: the idle clock
         self._limited = RateLimitedLogger(log, interval_s=10.0)
+        self._table_label = ".".join(writer.table.name())
+        self._lag_at = 0.0
         config = consumer_config(kafka, client_id) | dict(overrides or {})
         config["error_cb"] = self._on_client_error
         self._consumer = Consumer(config)
@@ -193,6 +197,9 @@ class IcebergConsumer:
                     self._flush()
                     if on_flush is not None:
                         on_flush(self.stats)
+                if now - self._lag_at >= _LAG_INTERVAL_S:
+                    self._lag_at = now
+                    self._update_lag()
                 if duration_s is not None and now - started >= duration_s:
                     break
                 if max_messages is not None and self.stats.messages >= max_messages:
@@ -310,6 +317,7 @@ class IcebergConsumer:
             except CommitConflict:  # the writer reloaded the table: fence and merge again
                 job.conflicts += 1
             except LakeError as exc:
+                LAKE_COMMIT_FAILURES.labels(table=self._table_label).inc()
                 self._limited.warning("consumer.commit_failed", "commit", attempt=attempt, error=str(exc))
                 self._writer.refresh()
             time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
@@ -350,6 +358,29 @@ class IcebergConsumer:
                 self._consumer.commit(offsets=advisory, asynchronous=True)
             except KafkaException as exc:  # advisory only: the table holds the truth
                 self._limited.warning("consumer.kafka_commit_failed", "kafka_commit", error=str(exc))
+
+    def _update_lag(self) -> None:
+        """Set ``k2_consumer_lag_rows`` per assigned partition: cached high watermark (refreshed by
+        every fetch response, no broker round trip) minus the position (the recorded offset before the
+        first fetch). Partitions whose watermark is not known yet are left out."""
+        if not self._expected:
+            return
+        try:
+            positions = self._consumer.position([TopicPartition(t, p) for t, p in self._expected])
+        except KafkaException:
+            return
+        for p in positions:
+            tp = (p.topic, p.partition)
+            try:
+                low, high = self._consumer.get_watermark_offsets(p, cached=True)
+            except KafkaException:
+                continue
+            if high < 0:
+                continue
+            position = p.offset if p.offset >= 0 else self._expected.get(tp)
+            if position is None:
+                position = max(low, 0)
+            CONSUMER_LAG.labels(topic=tp[0], partition=str(tp[1])).set(max(0, high - position))
 
     def _seek(self, tp: TP, offset: int | None) -> None:
         try:
@@ -394,6 +425,8 @@ class IcebergConsumer:
         for p in partitions:
             tp = (p.topic, p.partition)
             self._expected.pop(tp, None)
+            with contextlib.suppress(KeyError):  # another consumer reports it now
+                CONSUMER_LAG.remove(tp[0], str(tp[1]))
             dropped = self._pending.pop(tp, None)
             if dropped is not None:
                 self._pending_rows -= dropped.rows

@@ -63,6 +63,7 @@ class ReplayConfig:
     ping_timeout_s: float | None = 60.0
     max_client_messages_per_s: int = 5
     min_clients: int = 1
+    preload: bool = False  # decode the whole recording before listening (benchmarks measure the client)
 
     def __post_init__(self) -> None:
         if self.speed is not None and self.speed <= 0:
@@ -147,6 +148,8 @@ class BinanceEmulator:
             write_limit=2**18,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.config.preload and self._decoded is None:
+            self._decoded = await asyncio.to_thread(lambda: list(routable_frames(read_recording(self.config.recording))))
         self._pump_task = asyncio.create_task(self._pump(), name="emulator-replay")
         log.info("emulator.started", url=self.url, recording=str(self.config.recording), speed=self.config.speed)
         return self.url

@@ -67,6 +67,8 @@ def check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> str:
         statements = con.extract_statements(query)
     except duckdb.Error as exc:
         raise QueryError(f"invalid SQL: {exc}") from exc
+    if not statements:
+        raise QueryError("empty query")
     if len(statements) != 1:
         raise ReadOnlyViolation(f"exactly one statement is allowed, got {len(statements)}")
     statement = statements[0]

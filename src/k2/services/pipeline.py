@@ -26,7 +26,7 @@ from k2.lake.catalog import load_or_create_trades_table, open_catalog
 from k2.lake.quarantine import Quarantine
 from k2.lake.writer import TableWriter
 from k2.logging import get_logger
-from k2.metrics import LAST_EVENT_TIME, RECORDS_NORMALIZED
+from k2.metrics import LAKE_COMMIT_FAILURES, LAST_EVENT_TIME, RECORDS_NORMALIZED
 from k2.quality.records import QualityEventRow
 from k2.services.completeness import Completeness
 from k2.sources import DataType, RawFrame, load_adapter
@@ -299,6 +299,8 @@ class EmbeddedPipeline:
         except Exception as exc:
             # Keep the rows: put them back in front of the buffer and let the next flush retry.
             self.stats.commit_failures += 1
+            lake = self.settings.lake
+            LAKE_COMMIT_FAILURES.labels(table=f"{lake.namespace}.{lake.trades_table}").inc()
             log.error("pipeline.commit_failed", rows=rows, error=str(exc), error_type=type(exc).__name__)
             self._buffer = [*batches, *self._buffer]
             self._buffer_rows += rows

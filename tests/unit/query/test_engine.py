@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -248,3 +249,14 @@ def test_from_settings(settings: K2Settings, recording: pa.Table) -> None:
         result = engine.query_trades(limit=100)
     assert isinstance(result, QueryResult)
     assert result.to_pylist() == sorted(ref.rows(recording.slice(0, 10)), key=ref.order_key)
+
+
+def test_one_engine_serves_several_threads(engine: QueryEngine) -> None:
+    expected = (engine.vwap("ETHUSDT"), engine.ohlcv("BTCUSDT", "5m").to_pylist(), engine.symbols())
+
+    def work(_: int) -> tuple[object, ...]:
+        return (engine.vwap("ETHUSDT"), engine.ohlcv("BTCUSDT", "5m").to_pylist(), engine.symbols())
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, range(8)))
+    assert results == [expected] * 8

@@ -132,6 +132,8 @@ def test_python_objects_are_not_scanned(engine: QueryEngine) -> None:
 
 
 def test_invalid_sql_is_a_query_error(engine: QueryEngine) -> None:
+    with pytest.raises(QueryError, match="empty"):
+        engine.sql("  ;  ")
     with pytest.raises(QueryError, match="invalid SQL") as excinfo:
         engine.sql("SELEC 1")
     assert not isinstance(excinfo.value, ReadOnlyViolation)
