@@ -85,6 +85,7 @@ class _Pending:
     batches: list[pa.RecordBatch] = field(default_factory=list)
     rows: int = 0
     messages: int = 0
+    dead_lettered: int = 0  # of ``messages``: counted as dead_lettered, not committed
     next_offset: int = 0
 
 
@@ -245,6 +246,7 @@ class IcebergConsumer:
                 pending.rows += result.batch.num_rows
                 self._pending_rows += result.batch.num_rows
             pending.messages += len(msgs)
+            pending.dead_lettered += len(result.errors)
             pending.next_offset = int(msgs[-1].offset() or 0) + 1
 
     def _dead_letter(self, msg: Message, reason: str, error: str) -> None:
@@ -348,7 +350,7 @@ class IcebergConsumer:
         if not job.committed:
             return
         for tp, part in job.parts.items():
-            CONSUMER_MESSAGES.labels(topic=tp[0], result="committed").inc(part.messages)
+            CONSUMER_MESSAGES.labels(topic=tp[0], result="committed").inc(part.messages - part.dead_lettered)
         self.stats.rows_committed += sum(part.rows for part in job.parts.values())
         self.stats.commits += 1
         self.stats.last_commit_at = time.time()

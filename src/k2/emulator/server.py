@@ -149,7 +149,9 @@ class BinanceEmulator:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         if self.config.preload and self._decoded is None:
-            self._decoded = await asyncio.to_thread(lambda: list(routable_frames(read_recording(self.config.recording))))
+            self._decoded = await asyncio.to_thread(
+                lambda: list(routable_frames(read_recording(self.config.recording)))
+            )
         self._pump_task = asyncio.create_task(self._pump(), name="emulator-replay")
         log.info("emulator.started", url=self.url, recording=str(self.config.recording), speed=self.config.speed)
         return self.url

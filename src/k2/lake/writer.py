@@ -2,7 +2,7 @@
 
 Each :meth:`TableWriter.append` validates the batch against the table's schema (exact decimals, no
 floats), sorts it by the table's sort order (pyiceberg does not apply sort orders on write), writes
-the Parquet data files once, and commits them in one snapshot that also carries the caller's
+the Parquet data files once with K2's per-column encodings (:mod:`k2.lake.datafiles`), and commits them in one snapshot that also carries the caller's
 ``snapshot_properties`` (e.g. Kafka offsets). When another writer committed first, the table is
 reloaded and the *same* data files are committed again on top of the new head, up to
 ``lake.commit_retries`` times with jittered backoff; then :class:`~k2.errors.CommitConflict`.
@@ -28,7 +28,6 @@ from typing import Any, TypeAlias
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
-from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import SortDirection
@@ -37,6 +36,7 @@ from pyiceberg.transforms import IdentityTransform
 from k2.config import LakeSettings
 from k2.errors import CommitConflict, LakeError
 from k2.lake import maintenance
+from k2.lake.datafiles import write_data_files
 from k2.logging import get_logger
 from k2.metrics import (
     LAKE_BATCH_ROWS,
@@ -246,9 +246,7 @@ class TableWriter:
 
     # --- commit -------------------------------------------------------------------------------------
     def _write_files(self, arrow: pa.Table) -> list[DataFile]:
-        if arrow.num_rows == 0:
-            return []
-        return list(_dataframe_to_data_files(table_metadata=self._table.metadata, df=arrow, io=self._table.io))
+        return write_data_files(self._table.metadata, self._table.io, arrow)
 
     def _commit_once(self, files: list[DataFile], props: dict[str, str]) -> int:
         tx = self._table.transaction()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,10 +28,11 @@ from k2.bus.topics import dlq_topic, topic_name, value_subject
 from k2.config import K2Settings
 from k2.lake.quarantine import Quarantine
 from k2.logging import get_logger
-from k2.metrics import RECORDS_NORMALIZED, serve_metrics
+from k2.metrics import RECORDS_NORMALIZED
 from k2.schema import TRADE
+from k2.services.lifecycle import open_sessions, run_until_stopped
 from k2.sources import DataType, RawFrame, load_adapter
-from k2.sources.session import WebSocketSession, wall_clock_us
+from k2.sources.session import wall_clock_us
 from k2.sources.symbols import SymbolInfo
 
 log = get_logger(__name__)
@@ -87,18 +87,7 @@ class IngestService:
         self.producer = TradeProducer(kafka, self.topic, TradeEncoder(schema_id, TRADE), overrides=producer_overrides)
         self.quarantine = Quarantine(settings.lake.quarantine_dir, self.adapter.venue)
         self.stats = IngestStats()
-        self.urls = self.adapter.stream_urls(
-            ws_base_url or settings.source.ws_url, settings.source.symbols, [DataType.TRADES]
-        )
-        self._sessions = [
-            WebSocketSession(
-                url,
-                venue=self.adapter.venue,
-                settings=settings.source,
-                subscribe_messages=self.adapter.subscribe_messages(settings.source.symbols, [DataType.TRADES]),
-            )
-            for url in self.urls
-        ]
+        self.urls, self._sessions = open_sessions(self.adapter, settings, ws_base_url)
         self._next_seq = wall_clock_us()
         self._parse_batch_frames = parse_batch_frames
         self._parse_interval_s = parse_interval_s
@@ -186,12 +175,4 @@ async def run_ingest(
 ) -> IngestStats:
     """Run the producer until SIGINT/SIGTERM or ``duration_s``; flush everything received."""
     service = IngestService(settings, ws_base_url=ws_base_url, is_sample_data=is_sample_data, symbol_info=symbol_info)
-    if settings.metrics.port is not None:
-        serve_metrics(settings.metrics.port, settings.metrics.host)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, service.stop)
-    if duration_s is not None:
-        loop.call_later(duration_s, service.stop)
-    return await service.run()
+    return await run_until_stopped(service.run, service.stop, settings, duration_s)

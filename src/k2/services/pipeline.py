@@ -29,8 +29,8 @@ from k2.logging import get_logger
 from k2.metrics import LAKE_COMMIT_FAILURES, LAST_EVENT_TIME, RECORDS_NORMALIZED
 from k2.quality.records import QualityEventRow
 from k2.services.completeness import Completeness
+from k2.services.lifecycle import open_sessions
 from k2.sources import DataType, RawFrame, load_adapter
-from k2.sources.session import WebSocketSession
 from k2.sources.symbols import SymbolInfo
 
 log = get_logger(__name__)
@@ -85,9 +85,7 @@ class EmbeddedPipeline:
         self.settings = settings
         self.is_sample_data = is_sample_data
         self.adapter = load_adapter(settings.source.venue, symbol_info=symbol_info)
-        self.urls = self.adapter.stream_urls(
-            ws_base_url or settings.source.ws_url, settings.source.symbols, [DataType.TRADES]
-        )
+        self.urls, self._sessions = open_sessions(self.adapter, settings, ws_base_url)
         lake = settings.lake
         self.catalog = open_catalog(lake)
         table = load_or_create_trades_table(self.catalog, lake)
@@ -107,15 +105,6 @@ class EmbeddedPipeline:
         self._space = asyncio.Event()
         self._space.set()
         self._stopping = asyncio.Event()
-        self._sessions = [
-            WebSocketSession(
-                url,
-                venue=self.adapter.venue,
-                settings=settings.source,
-                subscribe_messages=self.adapter.subscribe_messages(settings.source.symbols, [DataType.TRADES]),
-            )
-            for url in self.urls
-        ]
         self._inflight: asyncio.Task[None] | None = None
         # Sequence tracking, dedup, quality checks and gap backfill (docs/quality.md).
         self.completeness = Completeness(

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
-
 from k2.config import K2Settings
 from k2.errors import SourceError
 from k2.logging import get_logger
-from k2.metrics import serve_metrics
+from k2.services.lifecycle import run_until_stopped
 from k2.services.pipeline import EmbeddedPipeline, PipelineStats
 from k2.sources.exchange_info import load_exchange_info
 from k2.sources.symbols import SymbolInfo
@@ -40,12 +36,4 @@ async def run_pipeline(
     """Run the embedded pipeline until SIGINT/SIGTERM or ``duration_s``; commit everything received."""
     info = resolve_symbol_info(settings) if fetch_symbol_info else None
     pipeline = EmbeddedPipeline(settings, ws_base_url=ws_base_url, is_sample_data=is_sample_data, symbol_info=info)
-    if settings.metrics.port is not None:
-        serve_metrics(settings.metrics.port, settings.metrics.host)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, pipeline.stop)
-    if duration_s is not None:
-        loop.call_later(duration_s, pipeline.stop)
-    return await pipeline.run()
+    return await run_until_stopped(pipeline.run, pipeline.stop, settings, duration_s)
