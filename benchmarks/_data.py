@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
 from k2.schema import TRADE_ARROW_SCHEMA
 from k2.sources.base import DataType, RawFrame
-from k2.sources.binance import EXCHANGE, BinanceAdapter, message_id
+from k2.sources.binance import EXCHANGE, BinanceAdapter, message_ids
 
 _VENDOR_TIME_KEYS = ("event_time", "trade_time")
 
@@ -92,9 +92,7 @@ def _copy(k: int, offset_us: int, first_seq: int) -> pa.RecordBatch:
     items = pc.replace_with_mask(b.vendor_items, b.vendor_mask, new_ms)
     vendor = pa.MapArray.from_arrays(b.vendor_offsets, b.vendor_keys, items)
     columns = {
-        "message_id": pa.array(
-            [message_id(EXCHANGE, s, i) for s, i in zip(b.symbols, ids.tolist(), strict=True)], pa.string()
-        ),
+        "message_id": message_ids(EXCHANGE, b.symbols, ids.tolist()),
         "trade_id": pa.array(ids).cast(pa.string()),
         "timestamp": shifted("timestamp"),
         "source_sequence": pa.array(ids),

@@ -59,6 +59,8 @@ TP = tuple[str, int]
 _FLUSH_ATTEMPTS = 8
 _DLQ_FLUSH_TIMEOUT_S = 30.0
 _LAG_INTERVAL_S = 1.0  # how often k2_consumer_lag_rows is refreshed
+# the reasons of k2.bus.serde.WireFormatError (a test checks the two agree)
+DEAD_LETTER_REASONS = ("not_framed", "unknown_schema", "incompatible_schema", "undecodable", "invalid_value")
 
 
 def consumer_config(kafka: KafkaSettings, client_id: str) -> dict[str, Any]:
@@ -85,8 +87,8 @@ class _Pending:
     batches: list[pa.RecordBatch] = field(default_factory=list)
     rows: int = 0
     messages: int = 0
-    dead_lettered: int = 0  # of ``messages``: counted as dead_lettered, not committed
     next_offset: int = 0
+    dead_lettered: int = 0  # of ``messages``: counted as dead_lettered, not committed
 
 
 @dataclass
@@ -155,6 +157,11 @@ class IcebergConsumer:
         self._last_activity = time.monotonic()  # last message or assignment: the idle clock
         self._limited = RateLimitedLogger(log, interval_s=10.0)
         self._table_label = ".".join(writer.table.name())
+        # exported as 0 from the start, so that increase() in the alert rules sees the first one
+        LAKE_COMMIT_FAILURES.labels(table=self._table_label)
+        for topic in self.topics:
+            for reason in DEAD_LETTER_REASONS:
+                CONSUMER_DEAD_LETTERS.labels(topic=topic, reason=reason)
         self._lag_at = 0.0
         config = consumer_config(kafka, client_id) | dict(overrides or {})
         config["error_cb"] = self._on_client_error
@@ -185,7 +192,7 @@ class IcebergConsumer:
         started = self._last_activity = time.monotonic()
         try:
             while not self._stopping:
-                messages = self._consumer.consume(self.kafka.batch_size, self.kafka.poll_timeout_s)
+                messages = self._consumer.consume(self.kafka.batch_size, self._poll_timeout(time.monotonic()))
                 now = time.monotonic()
                 if messages:
                     if self.stats.first_message_at is None:
@@ -275,6 +282,12 @@ class IcebergConsumer:
         self._limited.warning(
             "consumer.dead_letter", reason, topic=topic, partition=partition, offset=offset, reason=reason, error=error
         )
+
+    def _poll_timeout(self, now: float) -> float:
+        """Wait for messages no longer than until the pending rows' flush falls due (freshness)."""
+        if not self._pending:
+            return self.kafka.poll_timeout_s
+        return max(0.0, min(self.kafka.poll_timeout_s, self._pending_since + self._flush_seconds - now))
 
     def _due(self, now: float) -> bool:
         if not self._pending:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import wait
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
@@ -20,9 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.io import FileIO
 from pyiceberg.io.pyarrow import (
+    ParquetFormatModel,
     _determine_partitions,
     _get_parquet_writer_kwargs,
-    ParquetFormatModel,
     _to_requested_schema,
     bin_pack_arrow_table,
     compute_statistics_plan,
@@ -130,8 +131,11 @@ def write_data_files(metadata: TableMetadata, io: FileIO, arrow: pa.Table) -> li
             path = locations.new_data_location(task.generate_data_file_filename("parquet"), key)
             tasks.append((path, task))
     writer = _FileWriter(metadata, io, file_schema)
+    executor = ExecutorFactory.get_or_create()
+    futures = [executor.submit(writer.write, task) for task in tasks]
+    wait(futures)  # all of them, so that no file appears after the cleanup below
     try:
-        return list(ExecutorFactory.get_or_create().map(writer.write, tasks))
+        return [future.result() for future in futures]
     except BaseException:
         maintenance.delete_paths(io, [path for path, _ in tasks])
         raise

@@ -2,10 +2,11 @@
 
 Each :meth:`TableWriter.append` validates the batch against the table's schema (exact decimals, no
 floats), sorts it by the table's sort order (pyiceberg does not apply sort orders on write), writes
-the Parquet data files once with K2's per-column encodings (:mod:`k2.lake.datafiles`), and commits them in one snapshot that also carries the caller's
-``snapshot_properties`` (e.g. Kafka offsets). When another writer committed first, the table is
-reloaded and the *same* data files are committed again on top of the new head, up to
-``lake.commit_retries`` times with jittered backoff; then :class:`~k2.errors.CommitConflict`.
+the Parquet data files once with K2's per-column encodings (:mod:`k2.lake.datafiles`), and
+commits them in one snapshot that also carries the caller's ``snapshot_properties`` (e.g. Kafka
+offsets). When another writer committed first, the table is reloaded and the *same* data files are
+committed again on top of the new head, up to ``lake.commit_retries`` times with jittered backoff;
+then :class:`~k2.errors.CommitConflict`.
 
 Every ``lake.maintenance_every_commits`` commits the writer runs :meth:`TableWriter.maintain`
 (expire snapshots beyond ``lake.keep_snapshots`` and delete the files only they referenced), so the

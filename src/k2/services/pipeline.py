@@ -90,6 +90,7 @@ class EmbeddedPipeline:
         self.catalog = open_catalog(lake)
         table = load_or_create_trades_table(self.catalog, lake)
         self.writer = TableWriter(self.catalog, (lake.namespace, lake.trades_table), lake)
+        LAKE_COMMIT_FAILURES.labels(table=f"{lake.namespace}.{lake.trades_table}")  # exported as 0 from the start
         self.quarantine = Quarantine(lake.quarantine_dir, self.adapter.venue)
         self.stats = PipelineStats()
         self._next_seq = _recover_platform_sequence(table.snapshots()) + 1

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from k2.sources import DataType, RawFrame, RejectReason, load_adapter
-from k2.sources.binance import K2_NAMESPACE, BinanceAdapter, message_id, parse_exchange_info
+from k2.sources.binance import K2_NAMESPACE, BinanceAdapter, message_id, message_ids, parse_exchange_info
 from k2.sources.symbols import SymbolInfo, split_symbol_offline
 from tests.conftest import FIXTURES
 
@@ -122,8 +122,12 @@ def test_microsecond_time_unit() -> None:
 
 
 def test_message_id_is_uuid5() -> None:
-    for symbol, tid in [("BTCUSDT", 0), ("ETHUSDT", 1520553439), ("X", 2**62)]:
-        assert message_id("BINANCE", symbol, tid) == str(uuid.uuid5(K2_NAMESPACE, f"BINANCE:{symbol}:{tid}"))
+    cases = [("BTCUSDT", 0), ("ETHUSDT", 1520553439), ("X", 2**62)]
+    expected = [str(uuid.uuid5(K2_NAMESPACE, f"BINANCE:{symbol}:{tid}")) for symbol, tid in cases]
+    assert [message_id("BINANCE", symbol, tid) for symbol, tid in cases] == expected
+    symbols, ids = zip(*cases, strict=True)
+    assert message_ids("BINANCE", symbols, ids).to_pylist() == expected
+    assert message_ids("BINANCE", [], []).to_pylist() == []
 
 
 def test_stream_urls_respect_the_1024_stream_limit() -> None:
