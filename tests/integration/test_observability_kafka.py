@@ -16,6 +16,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import confluent_kafka
 import pytest
@@ -209,8 +210,15 @@ def test_prometheus_holds_exactly_the_kafka_figures(kafka_stack: KafkaStack) -> 
 def test_alerts_on_the_kafka_stack(kafka_stack: KafkaStack) -> None:
     """The dead letters put K2DeadLettersIncreasing in pending (it fires after 5 minutes); lag,
     commit-error and process alerts stay inactive."""
-    groups = _get_json(f"{kafka_stack.prometheus_url}/api/v1/rules")["data"]["groups"]
-    rules = {r["name"]: r for g in groups for r in g["rules"]}
+
+    def rules_with_dead_letter_alert() -> dict[str, Any]:
+        # Rules are evaluated every second: wait (bounded) for the evaluation that sees the dead letters.
+        groups = _get_json(f"{kafka_stack.prometheus_url}/api/v1/rules")["data"]["groups"]
+        rules = {r["name"]: r for g in groups for r in g["rules"]}
+        assert rules["K2DeadLettersIncreasing"]["alerts"], "K2DeadLettersIncreasing not pending yet"
+        return rules
+
+    rules = eventually(rules_with_dead_letter_alert, timeout=30, interval=0.5)
     assert all(r["health"] == "ok" for r in rules.values()), {n: r.get("lastError") for n, r in rules.items()}
     active = {name for name, r in rules.items() if r["state"] != "inactive"}
     assert not active & {"K2ProcessDown", "K2ConsumerLagGrowing", "K2CommitErrors", "K2ProducerDeliveryFailures"}
