@@ -116,6 +116,16 @@ def kafka_stack(
                 return sum_of('k2_producer_messages_total{result="delivered"}') >= TOTAL_TRADES
 
             eventually(delivered, timeout=120, interval=0.5)
+
+            def dead_letter_baseline_scraped() -> bool:
+                # increase() needs a 0 sample before the first dead letter: the consumer exports every reason at 0
+                # from its start, and Prometheus must have scraped that before the garbage arrives.
+                running()
+                return len(stack.query('k2_consumer_dead_letters_total{job="k2-consume"} == 0')) == len(
+                    DEAD_LETTER_REASONS
+                )
+
+            eventually(dead_letter_baseline_scraped, timeout=60, interval=0.2)
             garbage = confluent_kafka.Producer({"bootstrap.servers": kafka.bootstrap_servers})
             for i in range(GARBAGE):
                 garbage.produce(topic, f"not avro {i}".encode(), b"BTCUSDT")
