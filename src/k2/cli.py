@@ -53,6 +53,12 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+@app.callback()
+def _main() -> None:
+    """Quiet by default: only warnings and errors are logged; long-running services reconfigure from settings."""
+    configure_logging(level="WARNING")
+
+
 def _service_logging() -> None:
     """Service logging from settings: ``K2_LOG__FORMAT=json`` (set in the image) and ``K2_LOG__LEVEL``."""
     with _errors():
@@ -445,6 +451,12 @@ def quality(
 
     with _errors():
         table = quality_report(_settings(warehouse=warehouse), symbol=symbol, day=parse_day(day))
+        if fmt == "table":  # many columns: one field per line, one column per symbol-day
+            names = [f"{r['symbol']} {r['day']}" for r in table.select(["symbol", "day"]).to_pylist()]
+            fields = [c for c in table.column_names if c not in ("symbol", "day")]
+            columns = {"field": fields} | {n: [_cell(v) for v in row] for n, row in zip(
+                names, zip(*(table.column(c).to_pylist() for c in fields), strict=True), strict=True)}  # fmt: skip
+            table = pa.table(columns) if names else table
         print_arrow(table, fmt, title="quality report")
 
 
