@@ -90,7 +90,7 @@ async def _run(settings: K2Settings, faults: Faults) -> tuple[EmbeddedPipeline, 
             return (
                 emu.finished.is_set()
                 and pipeline.stats.frames >= emu.frames_sent
-                and not pipeline._pending
+                and pipeline.get_stats()["backlog_frames"] == 0
                 and pipeline.completeness.backfilling == 0
                 and all(not tracker.holes(k) or _all_abandoned(tracker.holes(k)) for k in tracker.streams())
             )

@@ -14,7 +14,6 @@ fewer than a million records per second on average.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,8 +29,8 @@ from k2.lake.quarantine import Quarantine
 from k2.logging import get_logger
 from k2.metrics import RECORDS_NORMALIZED
 from k2.schema import TRADE
-from k2.services.lifecycle import open_sessions, run_until_stopped
-from k2.sources import DataType, RawFrame, load_adapter
+from k2.services.lifecycle import FrameBacklog, open_sessions, run_until_stopped
+from k2.sources import DataType, load_adapter
 from k2.sources.session import wall_clock_us
 from k2.sources.symbols import SymbolInfo
 
@@ -89,25 +88,20 @@ class IngestService:
         self.stats = IngestStats()
         self.urls, self._sessions = open_sessions(self.adapter, settings, ws_base_url)
         self._next_seq = wall_clock_us()
-        self._parse_batch_frames = parse_batch_frames
         self._parse_interval_s = parse_interval_s
-        self._max_backlog = 4 * parse_batch_frames
-        self._pending: list[RawFrame] = []
-        self._data_ready = asyncio.Event()
-        self._space = asyncio.Event()
-        self._space.set()
+        self._backlog = FrameBacklog(parse_batch_frames, 4 * parse_batch_frames)
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
         """Stop reading; everything already received is parsed, produced and flushed."""
         self._stopping.set()
-        self._data_ready.set()
+        self._backlog.wake()
         for session in self._sessions:
             session.stop()
 
     async def run(self) -> IngestStats:
         log.info("ingest.start", venue=self.adapter.venue, topic=self.topic, urls=self.urls)
-        session_tasks = [asyncio.create_task(s.run(self._sink)) for s in self._sessions]
+        session_tasks = [asyncio.create_task(s.run(self._backlog.sink)) for s in self._sessions]
         processor = asyncio.create_task(self._process_loop())
         try:
             done, _ = await asyncio.wait([*session_tasks, processor], return_when=asyncio.FIRST_EXCEPTION)
@@ -129,29 +123,19 @@ class IngestService:
         log.info("ingest.stopped", topic=self.topic, **self.stats.as_dict())
         return self.stats
 
-    async def _sink(self, frame: RawFrame) -> None:
-        self._pending.append(frame)
-        if len(self._pending) >= self._parse_batch_frames:
-            self._data_ready.set()
-            if len(self._pending) >= self._max_backlog:
-                self._space.clear()
-                await self._space.wait()
-
     async def _process_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._data_ready.wait(), timeout=self._parse_interval_s)
-            self._data_ready.clear()
+            await self._backlog.wait(self._parse_interval_s)
             await self._produce_pending()
             self.producer.poll()
-            self._space.set()
-            if self._stopping.is_set() and not self._pending:
+            self._backlog.release()
+            if self._stopping.is_set() and not len(self._backlog):
                 return
 
     async def _produce_pending(self) -> None:
-        if not self._pending:
+        frames = self._backlog.take()
+        if not frames:
             return
-        frames, self._pending = self._pending, []
         self.stats.frames += len(frames)
         parsed = self.adapter.parse(frames, first_platform_sequence=self._next_seq, is_sample_data=self.is_sample_data)
         self.quarantine.add(parsed.rejected)

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from k2.config import K2Settings
 from k2.metrics import serve_metrics
-from k2.sources import DataType, VenueAdapter
+from k2.sources import DataType, RawFrame, VenueAdapter
 from k2.sources.session import WebSocketSession
 
 T = TypeVar("T")
@@ -42,3 +42,52 @@ async def run_until_stopped(
     if duration_s is not None:
         loop.call_later(duration_s, stop)
     return await run()
+
+
+class FrameBacklog:
+    """Frames received but not parsed yet: the sessions' sink, with backpressure.
+
+    ``sink`` appends a frame and wakes the processor once ``batch_frames`` are waiting; when the
+    backlog plus whatever the service still ``held()`` (rows buffered for a commit, say) reaches
+    ``limit``, it suspends, which stops the session reading its socket. Nothing is dropped.
+    """
+
+    def __init__(self, batch_frames: int, limit: int, held: Callable[[], int] = lambda: 0) -> None:
+        self.frames: list[RawFrame] = []
+        self._batch_frames = batch_frames
+        self._limit = limit
+        self._held = held
+        self._ready = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    async def sink(self, frame: RawFrame) -> None:
+        self.frames.append(frame)
+        if len(self.frames) >= self._batch_frames:
+            self._ready.set()
+            if len(self.frames) + self._held() >= self._limit:
+                self._space.clear()
+                await self._space.wait()
+
+    def take(self) -> list[RawFrame]:
+        """Everything waiting, oldest first; the backlog is empty afterwards."""
+        frames, self.frames = self.frames, []
+        return frames
+
+    def wake(self) -> None:
+        """Wake :meth:`wait` now (e.g. to drain on stop)."""
+        self._ready.set()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until a batch is ready, :meth:`wake` is called, or ``timeout_s`` passes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout=timeout_s)
+        self._ready.clear()
+
+    def release(self) -> None:
+        """Let a suspended sink continue once the backlog is below its limit again."""
+        if len(self.frames) + self._held() < self._limit:
+            self._space.set()

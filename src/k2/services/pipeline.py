@@ -11,7 +11,6 @@ snapshot summary and recovered on start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,17 +28,14 @@ from k2.logging import get_logger
 from k2.metrics import LAKE_COMMIT_FAILURES, LAST_EVENT_TIME, RECORDS_NORMALIZED
 from k2.quality.records import QualityEventRow
 from k2.services.completeness import Completeness
-from k2.services.lifecycle import open_sessions
-from k2.sources import DataType, RawFrame, load_adapter
+from k2.services.lifecycle import FrameBacklog, open_sessions
+from k2.sources import DataType, load_adapter
+from k2.sources.session import wall_clock_us
 from k2.sources.symbols import SymbolInfo
 
 log = get_logger(__name__)
 
 PLATFORM_SEQUENCE_PROPERTY = "k2.platform-sequence"
-
-
-def wall_clock_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass
@@ -95,16 +91,13 @@ class EmbeddedPipeline:
         self.stats = PipelineStats()
         self._next_seq = _recover_platform_sequence(table.snapshots()) + 1
         self._symbols = set(settings.source.symbols)
-        self._parse_batch_frames = parse_batch_frames
         self._parse_interval_s = parse_interval_s
-        self._max_backlog = 4 * lake.flush_rows + parse_batch_frames
-        self._pending: list[RawFrame] = []
+        self._backlog = FrameBacklog(
+            parse_batch_frames, 4 * lake.flush_rows + parse_batch_frames, lambda: self._buffer_rows
+        )
         self._buffer: list[pa.RecordBatch] = []
         self._buffer_rows = 0
         self._buffer_since = time.monotonic()
-        self._data_ready = asyncio.Event()
-        self._space = asyncio.Event()
-        self._space.set()
         self._stopping = asyncio.Event()
         self._inflight: asyncio.Task[None] | None = None
         # Sequence tracking, dedup, quality checks and gap backfill (docs/quality.md).
@@ -122,7 +115,7 @@ class EmbeddedPipeline:
 
     def get_stats(self) -> dict[str, Any]:
         out = self.stats.as_dict()
-        out["backlog_frames"] = len(self._pending)
+        out["backlog_frames"] = len(self._backlog)
         out["buffered_rows"] = self._buffer_rows
         out["sessions"] = [s.get_stats() for s in self._sessions]
         out["writer"] = self.writer.get_stats()
@@ -133,7 +126,7 @@ class EmbeddedPipeline:
     def stop(self) -> None:
         """Ask the pipeline to finish: stop reading, then parse and commit everything received."""
         self._stopping.set()
-        self._data_ready.set()
+        self._backlog.wake()
         for session in self._sessions:
             session.stop()
 
@@ -145,7 +138,7 @@ class EmbeddedPipeline:
             urls=self.urls,
             warehouse=str(self.settings.lake.warehouse),
         )
-        session_tasks = [asyncio.create_task(s.run(self._sink)) for s in self._sessions]
+        session_tasks = [asyncio.create_task(s.run(self._backlog.sink)) for s in self._sessions]
         processor = asyncio.create_task(self._process_loop())
         if self.settings.quality.backfill:
             self._backfill_task = asyncio.create_task(self.completeness.run_backfill(self._add_backfilled))
@@ -168,32 +161,21 @@ class EmbeddedPipeline:
         return self.stats
 
     # --- internals ------------------------------------------------------------------------------
-    async def _sink(self, frame: RawFrame) -> None:
-        self._pending.append(frame)
-        if len(self._pending) >= self._parse_batch_frames:
-            self._data_ready.set()
-            if len(self._pending) + self._buffer_rows >= self._max_backlog:
-                self._space.clear()
-                await self._space.wait()
-
     async def _process_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._data_ready.wait(), timeout=self._parse_interval_s)
-            self._data_ready.clear()
+            await self._backlog.wait(self._parse_interval_s)
             self._parse_pending()
             self.completeness.tick(wall_clock_us())
             await self._maybe_flush(force=self._stopping.is_set())
-            if len(self._pending) + self._buffer_rows < self._max_backlog:
-                self._space.set()
-            idle = not self._pending and self._buffer_rows == 0 and not self.completeness.has_events
+            self._backlog.release()
+            idle = not len(self._backlog) and self._buffer_rows == 0 and not self.completeness.has_events
             if self._stopping.is_set() and idle and self._inflight is None:
                 return
 
     def _parse_pending(self) -> None:
-        if not self._pending:
+        frames = self._backlog.take()
+        if not frames:
             return
-        frames, self._pending = self._pending, []
         self.stats.frames += len(frames)
         parsed = self.adapter.parse(frames, first_platform_sequence=self._next_seq, is_sample_data=self.is_sample_data)
         self.quarantine.add(parsed.rejected)
