@@ -7,12 +7,12 @@
   * ``fastavro-logical``: the straightforward way, one ``schemaless_writer``/``schemaless_reader``
     call per record with the full schema (Decimal and datetime objects), rows from ``to_pylist``
     and Arrow built with ``from_pylist``;
-  * ``k2``: K2's path (:class:`TradeEncoder`/:class:`TradeDecoder`): raw schemas (decimal bytes and
+  * ``k2``: K2's path (:class:`AvroEncoder`/:class:`AvroDecoder`): raw schemas (decimal bytes and
     timestamp longs converted column-wise), no resolution when writer == reader;
   * ``k2-resolving``: K2's decoder reading v3-written messages with the v2 reader (schema resolution).
 
 ``kafka`` starts a broker and a registry from k2.devservices (or uses ``--bootstrap``/``--registry``),
-produces ``copies`` x the recording with :class:`TradeProducer` (idempotent, acks=all, zstd) and
+produces ``copies`` x the recording with :class:`BatchProducer` (idempotent, acks=all, zstd) and
 reports msgs/s from the first send to the last delivery report; then, for each value of
 ``--consumers``, runs that many consumer processes of a fresh group into a fresh Iceberg table and
 reports rows/s from the first message consumed to the last Iceberg commit (all processes together).
@@ -34,7 +34,7 @@ from typing import Any
 import fastavro
 import pyarrow as pa
 
-from k2.bus.serde import TradeDecoder, TradeEncoder
+from k2.bus.serde import AvroDecoder, AvroEncoder
 from k2.config import K2Settings, KafkaSettings, LakeSettings
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
 from k2.schema import TRADE, TRADE_ARROW_SCHEMA, to_arrow, to_avro
@@ -83,12 +83,12 @@ def bench_serde(repeat: int) -> None:
             recs.append(rec)
         return pa.RecordBatch.from_pylist(recs, schema=TRADE_ARROW_SCHEMA)
 
-    encoder = TradeEncoder(1, TRADE)
-    decoder = TradeDecoder(TRADE, lambda i: to_avro(TRADE))
+    encoder = AvroEncoder(1, TRADE)
+    decoder = AvroDecoder(TRADE, lambda i: to_avro(TRADE))
     assert decoder.decode(values).batch.equals(batch)
     v3 = pa.RecordBatch.from_arrays([*batch.columns, pa.array(["eu"] * n, pa.string())], schema=to_arrow(TRADE_V3))
-    v3_values = TradeEncoder(2, TRADE_V3).encode(v3)
-    resolving = TradeDecoder(TRADE, lambda i: to_avro(TRADE_V3))
+    v3_values = AvroEncoder(2, TRADE_V3).encode(v3)
+    resolving = AvroDecoder(TRADE, lambda i: to_avro(TRADE_V3))
     assert resolving.decode(v3_values).batch.equals(batch)
 
     print(f"trades per pass: {n}, passes: {repeat}, single thread; trades/s median (min - max)")
@@ -120,7 +120,7 @@ def _settings(bootstrap: str, registry: str, token: str, partitions: int, wareho
 
 def _produce(settings: K2Settings, batch: pa.RecordBatch, copies: int) -> tuple[int, float]:
     from k2.bus.admin import admin_client, ensure_topics, topic_specs
-    from k2.bus.producer import TradeProducer
+    from k2.bus.producer import BatchProducer
     from k2.bus.registry import SchemaRegistry
     from k2.bus.topics import dlq_topic, topic_name, value_subject
 
@@ -130,7 +130,7 @@ def _produce(settings: K2Settings, batch: pa.RecordBatch, copies: int) -> tuple[
     registry = SchemaRegistry(kafka.schema_registry_url)
     schema_id = registry.register(value_subject(topic), TRADE)
     registry.close()
-    producer = TradeProducer(kafka, topic, TradeEncoder(schema_id, TRADE))
+    producer = BatchProducer(kafka, topic, AvroEncoder(schema_id, TRADE))
     chunks = [batch.slice(i, 5_000) for i in range(0, batch.num_rows, 5_000)]
 
     async def send_all() -> None:

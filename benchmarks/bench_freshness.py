@@ -184,11 +184,11 @@ class KafkaTail(threading.Thread):
         from confluent_kafka import Consumer
 
         from k2.bus.registry import SchemaRegistry
-        from k2.bus.serde import TradeDecoder
+        from k2.bus.serde import AvroDecoder
         from k2.schema import TRADE
 
         self.registry = SchemaRegistry(settings.kafka.schema_registry_url)
-        self.decoder = TradeDecoder(TRADE, self.registry.fetch)
+        self.decoder = AvroDecoder(TRADE, self.registry.fetch)
         self.consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka.bootstrap_servers,

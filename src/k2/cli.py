@@ -375,6 +375,9 @@ def _with_kafka(settings: K2Settings, metrics_port: int | None = None, **kafka: 
 def ingest(
     symbols: SymbolsOpt = None,
     ws_url: Annotated[str | None, typer.Option(help="WebSocket base URL (default: Binance).")] = None,
+    rest_url: Annotated[
+        str | None, typer.Option(help="REST base URL for exchangeInfo and gap backfill (the emulator's http:// URL).")
+    ] = None,
     bootstrap_servers: BootstrapOpt = None,
     schema_registry: RegistryOpt = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
@@ -382,14 +385,15 @@ def ingest(
     sample: Annotated[bool, typer.Option(help="Mark rows is_sample_data (replays).")] = False,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics on this port.")] = None,
 ) -> None:
-    """Stream live trades into Kafka (Avro, Confluent wire format), keyed by symbol."""
+    """Stream live trades into Kafka (Avro, Confluent wire format), keyed by symbol; gaps backfilled over REST,
+    duplicates dropped, quality events to the venue's quality_events topic."""
     from k2.services.ingest import run_ingest
     from k2.services.run import resolve_symbol_info
 
     _service_logging()
     with _errors():
         settings = _with_kafka(
-            _settings(symbols=symbols, max_connect_attempts=connect_attempts),
+            _settings(symbols=symbols, max_connect_attempts=connect_attempts, rest_url=rest_url),
             metrics_port,
             bootstrap_servers=bootstrap_servers,
             schema_registry_url=schema_registry,
@@ -400,7 +404,8 @@ def ingest(
         )
     p = stats.producer
     out.print(
-        f"stopped: {stats.frames} frames, {stats.trades} trades, {stats.rejected} rejected; "
+        f"stopped: {stats.frames} frames, {stats.trades} trades, {stats.backfilled} backfilled, "
+        f"{stats.rejected} rejected, {stats.events} quality events; "
         f"{p.get('delivered', 0)} delivered, {p.get('failed', 0)} failed"
     )
 

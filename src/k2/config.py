@@ -175,6 +175,8 @@ class QualitySettings(_Section):
     reset_threshold: int = Field(default=10_000_000, gt=0)
     # Startup: ids from the table's newest rows (this far back in exchange time) seed the tracker.
     seed_lookback_s: float = Field(default=3600.0, gt=0)
+    # `k2 ingest` seeds it from the newest messages of its topic instead: this many per partition.
+    seed_messages: int = Field(default=50_000, gt=0)
     price_jump_fraction: float = Field(default=0.05, gt=0)
     price_window: int = Field(default=50, ge=1)
     max_future_s: float = Field(default=2.0, ge=0)

@@ -116,7 +116,8 @@ PRODUCER_MESSAGES = Counter(
 )
 PRODUCER_QUEUE_MESSAGES = Gauge(
     "k2_producer_queue_rows",
-    "Messages (one trade each) in the producer's local queue, not yet acknowledged by the broker.",
+    "Messages (one row each) in the producer's local queue, not yet acknowledged by the broker.",
+    ["topic"],
     registry=REGISTRY,
 )
 PRODUCER_BACKPRESSURE = Counter(

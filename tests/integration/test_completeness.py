@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -24,6 +25,7 @@ from k2.emulator.server import BinanceEmulator, ReplayConfig
 from k2.lake.catalog import open_catalog
 from k2.lake.quality_events import load_or_create_events_table
 from k2.query.engine import QueryEngine
+from k2.services.completeness import Completeness
 from k2.services.pipeline import EmbeddedPipeline
 from k2.services.quality_report import quality_report_dicts
 from tests.conftest import eventually_async
@@ -46,6 +48,24 @@ def _settings(tmp_path: Path, **quality: Any) -> K2Settings:
         lake=LakeSettings(warehouse=tmp_path / "warehouse", flush_rows=5_000, flush_seconds=0.2),
         quality=QualitySettings(**{"gap_grace_s": 1.0, "rest_weight_per_minute": 60_000, **quality}),
     )
+
+
+# The acceptance fault plan: duplicates, reorders, three withheld ranges, two disconnects, REST 429 + 503.
+WITHHOLD = ((5_001, 40), (12_001, 1_500), (20_001, 3))
+FAULT_PLAN = Faults(
+    duplicate_every=500,
+    reorder_every=700,
+    withhold=WITHHOLD,
+    disconnect_after=(8_050, 25_050),
+    rest_errors=((429, 0.2), (503, 0.1)),
+)
+
+
+def withheld_trades(recording: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(symbol, trade id) of the trades :data:`WITHHOLD` keeps off the stream."""
+    return {
+        (recording[i]["s"], str(recording[i]["t"])) for start, n in WITHHOLD for i in range(start - 1, start - 1 + n)
+    }
 
 
 def _with_rest(settings: K2Settings, url: str) -> K2Settings:
@@ -79,26 +99,51 @@ def _expected_faults(faults: Faults) -> dict[str, Counter[str]]:
     return out
 
 
-async def _run(settings: K2Settings, faults: Faults) -> tuple[EmbeddedPipeline, BinanceEmulator]:
+class _Service(Protocol):
+    """What the embedded pipeline and `k2 ingest`'s service share for these tests."""
+
+    completeness: Completeness
+    stats: Any
+
+    async def run(self) -> Any: ...
+    def stop(self) -> None: ...
+    def get_stats(self) -> dict[str, Any]: ...
+
+
+S = TypeVar("S", bound=_Service)
+
+
+async def run_settled(
+    make: Callable[[K2Settings, str], S], settings: K2Settings, faults: Faults
+) -> tuple[S, BinanceEmulator]:
+    """Replay the recording with ``faults`` into ``make(settings with the emulator's REST URL, ws url)``
+    until everything sent is handled and every gap is backfilled (or abandoned); then stop it."""
     async with BinanceEmulator(ReplayConfig(speed=None, faults=faults)) as emu:
-        pipeline = EmbeddedPipeline(_with_rest(settings, emu.http_url), ws_base_url=emu.url, is_sample_data=True)
-        run = asyncio.create_task(pipeline.run())
-        tracker = pipeline.completeness.tracker
+        service = make(_with_rest(settings, emu.http_url), emu.url)
+        run = asyncio.create_task(service.run())
+        tracker = service.completeness.tracker
 
         async def settled() -> bool:
-            assert not run.done(), "pipeline stopped early"
+            assert not run.done(), "stopped early"
             return (
                 emu.finished.is_set()
-                and pipeline.stats.frames >= emu.frames_sent
-                and pipeline.get_stats()["backlog_frames"] == 0
-                and pipeline.completeness.backfilling == 0
+                and service.stats.frames >= emu.frames_sent
+                and service.get_stats()["backlog_frames"] == 0
+                and service.completeness.backfilling == 0
                 and all(not tracker.holes(k) or _all_abandoned(tracker.holes(k)) for k in tracker.streams())
             )
 
         await eventually_async(settled, timeout=120)
-        pipeline.stop()
+        service.stop()
         await run
-    return pipeline, emu
+    return service, emu
+
+
+async def _run(settings: K2Settings, faults: Faults) -> tuple[EmbeddedPipeline, BinanceEmulator]:
+    def make(s: K2Settings, ws_url: str) -> EmbeddedPipeline:
+        return EmbeddedPipeline(s, ws_base_url=ws_url, is_sample_data=True)
+
+    return await run_settled(make, settings, faults)
 
 
 def _all_abandoned(holes: list[Any]) -> bool:
@@ -128,22 +173,24 @@ def _assert_exactly_the_recording(rows: list[dict[str, Any]], withheld: set[tupl
     assert {(r["symbol"], r["trade_id"]) for r in rows if r["backfilled"] == "true"} == withheld
 
 
+def assert_restart_gap_resolved(settings: K2Settings, down: set[tuple[str, str]]) -> None:
+    """Per symbol, the trades sent while K2 was down are one gap, recorded OPEN then RESOLVED."""
+    gaps = [e for e in _events(settings) if e["kind"] == "GAP"]
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        ids = sorted(int(t) for s, t in down if s == symbol)
+        assert [(g["first_id"], g["last_id"], g["status"]) for g in gaps if g["symbol"] == symbol] == [
+            (ids[0], ids[-1], "OPEN"),
+            (ids[0], ids[-1], "RESOLVED"),
+        ]
+
+
 def test_faults_are_repaired_and_reported_exactly(tmp_path: Path) -> None:
-    withhold = ((5_001, 40), (12_001, 1_500), (20_001, 3))
-    faults = Faults(
-        duplicate_every=500,
-        reorder_every=700,
-        withhold=withhold,
-        disconnect_after=(8_050, 25_050),
-        rest_errors=((429, 0.2), (503, 0.1)),
-    )
+    faults = FAULT_PLAN
     # 100 weight/s with a burst of 50: the ~9 historicalTrades requests (25 each) must be paced.
     settings = _settings(tmp_path, backfill_page_limit=500, rest_weight_per_minute=6_000, rest_weight_burst=50)
     pipeline, emu = asyncio.run(_run(settings, faults))
     recording = _recording()
-    withheld = {
-        (recording[i]["s"], str(recording[i]["t"])) for start, n in withhold for i in range(start - 1, start - 1 + n)
-    }
+    withheld = withheld_trades(recording)
     assert emu.injected["withheld"] == len(withheld) == 1_543
     assert emu.injected["disconnect"] == 2
     _assert_exactly_the_recording(_table_rows(settings), withheld)
@@ -209,13 +256,7 @@ def test_restart_gap_is_found_from_the_table_and_backfilled(tmp_path: Path) -> N
     recording = _recording()
     down = {(d["s"], str(d["t"])) for d in recording[10_000:15_000]}
     _assert_exactly_the_recording(_table_rows(settings), down)
-    gaps = [e for e in _events(settings) if e["kind"] == "GAP"]
-    for symbol in ("BTCUSDT", "ETHUSDT"):
-        ids = sorted(int(t) for s, t in down if s == symbol)
-        assert [(g["first_id"], g["last_id"], g["status"]) for g in gaps if g["symbol"] == symbol] == [
-            (ids[0], ids[-1], "OPEN"),
-            (ids[0], ids[-1], "RESOLVED"),
-        ]
+    assert_restart_gap_resolved(settings, down)
     assert pipeline.get_stats()["quality"]["duplicates_dropped"] == 0
 
 

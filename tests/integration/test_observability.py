@@ -51,11 +51,11 @@ NOT_IN_EMBEDDED_RUN = {
     "k2_consumer_messages_total": _DISTRIBUTED,
     "k2_consumer_dead_letters_total": _DISTRIBUTED,
     "k2_consumer_lag_rows": _DISTRIBUTED,
+    "k2_producer_queue_rows": _DISTRIBUTED,
 }
 # Dashboard queries using any of these families are verified by test_observability_kafka.py (with
 # real data from the Kafka processes), every other query here: together, all of them.
 KAFKA_STACK_FAMILIES = frozenset(NOT_IN_EMBEDDED_RUN) | {
-    "k2_producer_queue_rows",  # unlabelled gauge: 0 in every process, real only in `k2 ingest`
     "k2_lake_commit_failures_total",  # counted by both `k2 run` and `k2 consume`; panel shown with Kafka
 }
 

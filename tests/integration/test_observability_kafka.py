@@ -121,9 +121,8 @@ def kafka_stack(
                 # increase() needs a 0 sample before the first dead letter: the consumer exports every reason at 0
                 # from its start, and Prometheus must have scraped that before the garbage arrives.
                 running()
-                return len(stack.query('k2_consumer_dead_letters_total{job="k2-consume"} == 0')) == len(
-                    DEAD_LETTER_REASONS
-                )
+                zeros = stack.query(f'k2_consumer_dead_letters_total{{job="k2-consume", topic="{topic}"}} == 0')
+                return len(zeros) == len(DEAD_LETTER_REASONS)
 
             eventually(dead_letter_baseline_scraped, timeout=60, interval=0.2)
             garbage = confluent_kafka.Producer({"bootstrap.servers": kafka.bootstrap_servers})
@@ -147,7 +146,7 @@ def kafka_stack(
                 if len(stack.query("k2_query_duration_seconds_count")) < 4:
                     return False
                 # caught up, and a few scrapes of every process since, so each rate window has two samples
-                lag = stack.query('k2_consumer_lag_rows{job="k2-consume"}')
+                lag = stack.query(f'k2_consumer_lag_rows{{job="k2-consume", topic="{topic}"}}')
                 return (
                     len(lag) == PARTITIONS
                     and all(float(s["value"][1]) == 0 for s in lag)
@@ -197,7 +196,9 @@ def test_prometheus_holds_exactly_the_kafka_figures(kafka_stack: KafkaStack) -> 
     )
     assert s.query('k2_producer_messages_total{result="failed"}') == []
     assert s.value(f'k2_producer_backpressure_waits_total{{job="k2-ingest", topic="{topic}"}}') >= 1
-    assert s.value('k2_producer_queue_rows{job="k2-ingest"}') == 0  # everything acknowledged
+    assert s.value(f'k2_producer_queue_rows{{job="k2-ingest", topic="{topic}"}}') == 0  # everything acknowledged
+    quality = topic.replace(".trades.", ".quality_events.")
+    assert s.value(f'k2_producer_queue_rows{{job="k2-ingest", topic="{quality}"}}') == 0  # no events to send
     assert s.value('k2_records_normalized_total{job="k2-ingest", venue="binance"}') == TOTAL_TRADES
     consumed = {r["metric"]["result"]: float(r["value"][1]) for r in s.query("k2_consumer_messages_total")}
     assert consumed == {"committed": TOTAL_TRADES, "dead_lettered": GARBAGE}
@@ -206,12 +207,15 @@ def test_prometheus_holds_exactly_the_kafka_figures(kafka_stack: KafkaStack) -> 
         for r in s.query("k2_consumer_dead_letters_total")
     }
     # every reason is exported from the start (0), so that increase() sees the first dead letter
-    assert dead == {(topic, reason): GARBAGE if reason == "not_framed" else 0 for reason in DEAD_LETTER_REASONS}
+    assert dead == {(topic, reason): GARBAGE if reason == "not_framed" else 0 for reason in DEAD_LETTER_REASONS} | {
+        (quality, reason): 0
+        for reason in DEAD_LETTER_REASONS  # the quality-events stream of `k2 consume`
+    }
     assert s.value(f'k2_lake_rows_written_total{{job="k2-consume", table="{TABLE}"}}') == TOTAL_TRADES
     lag = {
         (r["metric"]["topic"], r["metric"]["partition"]): float(r["value"][1]) for r in s.query("k2_consumer_lag_rows")
     }
-    assert lag == {(topic, str(p)): 0.0 for p in range(PARTITIONS)}
+    assert lag == {(t, str(p)): 0.0 for t in (topic, quality) for p in range(PARTITIONS)}
     assert s.value(f'k2_lake_commit_failures_total{{job="k2-consume", table="{TABLE}"}}') == 0
     kinds = {r["metric"]["kind"] for r in s.query('k2_query_duration_seconds_count{job="k2-query"} > 0')}
     assert kinds == {"trades", "ohlcv", "vwap", "sql"}

@@ -45,7 +45,7 @@ from k2.bus.offsets import (
     table_offsets,
 )
 from k2.bus.producer import producer_config
-from k2.bus.serde import TradeDecoder
+from k2.bus.serde import AvroDecoder
 from k2.bus.topics import dlq_topic
 from k2.config import KafkaSettings
 from k2.errors import BusError, CommitConflict, LakeError
@@ -130,7 +130,7 @@ class IcebergConsumer:
         self,
         kafka: KafkaSettings,
         topics: Sequence[str],
-        decoder: TradeDecoder,
+        decoder: AvroDecoder,
         writer: TableWriter,
         *,
         flush_rows: int,

@@ -1,9 +1,9 @@
-"""TradeProducer: canonical batches -> Confluent-framed Avro -> one Kafka topic, nothing dropped silently.
+"""BatchProducer: canonical batches -> Confluent-framed Avro -> one Kafka topic, nothing dropped silently.
 
 ``confluent_kafka.Producer`` with ``enable.idempotence=true`` and ``acks=all`` (no duplicates or
 reordering from retries), compression, and the Java client's ``murmur2`` partitioner so the key
 (the symbol) maps to the same partition as with any other Kafka client. The local queue is bounded
-(``kafka.producer_queue_messages``); when it is full :meth:`TradeProducer.send` waits (serving
+(``kafka.producer_queue_messages``); when it is full :meth:`BatchProducer.send` waits (serving
 delivery reports) until it has drained to half, which suspends the caller and so the WebSocket
 source: backpressure, never a drop. Every delivery report is counted
 (``k2_producer_messages_total{result}``); a message that could not be delivered within
@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 from confluent_kafka import KafkaError, Message, Producer
 
-from k2.bus.serde import TradeEncoder
+from k2.bus.serde import AvroEncoder
 from k2.config import KafkaSettings
 from k2.errors import BusError
 from k2.logging import RateLimitedLogger, get_logger
@@ -58,14 +58,14 @@ class ProducerStats:
         return dict(vars(self))
 
 
-class TradeProducer:
-    """Produces canonical trade batches to ``topic``, keyed by symbol."""
+class BatchProducer:
+    """Produces canonical batches (trades, quality events) to ``topic``, keyed by their ``symbol`` column."""
 
     def __init__(
         self,
         kafka: KafkaSettings,
         topic: str,
-        encoder: TradeEncoder,
+        encoder: AvroEncoder,
         *,
         client_id: str = "k2-ingest",
         overrides: Mapping[str, Any] | None = None,
@@ -159,7 +159,7 @@ class TradeProducer:
             PRODUCER_MESSAGES.labels(topic=self.topic, result="failed").inc(failed)
         self._reported.delivered = self.stats.delivered
         self._reported.failed = self.stats.failed
-        PRODUCER_QUEUE_MESSAGES.set(len(self._producer))
+        PRODUCER_QUEUE_MESSAGES.labels(topic=self.topic).set(len(self._producer))
 
     def close(self, timeout_s: float) -> int:
         """Flush; the messages still unacknowledged are counted as lost (failed) and logged."""

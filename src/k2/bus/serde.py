@@ -191,8 +191,9 @@ class DecodeResult:
     errors: list[tuple[int, WireFormatError]] = field(default_factory=list)
 
 
-class TradeEncoder:
-    """Encodes canonical Arrow batches to Confluent-framed Avro values with one registered schema id."""
+class AvroEncoder:
+    """Encodes canonical Arrow batches of one record schema (trades, quality events) to Confluent-framed
+    Avro values with one registered schema id."""
 
     def __init__(self, schema_id: int, record: RecordSchema) -> None:
         self.schema_id = schema_id
@@ -223,8 +224,9 @@ class TradeEncoder:
         return out
 
 
-class TradeDecoder:
-    """Decodes framed values to canonical Arrow batches, resolving each writer schema (by id) to ``record``.
+class AvroDecoder:
+    """Decodes framed values to canonical Arrow batches of ``record`` (any canonical record schema),
+    resolving each writer schema (by id) to it.
 
     ``fetch_schema(id)`` returns the writer schema (Avro JSON as a dict) registered under that id; it
     is called once per id. It raises :class:`KeyError` for an unknown id (those messages are

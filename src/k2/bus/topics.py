@@ -1,5 +1,7 @@
 """Topic and subject naming: ``market.<asset_class>.<data_type>.<exchange>``, one topic per venue and type.
 
+Each venue has a trades topic (``market.crypto.trades.binance``) and a quality-events topic
+(``market.crypto.quality_events.binance``: gaps, duplicates, anomalies seen by `k2 ingest`).
 Symbols are message keys (per-symbol ordering), never part of a topic name. The value schema is
 registered under the Confluent ``TopicNameStrategy`` subject ``<topic>-value``; undecodable messages
 go to ``<topic><dlq_suffix>`` (``.dlq`` by default).
@@ -12,6 +14,8 @@ import re
 from k2.errors import ConfigError
 
 _PART = re.compile(r"^[a-z0-9_]+$")
+
+QUALITY_EVENTS = "quality_events"  # the data type part of a venue's quality-events topic
 
 
 def topic_name(asset_class: str, data_type: str, exchange: str) -> str:

@@ -1,9 +1,12 @@
 """Completeness at ingest: sequence tracking, deduplication, quality checks, gap backfill, events.
 
-The embedded pipeline hands every parsed trade batch to :meth:`Completeness.ingest` (duplicates are
-dropped there, before the writer), calls :meth:`Completeness.tick` with the current time (due gaps
-are recorded OPEN and queued for backfill; stale feeds are reported), and commits
-:meth:`Completeness.take_events` to the quality-events table right after the trades they describe.
+Both streaming services (the embedded pipeline and `k2 ingest`, through
+:class:`~k2.services.intake.TradeIntake`) hand every parsed trade batch to
+:meth:`Completeness.ingest` (duplicates are dropped there, before the writer or the producer), call
+:meth:`Completeness.tick` with the current time (due gaps are recorded OPEN and queued for backfill;
+stale feeds are reported), and pass :meth:`Completeness.take_events` on right after the trades they
+describe: the pipeline commits them to the quality-events table, `k2 ingest` produces them to the
+venue's quality topic, from which `k2 consume` commits them to the same table.
 :meth:`Completeness.run_backfill` fetches queued gaps over REST (rate-limited), passes the rows
 through the same tracker (so they are deduplicated too) and hands them to the pipeline, then
 records the gap RESOLVED or UNRECOVERABLE with the reason. See docs/quality.md.
@@ -21,7 +24,6 @@ from typing import Any, cast
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.catalog import Catalog
 from pyiceberg.conversions import from_bytes
 from pyiceberg.expressions import And, BooleanExpression, EqualTo, GreaterThanOrEqual
 from pyiceberg.table import Table
@@ -29,12 +31,10 @@ from pyiceberg.types import TimestamptzType
 
 from k2.config import K2Settings
 from k2.errors import K2Error
-from k2.lake.quality_events import load_or_create_events_table
-from k2.lake.writer import TableWriter
 from k2.logging import get_logger
 from k2.metrics import BACKFILL_GAPS, BACKFILL_TRADES, QUALITY_AFFECTED_TRADES, QUALITY_EVENTS
 from k2.quality.checks import PriceJumpCheck, StaleFeedCheck, timestamp_anomalies
-from k2.quality.records import QualityEventRow, anomaly_row, events_batch, gap_row, sequence_row
+from k2.quality.records import QualityEventRow, anomaly_row, gap_row, sequence_row
 from k2.quality.sequence import Gap, SequenceTracker, StreamKey
 from k2.schema.quality_event import EventKind, EventStatus
 from k2.services.backfill import BinanceRestClient, TokenBucket
@@ -96,12 +96,18 @@ def recent_ids(table: Table, exchange: str, lookback_us: int) -> dict[str, tuple
         row_filter=And(_predicate(GreaterThanOrEqual, "timestamp", cutoff), _predicate(EqualTo, "exchange", exchange)),
         selected_fields=("symbol", "source_sequence", "timestamp"),
     ).to_arrow()
+    return ids_by_symbol(arrow)
+
+
+def ids_by_symbol(rows: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per symbol, the trade ids (int64) and trade times (µs) of ``rows`` (``symbol``, ``source_sequence``,
+    ``timestamp`` columns): the tracker's seed."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for symbol in pc.unique(arrow["symbol"]).to_pylist():
-        rows = arrow.filter(pc.equal(arrow["symbol"], symbol))
+    for symbol in pc.unique(rows["symbol"]).to_pylist():
+        part = rows.filter(pc.equal(rows["symbol"], symbol))
         out[symbol] = (
-            rows["source_sequence"].to_numpy(),
-            rows["timestamp"].cast(pa.int64()).to_numpy(),
+            part["source_sequence"].to_numpy(),
+            part["timestamp"].cast(pa.int64()).to_numpy(),
         )
     return out
 
@@ -112,15 +118,17 @@ class Completeness:
     def __init__(
         self,
         settings: K2Settings,
-        catalog: Catalog,
-        trades_table: Table,
         *,
         exchange: str,
         venue: str,
         is_sample_data: bool,
         now_us: int,
+        seed: Mapping[str, tuple[np.ndarray, np.ndarray]],
         symbol_info: Mapping[str, SymbolInfo] | None = None,
     ) -> None:
+        """``seed``: per symbol, the trade ids (and their trade times, µs) already stored: from the
+        table (:func:`recent_ids`, embedded mode) or from the topic's newest messages
+        (:func:`k2.bus.tail.read_tail`, `k2 ingest`)."""
         q = settings.quality
         self.settings = settings
         self.exchange = exchange
@@ -129,14 +137,12 @@ class Completeness:
         self.symbol_info = dict(symbol_info or {})
         self.stats = CompletenessStats()
         self.tracker = SequenceTracker(grace_us=int(q.gap_grace_s * 1e6), reset_threshold=q.reset_threshold)
-        load_or_create_events_table(catalog, settings)
-        self.events_writer = TableWriter(catalog, (settings.lake.namespace, q.events_table), settings.lake)
         self._price = PriceJumpCheck(Decimal(str(q.price_jump_fraction)), q.price_window)
         self._stale = StaleFeedCheck(int(q.stale_after_s * 1e6))
         self._events: list[QualityEventRow] = []
         self._queue: asyncio.Queue[Gap] = asyncio.Queue()
         self.backfilling = 0  # gaps queued or in progress
-        for symbol, (ids, times) in recent_ids(trades_table, exchange, int(q.seed_lookback_s * 1e6)).items():
+        for symbol, (ids, times) in seed.items():
             key = StreamKey(exchange, symbol, STREAM)
             self.tracker.seed(key, ids, now_us, times)
             log.info("quality.seeded", symbol=symbol, high=self.tracker.high(key), holes=len(self.tracker.holes(key)))
@@ -244,11 +250,6 @@ class Completeness:
 
     def restore_events(self, events: list[QualityEventRow]) -> None:
         self._events = [*events, *self._events]
-
-    def commit_events(self, events: list[QualityEventRow]) -> None:
-        """Append ``events`` to the quality-events table (blocking: call it from a worker thread)."""
-        if events:
-            self.events_writer.append(events_batch(events))
 
     # --- backfill ---------------------------------------------------------------------------------
     async def run_backfill(self, deliver: Callable[[pa.RecordBatch], None]) -> None:

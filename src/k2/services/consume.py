@@ -1,8 +1,13 @@
 """`k2 consume`: Kafka -> Iceberg, exactly once (distributed mode, consumer side).
 
-Composition only: topics checked (created when missing), registry client, decoder, the trades
-table and its writer (with the writer's own commit retry off: :class:`~k2.bus.consumer.IcebergConsumer`
-retries itself, re-fencing and re-merging offsets on every attempt), then the consumer loop.
+Composition only: topics checked (created when missing), registry client, decoder, the table and its
+writer (with the writer's own commit retry off: :class:`~k2.bus.consumer.IcebergConsumer` retries
+itself, re-fencing and re-merging offsets on every attempt), then the consumer loop.
+
+Two streams by default, each its own :class:`IcebergConsumer` with its own group and table: the
+venue's trades topic into the trades table (group ``kafka.consumer_group``, the main thread) and its
+quality-events topic (what `k2 ingest` observed: gaps, duplicates, anomalies) into the
+quality-events table (group ``<consumer_group>.quality``, a second thread; a few messages a minute).
 """
 
 from __future__ import annotations
@@ -19,15 +24,18 @@ from pyiceberg.catalog import Catalog
 from k2.bus.admin import admin_client, ensure_topics, topic_specs
 from k2.bus.consumer import ConsumerStats, IcebergConsumer
 from k2.bus.registry import SchemaRegistry
-from k2.bus.serde import TradeDecoder
-from k2.bus.topics import dlq_topic, topic_name
-from k2.config import K2Settings, LakeSettings
+from k2.bus.serde import AvroDecoder
+from k2.bus.topics import QUALITY_EVENTS, dlq_topic, topic_name
+from k2.config import K2Settings
 from k2.errors import LakeError
 from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.quality_events import load_or_create_events_table
 from k2.lake.writer import TableWriter
 from k2.logging import get_logger
 from k2.metrics import serve_metrics
 from k2.schema import TRADE
+from k2.schema.model import RecordSchema
+from k2.schema.quality_event import QUALITY_EVENT
 from k2.sources import DataType
 
 log = get_logger(__name__)
@@ -38,18 +46,27 @@ def default_topics(settings: K2Settings) -> list[str]:
     return [topic_name(settings.kafka.asset_class, DataType.TRADES.value, settings.source.venue)]
 
 
-def _open_table(lake: LakeSettings, attempts: int = 5) -> Catalog:
-    """Open the catalog and the trades table, retried: consumers started together on a fresh SQLite
-    catalog race to create its tables and namespace (``already exists`` / ``UNIQUE constraint``
-    errors from SQLAlchemy); the loser succeeds on the next try."""
+def quality_topic(settings: K2Settings) -> str:
+    """The quality-events topic of the configured venue."""
+    return topic_name(settings.kafka.asset_class, QUALITY_EVENTS, settings.source.venue)
+
+
+def _open_table(settings: K2Settings, record: RecordSchema, attempts: int = 5) -> tuple[Catalog, str]:
+    """Open the catalog and the table of ``record`` (its name is returned), retried: consumers started
+    together on a fresh SQLite catalog race to create its tables and namespace (``already exists`` /
+    ``UNIQUE constraint`` errors from SQLAlchemy); the loser succeeds on the next try."""
+    lake = settings.lake
     for attempt in range(1, attempts + 1):
         try:
             catalog = open_catalog(lake)
+            if record.name == QUALITY_EVENT.name:
+                load_or_create_events_table(catalog, settings)
+                return catalog, settings.quality.events_table
             load_or_create_trades_table(catalog, lake)
-            return catalog
+            return catalog, lake.trades_table
         except Exception as exc:
             if attempt == attempts:
-                raise LakeError(f"cannot open the trades table: {exc}") from exc
+                raise LakeError(f"cannot open the {record.name} table: {exc}") from exc
             time.sleep(0.1 * attempt)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -58,20 +75,26 @@ def build_consumer(
     settings: K2Settings,
     topics: Sequence[str] | None = None,
     *,
+    record: RecordSchema = TRADE,
     client_id: str = "k2-consume",
     overrides: Mapping[str, Any] | None = None,
 ) -> tuple[IcebergConsumer, SchemaRegistry]:
-    """An :class:`IcebergConsumer` for ``topics`` (default: the configured venue's trades topic)."""
+    """An :class:`IcebergConsumer` of ``record`` rows from ``topics`` (default: the configured venue's
+    trades topic, or its quality-events topic for :data:`QUALITY_EVENT`) into that record's table."""
     kafka = settings.kafka
-    names = list(topics or default_topics(settings))
+    if record.name == QUALITY_EVENT.name:
+        kafka = kafka.model_copy(update={"consumer_group": f"{kafka.consumer_group}.quality"})
+        names = list(topics or [quality_topic(settings)])
+    else:
+        names = list(topics or default_topics(settings))
     admin = admin_client(kafka.bootstrap_servers)
     for name in names:
         ensure_topics(admin, topic_specs(kafka, name, dlq_topic(name, kafka.dlq_suffix)))
     lake = settings.lake.model_copy(update={"commit_retries": 0})
-    catalog = _open_table(lake)
-    writer = TableWriter(catalog, (lake.namespace, lake.trades_table), lake)
+    catalog, table = _open_table(settings, record)
+    writer = TableWriter(catalog, (lake.namespace, table), lake)
     registry = SchemaRegistry(kafka.schema_registry_url)
-    decoder = TradeDecoder(TRADE, registry.fetch)
+    decoder = AvroDecoder(record, registry.fetch)
     consumer = IcebergConsumer(
         kafka,
         names,
@@ -93,19 +116,50 @@ def run_consume(
     idle_exit_s: float | None = None,
     max_messages: int | None = None,
 ) -> ConsumerStats:
-    """Consume until SIGINT/SIGTERM (or a bound); every consumed message is committed exactly once."""
+    """Consume until SIGINT/SIGTERM (or a bound); every consumed message is committed exactly once.
+
+    With the default topics the quality-events stream runs alongside on a second thread (same
+    ``duration_s`` and ``idle_exit_s``; stopped when the trades consumer stops). Returns the trades
+    consumer's stats.
+    """
     consumer, registry = build_consumer(settings, topics)
+    side: list[tuple[IcebergConsumer, SchemaRegistry]] = []
+    if topics is None:
+        side.append(build_consumer(settings, record=QUALITY_EVENT, client_id="k2-consume-quality"))
     if settings.metrics.port is not None:
         serve_metrics(settings.metrics.port, settings.metrics.host)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         consumer.stop()
+        for other, _ in side:
+            other.stop()
 
     main = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    failures: list[BaseException] = []
+
+    def _run_side(other: IcebergConsumer) -> None:
+        try:
+            other.run(duration_s=duration_s, idle_exit_s=idle_exit_s)
+        except BaseException as exc:  # the process fails with it: stop the trades consumer too
+            failures.append(exc)
+            consumer.stop()
+
+    threads = [threading.Thread(target=_run_side, args=(other,), daemon=True) for other, _ in side]
+    for thread in threads:
+        thread.start()
     try:
-        return consumer.run(duration_s=duration_s, idle_exit_s=idle_exit_s, max_messages=max_messages)
+        stats = consumer.run(duration_s=duration_s, idle_exit_s=idle_exit_s, max_messages=max_messages)
     finally:
+        for (other, other_registry), thread in zip(side, threads, strict=True):
+            if idle_exit_s is None:
+                other.stop()
+            thread.join()
+            other_registry.close()
+            log.info("consume.quality_stopped", **other.stats.as_dict())
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         registry.close()
+    if failures:
+        raise failures[0]
+    return stats

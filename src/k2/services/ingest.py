@@ -1,10 +1,17 @@
-"""`k2 ingest`: WebSocket sessions -> venue parser -> Avro -> Kafka (distributed mode, producer side).
+"""`k2 ingest`: WebSocket sessions -> venue parser -> completeness -> Avro -> Kafka (distributed mode, producer side).
 
-The same sources and parser as the embedded pipeline; instead of Iceberg, canonical batches go to
-``market.<asset_class>.trades.<venue>`` keyed by symbol. Backpressure runs end to end: a full
-producer queue suspends :meth:`TradeProducer.send`, which stops the parse loop, which (once the
-frame backlog is full) suspends the session's sink and so the socket reads. Rejected frames go to
-the quarantine as in embedded mode.
+The same sources, parser and completeness stage (:class:`~k2.services.intake.TradeIntake`) as the
+embedded pipeline; instead of Iceberg, canonical batches go to ``market.<asset_class>.trades.<venue>``
+keyed by symbol, and quality events (gaps OPEN/RESOLVED/UNRECOVERABLE, duplicates dropped,
+reorders, anomalies) to ``market.<asset_class>.quality_events.<venue>``, which `k2 consume` commits
+to the quality-events table. Gaps are backfilled over REST and the fetched trades produced to the
+trades topic like live ones. On start the sequence tracker is seeded from the newest messages of
+the trades topic (:func:`k2.bus.tail.read_tail`), so the gap a restart leaves is found and
+backfilled, and trades already sent are dropped as duplicates (docs/quality.md).
+
+Backpressure runs end to end: a full producer queue suspends :meth:`BatchProducer.send`, which
+stops the parse loop, which (once the frame backlog is full) suspends the session's sink and so the
+socket reads. Rejected frames go to the quarantine as in embedded mode.
 
 ``platform_sequence`` starts at the wall-clock time in microseconds when the process starts and
 increases by one per record, so it keeps increasing across restarts as long as a process produces
@@ -14,22 +21,29 @@ fewer than a million records per second on average.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from k2.bus.admin import admin_client, ensure_topics, topic_specs
-from k2.bus.producer import TradeProducer
+from k2.bus.producer import BatchProducer
 from k2.bus.registry import SchemaRegistry
-from k2.bus.serde import TradeEncoder
-from k2.bus.topics import dlq_topic, topic_name, value_subject
+from k2.bus.serde import AvroDecoder, AvroEncoder
+from k2.bus.tail import read_tail
+from k2.bus.topics import QUALITY_EVENTS, dlq_topic, topic_name, value_subject
 from k2.config import K2Settings
 from k2.lake.quarantine import Quarantine
 from k2.logging import get_logger
-from k2.metrics import RECORDS_NORMALIZED
+from k2.quality.records import events_batch
 from k2.schema import TRADE
-from k2.services.lifecycle import FrameBacklog, open_sessions, run_until_stopped
+from k2.schema.quality_event import QUALITY_EVENT
+from k2.services.completeness import Completeness, ids_by_symbol
+from k2.services.intake import TradeIntake
+from k2.services.lifecycle import FrameBacklog, open_sessions, run_until_stopped, supervise
 from k2.sources import DataType, load_adapter
 from k2.sources.session import wall_clock_us
 from k2.sources.symbols import SymbolInfo
@@ -42,6 +56,8 @@ class IngestStats:
     frames: int = 0
     trades: int = 0
     rejected: int = 0
+    backfilled: int = 0
+    events: int = 0
     started_at: float = field(default_factory=time.monotonic)
     producer: dict[str, int] = field(default_factory=dict)
 
@@ -50,6 +66,8 @@ class IngestStats:
             "frames": self.frames,
             "trades": self.trades,
             "rejected": self.rejected,
+            "backfilled": self.backfilled,
+            "events": self.events,
             "elapsed_s": round(time.monotonic() - self.started_at, 3),
             **{f"producer_{k}": v for k, v in self.producer.items()},
         }
@@ -74,22 +92,40 @@ class IngestService:
         self.is_sample_data = is_sample_data
         self.adapter = load_adapter(settings.source.venue, symbol_info=symbol_info)
         self.topic = topic_name(kafka.asset_class, DataType.TRADES.value, self.adapter.venue)
-        ensure_topics(
-            admin_client(kafka.bootstrap_servers),
-            topic_specs(kafka, self.topic, dlq_topic(self.topic, kafka.dlq_suffix)),
-        )
+        self.events_topic = topic_name(kafka.asset_class, QUALITY_EVENTS, self.adapter.venue)
+        admin = admin_client(kafka.bootstrap_servers)
+        for topic in (self.topic, self.events_topic):
+            ensure_topics(admin, topic_specs(kafka, topic, dlq_topic(topic, kafka.dlq_suffix)))
         registry = SchemaRegistry(kafka.schema_registry_url)
         try:
             schema_id = registry.register(value_subject(self.topic), TRADE)
+            events_schema_id = registry.register(value_subject(self.events_topic), QUALITY_EVENT)
+            # What this venue already sent: the tracker's seed (restart gaps, duplicates).
+            sent = read_tail(
+                kafka.bootstrap_servers, self.topic, AvroDecoder(TRADE, registry.fetch),
+                max_messages=settings.quality.seed_messages,
+            )  # fmt: skip
         finally:
             registry.close()
-        self.producer = TradeProducer(kafka, self.topic, TradeEncoder(schema_id, TRADE), overrides=producer_overrides)
+        self.producer = BatchProducer(kafka, self.topic, AvroEncoder(schema_id, TRADE), overrides=producer_overrides)
+        self.events_producer = BatchProducer(
+            kafka, self.events_topic, AvroEncoder(events_schema_id, QUALITY_EVENT),
+            client_id="k2-ingest-quality", overrides=producer_overrides,
+        )  # fmt: skip
         self.quarantine = Quarantine(settings.lake.quarantine_dir, self.adapter.venue)
+        self.completeness = Completeness(
+            settings, exchange=self.adapter.exchange, venue=self.adapter.venue, is_sample_data=is_sample_data,
+            now_us=wall_clock_us(), seed=ids_by_symbol(sent) if sent.num_rows else {}, symbol_info=symbol_info,
+        )  # fmt: skip
+        self.intake = TradeIntake(
+            self.adapter, self.quarantine, self.completeness,
+            next_sequence=wall_clock_us(), is_sample_data=is_sample_data,
+        )  # fmt: skip
         self.stats = IngestStats()
         self.urls, self._sessions = open_sessions(self.adapter, settings, ws_base_url)
-        self._next_seq = wall_clock_us()
         self._parse_interval_s = parse_interval_s
         self._backlog = FrameBacklog(parse_batch_frames, 4 * parse_batch_frames)
+        self._backfilled: list[pa.RecordBatch] = []
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -99,26 +135,23 @@ class IngestService:
         for session in self._sessions:
             session.stop()
 
+    def get_stats(self) -> dict[str, Any]:
+        out = self.stats.as_dict()
+        out["backlog_frames"] = len(self._backlog)
+        out["quality"] = self.completeness.stats.as_dict()
+        return out
+
     async def run(self) -> IngestStats:
         log.info("ingest.start", venue=self.adapter.venue, topic=self.topic, urls=self.urls)
-        session_tasks = [asyncio.create_task(s.run(self._backlog.sink)) for s in self._sessions]
-        processor = asyncio.create_task(self._process_loop())
+        backfill = None
+        if self.settings.quality.backfill:
+            backfill = functools.partial(self.completeness.run_backfill, self._backfilled.append)
         try:
-            done, _ = await asyncio.wait([*session_tasks, processor], return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                exc = task.exception()
-                if exc is not None:
-                    raise exc
+            await supervise(self._sessions, self._backlog.sink, self._process_loop, self.stop, backfill)
         finally:
-            self.stop()
-            for task in session_tasks:
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(*session_tasks, return_exceptions=True)
-            if not processor.done():
-                await processor
             timeout_s = self.settings.kafka.delivery_timeout_ms / 1000 + 5
             await asyncio.to_thread(self.producer.close, timeout_s)
+            await asyncio.to_thread(self.events_producer.close, timeout_s)
             self.stats.producer = self.producer.stats.as_dict()
         log.info("ingest.stopped", topic=self.topic, **self.stats.as_dict())
         return self.stats
@@ -127,9 +160,14 @@ class IngestService:
         while True:
             await self._backlog.wait(self._parse_interval_s)
             await self._produce_pending()
+            self.completeness.tick(wall_clock_us())
+            await self._produce_backfilled()
+            await self._produce_events()  # after the trades they describe
             self.producer.poll()
+            self.events_producer.poll()
             self._backlog.release()
-            if self._stopping.is_set() and not len(self._backlog):
+            idle = not len(self._backlog) and not self._backfilled and not self.completeness.has_events
+            if self._stopping.is_set() and idle:
                 return
 
     async def _produce_pending(self) -> None:
@@ -137,16 +175,23 @@ class IngestService:
         if not frames:
             return
         self.stats.frames += len(frames)
-        parsed = self.adapter.parse(frames, first_platform_sequence=self._next_seq, is_sample_data=self.is_sample_data)
-        self.quarantine.add(parsed.rejected)
-        self.stats.rejected += len(parsed.rejected)
-        batch = parsed.records.get(DataType.TRADES)
-        if batch is None or batch.num_rows == 0:
-            return
-        self._next_seq += batch.num_rows
-        self.stats.trades += batch.num_rows
-        RECORDS_NORMALIZED.labels(venue=self.adapter.venue, data_type=DataType.TRADES.value).inc(batch.num_rows)
-        await self.producer.send(batch)
+        parsed = self.intake.parse(frames)
+        self.stats.rejected += parsed.rejected
+        if parsed.trades is not None:
+            self.stats.trades += parsed.trades.num_rows
+            await self.producer.send(parsed.trades)
+
+    async def _produce_backfilled(self) -> None:
+        while self._backfilled:
+            batch = self.intake.numbered(self._backfilled.pop(0))
+            self.stats.backfilled += batch.num_rows
+            await self.producer.send(batch)
+
+    async def _produce_events(self) -> None:
+        if self.completeness.has_events:
+            events = self.completeness.take_events()
+            self.stats.events += len(events)
+            await self.events_producer.send(events_batch(events))
 
 
 async def run_ingest(

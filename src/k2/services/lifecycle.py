@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from k2.config import K2Settings
 from k2.metrics import serve_metrics
@@ -42,6 +42,41 @@ async def run_until_stopped(
     if duration_s is not None:
         loop.call_later(duration_s, stop)
     return await run()
+
+
+async def supervise(
+    sessions: Sequence[WebSocketSession],
+    sink: Callable[[RawFrame], Awaitable[None]],
+    process: Callable[[], Coroutine[Any, Any, None]],
+    stop: Callable[[], None],
+    backfill: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> None:
+    """Run the sessions (into ``sink``), the processor and the optional backfill task until
+    ``stop()`` ends them or one of them fails.
+
+    Shutdown order: ``stop()``; the backfill task is cancelled first (synchronously, so it cannot
+    deliver rows once the processor may be draining; its unfinished gaps stay OPEN and are found
+    again on restart), then the sessions; then the processor drains what was received. A failure
+    of a session or the processor is raised after that drain.
+    """
+    session_tasks = [asyncio.create_task(s.run(sink)) for s in sessions]
+    processor = asyncio.create_task(process())
+    helper = asyncio.create_task(backfill()) if backfill is not None else None
+    try:
+        done, _ = await asyncio.wait([*session_tasks, processor], return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+    finally:
+        stop()
+        if helper is not None:
+            helper.cancel()
+        for task in session_tasks:
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*session_tasks, *([helper] if helper else []), return_exceptions=True)
+        await processor
 
 
 class FrameBacklog:

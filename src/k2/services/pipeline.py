@@ -11,6 +11,7 @@ snapshot summary and recovered on start.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,14 +23,16 @@ import pyarrow.compute as pc
 
 from k2.config import K2Settings
 from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.quality_events import load_or_create_events_table
 from k2.lake.quarantine import Quarantine
 from k2.lake.writer import TableWriter
 from k2.logging import get_logger
-from k2.metrics import LAKE_COMMIT_FAILURES, LAST_EVENT_TIME, RECORDS_NORMALIZED
-from k2.quality.records import QualityEventRow
-from k2.services.completeness import Completeness
-from k2.services.lifecycle import FrameBacklog, open_sessions
-from k2.sources import DataType, load_adapter
+from k2.metrics import LAKE_COMMIT_FAILURES, LAST_EVENT_TIME
+from k2.quality.records import QualityEventRow, events_batch
+from k2.services.completeness import Completeness, recent_ids
+from k2.services.intake import TradeIntake
+from k2.services.lifecycle import FrameBacklog, open_sessions, supervise
+from k2.sources import load_adapter
 from k2.sources.session import wall_clock_us
 from k2.sources.symbols import SymbolInfo
 
@@ -89,7 +92,6 @@ class EmbeddedPipeline:
         LAKE_COMMIT_FAILURES.labels(table=f"{lake.namespace}.{lake.trades_table}")  # exported as 0 from the start
         self.quarantine = Quarantine(lake.quarantine_dir, self.adapter.venue)
         self.stats = PipelineStats()
-        self._next_seq = _recover_platform_sequence(table.snapshots()) + 1
         self._symbols = set(settings.source.symbols)
         self._parse_interval_s = parse_interval_s
         self._backlog = FrameBacklog(
@@ -100,18 +102,24 @@ class EmbeddedPipeline:
         self._buffer_since = time.monotonic()
         self._stopping = asyncio.Event()
         self._inflight: asyncio.Task[None] | None = None
-        # Sequence tracking, dedup, quality checks and gap backfill (docs/quality.md).
+        # Sequence tracking, dedup, quality checks and gap backfill (docs/quality.md), seeded from the table.
+        seed = recent_ids(table, self.adapter.exchange, int(settings.quality.seed_lookback_s * 1e6))
         self.completeness = Completeness(
-            settings, self.catalog, table, exchange=self.adapter.exchange, venue=self.adapter.venue,
-            is_sample_data=is_sample_data, now_us=wall_clock_us(), symbol_info=symbol_info,
+            settings, exchange=self.adapter.exchange, venue=self.adapter.venue, is_sample_data=is_sample_data,
+            now_us=wall_clock_us(), seed=seed, symbol_info=symbol_info,
         )  # fmt: skip
-        self._backfill_task: asyncio.Task[None] | None = None
+        load_or_create_events_table(self.catalog, settings)
+        self.events_writer = TableWriter(self.catalog, (lake.namespace, settings.quality.events_table), lake)
+        self.intake = TradeIntake(
+            self.adapter, self.quarantine, self.completeness,
+            next_sequence=_recover_platform_sequence(table.snapshots()) + 1, is_sample_data=is_sample_data,
+        )  # fmt: skip
 
     # --- public ---------------------------------------------------------------------------------
     @property
     def next_platform_sequence(self) -> int:
         """The platform_sequence the next parsed record gets (recovered from the table on start)."""
-        return self._next_seq
+        return self.intake.next_sequence
 
     def get_stats(self) -> dict[str, Any]:
         out = self.stats.as_dict()
@@ -138,25 +146,10 @@ class EmbeddedPipeline:
             urls=self.urls,
             warehouse=str(self.settings.lake.warehouse),
         )
-        session_tasks = [asyncio.create_task(s.run(self._backlog.sink)) for s in self._sessions]
-        processor = asyncio.create_task(self._process_loop())
+        backfill = None
         if self.settings.quality.backfill:
-            self._backfill_task = asyncio.create_task(self.completeness.run_backfill(self._add_backfilled))
-        try:
-            done, _ = await asyncio.wait([*session_tasks, processor], return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-        finally:
-            self.stop()
-            for task in session_tasks:
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(*session_tasks, return_exceptions=True)
-            if self._backfill_task is not None:
-                self._backfill_task.cancel()
-                await asyncio.gather(self._backfill_task, return_exceptions=True)
-            await processor
+            backfill = functools.partial(self.completeness.run_backfill, self._add_backfilled)
+        await supervise(self._sessions, self._backlog.sink, self._process_loop, self.stop, backfill)
         log.info("pipeline.stopped", **self.stats.as_dict())
         return self.stats
 
@@ -177,22 +170,12 @@ class EmbeddedPipeline:
         if not frames:
             return
         self.stats.frames += len(frames)
-        parsed = self.adapter.parse(frames, first_platform_sequence=self._next_seq, is_sample_data=self.is_sample_data)
-        self.quarantine.add(parsed.rejected)
-        self.completeness.rejected(parsed.rejected)
-        self.stats.rejected += len(parsed.rejected)
-        batch = parsed.records.get(DataType.TRADES)
-        if batch is None or batch.num_rows == 0:
+        parsed = self.intake.parse(frames)
+        self.stats.rejected += parsed.rejected
+        batch = parsed.trades
+        if batch is None:
             return
-        RECORDS_NORMALIZED.labels(venue=self.adapter.venue, data_type=DataType.TRADES.value).inc(batch.num_rows)
-        parsed_rows = batch.num_rows
-        batch = self.completeness.ingest(batch, wall_clock_us())  # duplicates dropped here
-        if batch.num_rows < parsed_rows:
-            batch = self._renumbered(batch)
         self.stats.trades += batch.num_rows
-        if batch.num_rows == 0:
-            return
-        self._next_seq += batch.num_rows
         self._observe_symbols(batch)
         self._buffer_batch(batch)
 
@@ -202,17 +185,9 @@ class EmbeddedPipeline:
         self._buffer.append(batch)
         self._buffer_rows += batch.num_rows
 
-    def _renumbered(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """``batch`` with platform_sequence numbered from the next free value."""
-        index = batch.schema.get_field_index("platform_sequence")
-        seq = pa.array(range(self._next_seq, self._next_seq + batch.num_rows), pa.int64())
-        return batch.set_column(index, batch.schema.field(index), seq)
-
     def _add_backfilled(self, batch: pa.RecordBatch) -> None:
         """Rows fetched by backfill (already deduplicated by the tracker) join the write buffer."""
-        batch = self._renumbered(batch)
-        self._next_seq += batch.num_rows
-        self._buffer_batch(batch)
+        self._buffer_batch(self.intake.numbered(batch))
 
     def _observe_symbols(self, batch: pa.RecordBatch) -> None:
         grouped = (
@@ -259,7 +234,7 @@ class EmbeddedPipeline:
             return
         if events:  # after the trades they describe: a RESOLVED gap's rows are committed first
             try:
-                await asyncio.to_thread(self.completeness.commit_events, events)
+                await asyncio.to_thread(self.events_writer.append, events_batch(events))
             except Exception as exc:
                 log.error("pipeline.events_commit_failed", events=len(events), error=str(exc))
                 self.completeness.restore_events(events)

@@ -21,9 +21,9 @@ import pyarrow as pa
 import pytest
 
 from k2.bus.admin import admin_client, ensure_topics, topic_specs
-from k2.bus.producer import TradeProducer
+from k2.bus.producer import BatchProducer
 from k2.bus.registry import SchemaRegistry
-from k2.bus.serde import TradeEncoder
+from k2.bus.serde import AvroEncoder
 from k2.bus.topics import dlq_topic, topic_name, value_subject
 from k2.config import K2Settings, KafkaSettings, LakeSettings, SourceSettings
 from k2.lake.catalog import load_or_create_trades_table, open_catalog
@@ -105,14 +105,14 @@ def assert_exactly(settings: K2Settings, expected: pa.RecordBatch | pa.Table) ->
 
 
 def produce(settings: K2Settings, batch: pa.RecordBatch, record: RecordSchema = TRADE) -> str:
-    """Produce ``batch`` to the settings' trades topic (created if needed) through TradeProducer; the topic."""
+    """Produce ``batch`` to the settings' trades topic (created if needed) through BatchProducer; the topic."""
     kafka = settings.kafka
     topic = topic_name(kafka.asset_class, "trades", "binance")
     ensure_topics(admin_client(kafka.bootstrap_servers), topic_specs(kafka, topic, dlq_topic(topic)))
     registry = SchemaRegistry(kafka.schema_registry_url)
     schema_id = registry.register(value_subject(topic), record)
     registry.close()
-    producer = TradeProducer(kafka, topic, TradeEncoder(schema_id, record))
+    producer = BatchProducer(kafka, topic, AvroEncoder(schema_id, record))
     asyncio.run(producer.send(batch))
     assert producer.close(30.0) == 0
     assert producer.stats.delivered == batch.num_rows

@@ -10,7 +10,7 @@ from confluent_kafka import Consumer, Producer
 
 from k2.bus.admin import admin_client, ensure_topics, topic_specs
 from k2.bus.registry import SchemaRegistry
-from k2.bus.serde import TradeDecoder, TradeEncoder, frame
+from k2.bus.serde import AvroDecoder, AvroEncoder, frame
 from k2.bus.topics import dlq_topic, value_subject
 from k2.config import K2Settings
 from k2.errors import IncompatibleSchema, TopicMismatch
@@ -54,7 +54,7 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_never_stall(
     settings = bus_settings.model_copy(update={"kafka": bus_settings.kafka.model_copy(update={"partitions": 1})})
     good = recording_batch.slice(0, 1_000)
     topic = produce(settings, good.slice(0, 500))
-    valid = TradeEncoder(1, TRADE).encode(good.slice(0, 1))[0]
+    valid = AvroEncoder(1, TRADE).encode(good.slice(0, 1))[0]
     bad = [b"not avro at all", frame(987_654, valid[5:]), valid[:-4]]
     raw = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
     for value in bad:
@@ -110,7 +110,7 @@ def test_v3_is_backward_compatible_and_both_readers_read_both(
 
     # A v3 reader decodes both (v2 messages get the new field's default, null).
     values = [v for v, _, _, _ in _read_all(settings, topic, 600)]
-    decoded = TradeDecoder(TRADE_V3, registry.fetch).decode(values)
+    decoded = AvroDecoder(TRADE_V3, registry.fetch).decode(values)
     assert decoded.errors == []
     rows = decoded.batch.to_pylist()
     assert [r["venue_region"] for r in rows] == [None] * 300 + ["eu-west-1"] * 300

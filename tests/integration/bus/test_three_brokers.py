@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 
 from k2.bus.admin import admin_client, ensure_topics, topic_specs
-from k2.bus.producer import TradeProducer
+from k2.bus.producer import BatchProducer
 from k2.bus.registry import SchemaRegistry
-from k2.bus.serde import TradeEncoder
+from k2.bus.serde import AvroEncoder
 from k2.bus.topics import dlq_topic, topic_name, value_subject
 from k2.config import K2Settings
 from k2.schema import TRADE
@@ -32,7 +32,7 @@ def test_a_broker_killed_mid_stream_loses_and_duplicates_nothing(
     topic = topic_name(kafka.asset_class, "trades", "binance")
     ensure_topics(admin_client(kafka.bootstrap_servers), topic_specs(kafka, topic, dlq_topic(topic)))
     registry = SchemaRegistry(kafka.schema_registry_url)
-    producer = TradeProducer(kafka, topic, TradeEncoder(registry.register(value_subject(topic), TRADE), TRADE))
+    producer = BatchProducer(kafka, topic, AvroEncoder(registry.register(value_subject(topic), TRADE), TRADE))
     registry.close()
     data = recording_batch.slice(0, 15_000)
 

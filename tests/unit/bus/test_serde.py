@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 
 from k2.bus.serde import (
-    TradeDecoder,
-    TradeEncoder,
+    AvroDecoder,
+    AvroEncoder,
     WireFormatError,
     decimal_array,
     frame,
@@ -48,12 +48,12 @@ def _registry(*records: Any) -> tuple[dict[int, dict[str, Any]], list[int]]:
     return schemas, []
 
 
-def _decoder(schemas: dict[int, dict[str, Any]], calls: list[int], record: Any = TRADE) -> TradeDecoder:
+def _decoder(schemas: dict[int, dict[str, Any]], calls: list[int], record: Any = TRADE) -> AvroDecoder:
     def fetch(schema_id: int) -> dict[str, Any]:
         calls.append(schema_id)
         return schemas[schema_id]
 
-    return TradeDecoder(record, fetch)
+    return AvroDecoder(record, fetch)
 
 
 def test_frame_is_magic_byte_then_big_endian_schema_id() -> None:
@@ -63,7 +63,7 @@ def test_frame_is_magic_byte_then_big_endian_schema_id() -> None:
 
 
 def test_encoded_values_are_header_plus_fastavro_reference_body(trades: pa.RecordBatch) -> None:
-    values = TradeEncoder(SCHEMA_ID, TRADE).encode(trades)
+    values = AvroEncoder(SCHEMA_ID, TRADE).encode(trades)
     rows = trades.to_pylist()
     assert len(values) == trades.num_rows == 3_000
     for value, row in zip(values[:200], rows[:200], strict=True):
@@ -80,7 +80,7 @@ def test_encoded_values_are_header_plus_fastavro_reference_body(trades: pa.Recor
 
 def test_round_trip_of_real_trades_is_exact(trades: pa.RecordBatch) -> None:
     schemas, calls = _registry(TRADE)
-    values = TradeEncoder(SCHEMA_ID, TRADE).encode(trades)
+    values = AvroEncoder(SCHEMA_ID, TRADE).encode(trades)
     result = _decoder(schemas, calls).decode(values)
     assert result.errors == []
     assert result.indices == list(range(trades.num_rows))
@@ -132,8 +132,8 @@ def test_decimal_beyond_the_precision_is_rejected() -> None:
 
 def test_writer_schema_is_fetched_once_per_id(trades: pa.RecordBatch) -> None:
     schemas, calls = _registry(TRADE, TRADE)
-    a = TradeEncoder(SCHEMA_ID, TRADE).encode(trades.slice(0, 10))
-    b = TradeEncoder(SCHEMA_ID + 1, TRADE).encode(trades.slice(10, 10))
+    a = AvroEncoder(SCHEMA_ID, TRADE).encode(trades.slice(0, 10))
+    b = AvroEncoder(SCHEMA_ID + 1, TRADE).encode(trades.slice(10, 10))
     decoder = _decoder(schemas, calls)
     for _ in range(3):
         assert decoder.decode(a + b).batch.num_rows == 20
@@ -143,7 +143,7 @@ def test_writer_schema_is_fetched_once_per_id(trades: pa.RecordBatch) -> None:
 
 def test_bad_messages_are_reported_and_the_good_ones_decoded(trades: pa.RecordBatch) -> None:
     schemas, calls = _registry(TRADE)
-    good = TradeEncoder(SCHEMA_ID, TRADE).encode(trades.slice(0, 4))
+    good = AvroEncoder(SCHEMA_ID, TRADE).encode(trades.slice(0, 4))
     values: list[bytes | None] = [
         good[0],
         b"\x01" + good[1][1:],  # wrong magic byte
@@ -178,7 +178,7 @@ def test_out_of_range_decimal_goes_to_errors_not_the_batch(trades: pa.RecordBatc
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, fastavro.parse_schema(raw), row)
     bad = frame(SCHEMA_ID, buf.getvalue())
-    good = TradeEncoder(SCHEMA_ID, TRADE).encode(trades.slice(0, 2))
+    good = AvroEncoder(SCHEMA_ID, TRADE).encode(trades.slice(0, 2))
     result = _decoder({SCHEMA_ID: to_avro(TRADE)}, []).decode([good[0], bad, good[1]])
     assert result.indices == [0, 2]
     assert [(i, e.reason) for i, e in result.errors] == [(1, "invalid_value")]
@@ -186,9 +186,9 @@ def test_out_of_range_decimal_goes_to_errors_not_the_batch(trades: pa.RecordBatc
 
 def test_v2_reader_decodes_v3_messages_and_v3_reader_decodes_v2(trades: pa.RecordBatch) -> None:
     schemas = {1: to_avro(TRADE), 2: to_avro(TRADE_V3)}
-    v2_values = TradeEncoder(1, TRADE).encode(trades.slice(0, 5))
+    v2_values = AvroEncoder(1, TRADE).encode(trades.slice(0, 5))
     v3_batch = _with_region(trades.slice(5, 5), "ap-northeast-1")
-    v3_values = TradeEncoder(2, TRADE_V3).encode(v3_batch)
+    v3_values = AvroEncoder(2, TRADE_V3).encode(v3_batch)
 
     v2_reader = _decoder(schemas, [])
     mixed = v2_reader.decode(v2_values + v3_values)
@@ -221,3 +221,29 @@ def test_wire_format_error_carries_a_reason() -> None:
     with pytest.raises(WireFormatError) as info:
         unframe(b"\x00\x00")
     assert info.value.reason == "not_framed"
+
+
+def test_quality_events_round_trip_with_the_same_encoder_and_decoder() -> None:
+    """`k2 ingest` produces quality events with the same serde; fastavro's reference decode agrees."""
+    from k2.quality.records import QualityEventRow, events_batch
+    from k2.schema.quality_event import QUALITY_EVENT, EventKind, EventStatus
+
+    rows = [
+        QualityEventRow(
+            "e1", "BINANCE", "BTCUSDT", "trade", EventKind.GAP, 100, 139, 40,
+            1_723_075_200_000_000, 1_795_600_000_123_456, EventStatus.RESOLVED, 1_795_600_001_000_000, 40, "fetched",
+        ),
+        QualityEventRow(
+            "e2", "BINANCE", "ETHUSDT", "trade", EventKind.DUPLICATE, 7, 7, 1,
+            1_723_075_200_000_001, 1_795_600_000_000_000, EventStatus.RECORDED, 1_795_600_000_000_000,
+        ),
+    ]  # fmt: skip
+    batch = events_batch(rows)
+    values = AvroEncoder(SCHEMA_ID, QUALITY_EVENT).encode(batch)
+    reference = fastavro.parse_schema(to_avro(QUALITY_EVENT))
+    first = fastavro.schemaless_reader(io.BytesIO(values[0][5:]), reference, None)
+    assert (first["kind"], first["status"], first["count"]) == ("GAP", "RESOLVED", 40)
+    assert first["detected_at"].isoformat() == "2026-11-25T09:46:40.123456+00:00"
+    decoded = AvroDecoder(QUALITY_EVENT, lambda _id: to_avro(QUALITY_EVENT)).decode(values)
+    assert not decoded.errors
+    assert decoded.batch.equals(batch)
