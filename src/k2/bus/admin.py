@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.cimpl import NewTopic
@@ -67,7 +67,7 @@ def ensure_topics(admin: AdminClient, specs: Sequence[TopicSpec], timeout_s: flo
                 future.result(timeout=timeout_s)
                 log.info("kafka.topic_created", topic=name)
             except KafkaException as exc:
-                if exc.args and exc.args[0].code() == "TOPIC_ALREADY_EXISTS":  # created concurrently
+                if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:  # created concurrently
                     continue
                 raise BusUnavailable(f"cannot create topic {name}: {exc}") from exc
     for spec in specs:

@@ -175,6 +175,11 @@ class IcebergConsumer:
     def stop(self) -> None:
         self._stopping = True
 
+    def close(self) -> None:
+        """Leave the group and release the clients without consuming (for a consumer never run;
+        :meth:`run` closes by itself)."""
+        self._close()
+
     @property
     def assignment(self) -> list[TP]:
         return sorted(self._expected)

@@ -3,17 +3,20 @@
 `k2 ingest` seeds its sequence tracker from its own topic, not from the Iceberg table: the table
 lags the topic by whatever the consumers have not committed yet, so only the topic says which trade
 ids were already sent. Each partition is read from ``high watermark - max_messages`` (or its first
-offset) to its high watermark with a throw-away consumer (no group, nothing
-committed). Messages that do not decode are skipped (the consumer dead-letters them anyway).
-The window is a message count, not a time span, so a restart after any downtime still finds the
-newest ids; its cost is one decode per message read (about 13 µs, see BENCHMARKS.md).
+offset) to its high watermark with a throw-away consumer (no group, nothing committed). Messages
+that do not decode are skipped (the consumer dead-letters them anyway). The window is a message
+count, not a time span, so a restart after any downtime still finds the newest ids; its cost is
+one decode per message read (about 13 µs, see BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -23,6 +26,23 @@ from k2.logging import get_logger
 
 log = get_logger(__name__)
 
+_NO_LEADER_YET = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_PARTITION,
+)
+
+
+@dataclass(frozen=True)
+class Tail:
+    """Decoded rows of a topic's newest messages, with where each came from."""
+
+    rows: pa.Table
+    partitions: np.ndarray  # int32, aligned with ``rows``
+    offsets: np.ndarray  # int64, aligned with ``rows``
+    whole: frozenset[int]  # partitions read from offset 0: everything ever written to them is here
+
 
 def read_tail(
     bootstrap_servers: str,
@@ -31,46 +51,53 @@ def read_tail(
     *,
     max_messages: int,
     timeout_s: float = 60.0,
-) -> pa.Table:
-    """Up to ``max_messages`` of each partition's newest messages, decoded with ``decoder``: one table
-    (possibly empty)."""
+) -> Tail:
+    """Up to ``max_messages`` of each partition's newest messages, decoded with ``decoder``."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap_servers,
             "group.id": f"k2-tail-{uuid.uuid4().hex[:12]}",  # never joins: assign() only, commits nothing
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",  # a start offset deleted by retention meanwhile: read what is left
             "isolation.level": "read_committed",
         }
     )
     try:
-        return _read(consumer, topic, decoder, max_messages, timeout_s)
+        return _read(consumer, topic, decoder, max_messages, time.monotonic() + timeout_s)
     except KafkaException as exc:
         raise BusError(f"cannot read the tail of {topic}: {exc}") from exc
     finally:
         consumer.close()
 
 
-def _read(consumer: Consumer, topic: str, decoder: AvroDecoder, max_messages: int, timeout_s: float) -> pa.Table:
-    deadline = time.monotonic() + timeout_s
-    metadata = consumer.list_topics(topic, timeout=timeout_s)
+def _read(consumer: Consumer, topic: str, decoder: AvroDecoder, max_messages: int, deadline: float) -> Tail:
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BusError(f"reading the tail of {topic} took too long")
+        return remaining
+
+    metadata = consumer.list_topics(topic, timeout=left())
     if topic not in metadata.topics or metadata.topics[topic].error is not None:
         raise BusError(f"topic {topic} does not exist")
     starts: list[TopicPartition] = []
     ends: dict[int, int] = {}
+    whole: set[int] = set()
     for partition in sorted(metadata.topics[topic].partitions):
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        low, high = _watermarks(consumer, TopicPartition(topic, partition), left)
         start = max(low, high - max_messages)
+        if start == 0:
+            whole.add(partition)
         if start < high:
             starts.append(TopicPartition(topic, partition, start))
             ends[partition] = high
     values: list[bytes | None] = []
+    where: list[tuple[int, int]] = []
     if starts:
         consumer.assign(starts)
         while ends:
-            if time.monotonic() > deadline:
-                raise BusError(f"reading the tail of {topic} took more than {timeout_s:.0f} s")
-            for msg in consumer.consume(10_000, 0.5):
+            for msg in consumer.consume(10_000, min(0.5, left())):
                 partition = msg.partition()
                 err = msg.error()
                 if err is not None:
@@ -79,11 +106,32 @@ def _read(consumer: Consumer, topic: str, decoder: AvroDecoder, max_messages: in
                         continue
                     raise BusError(f"reading the tail of {topic}: {err.str()}")
                 offset = msg.offset()
-                if partition not in ends or offset is None or offset >= ends[partition]:
+                if partition not in ends or partition is None or offset is None:
                     continue
-                values.append(msg.value())
-                if offset >= ends[partition] - 1:
+                if offset < ends[partition]:
+                    values.append(msg.value())
+                    where.append((partition, offset))
+                if offset >= ends[partition] - 1:  # (EOF may not come when more is written meanwhile)
                     ends.pop(partition)
     result = decoder.decode(values)
+    kept = np.asarray([where[i] for i in result.indices], dtype=np.int64).reshape(-1, 2)
     log.info("bus.tail_read", topic=topic, messages=len(values), rows=result.batch.num_rows, skipped=len(result.errors))
-    return pa.Table.from_batches([result.batch])
+    return Tail(
+        pa.Table.from_batches([result.batch]),
+        kept[:, 0].astype(np.int32),
+        kept[:, 1],
+        frozenset(whole),
+    )
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, left: Callable[[], float]) -> tuple[int, int]:
+    """(low, high) of a partition, retried while its leader is not known yet (a topic just created)."""
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=left())
+            return int(low), int(high)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if not (err.retriable() or err.code() in _NO_LEADER_YET):
+                raise
+            time.sleep(min(0.2, left()))

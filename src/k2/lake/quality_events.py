@@ -6,8 +6,12 @@ are new rows with the same ``event_id`` (see :mod:`k2.schema.quality_event`).
 
 from __future__ import annotations
 
+from typing import Any
+
+import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.expressions import EqualTo
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import SortField, SortOrder
@@ -16,7 +20,7 @@ from pyiceberg.transforms import DayTransform, IdentityTransform
 from k2.config import K2Settings
 from k2.lake.catalog import TABLE_PROPERTIES
 from k2.schema import to_iceberg
-from k2.schema.quality_event import QUALITY_EVENT
+from k2.schema.quality_event import QUALITY_EVENT, EventKind
 
 
 def load_or_create_events_table(catalog: Catalog, settings: K2Settings) -> Table:
@@ -38,3 +42,9 @@ def load_or_create_events_table(catalog: Catalog, settings: K2Settings) -> Table
         )
     except TableAlreadyExistsError:
         return catalog.load_table(identifier)
+
+
+def gap_events(table: Table) -> pa.Table:
+    """Every GAP row of the quality-events table (a few per gap: small)."""
+    equal_to: Any = EqualTo  # pyiceberg predicates are typed per field by the pydantic mypy plugin
+    return table.scan(row_filter=equal_to("kind", EventKind.GAP.value)).to_arrow()

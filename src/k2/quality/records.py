@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
@@ -14,6 +15,7 @@ from k2.schema import to_arrow
 from k2.schema.quality_event import QUALITY_EVENT, EventKind, EventStatus
 
 QUALITY_EVENT_ARROW_SCHEMA = to_arrow(QUALITY_EVENT)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EVENT_NAMESPACE = uuid.UUID("7c1b9e0a-3f4d-5e2a-8b6c-0d9e8f7a6b5c")
 
 
@@ -89,3 +91,36 @@ def events_batch(rows: Sequence[QualityEventRow]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
         [columns[f.name].cast(f.type) for f in QUALITY_EVENT_ARROW_SCHEMA], schema=QUALITY_EVENT_ARROW_SCHEMA
     )
+
+
+def open_gaps(events: pa.Table) -> list[Gap]:
+    """The gaps whose newest row in ``events`` (quality-event rows) is OPEN: recorded but never
+    resolved, e.g. because the process stopped before backfill finished or before its RESOLVED row
+    was stored. On a tie of ``status_at`` a final status wins, as in the quality report."""
+    final = (EventStatus.RESOLVED.value, EventStatus.UNRECOVERABLE.value)
+    latest: dict[str, dict[str, object]] = {}
+    for row in events.to_pylist():
+        if row["kind"] != EventKind.GAP.value:
+            continue
+        rank = (row["status_at"], row["status"] in final)
+        held = latest.get(row["event_id"])
+        if held is None or rank > held["_rank"]:  # type: ignore[operator]
+            latest[row["event_id"]] = {**row, "_rank": rank}
+    out = []
+    for event_id, row in latest.items():
+        if row["status"] != EventStatus.OPEN.value:
+            continue
+        key = StreamKey(str(row["exchange"]), str(row["symbol"]), str(row["stream"]))
+        out.append(
+            Gap(
+                key, int(row["first_id"]), int(row["last_id"]),  # type: ignore[call-overload]
+                _us(row["detected_at"]), _us(row["trade_time"]), event_id,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _us(value: object) -> int:
+    """Microseconds since the epoch of a timestamp value read from Arrow (a datetime)."""
+    assert isinstance(value, datetime)
+    return (value - _EPOCH) // timedelta(microseconds=1)

@@ -68,6 +68,15 @@ class _State:
     holes: list[_Hole] = field(default_factory=list)  # sorted by lo, disjoint, all below high
 
 
+@dataclass(frozen=True)
+class Seed:
+    """Ids of one stream already stored, to rebuild its state on start (:meth:`SequenceTracker.seed`)."""
+
+    ids: np.ndarray  # int64
+    trade_times_us: np.ndarray  # int64, aligned with ``ids``
+    holes_above: int | None = None  # absent ids at or below it are not known to be missing
+
+
 @dataclass(frozen=True, slots=True)
 class Gap:
     """A confirmed gap: ids ``first_id..last_id`` (inclusive) were not received."""
@@ -108,9 +117,33 @@ class Observation:
         return int(self.keep.size - np.count_nonzero(self.keep))
 
 
-def gap_id(key: StreamKey, first_id: int, last_id: int) -> str:
-    """Deterministic id of a gap, so a gap found again after a restart keeps its identity."""
-    return str(uuid.uuid5(_GAP_NAMESPACE, f"{key.exchange}:{key.symbol}:{key.stream}:{first_id}:{last_id}"))
+def gap_id(key: StreamKey, last_id: int) -> str:
+    """Deterministic id of a gap, so a gap found again after a restart keeps its identity: from its
+    *last* id, because backfill fetches a gap in ascending pages, so a gap whose backfill was cut
+    short (a crash, a REST failure) is found again as a hole ending at the same id."""
+    return str(uuid.uuid5(_GAP_NAMESPACE, f"{key.exchange}:{key.symbol}:{key.stream}:{last_id}"))
+
+
+def window_floor(ids: Sequence[int], live: Sequence[bool]) -> int | None:
+    """For ids read from the *end* of a log (in log order), the id above which an absent id is
+    known never to have been written; None when the ids do not say.
+
+    Whatever was written before the window is unknown, and a window can begin with rows written
+    late (backfilled trades, late arrivals) whose ids are far below what the stream had reached, so
+    the gaps between the window's ids below the stream's position are not evidence. The first live
+    id that is a new high after the window's first live row is where the stream was when the
+    window began (two late rows in a row at the window's start aside): an id above it that is not
+    in the window was never written.
+    """
+    high: int | None = None
+    for x, is_live in zip(ids, live, strict=True):
+        if not is_live:
+            continue
+        if high is None:
+            high = x
+        elif x > high:
+            return x
+    return None
 
 
 class SequenceTracker:
@@ -135,12 +168,16 @@ class SequenceTracker:
         ids: Iterable[int] | np.ndarray,
         now_us: int,
         trade_times_us: Iterable[int] | np.ndarray | None = None,
+        *,
+        holes_above: int | None = None,
     ) -> None:
         """Rebuild the state from ids already stored (e.g. the table's recent ids for this stream).
 
         The high-water mark is the largest id (compared as integers); holes between the smallest
         and the largest become pending gaps, so a restart also repairs holes left in the table.
         ``trade_times_us`` (aligned with ``ids``) dates each hole by the trade just after it.
+        ``holes_above``: only ids above it are known to be missing when absent (see
+        :func:`window_floor`); holes at or below it are treated as held, never re-fetched.
         """
         raw = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), dtype=np.int64)
         times = (
@@ -157,9 +194,14 @@ class SequenceTracker:
             return
         state.high = int(arr[-1])
         steps = np.flatnonzero(np.diff(arr) > 1)
+        floor = None if holes_above is None else holes_above + 1
         for i in steps.tolist():
             lo, hi = int(arr[i]) + 1, int(arr[i + 1]) - 1
-            state.holes.append(_Hole(lo, hi, now_us, int(times[i + 1]), gap_id(key, lo, hi)))
+            if floor is not None:
+                if hi < floor:
+                    continue
+                lo = max(lo, floor)
+            state.holes.append(_Hole(lo, hi, now_us, int(times[i + 1]), gap_id(key, hi)))
 
     def high(self, key: StreamKey) -> int | None:
         state = self._states.get(key)
@@ -194,7 +236,7 @@ class SequenceTracker:
                 state.high = x
             elif x > high:
                 lo, hi = high + 1, x - 1
-                state.holes.append(_Hole(lo, hi, now_us, t, gap_id(key, lo, hi)))
+                state.holes.append(_Hole(lo, hi, now_us, t, gap_id(key, hi)))
                 opened.append((lo, hi))
                 state.high = x
             elif self._take(state, x):

@@ -29,13 +29,14 @@ from pyiceberg.expressions import And, BooleanExpression, EqualTo, GreaterThanOr
 from pyiceberg.table import Table
 from pyiceberg.types import TimestamptzType
 
+from k2.bus.tail import Tail
 from k2.config import K2Settings
 from k2.errors import K2Error
 from k2.logging import get_logger
 from k2.metrics import BACKFILL_GAPS, BACKFILL_TRADES, QUALITY_AFFECTED_TRADES, QUALITY_EVENTS
 from k2.quality.checks import PriceJumpCheck, StaleFeedCheck, timestamp_anomalies
 from k2.quality.records import QualityEventRow, anomaly_row, gap_row, sequence_row
-from k2.quality.sequence import Gap, SequenceTracker, StreamKey
+from k2.quality.sequence import Gap, Seed, SequenceTracker, StreamKey, window_floor
 from k2.schema.quality_event import EventKind, EventStatus
 from k2.services.backfill import BinanceRestClient, TokenBucket
 from k2.sources.base import Rejected, RejectReason
@@ -76,7 +77,7 @@ def _predicate(kind: Any, column: str, value: object) -> BooleanExpression:
     return cast(BooleanExpression, kind(column, value))
 
 
-def recent_ids(table: Table, exchange: str, lookback_us: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def recent_ids(table: Table, exchange: str, lookback_us: int) -> dict[str, Seed]:
     """Per symbol, the trade ids (int64) and trade times (µs) of the table's rows within ``lookback_us`` of its newest.
 
     The newest timestamp comes from the data files' column metrics (no scan); the scan reads only
@@ -99,16 +100,45 @@ def recent_ids(table: Table, exchange: str, lookback_us: int) -> dict[str, tuple
     return ids_by_symbol(arrow)
 
 
-def ids_by_symbol(rows: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def ids_by_symbol(rows: pa.Table) -> dict[str, Seed]:
     """Per symbol, the trade ids (int64) and trade times (µs) of ``rows`` (``symbol``, ``source_sequence``,
-    ``timestamp`` columns): the tracker's seed."""
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    ``timestamp`` columns): the tracker's seed, every hole between them trusted (the table holds
+    every row of the time window it was read from)."""
+    out: dict[str, Seed] = {}
     for symbol in pc.unique(rows["symbol"]).to_pylist():
         part = rows.filter(pc.equal(rows["symbol"], symbol))
-        out[symbol] = (
-            part["source_sequence"].to_numpy(),
-            part["timestamp"].cast(pa.int64()).to_numpy(),
-        )
+        out[symbol] = Seed(part["source_sequence"].to_numpy(), part["timestamp"].cast(pa.int64()).to_numpy())
+    return out
+
+
+def topic_seed(tail: Tail) -> dict[str, Seed]:
+    """Per symbol, the seed from a topic's newest messages (`k2 ingest`).
+
+    Unlike the table's time window, a window of the newest *messages* can start with rows written
+    late (backfilled trades have low ids), so its holes below the stream's position at the window's
+    start prove nothing: :func:`~k2.quality.sequence.window_floor` finds that position from the
+    log order of the symbol's live rows, and only holes above it are trusted. A partition read from
+    offset 0 holds everything ever written to it: all its holes are trusted.
+    """
+    rows = tail.rows
+    if rows.num_rows == 0:
+        return {}
+    ids = rows["source_sequence"].to_numpy()
+    times = rows["timestamp"].cast(pa.int64()).to_numpy()
+    backfilled = pc.map_lookup(rows["vendor_data"], pa.scalar("backfilled"), "first")
+    live = ~pc.fill_null(pc.equal(backfilled, "true"), False).to_numpy(zero_copy_only=False)
+    out: dict[str, Seed] = {}
+    for symbol in pc.unique(rows["symbol"]).to_pylist():
+        idx = np.flatnonzero(pc.equal(rows["symbol"], symbol).to_numpy(zero_copy_only=False))
+        partitions = {int(p) for p in tail.partitions[idx]}
+        floor: int | None = None
+        if not partitions <= tail.whole:
+            floor = int(ids[idx].max())  # nothing to trust, unless the log order says more
+            if len(partitions) == 1:  # keyed by symbol: one partition, so offsets order its rows
+                order = idx[np.argsort(tail.offsets[idx], kind="stable")]
+                found = window_floor(ids[order].tolist(), live[order].tolist())
+                floor = floor if found is None else found
+        out[symbol] = Seed(ids[idx], times[idx], floor)
     return out
 
 
@@ -123,12 +153,12 @@ class Completeness:
         venue: str,
         is_sample_data: bool,
         now_us: int,
-        seed: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        seed: Mapping[str, Seed],
         symbol_info: Mapping[str, SymbolInfo] | None = None,
     ) -> None:
         """``seed``: per symbol, the trade ids (and their trade times, µs) already stored: from the
         table (:func:`recent_ids`, embedded mode) or from the topic's newest messages
-        (:func:`k2.bus.tail.read_tail`, `k2 ingest`)."""
+        (:func:`topic_seed`, `k2 ingest`)."""
         q = settings.quality
         self.settings = settings
         self.exchange = exchange
@@ -142,10 +172,23 @@ class Completeness:
         self._events: list[QualityEventRow] = []
         self._queue: asyncio.Queue[Gap] = asyncio.Queue()
         self.backfilling = 0  # gaps queued or in progress
-        for symbol, (ids, times) in seed.items():
+        for symbol, known in seed.items():
             key = StreamKey(exchange, symbol, STREAM)
-            self.tracker.seed(key, ids, now_us, times)
+            self.tracker.seed(key, known.ids, now_us, known.trade_times_us, holes_above=known.holes_above)
             log.info("quality.seeded", symbol=symbol, high=self.tracker.high(key), holes=len(self.tracker.holes(key)))
+
+    def resolve_stored(self, gaps: list[Gap], seed: Mapping[str, Seed], now_us: int) -> None:
+        """Gaps recorded OPEN earlier (:func:`~k2.quality.records.open_gaps`) whose every id is in
+        ``seed`` (what is stored): their trades were written, but the process stopped before their
+        RESOLVED row was. Record it now. Gaps still missing ids are found again from the seed's holes
+        (same event id) and backfilled."""
+        for gap in gaps:
+            known = seed.get(gap.key.symbol)
+            if gap.key.exchange != self.exchange or known is None:
+                continue
+            wanted = np.arange(gap.first_id, gap.last_id + 1, dtype=np.int64)
+            if bool(np.isin(wanted, known.ids).all()):
+                self._record(gap_row(gap, EventStatus.RESOLVED, now_us, 0, "found complete on start"))
 
     # --- live batches -----------------------------------------------------------------------------
     def ingest(self, batch: pa.RecordBatch, now_us: int) -> pa.RecordBatch:

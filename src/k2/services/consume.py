@@ -124,10 +124,15 @@ def run_consume(
     """
     consumer, registry = build_consumer(settings, topics)
     side: list[tuple[IcebergConsumer, SchemaRegistry]] = []
-    if topics is None:
-        side.append(build_consumer(settings, record=QUALITY_EVENT, client_id="k2-consume-quality"))
-    if settings.metrics.port is not None:
-        serve_metrics(settings.metrics.port, settings.metrics.host)
+    try:
+        if topics is None:
+            side.append(build_consumer(settings, record=QUALITY_EVENT, client_id="k2-consume-quality"))
+        if settings.metrics.port is not None:
+            serve_metrics(settings.metrics.port, settings.metrics.host)
+    except BaseException:
+        consumer.close()
+        registry.close()
+        raise
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         consumer.stop()
@@ -148,11 +153,13 @@ def run_consume(
     threads = [threading.Thread(target=_run_side, args=(other,), daemon=True) for other, _ in side]
     for thread in threads:
         thread.start()
+    finished = False
     try:
         stats = consumer.run(duration_s=duration_s, idle_exit_s=idle_exit_s, max_messages=max_messages)
+        finished = True
     finally:
         for (other, other_registry), thread in zip(side, threads, strict=True):
-            if idle_exit_s is None:
+            if idle_exit_s is None or not finished:  # bounded runs wait for the side stream to go idle too
                 other.stop()
             thread.join()
             other_registry.close()
@@ -160,6 +167,8 @@ def run_consume(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         registry.close()
+        if failures and not finished:
+            log.error("consume.quality_failed", error=repr(failures[0]))  # the trades consumer's error is raised
     if failures:
         raise failures[0]
     return stats

@@ -38,10 +38,10 @@ from k2.bus.topics import QUALITY_EVENTS, dlq_topic, topic_name, value_subject
 from k2.config import K2Settings
 from k2.lake.quarantine import Quarantine
 from k2.logging import get_logger
-from k2.quality.records import events_batch
+from k2.quality.records import events_batch, open_gaps
 from k2.schema import TRADE
 from k2.schema.quality_event import QUALITY_EVENT
-from k2.services.completeness import Completeness, ids_by_symbol
+from k2.services.completeness import Completeness, topic_seed
 from k2.services.intake import TradeIntake
 from k2.services.lifecycle import FrameBacklog, open_sessions, run_until_stopped, supervise
 from k2.sources import DataType, load_adapter
@@ -100,10 +100,15 @@ class IngestService:
         try:
             schema_id = registry.register(value_subject(self.topic), TRADE)
             events_schema_id = registry.register(value_subject(self.events_topic), QUALITY_EVENT)
-            # What this venue already sent: the tracker's seed (restart gaps, duplicates).
+            # What this venue already sent: the tracker's seed (restart gaps, duplicates), and the gaps
+            # recorded OPEN whose RESOLVED row a crash may have lost.
+            window = settings.quality.seed_messages
             sent = read_tail(
-                kafka.bootstrap_servers, self.topic, AvroDecoder(TRADE, registry.fetch),
-                max_messages=settings.quality.seed_messages,
+                kafka.bootstrap_servers, self.topic, AvroDecoder(TRADE, registry.fetch), max_messages=window
+            )
+            recorded = read_tail(
+                kafka.bootstrap_servers, self.events_topic, AvroDecoder(QUALITY_EVENT, registry.fetch),
+                max_messages=window,
             )  # fmt: skip
         finally:
             registry.close()
@@ -115,8 +120,9 @@ class IngestService:
         self.quarantine = Quarantine(settings.lake.quarantine_dir, self.adapter.venue)
         self.completeness = Completeness(
             settings, exchange=self.adapter.exchange, venue=self.adapter.venue, is_sample_data=is_sample_data,
-            now_us=wall_clock_us(), seed=ids_by_symbol(sent) if sent.num_rows else {}, symbol_info=symbol_info,
+            now_us=wall_clock_us(), seed=(seed := topic_seed(sent)), symbol_info=symbol_info,
         )  # fmt: skip
+        self.completeness.resolve_stored(open_gaps(recorded.rows), seed, wall_clock_us())
         self.intake = TradeIntake(
             self.adapter, self.quarantine, self.completeness,
             next_sequence=wall_clock_us(), is_sample_data=is_sample_data,

@@ -51,17 +51,26 @@ async def supervise(
     stop: Callable[[], None],
     backfill: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
-    """Run the sessions (into ``sink``), the processor and the optional backfill task until
-    ``stop()`` ends them or one of them fails.
+    """Run the sessions (into ``sink``), the processor and the optional backfill task until ``stop()``
+    (called here or by a signal handler) ends them, or one of them fails.
 
-    Shutdown order: ``stop()``; the backfill task is cancelled first (synchronously, so it cannot
-    deliver rows once the processor may be draining; its unfinished gaps stay OPEN and are found
-    again on restart), then the sessions; then the processor drains what was received. A failure
-    of a session or the processor is raised after that drain.
+    ``process`` must return once the service is stopping and it has drained everything. The backfill
+    task can still deliver rows then (a signal handler calls ``stop()`` directly), so when the
+    processor returns the backfill task is cancelled and the processor runs once more to drain what
+    it delivered; unfinished gaps stay OPEN and are found again on restart. A failure of a session or
+    the processor is raised after that.
     """
     session_tasks = [asyncio.create_task(s.run(sink)) for s in sessions]
-    processor = asyncio.create_task(process())
     helper = asyncio.create_task(backfill()) if backfill is not None else None
+
+    async def drain() -> None:
+        await process()
+        if helper is not None:
+            helper.cancel()
+            await asyncio.gather(helper, return_exceptions=True)
+            await process()  # whatever the backfill task delivered after the first drain
+
+    processor = asyncio.create_task(drain())
     try:
         done, _ = await asyncio.wait([*session_tasks, processor], return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
@@ -70,13 +79,16 @@ async def supervise(
                 raise exc
     finally:
         stop()
-        if helper is not None:
-            helper.cancel()
         for task in session_tasks:
             if not task.done():
                 task.cancel()
-        await asyncio.gather(*session_tasks, *([helper] if helper else []), return_exceptions=True)
-        await processor
+        await asyncio.gather(*session_tasks, return_exceptions=True)
+        try:
+            await processor
+        finally:
+            if helper is not None and not helper.done():  # the processor failed before cancelling it
+                helper.cancel()
+                await asyncio.gather(helper, return_exceptions=True)
 
 
 class FrameBacklog:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pytest
@@ -139,3 +141,19 @@ def test_existing_topics_that_differ_from_the_settings_are_refused(bus_settings:
     assert f"topic {topic} differs" in message
     assert "3 partitions, configured 4" in message
     assert f"retention.ms={kafka.retention_ms}, configured 3600000" in message
+
+
+def test_processes_starting_together_may_all_create_the_topics(bus_settings: K2Settings) -> None:
+    """Consumers started at once race to create the topics: the losers' TOPIC_ALREADY_EXISTS is success."""
+    kafka = bus_settings.kafka
+    topic = f"market.{kafka.asset_class}.quality_events.binance"
+    barrier = threading.Barrier(4)
+
+    def start() -> list[str]:
+        admin = admin_client(kafka.bootstrap_servers)
+        barrier.wait()
+        return ensure_topics(admin, topic_specs(kafka, topic, dlq_topic(topic)))
+
+    with ThreadPoolExecutor(4) as pool:
+        attempts = list(pool.map(lambda _: start(), range(4)))  # each raised BusUnavailable before the fix
+    assert sum(topic in created for created in attempts) >= 2  # the race did happen

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from k2.quality.sequence import Gap, HoleState, SequenceTracker, StreamKey, gap_id
+from k2.quality.sequence import Gap, HoleState, SequenceTracker, StreamKey, gap_id, window_floor
 from k2.schema.quality_event import EventKind
 
 KEY = StreamKey("BINANCE", "BTCUSDT")
@@ -31,7 +31,7 @@ def test_jump_opens_a_pending_gap_confirmed_after_grace() -> None:
     assert obs.keep.tolist() == [True, True] and obs.gaps_opened == [(3, 5)]
     assert tracker.holes(KEY) == [(3, 5, HoleState.PENDING)]
     assert tracker.due_gaps(5_999) == []
-    assert tracker.due_gaps(6_000) == [Gap(KEY, 3, 5, 5_000, 60, gap_id(KEY, 3, 5))]
+    assert tracker.due_gaps(6_000) == [Gap(KEY, 3, 5, 5_000, 60, gap_id(KEY, 5))]
     assert tracker.holes(KEY) == [(3, 5, HoleState.CONFIRMED)]
     assert tracker.due_gaps(10_000) == []  # confirmed once
 
@@ -64,7 +64,7 @@ def test_late_arrival_splits_a_hole_and_the_gap_is_confirmed_as_one_span() -> No
     observe(tracker, [5])
     assert tracker.holes(KEY) == [(2, 4, HoleState.PENDING), (6, 9, HoleState.PENDING)]
     (gap,) = tracker.due_gaps(1)
-    assert (gap.first_id, gap.last_id, gap.gap_id) == (2, 9, gap_id(KEY, 2, 9))
+    assert (gap.first_id, gap.last_id, gap.gap_id) == (2, 9, gap_id(KEY, 9))
     # backfill returns the whole span: only the still-missing ids are kept
     keep = tracker.accept_backfill(KEY, list(range(2, 10)))
     assert keep.tolist() == [True, True, True, False, True, True, True, True]
@@ -102,6 +102,26 @@ def test_seed_recovers_high_and_holes_from_stored_ids() -> None:
     obs = observe(tracker, [22, 27, 30], now_us=200)  # restart overlap: 22 is a duplicate
     assert obs.keep.tolist() == [False, True, True] and obs.gaps_opened == [(28, 29)]
     assert [(g.first_id, g.last_id) for g in tracker.due_gaps(200)] == [(23, 24), (28, 29)]
+
+
+def test_seed_trusts_only_holes_above_holes_above() -> None:
+    tracker = SequenceTracker(grace_us=0)
+    tracker.seed(KEY, [41, 42, 50, 51, 60, 61, 70], now_us=0, holes_above=55)
+    # 43..49 is at or below 55: treated as held; 52..59 is clipped to 56..59; 62..69 is trusted
+    assert tracker.holes(KEY) == [(56, 59, HoleState.PENDING), (62, 69, HoleState.PENDING)]
+    assert observe(tracker, [45]).keep.tolist() == [False]  # a replay of a held id is a duplicate
+
+
+def test_window_floor_skips_rows_written_late_at_the_start_of_a_log_window() -> None:
+    """A window of a log's newest messages: backfilled (not live) rows of an old gap, then the live
+    stream. The ids between the backfill and the stream were written before the window."""
+    ids = [41, 42, 43, 101, 102, 103, 110]
+    live = [False, False, False, True, True, True, True]
+    assert window_floor(ids, live) == 102  # 104..109 were never written; 44..100 are unknown
+    # A late live row first (95 after 100 was written): the next new high is where the stream was.
+    assert window_floor([95, 101, 102], [True, True, True]) == 101
+    assert window_floor([41, 42], [False, False]) is None  # no live row: nothing is known
+    assert window_floor([101, 100, 99], [True, True, True]) is None  # no new high after the first
 
 
 def test_ids_past_digit_and_int32_boundaries_across_restarts() -> None:
