@@ -114,11 +114,11 @@ S = TypeVar("S", bound=_Service)
 
 
 async def run_settled(
-    make: Callable[[K2Settings, str], S], settings: K2Settings, faults: Faults
+    make: Callable[[K2Settings, str], S], settings: K2Settings, faults: Faults, speed: float | None = None
 ) -> tuple[S, BinanceEmulator]:
     """Replay the recording with ``faults`` into ``make(settings with the emulator's REST URL, ws url)``
     until everything sent is handled and every gap is backfilled (or abandoned); then stop it."""
-    async with BinanceEmulator(ReplayConfig(speed=None, faults=faults)) as emu:
+    async with BinanceEmulator(ReplayConfig(speed=speed, faults=faults)) as emu:
         service = make(_with_rest(settings, emu.http_url), emu.url)
         run = asyncio.create_task(service.run())
         tracker = service.completeness.tracker

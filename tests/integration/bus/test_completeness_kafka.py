@@ -18,13 +18,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from k2.bus.registry import SchemaRegistry
+from k2.bus.serde import AvroDecoder
+from k2.bus.tail import read_tail
 from k2.bus.topics import topic_name
 from k2.config import K2Settings, QualitySettings
 from k2.emulator.faults import Faults
 from k2.emulator.server import BinanceEmulator, EmulatorThread, ReplayConfig
+from k2.schema import TRADE
 from k2.services.consume import run_consume
 from k2.services.ingest import IngestService
 from k2.services.quality_report import quality_report_dicts
@@ -56,11 +62,13 @@ def _settings(bus_settings: K2Settings, tmp_path: Path, **quality: Any) -> K2Set
     )
 
 
-async def _ingest(settings: K2Settings, faults: Faults) -> tuple[IngestService, BinanceEmulator]:
+async def _ingest(
+    settings: K2Settings, faults: Faults, speed: float | None = None
+) -> tuple[IngestService, BinanceEmulator]:
     def make(s: K2Settings, ws_url: str) -> IngestService:
         return IngestService(s, ws_base_url=ws_url, is_sample_data=True)
 
-    service, emu = await run_settled(make, settings, faults)
+    service, emu = await run_settled(make, settings, faults, speed)
     assert service.producer.stats.failed == service.events_producer.stats.failed == 0
     return service, emu
 
@@ -203,3 +211,41 @@ def test_ingest_killed_with_sigkill_resumes_without_loss_or_duplicates(
             in_gaps |= {(e["symbol"], str(i)) for i in range(e["first_id"], e["last_id"] + 1)}
     assert latest and set(latest.values()) == {"RESOLVED"}
     assert {(r["symbol"], r["trade_id"]) for r in rows if r["backfilled"] == "true"} <= in_gaps
+
+
+def test_a_seed_window_that_starts_with_backfilled_rows_opens_no_false_gap(
+    bus_settings: K2Settings, tmp_path: Path
+) -> None:
+    """Run 1 streams at 40x with 100 frames withheld early on: their backfill is written to the topic
+    while the live stream goes on. Run 2 seeds from a window that begins exactly at the first
+    backfilled BTCUSDT row, so the live rows written between the gap and its backfill are outside
+    it; they were sent, and must not be taken for a gap (fetching them again would duplicate them).
+    Run 2 replays the whole recording: everything is a duplicate, nothing is fetched or sent."""
+    settings = _settings(bus_settings, tmp_path)
+    first, _ = asyncio.run(_ingest(settings, Faults(withhold=((5_001, 100),)), speed=40.0))
+    assert first.stats.backfilled == 100
+
+    topic = topic_name(settings.kafka.asset_class, "trades", "binance")
+    registry = SchemaRegistry(settings.kafka.schema_registry_url)
+    everything = read_tail(
+        settings.kafka.bootstrap_servers, topic, AvroDecoder(TRADE, registry.fetch), max_messages=10**9
+    )
+    registry.close()
+    rows = everything.rows
+    backfilled = pc.map_lookup(rows["vendor_data"], pa.scalar("backfilled"), "first").to_pylist()
+    btc = [i for i, (s, b) in enumerate(zip(rows["symbol"].to_pylist(), backfilled, strict=True)) if s == "BTCUSDT"]
+    first_backfilled = min((i for i in btc if backfilled[i] == "true"), key=lambda i: everything.offsets[i])
+    partition = int(everything.partitions[first_backfilled])
+    high = int(everything.offsets[everything.partitions == partition].max()) + 1
+    later_live = [
+        i for i in btc if backfilled[i] != "true" and everything.offsets[i] > everything.offsets[first_backfilled]
+    ]
+    window = high - int(everything.offsets[first_backfilled])
+    assert later_live and window < high  # the window starts at the backfill, after earlier live rows
+
+    narrow = settings.model_copy(update={"quality": settings.quality.model_copy(update={"seed_messages": window})})
+    second, emu = asyncio.run(_ingest(narrow, Faults()))
+    assert second.producer.stats.delivered == second.stats.backfilled == 0
+    assert second.get_stats()["quality"]["duplicates_dropped"] == TOTAL
+    assert second.get_stats()["quality"]["gaps_detected"] == 0
+    assert emu.rest.requests == []
