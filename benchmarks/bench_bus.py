@@ -1,7 +1,7 @@
 """Kafka path benchmarks: Avro serde per core, producer msgs/s, consumer -> Iceberg rows/s.
 
     .venv/bin/python -m benchmarks.bench_bus serde [--repeat 5]
-    .venv/bin/python -m benchmarks.bench_bus kafka [--copies 6] [--consumers 1 2] [--partitions 6]
+    .venv/bin/python -m benchmarks.bench_bus kafka [--copies 6] [--consumers 1 2] [--partitions 6] [--tail 50000]
 
 ``serde`` (no broker) times, on the bundled real recording (34,419 trades), single thread:
   * ``fastavro-logical``: the straightforward way, one ``schemaless_writer``/``schemaless_reader``
@@ -166,6 +166,23 @@ def _consume(settings: K2Settings, processes: int) -> tuple[int, float]:
     return rows, last - first
 
 
+def _bench_tail(settings: K2Settings, per_partition: int) -> None:
+    """`k2 ingest`'s start-up seed: read and decode the newest messages of every partition."""
+    from k2.bus.registry import SchemaRegistry
+    from k2.bus.tail import read_tail
+    from k2.bus.topics import topic_name
+
+    kafka = settings.kafka
+    registry = SchemaRegistry(kafka.schema_registry_url)
+    topic = topic_name(kafka.asset_class, "trades", "binance")
+    start = time.perf_counter()
+    tail = read_tail(kafka.bootstrap_servers, topic, AvroDecoder(TRADE, registry.fetch), max_messages=per_partition)
+    elapsed = time.perf_counter() - start
+    registry.close()
+    n = tail.rows.num_rows
+    print(f"seed read (read_tail, {per_partition:,}/partition): {n:,} msgs in {elapsed:.2f} s = {n / elapsed:,.0f}/s")
+
+
 def bench_kafka(args: argparse.Namespace) -> None:
     from k2.devservices.kafka import KafkaCluster
     from k2.devservices.registry import ApicurioRegistry
@@ -190,6 +207,8 @@ def bench_kafka(args: argparse.Namespace) -> None:
             base = _settings(bootstrap, registry_url, token, args.partitions, root / "wh")
             sent, elapsed = _produce(base, batch, args.copies)
             print(f"produce: {sent:,} msgs in {elapsed:.2f} s = {sent / elapsed:,.0f} msgs/s (acks=all, zstd)")
+            if args.tail:
+                _bench_tail(base, args.tail)
             for n in args.consumers:
                 group = f"bench-{token}-{n}"
                 settings = base.model_copy(
@@ -218,6 +237,7 @@ def main() -> None:
     k.add_argument("--partitions", type=int, default=6)
     k.add_argument("--bootstrap")
     k.add_argument("--registry")
+    k.add_argument("--tail", type=int, default=0, help="also time reading this many newest msgs per partition")
     args = ap.parse_args()
     if args.what == "serde":
         bench_serde(args.repeat)

@@ -118,9 +118,10 @@ class IngestService:
             client_id="k2-ingest-quality", overrides=producer_overrides,
         )  # fmt: skip
         self.quarantine = Quarantine(settings.lake.quarantine_dir, self.adapter.venue)
+        seed = topic_seed(sent)
         self.completeness = Completeness(
             settings, exchange=self.adapter.exchange, venue=self.adapter.venue, is_sample_data=is_sample_data,
-            now_us=wall_clock_us(), seed=(seed := topic_seed(sent)), symbol_info=symbol_info,
+            now_us=wall_clock_us(), seed=seed, symbol_info=symbol_info,
         )  # fmt: skip
         self.completeness.resolve_stored(open_gaps(recorded.rows), seed, wall_clock_us())
         self.intake = TradeIntake(
