@@ -106,7 +106,7 @@ def _read(consumer: Consumer, topic: str, decoder: AvroDecoder, max_messages: in
                         continue
                     raise BusError(f"reading the tail of {topic}: {err.str()}")
                 offset = msg.offset()
-                if partition not in ends or partition is None or offset is None:
+                if partition is None or offset is None or partition not in ends:
                     continue
                 if offset < ends[partition]:
                     values.append(msg.value())

@@ -27,6 +27,16 @@ def topic_name(asset_class: str, data_type: str, exchange: str) -> str:
     return "market." + ".".join(parts)
 
 
+def trades_topic(asset_class: str, venue: str) -> str:
+    """A venue's trades topic: ``market.crypto.trades.binance``."""
+    return topic_name(asset_class, "trades", venue)
+
+
+def quality_events_topic(asset_class: str, venue: str) -> str:
+    """A venue's quality-events topic: ``market.crypto.quality_events.binance``."""
+    return topic_name(asset_class, QUALITY_EVENTS, venue)
+
+
 def value_subject(topic: str) -> str:
     """The schema-registry subject of a topic's values (TopicNameStrategy)."""
     return f"{topic}-value"

@@ -15,18 +15,20 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 from pyiceberg.catalog import Catalog
+from pyiceberg.table import Table
 
 from k2.bus.admin import admin_client, ensure_topics, topic_specs
 from k2.bus.consumer import ConsumerStats, IcebergConsumer
 from k2.bus.registry import SchemaRegistry
 from k2.bus.serde import AvroDecoder
-from k2.bus.topics import QUALITY_EVENTS, dlq_topic, topic_name
-from k2.config import K2Settings
+from k2.bus.topics import dlq_topic, quality_events_topic, trades_topic
+from k2.config import K2Settings, LakeSettings
 from k2.errors import LakeError
 from k2.lake.catalog import load_or_create_trades_table, open_catalog
 from k2.lake.quality_events import load_or_create_events_table
@@ -36,37 +38,55 @@ from k2.metrics import serve_metrics
 from k2.schema import TRADE
 from k2.schema.model import RecordSchema
 from k2.schema.quality_event import QUALITY_EVENT
-from k2.sources import DataType
 
 log = get_logger(__name__)
 
 
 def default_topics(settings: K2Settings) -> list[str]:
     """The trades topic of the configured venue."""
-    return [topic_name(settings.kafka.asset_class, DataType.TRADES.value, settings.source.venue)]
+    return [trades_topic(settings.kafka.asset_class, settings.source.venue)]
 
 
-def quality_topic(settings: K2Settings) -> str:
-    """The quality-events topic of the configured venue."""
-    return topic_name(settings.kafka.asset_class, QUALITY_EVENTS, settings.source.venue)
+@dataclass(frozen=True)
+class _Stream:
+    """What one :class:`IcebergConsumer` moves: its group, default topics, and the table it writes."""
+
+    group: str
+    topics: list[str]
+    table: str
+    create_table: Callable[[Catalog], Table]
 
 
-def _open_table(settings: K2Settings, record: RecordSchema, attempts: int = 5) -> tuple[Catalog, str]:
-    """Open the catalog and the table of ``record`` (its name is returned), retried: consumers started
-    together on a fresh SQLite catalog race to create its tables and namespace (``already exists`` /
-    ``UNIQUE constraint`` errors from SQLAlchemy); the loser succeeds on the next try."""
-    lake = settings.lake
+def _stream(settings: K2Settings, record: RecordSchema) -> _Stream:
+    """Trades, or quality events (their own group and table, the venue's quality-events topic)."""
+    kafka, lake = settings.kafka, settings.lake
+    if record.name == QUALITY_EVENT.name:
+        return _Stream(
+            f"{kafka.consumer_group}.quality",
+            [quality_events_topic(kafka.asset_class, settings.source.venue)],
+            settings.quality.events_table,
+            lambda catalog: load_or_create_events_table(catalog, settings),
+        )
+    return _Stream(
+        kafka.consumer_group,
+        default_topics(settings),
+        lake.trades_table,
+        lambda catalog: load_or_create_trades_table(catalog, lake),
+    )
+
+
+def _open_table(lake: LakeSettings, stream: _Stream, attempts: int = 5) -> Catalog:
+    """Open the catalog and the stream's table, retried: consumers started together on a fresh SQLite
+    catalog race to create its tables and namespace (``already exists`` / ``UNIQUE constraint``
+    errors from SQLAlchemy); the loser succeeds on the next try."""
     for attempt in range(1, attempts + 1):
         try:
             catalog = open_catalog(lake)
-            if record.name == QUALITY_EVENT.name:
-                load_or_create_events_table(catalog, settings)
-                return catalog, settings.quality.events_table
-            load_or_create_trades_table(catalog, lake)
-            return catalog, lake.trades_table
+            stream.create_table(catalog)
+            return catalog
         except Exception as exc:
             if attempt == attempts:
-                raise LakeError(f"cannot open the {record.name} table: {exc}") from exc
+                raise LakeError(f"cannot open the {stream.table} table: {exc}") from exc
             time.sleep(0.1 * attempt)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -81,18 +101,15 @@ def build_consumer(
 ) -> tuple[IcebergConsumer, SchemaRegistry]:
     """An :class:`IcebergConsumer` of ``record`` rows from ``topics`` (default: the configured venue's
     trades topic, or its quality-events topic for :data:`QUALITY_EVENT`) into that record's table."""
-    kafka = settings.kafka
-    if record.name == QUALITY_EVENT.name:
-        kafka = kafka.model_copy(update={"consumer_group": f"{kafka.consumer_group}.quality"})
-        names = list(topics or [quality_topic(settings)])
-    else:
-        names = list(topics or default_topics(settings))
+    stream = _stream(settings, record)
+    kafka = settings.kafka.model_copy(update={"consumer_group": stream.group})
+    names = list(topics or stream.topics)
     admin = admin_client(kafka.bootstrap_servers)
     for name in names:
         ensure_topics(admin, topic_specs(kafka, name, dlq_topic(name, kafka.dlq_suffix)))
     lake = settings.lake.model_copy(update={"commit_retries": 0})
-    catalog, table = _open_table(settings, record)
-    writer = TableWriter(catalog, (lake.namespace, table), lake)
+    catalog = _open_table(lake, stream)
+    writer = TableWriter(catalog, (lake.namespace, stream.table), lake)
     registry = SchemaRegistry(kafka.schema_registry_url)
     decoder = AvroDecoder(record, registry.fetch)
     consumer = IcebergConsumer(

@@ -34,7 +34,7 @@ from k2.bus.producer import BatchProducer
 from k2.bus.registry import SchemaRegistry
 from k2.bus.serde import AvroDecoder, AvroEncoder
 from k2.bus.tail import read_tail
-from k2.bus.topics import QUALITY_EVENTS, dlq_topic, topic_name, value_subject
+from k2.bus.topics import dlq_topic, quality_events_topic, trades_topic, value_subject
 from k2.config import K2Settings
 from k2.lake.quarantine import Quarantine
 from k2.logging import get_logger
@@ -44,7 +44,7 @@ from k2.schema.quality_event import QUALITY_EVENT
 from k2.services.completeness import Completeness, topic_seed
 from k2.services.intake import TradeIntake
 from k2.services.lifecycle import FrameBacklog, open_sessions, run_until_stopped, supervise
-from k2.sources import DataType, load_adapter
+from k2.sources import load_adapter
 from k2.sources.session import wall_clock_us
 from k2.sources.symbols import SymbolInfo
 
@@ -91,8 +91,8 @@ class IngestService:
         kafka = settings.kafka
         self.is_sample_data = is_sample_data
         self.adapter = load_adapter(settings.source.venue, symbol_info=symbol_info)
-        self.topic = topic_name(kafka.asset_class, DataType.TRADES.value, self.adapter.venue)
-        self.events_topic = topic_name(kafka.asset_class, QUALITY_EVENTS, self.adapter.venue)
+        self.topic = trades_topic(kafka.asset_class, self.adapter.venue)
+        self.events_topic = quality_events_topic(kafka.asset_class, self.adapter.venue)
         admin = admin_client(kafka.bootstrap_servers)
         for topic in (self.topic, self.events_topic):
             ensure_topics(admin, topic_specs(kafka, topic, dlq_topic(topic, kafka.dlq_suffix)))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from k2.bus.admin import admin_client, ensure_topics, topic_specs
 from k2.bus.producer import BatchProducer
@@ -131,14 +132,34 @@ def subprocess_env(settings: K2Settings, tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def start_consumer(settings: K2Settings, tmp_path: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
+def start_k2(
+    settings: K2Settings, tmp_path: Path, name: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``python -m k2.cli <args>`` with ``settings`` (plus ``env``), logging to ``<name>.log``."""
     with (tmp_path / f"{name}.log").open("ab") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "k2.cli", "consume", *args],
-            env=subprocess_env(settings, tmp_path),
+            [sys.executable, "-m", "k2.cli", *args],
+            env=subprocess_env(settings, tmp_path) | (env or {}),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+def start_consumer(settings: K2Settings, tmp_path: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
+    return start_k2(settings, tmp_path, name, "consume", *args)
+
+
+def high_watermarks(settings: K2Settings, topic: str) -> dict[int, int]:
+    """Each partition's high watermark (an AssertionError while the topic has no leader yet, so that
+    ``eventually`` asks again)."""
+    probe = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "probe"})
+    try:
+        parts = probe.list_topics(topic, timeout=10).topics[topic].partitions
+        return {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    except KafkaException as exc:
+        raise AssertionError(str(exc)) from exc
+    finally:
+        probe.close()
 
 
 def committed_rows(settings: K2Settings) -> int:

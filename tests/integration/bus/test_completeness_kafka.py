@@ -13,7 +13,6 @@ import asyncio
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from k2.bus.registry import SchemaRegistry
 from k2.bus.serde import AvroDecoder
@@ -35,7 +33,7 @@ from k2.services.consume import run_consume
 from k2.services.ingest import IngestService
 from k2.services.quality_report import quality_report_dicts
 from tests.conftest import eventually
-from tests.integration.bus.conftest import subprocess_env
+from tests.integration.bus.conftest import high_watermarks, start_k2
 from tests.integration.test_completeness import (
     FAULT_PLAN,
     TOTAL,
@@ -145,23 +143,13 @@ def test_ingest_restart_gap_is_found_from_the_topic_and_replays_are_dropped(
 
 
 def _messages_in(settings: K2Settings, topic: str) -> int:
-    """Messages in ``topic``: the sum of its partitions' high watermarks (nothing is ever deleted here)."""
-    probe = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "probe"})
-    try:
-        partitions = probe.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
-    except KafkaException as exc:  # e.g. no leader yet for a topic just created: `eventually` asks again
-        raise AssertionError(str(exc)) from exc
-    finally:
-        probe.close()
+    """Messages in ``topic`` (nothing is ever deleted here)."""
+    return sum(high_watermarks(settings, topic).values())
 
 
 def _start_ingest(settings: K2Settings, tmp_path: Path, emu: EmulatorThread) -> subprocess.Popen[bytes]:
-    env = subprocess_env(settings, tmp_path)
-    env["K2_QUALITY__GAP_GRACE_S"] = "1.0"
     args = ["ingest", "--symbols", "BTCUSDT,ETHUSDT", "--ws-url", emu.url, "--rest-url", emu.emulator.http_url]
-    with (tmp_path / "ingest.log").open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "k2.cli", *args, "--sample"], env=env, stdout=log, stderr=log)
+    return start_k2(settings, tmp_path, "ingest", *args, "--sample", env={"K2_QUALITY__GAP_GRACE_S": "1.0"})
 
 
 def test_ingest_killed_with_sigkill_resumes_without_loss_or_duplicates(

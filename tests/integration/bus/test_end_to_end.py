@@ -20,7 +20,7 @@ from k2.lake.catalog import load_or_create_trades_table, open_catalog
 from k2.services.consume import build_consumer
 from k2.services.ingest import IngestService
 from tests.conftest import eventually, eventually_async
-from tests.integration.bus.conftest import assert_exactly
+from tests.integration.bus.conftest import assert_exactly, high_watermarks
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def test_recording_lands_in_iceberg_exactly_once(bus_settings: K2Settings, recor
 
     # Kafka's committed offsets are advisory: set them to the end, the table (empty) still wins.
     topic = topic_name(bus_settings.kafka.asset_class, "trades", "binance")
-    ends = _high_watermarks(bus_settings, topic)
+    ends = high_watermarks(bus_settings, topic)
     _commit_kafka_offsets(bus_settings, topic, ends)
     consumer, registry = build_consumer(bus_settings)
     stats = consumer.run(idle_exit_s=2.0, duration_s=120)
@@ -75,17 +75,6 @@ def test_recording_lands_in_iceberg_exactly_once(bus_settings: K2Settings, recor
     registry.close()
     assert stats.messages == 0
     assert_exactly(bus_settings, recording_batch)
-
-
-def _high_watermarks(settings: K2Settings, topic: str) -> dict[int, int]:
-    from confluent_kafka import TopicPartition
-
-    probe = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "probe"})
-    try:
-        parts = probe.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-    finally:
-        probe.close()
 
 
 def _commit_kafka_offsets(settings: K2Settings, topic: str, offsets: dict[int, int]) -> None:
