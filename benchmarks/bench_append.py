@@ -17,9 +17,10 @@ from pathlib import Path
 from benchmarks._data import shifted_trades
 from k2.config import LakeSettings
 from k2.lake import maintenance
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.lake.writer import TableWriter
 from k2.logging import configure_logging
+from k2.schema.kinds import RecordKind
 
 
 def main() -> None:
@@ -33,7 +34,7 @@ def main() -> None:
     warehouse = args.warehouse or Path(tempfile.mkdtemp(prefix="k2-bench-append-"))
     lake = LakeSettings(warehouse=warehouse)
     catalog = open_catalog(lake)
-    load_or_create_trades_table(catalog, lake)
+    load_or_create_table(catalog, lake, RecordKind.TRADES)
     writer = TableWriter(catalog, (lake.namespace, lake.trades_table), lake)
 
     batches = list(shifted_trades(args.commits * args.rows, batch_rows=args.rows))  # generated up front

@@ -18,9 +18,10 @@ from pathlib import Path
 from benchmarks._data import shifted_trades
 from k2.config import LakeSettings
 from k2.lake import maintenance
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.lake.writer import TableWriter
 from k2.logging import configure_logging
+from k2.schema.kinds import RecordKind
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -51,7 +52,7 @@ def main() -> None:
     every = 10**9 if args.no_maintenance else args.maintenance_every
     lake = LakeSettings(warehouse=warehouse, keep_snapshots=args.keep_snapshots, maintenance_every_commits=every)
     catalog = open_catalog(lake)
-    table = load_or_create_trades_table(catalog, lake)
+    table = load_or_create_table(catalog, lake, RecordKind.TRADES)
     if args.table_property:
         with table.transaction() as tx:
             tx.set_properties(dict(kv.split("=", 1) for kv in args.table_property))

@@ -29,10 +29,11 @@ import pyarrow.compute as pc
 
 from benchmarks._data import shifted_trades
 from k2.config import LakeSettings
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.lake.writer import TableWriter
 from k2.quality.checks import PriceJumpCheck
 from k2.quality.sequence import SequenceTracker, StreamKey
+from k2.schema.kinds import RecordKind
 
 
 def _track(tracker: SequenceTracker, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -84,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         lake = LakeSettings(warehouse=Path(tmp), maintenance_every_commits=1000)
         catalog = open_catalog(lake)
-        table = load_or_create_trades_table(catalog, lake)
+        table = load_or_create_table(catalog, lake, RecordKind.TRADES)
         writer = TableWriter(catalog, (lake.namespace, lake.trades_table), lake)
         merge_times: list[tuple[int, float]] = []
         stored = 0

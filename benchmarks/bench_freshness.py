@@ -48,9 +48,10 @@ from k2.config import K2Settings, KafkaSettings, LakeSettings, SourceSettings
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
 from k2.emulator.runner import EmulatorProcess
 from k2.emulator.server import ReplayConfig
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.logging import configure_logging
 from k2.query.engine import QueryEngine
+from k2.schema.kinds import RecordKind
 from k2.sources import DataType, RawFrame
 from k2.sources.binance import BinanceAdapter
 
@@ -267,7 +268,7 @@ def run_mode(args: argparse.Namespace, root: Path) -> Observed:
                 **({"poll_timeout_s": args.consumer_poll_s} if args.consumer_poll_s else {}),
             )
             settings = settings.model_copy(update={"kafka": kafka})
-        load_or_create_trades_table(open_catalog(lake), lake)  # before the services race to create it
+        load_or_create_table(open_catalog(lake), lake, RecordKind.TRADES)  # before the services race to create it
         poller = Poller(lake, observed)
         emulator = EmulatorProcess(ReplayConfig(speed=args.speed, preload=True))
         emulator.start()

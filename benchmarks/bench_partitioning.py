@@ -27,10 +27,11 @@ from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform
 
 from benchmarks._data import shifted_trades
 from k2.config import LakeSettings
-from k2.lake.catalog import TABLE_PROPERTIES, open_catalog, trades_sort_order
+from k2.lake.catalog import TABLE_PROPERTIES, open_catalog, sort_order
 from k2.lake.writer import TableWriter
 from k2.logging import configure_logging
 from k2.schema import TRADE, to_iceberg
+from k2.schema.kinds import RecordKind
 
 _SCHEMA = to_iceberg(TRADE)
 _TS = _SCHEMA.find_field("timestamp").field_id
@@ -64,7 +65,7 @@ def _run(name: str, catalog: Catalog, lake: LakeSettings, args: argparse.Namespa
         identifier,
         schema=_SCHEMA,
         partition_spec=LAYOUTS[name](),
-        sort_order=trades_sort_order(),
+        sort_order=sort_order(RecordKind.TRADES),
         properties=TABLE_PROPERTIES,
     )
     writer = TableWriter(catalog, identifier, lake)

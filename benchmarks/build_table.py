@@ -30,10 +30,11 @@ from pyiceberg.transforms import DayTransform, IdentityTransform
 
 from benchmarks._data import shifted_trades
 from k2.config import LakeSettings
-from k2.lake.catalog import TABLE_PROPERTIES, load_or_create_trades_table, open_catalog, trades_sort_order
+from k2.lake.catalog import TABLE_PROPERTIES, load_or_create_table, open_catalog, sort_order
 from k2.lake.writer import TableWriter
 from k2.logging import configure_logging
 from k2.schema import TRADE, to_iceberg
+from k2.schema.kinds import RecordKind
 
 DEFAULT_START = datetime(2024, 8, 8, 23, 54, 15, 342000, tzinfo=UTC)  # the recording's first trade
 
@@ -77,10 +78,10 @@ def build(
             (lake.namespace, lake.trades_table),
             schema=to_iceberg(TRADE),
             partition_spec=_day_symbol_spec(),
-            sort_order=trades_sort_order(),
+            sort_order=sort_order(RecordKind.TRADES),
             properties=TABLE_PROPERTIES,
         )
-    table = load_or_create_trades_table(catalog, lake)
+    table = load_or_create_table(catalog, lake, RecordKind.TRADES)
     if properties:
         with table.transaction() as tx:
             tx.set_properties(properties)

@@ -90,6 +90,8 @@ class LakeSettings(_Section):
     catalog_name: str = "k2"
     namespace: str = "market_data"
     trades_table: str = "trades"
+    quotes_table: str = "quotes"
+    events_table: str = "quality_events"  # quality events (gaps, duplicates, anomalies): docs/quality.md
     # Flush a batch to Iceberg when it reaches this many rows or this age, whichever first.
     flush_rows: int = Field(default=100_000, gt=0)
     flush_seconds: float = Field(default=1.0, gt=0)
@@ -159,7 +161,6 @@ class KafkaSettings(_Section):
 class QualitySettings(_Section):
     """Completeness and data quality at ingest (docs/quality.md)."""
 
-    events_table: str = "quality_events"
     # A gap is backfilled once it has stayed open this long (a reordered frame may still fill it).
     gap_grace_s: float = Field(default=2.0, ge=0)
     backfill: bool = True

@@ -22,9 +22,9 @@ from k2.config import K2Settings, LakeSettings, QualitySettings, SourceSettings
 from k2.emulator.faults import Faults, replay_frames, routable_frames
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
 from k2.emulator.server import BinanceEmulator, ReplayConfig
-from k2.lake.catalog import open_catalog
-from k2.lake.quality_events import load_or_create_events_table
+from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.query.engine import QueryEngine
+from k2.schema.kinds import RecordKind
 from k2.services.completeness import Completeness
 from k2.services.pipeline import EmbeddedPipeline
 from k2.services.quality_report import quality_report_dicts
@@ -158,7 +158,7 @@ def _table_rows(settings: K2Settings) -> list[dict[str, Any]]:
 
 
 def _events(settings: K2Settings) -> list[dict[str, Any]]:
-    table = load_or_create_events_table(open_catalog(settings.lake), settings)
+    table = load_or_create_table(open_catalog(settings.lake), settings.lake, RecordKind.QUALITY_EVENTS)
     return sorted(table.scan().to_arrow().to_pylist(), key=lambda r: (r["status_at"], r["kind"], r["first_id"]))
 
 

@@ -25,6 +25,9 @@ from k2.errors import RecordingError
 BUNDLED_DIR = Path(__file__).parent / "recordings"
 BUNDLED_BINANCE_TRADES = BUNDLED_DIR / "binance_btcusdt_ethusdt_trades_2024-08-08T2354_0005.jsonl.gz"
 """34,419 real Binance spot trades (BTCUSDT + ETHUSDT), see ``recordings/README.md``."""
+BUNDLED_BINANCE_SESSION = BUNDLED_DIR / "binance_btcusdt_ethusdt_session_2024-08-08T2354_0005.jsonl.gz"
+"""The whole recorded Binance session of BTCUSDT + ETHUSDT: trades, bookTicker, depth diffs, with their real
+interleaving and receive times (179,316 frames), see ``recordings/README.md``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,8 @@ from pyiceberg.transforms import DayTransform, IdentityTransform
 
 from k2.config import LakeSettings
 from k2.errors import LakeError
-from k2.schema import TRADE, to_iceberg
+from k2.schema import to_iceberg
+from k2.schema.kinds import RecordKind, spec
 
 # Table properties K2 sets on every table it creates (see docs/lake.md for the measurements).
 TABLE_PROPERTIES: dict[str, str] = {
@@ -36,7 +37,6 @@ TABLE_PROPERTIES: dict[str, str] = {
     # K2's TableWriter owns the commit-retry policy (lake.commit_retries, conflict metric, backoff);
     # pyiceberg would otherwise retry silently underneath it.
     "commit.retry.num-retries": "0",
-    "k2.schema-version": str(TRADE.version),
 }
 
 
@@ -81,37 +81,54 @@ def open_catalog(lake: LakeSettings, **extra: Any) -> Catalog:
     return catalog
 
 
-def trades_partition_spec() -> PartitionSpec:
-    """``day(timestamp)``: one data file per commit per day touched (see docs/lake.md)."""
-    ts = to_iceberg(TRADE).find_field("timestamp").field_id
-    return PartitionSpec(
-        PartitionField(source_id=ts, field_id=1000, transform=DayTransform(), name="timestamp_day"),
-    )
+def table_name(lake: LakeSettings, kind: RecordKind | str) -> str:
+    """The Iceberg table of ``kind`` in the lake namespace (``lake.<kind>_table`` settings rename them)."""
+    names = {
+        RecordKind.TRADES: lake.trades_table,
+        RecordKind.QUOTES: lake.quotes_table,
+        RecordKind.QUALITY_EVENTS: lake.events_table,
+    }
+    return names[spec(kind).kind]
 
 
-def trades_sort_order() -> SortOrder:
-    """``symbol, timestamp``: rows of one symbol are contiguous in each file (TableWriter sorts)."""
-    schema = to_iceberg(TRADE)
-    return SortOrder(
-        SortField(source_id=schema.find_field("symbol").field_id, transform=IdentityTransform()),
-        SortField(source_id=schema.find_field("timestamp").field_id, transform=IdentityTransform()),
-    )
+def table_identifier(lake: LakeSettings, kind: RecordKind | str) -> tuple[str, str]:
+    return (lake.namespace, table_name(lake, kind))
 
 
-def load_or_create_trades_table(catalog: Catalog, lake: LakeSettings) -> Table:
-    """The trades table, created from the canonical schema on first use."""
-    identifier = (lake.namespace, lake.trades_table)
+def partition_spec(kind: RecordKind | str) -> PartitionSpec:
+    """The kind's partition spec: ``day(<time column>)`` (one data file per commit per day touched)."""
+    s = spec(kind)
+    column, transform, name = s.partition
+    if transform != "day":
+        raise LakeError(f"unsupported partition transform {transform!r} for {s.name}")
+    source = to_iceberg(s.record).find_field(column).field_id
+    return PartitionSpec(PartitionField(source_id=source, field_id=1000, transform=DayTransform(), name=name))
+
+
+def sort_order(kind: RecordKind | str) -> SortOrder:
+    """The kind's sort order (e.g. ``symbol, timestamp``: a symbol's rows are contiguous in each file)."""
+    s = spec(kind)
+    schema = to_iceberg(s.record)
+    fields = [SortField(source_id=schema.find_field(c).field_id, transform=IdentityTransform()) for c in s.sort]
+    return SortOrder(*fields)
+
+
+def load_or_create_table(catalog: Catalog, lake: LakeSettings, kind: RecordKind | str) -> Table:
+    """The table of ``kind``, created from its canonical schema on first use (never from incoming data)."""
+    s = spec(kind)
+    identifier = table_identifier(lake, s.kind)
     try:
         return catalog.load_table(identifier)
     except NoSuchTableError:
         pass
+    properties = {**TABLE_PROPERTIES, "k2.record": s.record.name, "k2.schema-version": str(s.record.version)}
     try:
         return catalog.create_table(
             identifier,
-            schema=to_iceberg(TRADE),
-            partition_spec=trades_partition_spec(),
-            sort_order=trades_sort_order(),
-            properties=TABLE_PROPERTIES,
+            schema=to_iceberg(s.record),
+            partition_spec=partition_spec(s.kind),
+            sort_order=sort_order(s.kind),
+            properties=properties,
         )
     except TableAlreadyExistsError:  # another process created it first
         return catalog.load_table(identifier)

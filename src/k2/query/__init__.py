@@ -1,7 +1,7 @@
 """Queries: DuckDB over the Parquet files pyiceberg plans for each query (see docs/query.md)."""
 
 from k2.query.engine import OHLCV_SCHEMA, QueryEngine, make_filter, parse_interval
-from k2.query.planner import CacheInfo, ScanPlan, TradeFilter
+from k2.query.planner import CacheInfo, ScanFilter, ScanPlan
 from k2.query.result import QueryResult
 
 __all__ = [
@@ -9,8 +9,8 @@ __all__ = [
     "CacheInfo",
     "QueryEngine",
     "QueryResult",
+    "ScanFilter",
     "ScanPlan",
-    "TradeFilter",
     "make_filter",
     "parse_interval",
 ]

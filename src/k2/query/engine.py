@@ -1,4 +1,5 @@
-"""QueryEngine: trades, OHLCV bars, exact VWAP and read-only SQL over the Iceberg trades table.
+"""QueryEngine: trades, OHLCV bars, exact VWAP, quotes, spreads, the trade-quote as-of join and
+read-only SQL over K2's Iceberg tables.
 
 pyiceberg plans which data files a query needs (partition and column-metrics pruning, cached per
 snapshot, see :mod:`k2.query.planner`); DuckDB reads exactly those Parquet files with the query's
@@ -22,24 +23,28 @@ from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
 
 from k2.config import K2Settings, LakeSettings
 from k2.errors import K2Error, QueryError, ReadOnlyViolation
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.catalog import load_or_create_table, open_catalog, table_identifier
 from k2.logging import get_logger
 from k2.metrics import QUERY_SECONDS
-from k2.query import exact, sql
-from k2.query.planner import CacheInfo, Planner, ScanPlan, TradeFilter, from_us, local_path, to_us
+from k2.query import exact, quotes, sql
+from k2.query.planner import CacheInfo, Planner, ScanFilter, ScanPlan, from_us, local_path, to_us
 from k2.query.result import QueryResult
-from k2.schema import PRICE_PRECISION, PRICE_SCALE, TRADE_ARROW_SCHEMA
+from k2.schema import PRICE_PRECISION, PRICE_SCALE, TRADE_ARROW_SCHEMA, to_arrow
+from k2.schema.kinds import RecordKind, spec
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
 
 MAX_LIMIT = 1_000_000
+_OTHER_KINDS = (RecordKind.QUOTES, RecordKind.QUALITY_EVENTS)  # tables read when they exist
 _INTERVAL = re.compile(r"\s*(\d+)\s*(ms|s|m|h|d)\s*")
 _UNIT_US = {"ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 MAX_INTERVAL = timedelta(days=366)
@@ -94,19 +99,27 @@ def make_filter(
     exchange: str | None = None,
     start_time: datetime | None = None,
     end_time: datetime | None = None,
-) -> TradeFilter:
-    """Validate query arguments into a :class:`TradeFilter` (symbols/exchanges upper-cased)."""
+    time_column: str = "timestamp",
+) -> ScanFilter:
+    """Validate query arguments into a :class:`ScanFilter` (symbols/exchanges upper-cased)."""
     start_us, end_us = _utc_us(start_time, "start_time"), _utc_us(end_time, "end_time")
     if start_us is not None and end_us is not None and start_us >= end_us:
         raise QueryError("start_time must be before end_time")
-    return TradeFilter(_name(symbol, "symbol"), _name(exchange, "exchange"), start_us, end_us)
+    return ScanFilter(_name(symbol, "symbol"), _name(exchange, "exchange"), start_us, end_us, time_column)
+
+
+def _check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise QueryError(f"limit must be an integer between 1 and {MAX_LIMIT}")
 
 
 class QueryEngine:
-    """Queries over the trades table. Thread-safe (one DuckDB connection, used under a lock).
+    """Queries over K2's tables. Thread-safe (one DuckDB connection, used under a lock).
 
-    ``refresh_interval_s``: reload the table metadata (to see new snapshots) when the last load is
-    older than this before a query; ``None`` reloads only on :meth:`refresh`.
+    The trades table is the engine's main table (created when missing); the quotes and
+    quality-events tables are read when they exist (queries of a kind whose table does not exist
+    yet see no rows). ``refresh_interval_s``: reload table metadata (to see new snapshots) when the
+    last load is older than this before a query; ``None`` reloads only on :meth:`refresh`.
     """
 
     def __init__(
@@ -118,22 +131,26 @@ class QueryEngine:
         plan_cache_size: int = 256,
     ) -> None:
         self._catalog = catalog
-        self._identifier = (lake.namespace, lake.trades_table)
+        self._lake = lake
+        self._identifier = table_identifier(lake, RecordKind.TRADES)
         self._name = ".".join(self._identifier)
         self._refresh_interval_s = refresh_interval_s
+        self._plan_cache_size = plan_cache_size
         self._lock = threading.RLock()
         try:
-            table = load_or_create_trades_table(catalog, lake)
+            table = load_or_create_table(catalog, lake, RecordKind.TRADES)
         except K2Error:
             raise
         except Exception as exc:
             raise QueryError(f"cannot load table {self._name}: {exc}") from exc
         self._loaded_at = time.monotonic()
         self._planner = Planner(table, plan_cache_size)
-        self._location = local_path(table.location()).rstrip("/") + "/"
+        self._others: dict[RecordKind, Planner | None] = dict.fromkeys(_OTHER_KINDS)
+        self._load_others()
+        # DuckDB may read the namespace's directory (every K2 table of the warehouse) and nothing else.
+        self._location = local_path(table.location()).rstrip("/").rsplit("/", 1)[0] + "/"
         self._con = sql.open_connection(self._location)
-        self._view_ready = False
-        self._view_snapshot: int | None = None  # the snapshot the `trades` view points at
+        self._views: dict[RecordKind, int | None] = {}  # kind -> the snapshot its view points at
         self._symbols: tuple[int | None, list[str]] | None = None
 
     @classmethod
@@ -156,7 +173,7 @@ class QueryEngine:
         return self._planner.table
 
     def refresh(self) -> None:
-        """Reload the table metadata; a new snapshot gets new plans (the old ones are dropped)."""
+        """Reload the tables' metadata; a new snapshot gets new plans (the old ones are dropped)."""
         try:
             table = self._catalog.load_table(self._identifier)
         except Exception as exc:
@@ -164,7 +181,28 @@ class QueryEngine:
         with self._lock:
             if self._planner.set_table(table):
                 log.debug("query.snapshot_changed", table=self._name, snapshot_id=self._planner.snapshot_id)
+            self._load_others()
             self._loaded_at = time.monotonic()
+
+    def _load_others(self) -> None:
+        """(Re)load the quotes and quality-events tables that exist (a missing one stays None)."""
+        for kind, planner in self._others.items():
+            identifier = table_identifier(self._lake, kind)
+            try:
+                table = self._catalog.load_table(identifier)
+            except NoSuchTableError:
+                continue
+            except Exception as exc:
+                raise QueryError(f"cannot load table {'.'.join(identifier)}: {exc}") from exc
+            if planner is None:
+                self._others[kind] = Planner(table, self._plan_cache_size)
+            else:
+                planner.set_table(table)
+
+    def planner(self, kind: RecordKind) -> Planner | None:
+        """The planner of ``kind``'s table (None while that table does not exist)."""
+        self._maybe_refresh()
+        return self._planner if kind is RecordKind.TRADES else self._others.get(kind)
 
     def _maybe_refresh(self) -> None:
         interval = self._refresh_interval_s
@@ -195,8 +233,7 @@ class QueryEngine:
         limit: int = 1000,
     ) -> QueryResult:
         """Trades in time order (then by the venue's sequence), at most ``limit`` (1..1,000,000)."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-            raise QueryError(f"limit must be an integer between 1 and {MAX_LIMIT}")
+        _check_limit(limit)
         flt = make_filter(symbol, exchange, start_time, end_time)
         with self._timed("trades"):
 
@@ -259,7 +296,9 @@ class QueryEngine:
         return None if value is None else exact.to_decimal(value)
 
     def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> QueryResult:
-        """Run one read-only SELECT over the view ``trades`` (the current snapshot's data files).
+        """Run one read-only SELECT over the views ``trades``, ``quotes`` and ``quality_events`` (each
+        the current snapshot's data files of its table; empty with the canonical columns when the
+        table has no data yet).
 
         Refused with ReadOnlyViolation: several statements, anything but a SELECT/WITH/VALUES/
         DESCRIBE query (COPY, ATTACH, CREATE, INSERT, SET, PRAGMA, INSTALL, LOAD, ...), and
@@ -271,7 +310,7 @@ class QueryEngine:
             self._maybe_refresh()
             with self._lock:
                 text = sql.check_read_only(self._con, query)
-                self._ensure_view()
+                self._ensure_views()
                 try:
                     table = sql.run(self._con, text, params)
                 except duckdb.PermissionException as exc:
@@ -280,10 +319,111 @@ class QueryEngine:
                     raise QueryError(f"query failed: {exc}") from exc
         return QueryResult(table)
 
+    # --- quotes ---------------------------------------------------------------------------------------
+    def query_quotes(
+        self,
+        symbol: str | None = None,
+        exchange: str | None = None,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        limit: int = 1000,
+    ) -> QueryResult:
+        """Quotes (best bid/offer) in receive order, at most ``limit``; the time range is on
+        ``ingestion_timestamp`` (Binance spot quotes carry no exchange time)."""
+        _check_limit(limit)
+        flt = make_filter(symbol, exchange, start_time, end_time, "ingestion_timestamp")
+        with self._timed("quotes"):
+
+            def attempt() -> pa.Table:
+                planner = self._others[RecordKind.QUOTES]
+                plan = None if planner is None else planner.plan(flt)
+                if plan is None or not plan.files:
+                    return quotes.QUOTE_ARROW_SCHEMA.empty_table()
+                where, params = plan.sql_where()
+                params.update(files=list(plan.files), limit=limit)
+                if plan.rows > limit:
+                    cutoff = self._run(quotes.quotes_cutoff_sql(where), params).column("cutoff")[0].as_py()
+                    where += " AND ingestion_timestamp <= $cutoff"
+                    params["cutoff"] = cutoff
+                return self._run(quotes.quotes_sql(where), params)
+
+            table = self._retrying(attempt)
+        return QueryResult(table.cast(quotes.QUOTE_ARROW_SCHEMA))
+
+    def spread(
+        self,
+        symbol: str | None = None,
+        exchange: str | None = None,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+    ) -> QueryResult:
+        """Spread statistics per exchange and symbol over the quotes received in the range
+        (:data:`k2.query.quotes.SPREAD_SCHEMA`: min/max exact, means exact to 12 places)."""
+        flt = make_filter(symbol, exchange, start_time, end_time, "ingestion_timestamp")
+        with self._timed("spread"):
+
+            def attempt() -> pa.Table:
+                planner = self._others[RecordKind.QUOTES]
+                plan = None if planner is None else planner.plan(flt)
+                if plan is None or not plan.files:
+                    return quotes.SPREAD_SCHEMA.empty_table()
+                where, params = plan.sql_where()
+                params["files"] = list(plan.files)
+                return quotes.spread_table(self._run(quotes.spread_sql(where), params))
+
+            table = self._retrying(attempt)
+        return QueryResult(table)
+
+    def trades_with_quotes(
+        self,
+        symbol: str | None = None,
+        exchange: str | None = None,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        limit: int = 1000,
+        tolerance: timedelta = timedelta(minutes=1),
+    ) -> QueryResult:
+        """Trades (as :meth:`query_trades` selects them) each with the quote prevailing when K2
+        received it: the last quote of its exchange and symbol received before the trade, at most
+        ``tolerance`` older (else null). Backfilled trades get no quote. See :mod:`k2.query.quotes`."""
+        if not isinstance(tolerance, timedelta) or tolerance < timedelta(0):
+            raise QueryError("tolerance must be a non-negative timedelta")
+        trades = self.query_trades(symbol, exchange, start_time, end_time, limit).table
+        tolerance_us = tolerance // timedelta(microseconds=1)
+        with self._timed("trades_with_quotes"):
+            table = self._retrying(lambda: self._as_of(trades, tolerance_us))
+        return QueryResult(table)
+
+    def _as_of(self, trades: pa.Table, tolerance_us: int) -> pa.Table:
+        schema = pa.schema([*TRADE_ARROW_SCHEMA, *quotes.AS_OF_COLUMNS])
+        planner = self._others[RecordKind.QUOTES]
+        received = trades.column("ingestion_timestamp").cast(pa.int64())
+        if trades.num_rows == 0 or planner is None:
+            nulls = [pa.nulls(trades.num_rows, f.type) for f in quotes.AS_OF_COLUMNS]
+            return pa.table([*trades.columns, *nulls], schema=schema)
+        lo, hi = pc.min(received).as_py(), pc.max(received).as_py()
+        symbols = pc.unique(trades.column("symbol")).to_pylist()
+        flt = ScanFilter(symbols[0] if len(symbols) == 1 else None, None, lo - tolerance_us, hi, "ingestion_timestamp")
+        plan = planner.plan(flt)
+        backfilled = pc.map_lookup(trades.column("vendor_data"), pa.scalar("backfilled"), "first")
+        live = pc.invert(pc.fill_null(pc.equal(backfilled, "true"), False))
+        if not plan.files:
+            nulls = [pa.nulls(trades.num_rows, f.type) for f in quotes.AS_OF_COLUMNS]
+            return pa.table([*trades.columns, *nulls], schema=schema)
+        where, params = plan.sql_where()
+        params.update(files=list(plan.files), tolerance_us=tolerance_us)
+        with self._lock:
+            self._con.register(quotes.AS_OF_TRADES, trades.append_column("k2_live", live))
+            try:
+                joined = self._run(quotes.as_of_sql(where), params)
+            finally:
+                self._con.unregister(quotes.AS_OF_TRADES)
+        return joined.cast(schema)
+
     def symbols(self) -> list[str]:
         """Symbols present in the current snapshot, sorted (from file metrics where they are exact)."""
         self._maybe_refresh()
-        plan = self._planner.plan(TradeFilter())
+        plan = self._planner.plan(ScanFilter())
         cached = self._symbols
         if cached is not None and cached[0] == plan.snapshot_id:
             return list(cached[1])
@@ -300,7 +440,7 @@ class QueryEngine:
     def stats(self) -> dict[str, Any]:
         """Rows, data files, bytes, snapshots and time range of the current snapshot (metadata only)."""
         self._maybe_refresh()
-        plan = self._planner.plan(TradeFilter())
+        plan = self._planner.plan(ScanFilter())
         metadata = self._planner.table.metadata
         return {
             "table": self._name,
@@ -348,7 +488,7 @@ class QueryEngine:
                 raise QueryError(f"cannot read the table's data files: {again}") from again
 
     def _aggregate(
-        self, flt: TradeFilter, *, bucketed: bool, width_us: int = 0
+        self, flt: ScanFilter, *, bucketed: bool, width_us: int = 0
     ) -> tuple[pa.Table, exact.NotionalMethod]:
         plan = self._planner.plan(flt)
         method = exact.choose_method(plan.max_abs_price, plan.max_abs_quantity, len(plan.files), plan.max_file_rows)
@@ -365,19 +505,22 @@ class QueryEngine:
         text = sql.aggregate_sql(where, method, bucketed=bucketed, compact_key=compact)
         return self._run(text, params), method
 
-    def _ensure_view(self) -> None:
-        """Point the ``trades`` view at the current snapshot's files (caller holds the lock)."""
-        plan = self._planner.plan(TradeFilter())
-        if self._view_ready and self._view_snapshot == plan.snapshot_id:
-            return
-        try:
-            if plan.files:
-                sql.create_trades_view(self._con, plan.files)
-            else:
-                sql.create_empty_trades_view(self._con)
-        except duckdb.Error as exc:
-            raise QueryError(f"cannot create the trades view: {exc}") from exc
-        self._view_ready, self._view_snapshot = True, plan.snapshot_id
+    def _ensure_views(self) -> None:
+        """Point each kind's view at its table's current snapshot files (caller holds the lock)."""
+        for kind in (RecordKind.TRADES, *_OTHER_KINDS):
+            planner = self._planner if kind is RecordKind.TRADES else self._others[kind]
+            plan = None if planner is None else planner.plan(ScanFilter(time_column=spec(kind).time_column))
+            snapshot = None if plan is None else plan.snapshot_id
+            if kind in self._views and self._views[kind] == snapshot:
+                continue
+            try:
+                if plan is not None and plan.files:
+                    sql.create_view(self._con, kind.value, plan.files)
+                else:
+                    sql.create_empty_view(self._con, kind.value, to_arrow(spec(kind).record))
+            except duckdb.Error as exc:
+                raise QueryError(f"cannot create the {kind.value} view: {exc}") from exc
+            self._views[kind] = snapshot
 
 
 def bar_parameters(plan: ScanPlan, width_us: int) -> tuple[dict[str, int], bool]:

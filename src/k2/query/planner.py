@@ -39,14 +39,20 @@ def _predicate(kind: type[BooleanExpression], column: str, value: object) -> Boo
     return cast(BooleanExpression, factory(column, value))
 
 
+# The time columns a filter may use, as quoted SQL identifiers (chosen from this fixed set, never spliced input).
+_TIME_COLUMNS = {"timestamp": '"timestamp"', "ingestion_timestamp": '"ingestion_timestamp"'}
+
+
 @dataclass(frozen=True, slots=True)
-class TradeFilter:
-    """What a query selects: all fields optional; ``start_us`` inclusive, ``end_us`` exclusive."""
+class ScanFilter:
+    """What a query selects: all fields optional; ``start_us`` inclusive, ``end_us`` exclusive, on
+    ``time_column`` (trades: the exchange's ``timestamp``; quotes: ``ingestion_timestamp``)."""
 
     symbol: str | None = None
     exchange: str | None = None
     start_us: int | None = None
     end_us: int | None = None
+    time_column: str = "timestamp"
 
     def row_filter(self) -> BooleanExpression:
         """The same filter as an Iceberg expression (drives partition and metrics pruning)."""
@@ -56,9 +62,9 @@ class TradeFilter:
         if self.exchange is not None:
             parts.append(_predicate(EqualTo, "exchange", self.exchange))
         if self.start_us is not None:
-            parts.append(_predicate(GreaterThanOrEqual, "timestamp", self.start_us))
+            parts.append(_predicate(GreaterThanOrEqual, self.time_column, self.start_us))
         if self.end_us is not None:
-            parts.append(_predicate(LessThan, "timestamp", self.end_us))
+            parts.append(_predicate(LessThan, self.time_column, self.end_us))
         if not parts:
             return AlwaysTrue()
         return parts[0] if len(parts) == 1 else And(*parts)
@@ -70,10 +76,11 @@ class TradeFilter:
             found["symbol"] = ("symbol = $symbol", self.symbol)
         if self.exchange is not None:
             found["exchange"] = ("exchange = $exchange", self.exchange)
+        column = _TIME_COLUMNS[self.time_column]
         if self.start_us is not None:
-            found["start_time"] = ('"timestamp" >= $start_time', from_us(self.start_us))
+            found["start_time"] = (f"{column} >= $start_time", from_us(self.start_us))
         if self.end_us is not None:
-            found["end_time"] = ('"timestamp" < $end_time', from_us(self.end_us))
+            found["end_time"] = (f"{column} < $end_time", from_us(self.end_us))
         return found
 
     def sql_where(self, skip: Collection[str] = ()) -> tuple[str, dict[str, object]]:
@@ -98,22 +105,22 @@ class ScanPlan:
     """The data files one query reads, with what their metadata says about them."""
 
     snapshot_id: int | None
-    filter: TradeFilter
+    filter: ScanFilter
     files: tuple[str, ...]  # local paths, in planning order
     rows: int  # records in the planned files: an upper bound on the rows the query reads
     bytes: int
     max_file_rows: int
     # Largest |unscaled value| of price and quantity in the planned files (column metrics);
-    # None when some file has no bounds for the column.
+    # None when some file has no bounds for the column (or the table has no such column).
     max_abs_price: int | None
     max_abs_quantity: int | None
-    min_timestamp_us: int | None
+    min_timestamp_us: int | None  # of the filter's time column
     max_timestamp_us: int | None
     # Range of source_sequence (None when unknown or when a file has only nulls in it).
     min_sequence: int | None
     max_sequence: int | None
     single_symbol_files: tuple[tuple[str, str], ...]  # (path, symbol) of files holding one symbol
-    # The filter's predicates (see TradeFilter.predicates) that the metrics prove every row of every
+    # The filter's predicates (see ScanFilter.predicates) that the metrics prove every row of every
     # planned file passes (e.g. the time range of a whole-day query on day partitions): DuckDB
     # does not re-check them.
     implied: frozenset[str]
@@ -154,23 +161,29 @@ def _long_bound(raw: bytes | None) -> int | None:
 
 
 class Planner:
-    """Plans scans of one table, with an LRU cache of plans for its current snapshot. Thread-safe."""
+    """Plans scans of one table, with an LRU cache of plans for its current snapshot. Thread-safe.
+
+    Works for any table with ``symbol``, ``exchange`` and the filters' time column; the price and
+    quantity bounds (exact VWAP's overflow analysis) and the ``source_sequence`` range are taken
+    when the table has those columns.
+    """
 
     def __init__(self, table: Table, max_entries: int = 256) -> None:
         self._lock = threading.Lock()
         self._max_entries = max_entries
-        self._cache: OrderedDict[tuple[int | None, TradeFilter], ScanPlan] = OrderedDict()
+        self._cache: OrderedDict[tuple[int | None, ScanFilter], ScanPlan] = OrderedDict()
         self._hits = 0
         self._misses = 0
         self._table = table
         self._snapshot_id = self._current_snapshot_id(table)
         schema = table.schema()
-        self._price_id = schema.find_field("price").field_id
-        self._quantity_id = schema.find_field("quantity").field_id
-        self._timestamp_id = schema.find_field("timestamp").field_id
-        self._symbol_id = schema.find_field("symbol").field_id
-        self._exchange_id = schema.find_field("exchange").field_id
-        self._sequence_id = schema.find_field("source_sequence").field_id
+        ids = {f.name: f.field_id for f in schema.fields}
+        self._price_id = ids.get("price", -1)
+        self._quantity_id = ids.get("quantity", -1)
+        self._time_ids = {name: ids[name] for name in _TIME_COLUMNS if name in ids}
+        self._symbol_id = ids["symbol"]
+        self._exchange_id = ids["exchange"]
+        self._sequence_id = ids.get("source_sequence", -1)
 
     @staticmethod
     def _current_snapshot_id(table: Table) -> int | None:
@@ -200,7 +213,7 @@ class Planner:
         with self._lock:
             return CacheInfo(self._hits, self._misses, len(self._cache), self._snapshot_id)
 
-    def plan(self, flt: TradeFilter) -> ScanPlan:
+    def plan(self, flt: ScanFilter) -> ScanPlan:
         """The plan of ``flt`` on the current snapshot, from the cache when it was planned before."""
         with self._lock:
             table, snapshot_id = self._table, self._snapshot_id
@@ -219,7 +232,7 @@ class Planner:
                     self._cache.popitem(last=False)
         return plan
 
-    def _plan(self, table: Table, snapshot_id: int | None, flt: TradeFilter) -> ScanPlan:
+    def _plan(self, table: Table, snapshot_id: int | None, flt: ScanFilter) -> ScanPlan:
         if snapshot_id is None:
             return ScanPlan(None, flt, (), 0, 0, 0, 0, 0, None, None, None, None, (), frozenset(flt.predicates()))
         try:
@@ -237,6 +250,7 @@ class Planner:
         seq_known = ts_known = True
         single: list[tuple[str, str]] = []
         implied = set(flt.predicates())
+        time_id = self._time_id(flt)
         for task in tasks:
             if task.delete_files:
                 raise QueryError(
@@ -252,7 +266,7 @@ class Planner:
             lower, upper = data.lower_bounds or {}, data.upper_bounds or {}
             max_price = _max_abs(max_price, lower.get(self._price_id), upper.get(self._price_id))
             max_qty = _max_abs(max_qty, lower.get(self._quantity_id), upper.get(self._quantity_id))
-            lo, hi = _long_bound(lower.get(self._timestamp_id)), _long_bound(upper.get(self._timestamp_id))
+            lo, hi = _long_bound(lower.get(time_id)), _long_bound(upper.get(time_id))
             if lo is None or hi is None:
                 ts_known = False
             else:
@@ -286,7 +300,13 @@ class Planner:
             frozenset(implied),
         )
 
-    def _within(self, data: DataFile, flt: TradeFilter) -> set[str]:
+    def _time_id(self, flt: ScanFilter) -> int:
+        field_id = self._time_ids.get(flt.time_column)
+        if field_id is None:
+            raise QueryError(f"table {self._table.name()} has no time column {flt.time_column!r}")
+        return field_id
+
+    def _within(self, data: DataFile, flt: ScanFilter) -> set[str]:
         """The predicates of ``flt`` that the file's metrics prove all of its rows pass."""
         lower, upper = data.lower_bounds or {}, data.upper_bounds or {}
         nulls = data.null_value_counts or {}
@@ -298,9 +318,10 @@ class Planner:
             raw = None if wanted is None else wanted.encode()
             if raw is not None and lower.get(field_id) == raw == upper.get(field_id) and nulls.get(field_id) == 0:
                 proven.add(name)
-        lo = _long_bound(lower.get(self._timestamp_id))
-        hi = _long_bound(upper.get(self._timestamp_id))
-        if lo is not None and hi is not None and nulls.get(self._timestamp_id) == 0:
+        time_id = self._time_id(flt)
+        lo = _long_bound(lower.get(time_id))
+        hi = _long_bound(upper.get(time_id))
+        if lo is not None and hi is not None and nulls.get(time_id) == 0:
             if flt.start_us is not None and lo >= flt.start_us:
                 proven.add("start_time")
             if flt.end_us is not None and hi < flt.end_us:

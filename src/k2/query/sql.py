@@ -17,9 +17,6 @@ from k2.errors import QueryError, ReadOnlyViolation
 from k2.query.exact import LIMB_MASK, NotionalMethod, combine_limbs, unscaled_ints
 from k2.schema import TRADE_ARROW_SCHEMA
 
-TRADES_VIEW = "trades"
-FILES_VARIABLE = "k2_trades_files"
-
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
@@ -218,17 +215,19 @@ def _list_sums(column: pa.ChunkedArray) -> list[int]:
     return [sum(x or 0 for x in values[offsets[i] : offsets[i + 1]]) for i in range(len(offsets) - 1)]
 
 
-def create_trades_view(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> None:
-    """(Re)point the ``trades`` view at ``files`` (bound through a variable, never spliced into SQL)."""
-    con.execute(f"SET VARIABLE {FILES_VARIABLE} = $files", {"files": list(files)})
+def create_view(con: duckdb.DuckDBPyConnection, name: str, files: Sequence[str]) -> None:
+    """(Re)point the view ``name`` (a kind: trades, quotes, ...) at ``files`` (bound through a
+    variable, never spliced into SQL)."""
+    variable = f"k2_{name}_files"
+    con.execute(f"SET VARIABLE {variable} = $files", {"files": list(files)})
     con.execute(
-        f"CREATE OR REPLACE VIEW {TRADES_VIEW} AS SELECT * FROM read_parquet(getvariable('{FILES_VARIABLE}'))"  # noqa: S608
+        f"CREATE OR REPLACE VIEW {quote_ident(name)} AS SELECT * FROM read_parquet(getvariable('{variable}'))"  # noqa: S608
     )
 
 
-def create_empty_trades_view(con: duckdb.DuckDBPyConnection) -> None:
-    """A ``trades`` view with the canonical columns and no rows (a table without data files)."""
-    con.from_arrow(TRADE_ARROW_SCHEMA.empty_table()).create_view(TRADES_VIEW, replace=True)
+def create_empty_view(con: duckdb.DuckDBPyConnection, name: str, schema: pa.Schema) -> None:
+    """A view ``name`` with the canonical columns and no rows (a table without data files)."""
+    con.from_arrow(schema.empty_table()).create_view(name, replace=True)
 
 
 def distinct_symbols_sql() -> str:

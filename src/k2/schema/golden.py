@@ -13,17 +13,24 @@ from k2.schema.arrow import to_arrow
 from k2.schema.avro import to_avro
 from k2.schema.iceberg import to_iceberg
 from k2.schema.model import RecordSchema
+from k2.schema.quality_event import QUALITY_EVENT_V1
+from k2.schema.quote import QUOTE_V1
 from k2.schema.trade import TRADE_V2, TRADE_V3
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
-RECORDS: tuple[RecordSchema, ...] = (TRADE_V2, TRADE_V3)
+RECORDS: tuple[RecordSchema, ...] = (TRADE_V2, TRADE_V3, QUOTE_V1, QUALITY_EVENT_V1)
+
+
+def _snake(name: str) -> str:
+    """``QualityEvent`` -> ``quality_event``."""
+    return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
 
 
 def golden_files() -> dict[str, str]:
     """File name -> expected text, for every canonical record."""
     out: dict[str, str] = {}
     for record in RECORDS:
-        stem = f"{record.name.lower()}_v{record.version}"
+        stem = f"{_snake(record.name)}_v{record.version}"
         out[f"{stem}.avsc"] = json.dumps(to_avro(record), indent=2) + "\n"
         out[f"{stem}.iceberg.json"] = to_iceberg(record).model_dump_json(indent=2) + "\n"
         arrow = [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in to_arrow(record)]

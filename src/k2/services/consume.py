@@ -30,12 +30,12 @@ from k2.bus.serde import AvroDecoder
 from k2.bus.topics import dlq_topic, quality_events_topic, trades_topic
 from k2.config import K2Settings, LakeSettings
 from k2.errors import LakeError
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
-from k2.lake.quality_events import load_or_create_events_table
+from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.lake.writer import TableWriter
 from k2.logging import get_logger
 from k2.metrics import serve_metrics
 from k2.schema import TRADE
+from k2.schema.kinds import RecordKind
 from k2.schema.model import RecordSchema
 from k2.schema.quality_event import QUALITY_EVENT
 
@@ -64,14 +64,14 @@ def _stream(settings: K2Settings, record: RecordSchema) -> _Stream:
         return _Stream(
             f"{kafka.consumer_group}.quality",
             [quality_events_topic(kafka.asset_class, settings.source.venue)],
-            settings.quality.events_table,
-            lambda catalog: load_or_create_events_table(catalog, settings),
+            lake.events_table,
+            lambda catalog: load_or_create_table(catalog, settings.lake, RecordKind.QUALITY_EVENTS),
         )
     return _Stream(
         kafka.consumer_group,
         default_topics(settings),
         lake.trades_table,
-        lambda catalog: load_or_create_trades_table(catalog, lake),
+        lambda catalog: load_or_create_table(catalog, lake, RecordKind.TRADES),
     )
 
 

@@ -22,13 +22,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.config import K2Settings
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
-from k2.lake.quality_events import gap_events, load_or_create_events_table
+from k2.lake.catalog import load_or_create_table, open_catalog
+from k2.lake.quality_events import gap_events
 from k2.lake.quarantine import Quarantine
 from k2.lake.writer import TableWriter
 from k2.logging import get_logger
 from k2.metrics import LAKE_COMMIT_FAILURES, LAST_EVENT_TIME
 from k2.quality.records import QualityEventRow, events_batch, open_gaps
+from k2.schema.kinds import RecordKind
 from k2.services.completeness import Completeness, recent_ids
 from k2.services.intake import TradeIntake
 from k2.services.lifecycle import FrameBacklog, open_sessions, supervise
@@ -87,7 +88,7 @@ class EmbeddedPipeline:
         self.urls, self._sessions = open_sessions(self.adapter, settings, ws_base_url)
         lake = settings.lake
         self.catalog = open_catalog(lake)
-        table = load_or_create_trades_table(self.catalog, lake)
+        table = load_or_create_table(self.catalog, lake, RecordKind.TRADES)
         self.writer = TableWriter(self.catalog, (lake.namespace, lake.trades_table), lake)
         LAKE_COMMIT_FAILURES.labels(table=f"{lake.namespace}.{lake.trades_table}")  # exported as 0 from the start
         self.quarantine = Quarantine(lake.quarantine_dir, self.adapter.venue)
@@ -108,9 +109,9 @@ class EmbeddedPipeline:
             settings, exchange=self.adapter.exchange, venue=self.adapter.venue, is_sample_data=is_sample_data,
             now_us=wall_clock_us(), seed=seed, symbol_info=symbol_info,
         )  # fmt: skip
-        events = load_or_create_events_table(self.catalog, settings)
+        events = load_or_create_table(self.catalog, settings.lake, RecordKind.QUALITY_EVENTS)
         self.completeness.resolve_stored(open_gaps(gap_events(events)), seed, wall_clock_us())
-        self.events_writer = TableWriter(self.catalog, (lake.namespace, settings.quality.events_table), lake)
+        self.events_writer = TableWriter(self.catalog, (lake.namespace, lake.events_table), lake)
         self.intake = TradeIntake(
             self.adapter, self.quarantine, self.completeness,
             next_sequence=_recover_platform_sequence(table.snapshots()) + 1, is_sample_data=is_sample_data,

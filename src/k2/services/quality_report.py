@@ -10,9 +10,9 @@ from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, G
 
 from k2.config import K2Settings
 from k2.errors import ConfigError
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
-from k2.lake.quality_events import load_or_create_events_table
+from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.quality.report import build_report
+from k2.schema.kinds import RecordKind
 
 
 def parse_day(text: str | None) -> date | None:
@@ -44,11 +44,13 @@ def quality_report(settings: K2Settings, *, symbol: str | None = None, day: date
     """One row per (UTC day, exchange, symbol): trades, first/last id, expected vs stored, gaps
     found/backfilled/unrecoverable/open, duplicates dropped, out-of-order, resets, anomalies by kind."""
     catalog = open_catalog(settings.lake)
-    trades = load_or_create_trades_table(catalog, settings.lake).scan(
+    trades = load_or_create_table(catalog, settings.lake, RecordKind.TRADES).scan(
         row_filter=_filter("timestamp", symbol, day),
         selected_fields=("exchange", "symbol", "timestamp", "source_sequence", "vendor_data"),
     )
-    events = load_or_create_events_table(catalog, settings).scan(row_filter=_filter("trade_time", symbol, day))
+    events = load_or_create_table(catalog, settings.lake, RecordKind.QUALITY_EVENTS).scan(
+        row_filter=_filter("trade_time", symbol, day)
+    )
     return build_report(trades.to_arrow(), events.to_arrow())
 
 

@@ -27,8 +27,9 @@ from k2.bus.registry import SchemaRegistry
 from k2.bus.serde import AvroEncoder
 from k2.bus.topics import dlq_topic, topic_name, value_subject
 from k2.config import K2Settings, KafkaSettings, LakeSettings, SourceSettings
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.schema import TRADE
+from k2.schema.kinds import RecordKind
 from k2.schema.model import RecordSchema
 from k2.sources import DataType, RawFrame
 from k2.sources.binance import BinanceAdapter
@@ -89,7 +90,7 @@ IGNORED = ("ingestion_timestamp", "platform_sequence")  # set by whichever proce
 
 def table_rows(settings: K2Settings) -> pa.Table:
     lake = settings.lake
-    table = load_or_create_trades_table(open_catalog(lake), lake)
+    table = load_or_create_table(open_catalog(lake), lake, RecordKind.TRADES)
     return table.scan().to_arrow()
 
 
@@ -165,7 +166,7 @@ def high_watermarks(settings: K2Settings, topic: str) -> dict[int, int]:
 def committed_rows(settings: K2Settings) -> int:
     """Rows in the table's current snapshot (0 before the first commit)."""
     lake = settings.lake
-    snapshot = load_or_create_trades_table(open_catalog(lake), lake).current_snapshot()
+    snapshot = load_or_create_table(open_catalog(lake), lake, RecordKind.TRADES).current_snapshot()
     if snapshot is None or snapshot.summary is None:
         return 0
     return int(snapshot.summary.additional_properties.get("total-records", 0))

@@ -16,7 +16,8 @@ from k2.bus.offsets import offsets_property, table_offsets
 from k2.bus.topics import topic_name
 from k2.config import K2Settings
 from k2.emulator.server import BinanceEmulator, ReplayConfig
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.catalog import load_or_create_table, open_catalog
+from k2.schema.kinds import RecordKind
 from k2.services.consume import build_consumer
 from k2.services.ingest import IngestService
 from tests.conftest import eventually, eventually_async
@@ -60,7 +61,7 @@ def test_recording_lands_in_iceberg_exactly_once(bus_settings: K2Settings, recor
 
     # The offsets committed with the rows say exactly where each partition ends.
     lake = bus_settings.lake
-    table = load_or_create_trades_table(open_catalog(lake), lake)
+    table = load_or_create_table(open_catalog(lake), lake, RecordKind.TRADES)
     offsets = table_offsets(table, bus_settings.kafka.consumer_group)
     assert offsets == {(topic, p): end for p, end in ends.items() if end > 0}
     assert sum(offsets.values()) == 34_419

@@ -14,7 +14,8 @@ from pyarrow import fs
 
 from k2.config import LakeSettings
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.catalog import load_or_create_table, open_catalog
+from k2.schema.kinds import RecordKind
 from k2.sources import DataType, RawFrame
 from k2.sources.binance import BinanceAdapter
 from tests.integration.services.fixtures import PostgresService, S3Service
@@ -51,12 +52,12 @@ def test_trades_table_on_postgres_catalog_and_s3_warehouse(
     }
 
     writer_catalog = open_catalog(lake)
-    load_or_create_trades_table(writer_catalog, lake).append(pa.Table.from_batches([batch]))
+    load_or_create_table(writer_catalog, lake, RecordKind.TRADES).append(pa.Table.from_batches([batch]))
     writer_catalog.engine.dispose()
 
     # A fresh catalog connection sees the committed rows, with exact decimals.
     reader_catalog = open_catalog(lake)
-    reread = load_or_create_trades_table(reader_catalog, lake).scan().to_arrow()
+    reread = load_or_create_table(reader_catalog, lake, RecordKind.TRADES).scan().to_arrow()
     reader_catalog.engine.dispose()
     assert reread.num_rows == ROWS
     got = {

@@ -15,8 +15,9 @@ from k2.bus.offsets import (
 )
 from k2.config import K2Settings
 from k2.errors import LakeError
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.lake.writer import TableWriter
+from k2.schema.kinds import RecordKind
 
 T = "market.crypto.trades.binance"
 
@@ -70,7 +71,7 @@ def test_merge_keeps_other_consumers_partitions() -> None:
 def test_table_offsets_follow_the_snapshot_chain_of_a_real_table(settings: K2Settings) -> None:
     lake = settings.lake
     catalog = open_catalog(lake)
-    table = load_or_create_trades_table(catalog, lake)
+    table = load_or_create_table(catalog, lake, RecordKind.TRADES)
     assert table_offsets(table, "g") == {}
     writer = TableWriter(catalog, (lake.namespace, lake.trades_table), lake)
     empty = table.schema().as_arrow().empty_table().to_batches() or []

@@ -7,7 +7,8 @@ import pytest
 from pyiceberg.catalog import Catalog
 
 from k2.config import K2Settings, LakeSettings
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.catalog import load_or_create_table, open_catalog
+from k2.schema.kinds import RecordKind
 from k2.sources.base import DataType, RawFrame
 from k2.sources.binance import BinanceAdapter
 
@@ -27,5 +28,5 @@ def lake(settings: K2Settings) -> LakeSettings:
 @pytest.fixture
 def catalog(lake: LakeSettings) -> Catalog:
     catalog = open_catalog(lake)
-    load_or_create_trades_table(catalog, lake)
+    load_or_create_table(catalog, lake, RecordKind.TRADES)
     return catalog

@@ -13,10 +13,11 @@ from pyiceberg.table import Table
 from k2.config import LakeSettings
 from k2.errors import LakeError
 from k2.lake import maintenance
-from k2.lake.catalog import TABLE_PROPERTIES, trades_partition_spec, trades_sort_order
+from k2.lake.catalog import TABLE_PROPERTIES, partition_spec, sort_order
 from k2.lake.writer import TableWriter
 from k2.metrics import REGISTRY
 from k2.schema import TRADE, TRADE_ARROW_SCHEMA, to_iceberg
+from k2.schema.kinds import RecordKind
 from tests.unit.lake.files import files_on_disk, referenced_files
 
 
@@ -128,8 +129,8 @@ def _unmerged_table(catalog: Catalog, lake: LakeSettings) -> tuple[str, str]:
     catalog.create_table(
         identifier,
         schema=to_iceberg(TRADE),
-        partition_spec=trades_partition_spec(),
-        sort_order=trades_sort_order(),
+        partition_spec=partition_spec(RecordKind.TRADES),
+        sort_order=sort_order(RecordKind.TRADES),
         properties={**TABLE_PROPERTIES, "commit.manifest-merge.enabled": "false"},
     )
     return identifier

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from k2.cli import app
 from k2.config import K2Settings, LakeSettings
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
-from k2.lake.quality_events import load_or_create_events_table
+from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.lake.writer import TableWriter
 from k2.quality.records import QualityEventRow, events_batch
 from k2.quality.report import REPORT_COLUMNS, build_report
+from k2.schema.kinds import RecordKind
 from k2.schema.quality_event import EventKind, EventStatus
 from k2.sources.base import RawFrame
 from k2.sources.binance import BinanceAdapter
@@ -93,8 +93,8 @@ def test_build_report_per_symbol_per_day() -> None:
 def test_k2_quality_command(tmp_path: Path) -> None:
     settings = K2Settings(lake=LakeSettings(warehouse=tmp_path / "wh"))
     catalog = open_catalog(settings.lake)
-    load_or_create_trades_table(catalog, settings.lake)
-    load_or_create_events_table(catalog, settings)
+    load_or_create_table(catalog, settings.lake, RecordKind.TRADES)
+    load_or_create_table(catalog, settings.lake, RecordKind.QUALITY_EVENTS)
     TableWriter(catalog, ("market_data", "trades"), settings.lake).append(_trades())
     TableWriter(catalog, ("market_data", "quality_events"), settings.lake).append(_events())
 

@@ -12,9 +12,10 @@ from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.transforms import DayTransform, IdentityTransform
 
 from k2.config import LakeSettings
-from k2.lake.catalog import TABLE_PROPERTIES, load_or_create_trades_table, open_catalog
+from k2.lake.catalog import TABLE_PROPERTIES, load_or_create_table, open_catalog
 from k2.query import QueryEngine
 from k2.schema import TRADE, to_iceberg
+from k2.schema.kinds import RecordKind
 from k2.sources.base import DataType, RawFrame
 from k2.sources.binance import BinanceAdapter
 
@@ -31,7 +32,7 @@ def recording(bundled_frames: list[RawFrame]) -> pa.Table:
 
 
 def fill(catalog: Catalog, lake: LakeSettings, data: pa.Table) -> None:
-    table = load_or_create_trades_table(catalog, lake)
+    table = load_or_create_table(catalog, lake, RecordKind.TRADES)
     table.append(data.slice(0, SPLIT))
     table.append(data.slice(SPLIT))
 

@@ -16,11 +16,12 @@ from pyiceberg.catalog import Catalog
 
 from k2.config import LakeSettings
 from k2.errors import QueryError
-from k2.lake.catalog import load_or_create_trades_table
+from k2.lake.catalog import load_or_create_table
 from k2.query import QueryEngine, exact, sql
 from k2.query.engine import bar_parameters
 from k2.query.exact import LIMBS, NotionalMethod
-from k2.query.planner import ScanPlan, TradeFilter
+from k2.query.planner import ScanFilter, ScanPlan
+from k2.schema.kinds import RecordKind
 from tests.unit.query import reference as ref
 
 # Decimal arithmetic rounds to 28 digits by default: every 38-digit value here is written out.
@@ -137,7 +138,7 @@ def test_every_method_gives_the_same_exact_bars_on_the_recording(
 
 
 def test_bar_parameters() -> None:
-    base = ScanPlan(1, TradeFilter(), ("f",), 1, 1, 1, 1, 1, None, None, None, None, (), frozenset())
+    base = ScanPlan(1, ScanFilter(), ("f",), 1, 1, 1, 1, 1, None, None, None, None, (), frozenset())
     # No metrics: an origin far before any timestamp, and the HUGEINT key.
     params, compact = bar_parameters(base, 60_000_000)
     assert not compact
@@ -177,14 +178,14 @@ def extreme_engine(
     empty_lake: tuple[Catalog, LakeSettings],
 ) -> Iterator[tuple[QueryEngine, Catalog, LakeSettings]]:
     catalog, lake = empty_lake
-    load_or_create_trades_table(catalog, lake)
+    load_or_create_table(catalog, lake, RecordKind.TRADES)
     with QueryEngine(catalog, lake, refresh_interval_s=0.0) as eng:
         yield eng, catalog, lake
 
 
 def _load(extreme: tuple[QueryEngine, Catalog, LakeSettings], data: pa.Table) -> QueryEngine:
     engine, catalog, lake = extreme
-    load_or_create_trades_table(catalog, lake).append(data)
+    load_or_create_table(catalog, lake, RecordKind.TRADES).append(data)
     return engine
 
 

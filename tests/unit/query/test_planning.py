@@ -13,9 +13,10 @@ from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC
 
 from k2.config import LakeSettings
 from k2.errors import QueryError
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
-from k2.query import QueryEngine, TradeFilter
+from k2.lake.catalog import load_or_create_table, open_catalog
+from k2.query import QueryEngine, ScanFilter
 from k2.query.planner import local_path
+from k2.schema.kinds import RecordKind
 from tests.unit.query import reference as ref
 from tests.unit.query.conftest import SPLIT, create_table, fill
 
@@ -86,7 +87,7 @@ def test_plan_carries_metrics_bounds(day_symbol_engine: QueryEngine, recording: 
     max_qty = pc.max(eth.column("quantity")).as_py()
     assert plan.max_abs_price == int(max_price.scaleb(12))
     assert plan.max_abs_quantity == int(max_qty.scaleb(12))
-    assert plan.filter == TradeFilter(symbol="ETHUSDT")
+    assert plan.filter == ScanFilter(symbol="ETHUSDT")
 
 
 def test_plans_are_cached_per_snapshot_and_replaced_after_an_append(
@@ -108,7 +109,7 @@ def test_plans_are_cached_per_snapshot_and_replaced_after_an_append(
             recording.schema.field("timestamp"),
             pc.add(recording.column("timestamp").slice(0, 100), pa.scalar(timedelta(days=1))),
         )
-        load_or_create_trades_table(catalog, lake).append(later)
+        load_or_create_table(catalog, lake, RecordKind.TRADES).append(later)
         assert engine.plan("BTCUSDT") is first
         assert engine.query_trades("BTCUSDT", limit=1_000_000).num_rows == before
 
@@ -130,7 +131,7 @@ def test_refresh_interval_zero_sees_every_new_snapshot(
     catalog, lake = empty_lake
     with QueryEngine(catalog, lake, refresh_interval_s=0.0) as engine:
         assert engine.sql("SELECT count(*) AS n FROM trades").to_pylist() == [{"n": 0}]
-        table = load_or_create_trades_table(catalog, lake)
+        table = load_or_create_table(catalog, lake, RecordKind.TRADES)
         table.append(recording.slice(0, 500))
         assert engine.sql("SELECT count(*) AS n FROM trades").to_pylist() == [{"n": 500}]
         assert engine.symbols() == sorted(set(recording.slice(0, 500).column("symbol").to_pylist()))
@@ -155,7 +156,7 @@ def test_unpartitioned_table_gives_the_same_answers(
     """The engine relies on pyiceberg planning only, not on a particular partition spec."""
     catalog, lake = empty_lake
     create_table(catalog, lake, UNPARTITIONED_PARTITION_SPEC)
-    load_or_create_trades_table(catalog, lake).append(recording)
+    load_or_create_table(catalog, lake, RecordKind.TRADES).append(recording)
     with QueryEngine(catalog, lake, refresh_interval_s=None) as engine:
         assert len(engine.plan().files) == 1
         assert engine.plan().single_symbol_files == ()  # both symbols in one file: symbols() scans it

@@ -22,8 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from k2.config import LakeSettings
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.schema import TRADE, to_avro
+from k2.schema.kinds import RecordKind
 from k2.sources import DataType, RawFrame
 from k2.sources.binance import BinanceAdapter
 
@@ -68,7 +69,7 @@ def test_extremes_round_trip_through_avro() -> None:
 
 def test_extremes_round_trip_through_iceberg_and_duckdb(tmp_path: Path) -> None:
     lake = LakeSettings(warehouse=tmp_path)
-    table = load_or_create_trades_table(open_catalog(lake), lake)
+    table = load_or_create_table(open_catalog(lake), lake, RecordKind.TRADES)
     batch = BinanceAdapter().parse(_frames(), first_platform_sequence=1, is_sample_data=False).records[DataType.TRADES]
     table.append(pa.Table.from_batches([batch]))
     files = [t.file.file_path.removeprefix("file://") for t in table.scan().plan_files()]

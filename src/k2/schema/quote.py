@@ -1,0 +1,46 @@
+"""The canonical quote record (best bid and offer), schema version 1. Declared once; every other form is derived.
+
+A quote is one top-of-book update as the venue published it: best bid price and size, best ask price
+and size, exact decimals with the same ``decimal(38, 12)`` as trades. Times: ``ingestion_timestamp``
+(when K2 received the frame) is always set; ``timestamp`` is the venue's own event time and is null
+when the venue sends none (Binance spot ``bookTicker`` carries no time). ``source_sequence`` is the
+venue's update id (Binance ``u``: increasing, not consecutive), so quotes have no id-gap tracking.
+"""
+
+from __future__ import annotations
+
+from k2.schema.model import BooleanType, Field, LongType, MapType, RecordSchema, StringType, TimestampType
+from k2.schema.trade import DECIMAL
+
+QUOTE_V1 = RecordSchema(
+    name="Quote",
+    namespace="k2.market_data",
+    version=1,
+    doc="One best bid/offer update published by an exchange, normalized to K2's canonical form (schema v1).",
+    fields=(
+        Field(1, "message_id", StringType(), "K2 id of this record: UUIDv5 of exchange:symbol:quote:update_id."),
+        Field(2, "symbol", StringType(), "Exchange symbol as the venue writes it (e.g. BTCUSDT)."),
+        Field(3, "instrument", StringType(), "Canonical instrument BASE/QUOTE (e.g. BTC/USDT)."),
+        Field(4, "exchange", StringType(), "Venue name, upper case (e.g. BINANCE)."),
+        Field(5, "asset_class", StringType(), "Asset class (crypto)."),
+        Field(6, "timestamp", TimestampType(), "Venue event time, UTC, microseconds; null when not sent.", False),
+        Field(7, "bid_price", DECIMAL, "Best bid price, exact."),
+        Field(8, "bid_size", DECIMAL, "Quantity at the best bid (base asset), exact."),
+        Field(9, "ask_price", DECIMAL, "Best ask price, exact."),
+        Field(10, "ask_size", DECIMAL, "Quantity at the best ask (base asset), exact."),
+        Field(11, "currency", StringType(), "Currency of the prices (the quote asset)."),
+        Field(12, "source_sequence", LongType(), "The venue's update id for this quote.", False),
+        Field(13, "ingestion_timestamp", TimestampType(), "When K2 received the frame, UTC, microseconds."),
+        Field(14, "platform_sequence", LongType(), "K2's increasing sequence per venue feed."),
+        Field(
+            15,
+            "vendor_data",
+            MapType(16, 17, StringType(), StringType()),
+            "Venue-specific fields kept verbatim as text.",
+        ),
+        Field(18, "is_sample_data", BooleanType(), "True for replayed/demo data, false for live data."),
+    ),
+)
+
+QUOTE = QUOTE_V1
+"""The quote schema the pipeline writes today."""
