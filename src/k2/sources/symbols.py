@@ -30,6 +30,26 @@ class SymbolInfo:
     quote: str
 
 
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """A canonical instrument: base and quote assets, written ``BASE/QUOTE`` (``BTC/USDT``) across venues."""
+
+    base: str
+    quote: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.base}/{self.quote}"
+
+    @classmethod
+    def parse(cls, text: str) -> Instrument | None:
+        """``BTC/USDT`` -> Instrument("BTC", "USDT"); None when ``text`` is not in the canonical form."""
+        base, sep, quote = text.strip().upper().partition("/")
+        if not sep or not base.isalnum() or not quote.isalnum():
+            return None
+        return cls(base, quote)
+
+
 def split_symbol_offline(symbol: str) -> SymbolInfo:
     """Split a concatenated symbol using :data:`KNOWN_QUOTES` (the offline fallback)."""
     upper = symbol.upper()
