@@ -187,7 +187,7 @@ class QualitySettings(_Section):
     # `k2 ingest` seeds it from the newest messages of its topic: this many per partition, read
     # further back (up to seed_max_messages) until every subscribed symbol's position is known.
     seed_messages: int = Field(default=50_000, gt=0)
-    seed_max_messages: int = Field(default=2_000_000, gt=0)
+    seed_max_messages: int = Field(default=500_000, gt=0)
     price_jump_fraction: float = Field(default=0.05, gt=0)
     price_window: int = Field(default=50, ge=1)
     max_future_s: float = Field(default=2.0, ge=0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,15 +51,16 @@ def read_tail(
     decoder: AvroDecoder,
     *,
     max_messages: int,
-    enough: Callable[[Tail], bool] | None = None,
+    further: Callable[[Tail], Collection[int]] | None = None,
     limit: int | None = None,
     timeout_s: float = 60.0,
 ) -> Tail:
     """Up to ``max_messages`` of each partition's newest messages, decoded with ``decoder``.
 
-    With ``enough``: while ``enough(tail)`` is False, read further back (each step four times the
-    window so far) in the partitions not yet read from their first offset, up to ``limit`` messages
-    per partition (``max_messages`` when None). Every message is read and decoded once.
+    With ``further``: while ``further(tail)`` names partitions, read further back in those (each
+    step four times the window so far), up to ``limit`` messages per partition (``max_messages``
+    when None) or their first offset. Every message is read and decoded once; each step has its
+    own ``timeout_s``.
     """
     consumer = Consumer(
         {
@@ -71,15 +72,20 @@ def read_tail(
             "isolation.level": "read_committed",
         }
     )
-    deadline = time.monotonic() + timeout_s
 
-    def left() -> float:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise BusError(f"reading the tail of {topic} took too long")
-        return remaining
+    def deadline() -> Callable[[], float]:
+        at = time.monotonic() + timeout_s
+
+        def left() -> float:
+            remaining = at - time.monotonic()
+            if remaining <= 0:
+                raise BusError(f"reading the tail of {topic} took too long")
+            return remaining
+
+        return left
 
     try:
+        left = deadline()
         metadata = consumer.list_topics(topic, timeout=left())
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
             raise BusError(f"topic {topic} does not exist")
@@ -90,17 +96,17 @@ def read_tail(
         starts = {p: max(low, high - window) for p, (low, high) in bounds.items()}
         chunks = [_read(consumer, topic, decoder, {p: (starts[p], high) for p, (_, high) in bounds.items()}, left)]
         tail = _tail(chunks, starts)
-        while (
-            enough is not None and not enough(tail) and window < cap and any(starts[p] > bounds[p][0] for p in bounds)
-        ):
+        wanted = set(further(tail)) if further is not None else set()
+        while window < cap and (wanted := {p for p in wanted if p in bounds and starts[p] > bounds[p][0]}):
             window = min(cap, 4 * window)
-            older = {p: (max(low, high - window), starts[p]) for p, (low, high) in bounds.items() if starts[p] > low}
-            chunks.append(_read(consumer, topic, decoder, older, left))
+            older = {p: (max(bounds[p][0], bounds[p][1] - window), starts[p]) for p in wanted}
+            chunks.append(_read(consumer, topic, decoder, older, deadline()))
             starts.update({p: start for p, (start, _) in older.items()})
             tail = _tail(chunks, starts)
+            wanted = set(further(tail)) if further is not None else set()
         log.info(
             "bus.tail_read", topic=topic, rows=tail.rows.num_rows, window=window, whole=sorted(tail.whole),
-            settled=enough is None or enough(tail),
+            unsettled=sorted(wanted),
         )  # fmt: skip
         return tail
     except KafkaException as exc:

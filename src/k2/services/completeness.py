@@ -109,22 +109,25 @@ def topic_seed(tail: Tail) -> dict[str, Seed]:
     return out
 
 
-def tail_knows(tail: Tail, symbols: Sequence[str]) -> bool:
-    """True when ``tail`` fixes the position of every one of ``symbols``: each is in it with a
-    live row that is a new high after its first one (:func:`window_floor`), or every partition
-    that holds it, or every partition (a symbol never sent), was read from offset 0. `k2 ingest`
-    reads further back until this holds (:func:`k2.bus.tail.read_tail`)."""
+def unplaced(tail: Tail, symbols: Sequence[str]) -> set[int]:
+    """The partitions to read further back before ``tail`` fixes the position of every one of
+    ``symbols`` (empty: it does). A symbol is placed when a live row of it is a new high after its
+    first one in the tail (:func:`window_floor`), or when every partition holding it was read from
+    offset 0; a symbol not in the tail at all could be in any partition not read from offset 0.
+    `k2 ingest` reads back until this is empty (:func:`k2.bus.tail.read_tail`)."""
     rows = tail.rows
     present = set(pc.unique(rows["symbol"]).to_pylist()) if rows.num_rows else set()
-    if any(s not in present for s in symbols) and not tail.topic_partitions <= tail.whole:
-        return False
-    ids = rows["source_sequence"].to_numpy() if rows.num_rows else np.zeros(0, np.int64)
-    live = _live_mask(rows) if rows.num_rows else np.zeros(0, bool)
-    for symbol in present & set(symbols):
-        idx = np.flatnonzero(pc.equal(rows["symbol"], symbol).to_numpy(zero_copy_only=False))
-        if not _floor(tail, ids, live, idx)[1]:
-            return False
-    return True
+    out: set[int] = set()
+    if any(s not in present for s in symbols):
+        out |= tail.topic_partitions - tail.whole
+    if present & set(symbols):
+        ids = rows["source_sequence"].to_numpy()
+        live = _live_mask(rows)
+        for symbol in present & set(symbols):
+            idx = np.flatnonzero(pc.equal(rows["symbol"], symbol).to_numpy(zero_copy_only=False))
+            if not _floor(tail, ids, live, idx)[1]:
+                out |= {int(p) for p in tail.partitions[idx]} - tail.whole
+    return out
 
 
 class Completeness:

@@ -42,7 +42,7 @@ from k2.logging import get_logger
 from k2.quality.records import events_batch, open_gaps
 from k2.schema import TRADE
 from k2.schema.quality_event import QUALITY_EVENT
-from k2.services.completeness import Completeness, tail_knows, topic_seed
+from k2.services.completeness import Completeness, topic_seed, unplaced
 from k2.services.intake import TradeIntake
 from k2.services.lifecycle import FrameBacklog, open_sessions, run_until_stopped, supervise
 from k2.sources import load_adapter
@@ -107,7 +107,7 @@ class IngestService:
             window = settings.quality.seed_messages
             sent = read_tail(
                 kafka.bootstrap_servers, self.topic, AvroDecoder(TRADE, registry.fetch), max_messages=window,
-                enough=functools.partial(tail_knows, symbols=settings.source.symbols),
+                further=functools.partial(unplaced, symbols=settings.source.symbols),
                 limit=settings.quality.seed_max_messages,
             )  # fmt: skip
             recorded = read_tail(
