@@ -69,6 +69,9 @@ class ReplayConfig:
     min_clients: int = 1
     preload: bool = False  # decode the whole recording before listening (benchmarks measure the client)
     live: bool = False
+    # Stop the cursor before this recorded frame (1-based, delivered or missed) until release():
+    # lets a test line something up with the stream without racing it.
+    hold_at: int | None = None
 
     def __post_init__(self) -> None:
         if self.speed is not None and self.speed <= 0:
@@ -122,6 +125,9 @@ class BinanceEmulator:
         self._closers: set[asyncio.Task[None]] = set()
         self._decoded: list[OutFrame] | None = None
         self._started = False  # live mode: the first client came, the feed never waits again
+        self._released = asyncio.Event()
+        if self.config.hold_at is None:
+            self._released.set()
         self.rest = RestEndpoints(self.config.recording, self.config.faults)
         """The REST side (``/api/v3/...`` on the same port); ``rest.requests`` logs every request."""
 
@@ -181,6 +187,15 @@ class BinanceEmulator:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def release(self) -> None:
+        """Let the cursor go on past ``hold_at``."""
+        self._released.set()
+
+    def _holding(self, out: OutFrame, earlier: int) -> bool:
+        """True when ``out``, with ``earlier`` recorded frames taken before it, must wait for release()."""
+        hold = self.config.hold_at
+        return hold is not None and out.kind == FRAME and earlier + 1 >= hold and not self._released.is_set()
 
     async def wait_finished(self) -> None:
         """Wait until the recording has been replayed (raises if the replay failed)."""
@@ -353,6 +368,9 @@ class BinanceEmulator:
                 if head is None:
                     return
                 pending.append(head)
+            if self._holding(pending[0], self.replayed + self.missed):
+                await self._released.wait()
+                t0 = None
             if await self._wait_for_clients():
                 t0 = None  # resume at the recorded pace from here, not with a burst
             due_us: float | None = None
@@ -393,7 +411,7 @@ class BinanceEmulator:
                     break
                 out = nxt
                 pending.append(out)
-            if due_us is not None and taken and out.recv_us > due_us:
+            if (due_us is not None and taken and out.recv_us > due_us) or self._holding(out, position + self.missed):
                 break
             taken += 1
             pending.popleft()
@@ -518,6 +536,11 @@ class EmulatorThread:
     @property
     def url(self) -> str:
         return self.emulator.url
+
+    def release(self) -> None:
+        """:meth:`BinanceEmulator.release`, from any thread."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.emulator.release)
 
     @property
     def finished(self) -> bool:

@@ -68,3 +68,20 @@ def test_live_mode_needs_a_pace() -> None:
         ReplayConfig(live=True)
     result = CliRunner().invoke(app, ["emulator", "--live", "--speed", "max"])
     assert result.exit_code == 1 and "live mode needs a pace" in result.output
+
+
+def test_hold_at_stops_the_cursor_until_release(bundled_frames: list[RawFrame]) -> None:
+    async def main() -> tuple[list[bytes], int, list[bytes]]:
+        config = ReplayConfig(speed=50.0, live=True, hold_at=150)
+        async with BinanceEmulator(config) as emu, _connect(emu.url + BOTH) as ws:
+            before = await _recv(ws, 149)
+            with pytest.raises(TimeoutError):  # frame 150 waits (a broken hold would only pass this)
+                async with asyncio.timeout(0.3):
+                    await ws.recv()
+            held = emu.replayed + emu.missed
+            emu.release()
+            return before, held, await _recv(ws, 10)
+
+    before, held, after = asyncio.run(main())
+    expected = [f.payload for f in bundled_frames]
+    assert before == expected[:149] and held == 149 and after == expected[149:159]
