@@ -142,6 +142,8 @@ def test_kill_9_of_k2_run_under_every_fault_with_the_feed_moving(tmp_path: Path)
     withheld = {(d["s"], str(d["t"])) for start, n in FAULTS.withhold for d in recording[start - 1 : start - 1 + n]}
     backfilled = {(r["symbol"], r["trade_id"]) for r in rows if r["backfilled"] == "true"}
     assert withheld <= backfilled  # and what each kill and disconnect lost
+    in_gaps = {(g["symbol"], str(i)) for g in _gap_rows(settings) for i in range(g["first_id"], g["last_id"] + 1)}
+    assert backfilled <= in_gaps  # every backfilled row has its gap's record, whatever the kills hit
 
     # Every quarantined frame is one the emulator made bad, once, with the reason it was made for.
     made = {

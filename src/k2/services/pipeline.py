@@ -31,6 +31,7 @@ from k2.lake.writer import TableWriter
 from k2.logging import get_logger
 from k2.metrics import LAKE_COMMIT_FAILURES, LAST_EVENT_TIME
 from k2.quality.records import QualityEventRow, events_batch, open_gaps
+from k2.schema.quality_event import EventStatus
 from k2.services.completeness import Completeness
 from k2.services.intake import TradeIntake
 from k2.services.lifecycle import FrameBacklog, open_sessions, supervise
@@ -241,16 +242,29 @@ class EmbeddedPipeline:
         state: Mapping[str, str],
         events: list[QualityEventRow] | None = None,
     ) -> None:
-        if batches and not await self._commit_trades(batches, rows, state):
-            if events:
+        events = events or []
+        if batches:
+            # A gap's OPEN row goes *before* the trades: they may hold rows backfilled for it, and a
+            # crash between the two commits must not leave those rows without the gap's record (a
+            # restart settles an OPEN gap whose rows are stored: resolve_stored).
+            opened = [e for e in events if e.status is EventStatus.OPEN]
+            if opened and await self._commit_events(opened):
+                events = [e for e in events if e.status is not EventStatus.OPEN]
+            if not await self._commit_trades(batches, rows, state):
                 self.completeness.restore_events(events)
-            return
+                return
         if events:  # after the trades they describe: a RESOLVED gap's rows are committed first
-            try:
-                await asyncio.to_thread(self.events_writer.append, events_batch(events))
-            except Exception as exc:
-                log.error("pipeline.events_commit_failed", events=len(events), error=str(exc))
+            await self._commit_events(events, restore=True)
+
+    async def _commit_events(self, events: list[QualityEventRow], *, restore: bool = False) -> bool:
+        try:
+            await asyncio.to_thread(self.events_writer.append, events_batch(events))
+            return True
+        except Exception as exc:
+            log.error("pipeline.events_commit_failed", events=len(events), error=str(exc))
+            if restore:
                 self.completeness.restore_events(events)
+            return False
 
     async def _commit_trades(self, batches: Sequence[pa.RecordBatch], rows: int, state: Mapping[str, str]) -> bool:
         last_seq = int(pc.max(pa.chunked_array([b.column("platform_sequence") for b in batches])).as_py())
