@@ -7,9 +7,12 @@ Both streaming services (the embedded pipeline and `k2 ingest`, through
 stale feeds are reported), and pass :meth:`Completeness.take_events` on right after the trades they
 describe: the pipeline commits them to the quality-events table, `k2 ingest` produces them to the
 venue's quality topic, from which `k2 consume` commits them to the same table.
-:meth:`Completeness.run_backfill` fetches queued gaps over REST (rate-limited), passes the rows
-through the same tracker (so they are deduplicated too) and hands them to the pipeline, then
-records the gap RESOLVED or UNRECOVERABLE with the reason. See docs/quality.md.
+:meth:`Completeness.run_backfill` fetches queued gaps over REST (rate-limited, transient faults
+retried), passes the rows through the same tracker (so they are deduplicated too) and hands them
+to the pipeline, then records the gap RESOLVED or UNRECOVERABLE with the reason; an unrecoverable
+gap is tried again on a slow schedule. Rows the tracker holds as a possible venue reset wait here
+until it is confirmed or dropped. The embedded pipeline records :meth:`Completeness.recorded_state`
+with each commit; on start the state comes back from there (or from a seed). See docs/quality.md.
 """
 
 from __future__ import annotations
