@@ -318,11 +318,6 @@ class Completeness:
         self._queue.put_nowait(job)
 
     @property
-    def retries_waiting(self) -> int:
-        """Unrecoverable gaps waiting for a slow retry."""
-        return len(self._retries)
-
-    @property
     def has_events(self) -> bool:
         """Events waiting to be committed."""
         return bool(self._events)
