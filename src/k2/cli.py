@@ -281,6 +281,9 @@ def emulator(
     port: Annotated[int, typer.Option()] = 9443,
     speed: Annotated[str, typer.Option(help="1 = recorded pace, N = N times faster, 'max' = as fast as read.")] = "1",
     loop: Annotated[bool, typer.Option(help="Start over at the end of the recording.")] = False,
+    live: Annotated[
+        bool, typer.Option(help="Keep the feed moving while no client is connected, as a live venue does.")
+    ] = False,
     disconnect_after: Annotated[list[int] | None, typer.Option(help="Drop the connection after N frames.")] = None,
     duplicate_every: Annotated[int, typer.Option(help="Send every k-th frame twice.")] = 0,
     reorder_every: Annotated[int, typer.Option(help="Swap every k-th frame with the next.")] = 0,
@@ -296,6 +299,7 @@ def emulator(
             recording=recording or BUNDLED_BINANCE_TRADES,
             speed=None if speed == "max" else _positive_float(speed),
             loop=loop,
+            live=live,
             faults=Faults(
                 disconnect_after=tuple(disconnect_after or ()),
                 duplicate_every=duplicate_every,

@@ -172,12 +172,23 @@ class QualitySettings(_Section):
     rest_weight_per_minute: int = Field(default=3000, gt=0)
     rest_weight_burst: int = Field(default=300, gt=0)
     rest_timeout_s: float = Field(default=10.0, gt=0)
-    # Trades whose id is this far below the high-water mark mean the venue reset its numbering.
+    # A gap still incomplete after backfill is recorded UNRECOVERABLE, then fetched again every
+    # interval for this long (0: never); a later success records it RESOLVED.
+    backfill_retry_interval_s: float = Field(default=300.0, gt=0)
+    backfill_retry_for_s: float = Field(default=3600.0, ge=0)
+    # Ids this far below the high-water mark (and not older than it) may be a reset of the venue's
+    # numbering: held until this many of one dense run confirm it (docs/quality.md).
     reset_threshold: int = Field(default=10_000_000, gt=0)
-    # Startup: ids from the table's newest rows (this far back in exchange time) seed the tracker.
-    seed_lookback_s: float = Field(default=3600.0, gt=0)
-    # `k2 ingest` seeds it from the newest messages of its topic instead: this many per partition.
+    reset_confirm_trades: int = Field(default=100, ge=1)
+    # Holes per stream recorded with each commit (the newest; older ones count as held).
+    state_max_holes: int = Field(default=1_000, ge=0)
+    # A table without a recorded state (written by an older K2): per symbol, its stored ids this
+    # close to its own highest id seed the tracker.
+    seed_ids: int = Field(default=1_000_000, gt=0)
+    # `k2 ingest` seeds it from the newest messages of its topic: this many per partition, read
+    # further back (up to seed_max_messages) until every subscribed symbol's position is known.
     seed_messages: int = Field(default=50_000, gt=0)
+    seed_max_messages: int = Field(default=500_000, gt=0)
     price_jump_fraction: float = Field(default=0.05, gt=0)
     price_window: int = Field(default=50, ge=1)
     max_future_s: float = Field(default=2.0, ge=0)

@@ -114,10 +114,16 @@ S = TypeVar("S", bound=_Service)
 
 
 async def run_settled(
-    make: Callable[[K2Settings, str], S], settings: K2Settings, faults: Faults, speed: float | None = None
+    make: Callable[[K2Settings, str], S],
+    settings: K2Settings,
+    faults: Faults,
+    speed: float | None = None,
+    *,
+    complete: bool = False,
 ) -> tuple[S, BinanceEmulator]:
     """Replay the recording with ``faults`` into ``make(settings with the emulator's REST URL, ws url)``
-    until everything sent is handled and every gap is backfilled (or abandoned); then stop it."""
+    until everything sent is handled and every gap is backfilled (or abandoned; with ``complete``,
+    until no id is missing at all, through the slow retries); then stop it."""
     async with BinanceEmulator(ReplayConfig(speed=speed, faults=faults)) as emu:
         service = make(_with_rest(settings, emu.http_url), emu.url)
         run = asyncio.create_task(service.run())
@@ -130,7 +136,10 @@ async def run_settled(
                 and service.stats.frames >= emu.frames_sent
                 and service.get_stats()["backlog_frames"] == 0
                 and service.completeness.backfilling == 0
-                and all(not tracker.holes(k) or _all_abandoned(tracker.holes(k)) for k in tracker.streams())
+                and all(
+                    not tracker.holes(k) or (not complete and _all_abandoned(tracker.holes(k)))
+                    for k in tracker.streams()
+                )
             )
 
         await eventually_async(settled, timeout=120)
@@ -139,11 +148,13 @@ async def run_settled(
     return service, emu
 
 
-async def _run(settings: K2Settings, faults: Faults) -> tuple[EmbeddedPipeline, BinanceEmulator]:
+async def _run(
+    settings: K2Settings, faults: Faults, *, complete: bool = False
+) -> tuple[EmbeddedPipeline, BinanceEmulator]:
     def make(s: K2Settings, ws_url: str) -> EmbeddedPipeline:
         return EmbeddedPipeline(s, ws_base_url=ws_url, is_sample_data=True)
 
-    return await run_settled(make, settings, faults)
+    return await run_settled(make, settings, faults, complete=complete)
 
 
 def _all_abandoned(holes: list[Any]) -> bool:
@@ -282,3 +293,44 @@ def test_persistent_rest_errors_leave_the_gap_unrecoverable_then_a_restart_repai
     assert pipeline.get_stats()["quality"]["duplicates_dropped"] == TOTAL - 10
     latest = {e["event_id"]: e["status"] for e in _events(settings) if e["kind"] == "GAP"}
     assert latest == dict.fromkeys(ids, "RESOLVED")
+
+
+def _gap_history(settings: K2Settings) -> dict[str, list[str]]:
+    """Per gap event id, its statuses in order."""
+    out: dict[str, list[str]] = {}
+    for e in _events(settings):
+        if e["kind"] == "GAP":
+            out.setdefault(e["event_id"], []).append(e["status"])
+    return out
+
+
+def test_transient_rest_faults_are_retried_before_a_gap_is_given_up(tmp_path: Path) -> None:
+    """A 200 with a broken body, an empty page for a range that has trades, an answer slower than
+    the client's timeout and a 503, each once: backfill retries the page and every gap is RESOLVED
+    in the same run (before, the first two made the gap UNRECOVERABLE until the next start)."""
+    settings = _settings(tmp_path, rest_timeout_s=0.5)
+    rest_faults = (("bad_body", 0.0), ("empty_page", 0.0), ("slow", 2.0), (503, 0.05))
+    withheld = {(d["s"], str(d["t"])) for d in _recording()[3_000:3_010]}
+    pipeline, emu = asyncio.run(_run(settings, Faults(withhold=((3_001, 10),), rest_errors=rest_faults)))
+    _assert_exactly_the_recording(_table_rows(settings), withheld)
+    assert [r.status for r in emu.rest.requests][:4] == [200, 200, 200, 503]  # then the right answers
+    history = _gap_history(settings)
+    assert history and all(statuses == ["OPEN", "RESOLVED"] for statuses in history.values())
+    assert pipeline.get_stats()["quality"]["gaps_unrecoverable"] == 0
+
+
+def test_an_unrecoverable_gap_is_retried_on_a_slow_schedule_and_resolved(tmp_path: Path) -> None:
+    """Backfill's attempts all fail (503 twice with 2 attempts): the gap is recorded UNRECOVERABLE,
+    then fetched again after quality.backfill_retry_interval_s in the same run, and RESOLVED."""
+    settings = _settings(tmp_path, backfill_attempts=2, backfill_retry_interval_s=0.5)
+    withheld = {(d["s"], str(d["t"])) for d in _recording()[3_000:3_010]}
+    faults = Faults(withhold=((3_001, 10),), rest_errors=((503, 0.05), (503, 0.05)))
+    asyncio.run(_run(settings, faults, complete=True))
+    _assert_exactly_the_recording(_table_rows(settings), withheld)
+    history = _gap_history(settings)
+    assert sorted(history.values()) == sorted(
+        [["OPEN", "UNRECOVERABLE", "RESOLVED"]] + [["OPEN", "RESOLVED"]] * (len(history) - 1)
+    )
+    report = quality_report_dicts(settings)
+    assert sum(r["gaps_unrecoverable"] for r in report) == sum(r["missing"] for r in report) == 0
+    assert sum(r["gaps_backfilled"] for r in report) == len(history)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,7 @@ class Tail:
     partitions: np.ndarray  # int32, aligned with ``rows``
     offsets: np.ndarray  # int64, aligned with ``rows``
     whole: frozenset[int]  # partitions read from offset 0: everything ever written to them is here
+    topic_partitions: frozenset[int] = frozenset()  # every partition of the topic
 
 
 def read_tail(
@@ -50,9 +51,17 @@ def read_tail(
     decoder: AvroDecoder,
     *,
     max_messages: int,
+    further: Callable[[Tail], Collection[int]] | None = None,
+    limit: int | None = None,
     timeout_s: float = 60.0,
 ) -> Tail:
-    """Up to ``max_messages`` of each partition's newest messages, decoded with ``decoder``."""
+    """Up to ``max_messages`` of each partition's newest messages, decoded with ``decoder``.
+
+    With ``further``: while ``further(tail)`` names partitions, read further back in those (each
+    step four times the window so far), up to ``limit`` messages per partition (``max_messages``
+    when None) or their first offset. Every message is read and decoded once; each step has its
+    own ``timeout_s``.
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap_servers,
@@ -63,39 +72,76 @@ def read_tail(
             "isolation.level": "read_committed",
         }
     )
+
+    def deadline() -> Callable[[], float]:
+        at = time.monotonic() + timeout_s
+
+        def left() -> float:
+            remaining = at - time.monotonic()
+            if remaining <= 0:
+                raise BusError(f"reading the tail of {topic} took too long")
+            return remaining
+
+        return left
+
     try:
-        return _read(consumer, topic, decoder, max_messages, time.monotonic() + timeout_s)
+        left = deadline()
+        metadata = consumer.list_topics(topic, timeout=left())
+        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+            raise BusError(f"topic {topic} does not exist")
+        bounds = {
+            p: _watermarks(consumer, TopicPartition(topic, p), left) for p in sorted(metadata.topics[topic].partitions)
+        }
+        window, cap = max_messages, max(max_messages, limit or max_messages)
+        starts = {p: max(low, high - window) for p, (low, high) in bounds.items()}
+        chunks = [_read(consumer, topic, decoder, {p: (starts[p], high) for p, (_, high) in bounds.items()}, left)]
+        tail = _tail(chunks, starts)
+        wanted = set(further(tail)) if further is not None else set()
+        while window < cap and (wanted := {p for p in wanted if p in bounds and starts[p] > bounds[p][0]}):
+            window = min(cap, 4 * window)
+            older = {p: (max(bounds[p][0], bounds[p][1] - window), starts[p]) for p in wanted}
+            chunks.append(_read(consumer, topic, decoder, older, deadline()))
+            starts.update({p: start for p, (start, _) in older.items()})
+            tail = _tail(chunks, starts)
+            wanted = set(further(tail)) if further is not None else set()
+        log.info(
+            "bus.tail_read", topic=topic, rows=tail.rows.num_rows, window=window, whole=sorted(tail.whole),
+            unsettled=sorted(wanted),
+        )  # fmt: skip
+        return tail
     except KafkaException as exc:
         raise BusError(f"cannot read the tail of {topic}: {exc}") from exc
     finally:
         consumer.close()
 
 
-def _read(consumer: Consumer, topic: str, decoder: AvroDecoder, max_messages: int, deadline: float) -> Tail:
-    def left() -> float:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise BusError(f"reading the tail of {topic} took too long")
-        return remaining
+@dataclass(frozen=True)
+class _Chunk:
+    rows: pa.Table
+    partitions: np.ndarray
+    offsets: np.ndarray
 
-    metadata = consumer.list_topics(topic, timeout=left())
-    if topic not in metadata.topics or metadata.topics[topic].error is not None:
-        raise BusError(f"topic {topic} does not exist")
-    starts: list[TopicPartition] = []
-    ends: dict[int, int] = {}
-    whole: set[int] = set()
-    for partition in sorted(metadata.topics[topic].partitions):
-        low, high = _watermarks(consumer, TopicPartition(topic, partition), left)
-        start = max(low, high - max_messages)
-        if start == 0:
-            whole.add(partition)
-        if start < high:
-            starts.append(TopicPartition(topic, partition, start))
-            ends[partition] = high
+
+def _tail(chunks: list[_Chunk], starts: dict[int, int]) -> Tail:
+    return Tail(
+        pa.concat_tables([c.rows for c in chunks]),
+        np.concatenate([c.partitions for c in chunks]),
+        np.concatenate([c.offsets for c in chunks]),
+        frozenset(p for p, start in starts.items() if start == 0),
+        frozenset(starts),
+    )
+
+
+def _read(
+    consumer: Consumer, topic: str, decoder: AvroDecoder, ranges: dict[int, tuple[int, int]], left: Callable[[], float]
+) -> _Chunk:
+    """Decoded messages of each partition's ``[start, end)`` offsets."""
+    ends = {p: end for p, (start, end) in ranges.items() if start < end}
     values: list[bytes | None] = []
     where: list[tuple[int, int]] = []
-    if starts:
-        consumer.assign(starts)
+    paused: list[TopicPartition] = []
+    if ends:
+        consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in ends])
         while ends:
             for msg in consumer.consume(10_000, min(0.5, left())):
                 partition = msg.partition()
@@ -111,17 +157,17 @@ def _read(consumer: Consumer, topic: str, decoder: AvroDecoder, max_messages: in
                 if offset < ends[partition]:
                     values.append(msg.value())
                     where.append((partition, offset))
-                if offset >= ends[partition] - 1:  # (EOF may not come when more is written meanwhile)
+                if offset >= ends[partition] - 1:  # (EOF may not come: more was written, or an older range)
                     ends.pop(partition)
+                    paused.append(TopicPartition(topic, partition))
+                    consumer.pause(paused[-1:])  # stop fetching what lies beyond the range
+        consumer.resume(paused)
+        consumer.unassign()
     result = decoder.decode(values)
     kept = np.asarray([where[i] for i in result.indices], dtype=np.int64).reshape(-1, 2)
-    log.info("bus.tail_read", topic=topic, messages=len(values), rows=result.batch.num_rows, skipped=len(result.errors))
-    return Tail(
-        pa.Table.from_batches([result.batch]),
-        kept[:, 0].astype(np.int32),
-        kept[:, 1],
-        frozenset(whole),
-    )
+    if result.errors:
+        log.info("bus.tail_undecodable", topic=topic, skipped=len(result.errors))
+    return _Chunk(pa.Table.from_batches([result.batch]), kept[:, 0].astype(np.int32), kept[:, 1])
 
 
 def _watermarks(consumer: Consumer, tp: TopicPartition, left: Callable[[], float]) -> tuple[int, int]:

@@ -38,6 +38,12 @@ MALFORMED_KINDS: tuple[str, ...] = (
 
 INJECTED_KINDS: tuple[str, ...] = (DUPLICATE, REORDER, DISCONNECT, WITHHELD, *MALFORMED_KINDS)
 
+REST_BAD_BODY = "bad_body"
+REST_EMPTY_PAGE = "empty_page"
+REST_SLOW = "slow"
+REST_FAULT_KINDS: tuple[str, ...] = (REST_BAD_BODY, REST_EMPTY_PAGE, REST_SLOW)
+"""REST faults besides HTTP errors (see :attr:`Faults.rest_errors`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Faults:
@@ -53,8 +59,11 @@ class Faults:
       through :data:`MALFORMED_KINDS`.
     * ``withhold``: ``(start, count)`` ranges of recorded frames (1-based positions) never sent on the
       WebSocket; the REST endpoints still serve their trades (a gap that backfill can close).
-    * ``rest_errors``: ``(status, retry_after_s)`` answers given, in order, to the first
-      ``historicalTrades`` requests instead of data (e.g. ``((429, 1.0), (503, 0.5))``).
+    * ``rest_errors``: answers given, in order, to the first ``historicalTrades`` requests instead
+      of the right one: ``(status, retry_after_s)`` for an HTTP error (e.g. ``((429, 1.0), (503,
+      0.5))``), or one of :data:`REST_FAULT_KINDS` with a number: ``("bad_body", 0)`` a 200 whose
+      JSON is cut in half, ``("empty_page", 0)`` a 200 with ``[]``, ``("slow", s)`` the right answer
+      after ``s`` seconds (a client timeout).
     """
 
     disconnect_after: tuple[int, ...] = ()
@@ -63,7 +72,7 @@ class Faults:
     reorder_every: int = 0
     malformed_every: int = 0
     withhold: tuple[tuple[int, int], ...] = ()
-    rest_errors: tuple[tuple[int, float], ...] = ()
+    rest_errors: tuple[tuple[int | str, float], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("duplicate_every", "reorder_every", "malformed_every"):
@@ -74,8 +83,10 @@ class Faults:
         object.__setattr__(self, "disconnect_after", tuple(sorted(set(self.disconnect_after))))
         if any(start <= 0 or count <= 0 for start, count in self.withhold):
             raise ConfigError("withhold ranges must be (start >= 1, count >= 1)")
-        if any(not 400 <= status <= 599 or retry < 0 for status, retry in self.rest_errors):
-            raise ConfigError("rest_errors must be (HTTP status 4xx/5xx, retry_after_s >= 0)")
+        for status, value in self.rest_errors:
+            known = status in REST_FAULT_KINDS if isinstance(status, str) else 400 <= status <= 599
+            if not known or value < 0:
+                raise ConfigError(f"rest_errors must be (HTTP status 4xx/5xx or one of {REST_FAULT_KINDS}, >= 0)")
 
     def withheld(self, position: int) -> bool:
         """True when recorded frame ``position`` (1-based) is withheld from the WebSocket."""

@@ -10,8 +10,10 @@ tests and the demo keep one port and one URL, ``http://host:port``):
   WebSocket by :attr:`Faults.withhold <k2.emulator.faults.Faults.withhold>`
 
 Binance's IP request-weight limit is enforced over a sliding minute (HTTP 429 with ``Retry-After``
-beyond it, the used weight in ``X-MBX-USED-WEIGHT-1M``), and ``Faults.rest_errors`` answers the
-first ``historicalTrades`` requests with the given status and ``Retry-After``. Every request is
+beyond it, the used weight in ``X-MBX-USED-WEIGHT-1M``), and ``Faults.rest_errors`` spoils the
+answers to the first ``historicalTrades`` requests: an HTTP status with ``Retry-After``, a 200 with
+a broken body or an empty page, or the right answer late (:attr:`RestResponse.delay_s`, which the
+server waits before answering). Every request is
 logged in :attr:`RestEndpoints.requests` so tests can check a client's pacing.
 """
 
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import msgspec
 
-from k2.emulator.faults import Faults, routable_frames
+from k2.emulator.faults import REST_BAD_BODY, REST_EMPTY_PAGE, Faults, routable_frames
 from k2.emulator.recording import read_recording
 from k2.sources.binance_rest import (
     EXCHANGE_INFO_PATH,
@@ -77,6 +79,7 @@ class RestResponse:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    delay_s: float = 0.0  # the server answers this late (an injected slow answer)
 
 
 def _rest_trade(d: _Data) -> bytes:
@@ -101,7 +104,7 @@ class RestEndpoints:
     clock: Callable[[], float] = time.monotonic
     requests: list[RestRequest] = field(default_factory=list)
     _trades: dict[str, tuple[list[int], list[bytes]]] | None = None
-    _errors_left: list[tuple[int, float]] = field(default_factory=list)
+    _errors_left: list[tuple[int | str, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._errors_left = list(self.faults.rest_errors)
@@ -141,7 +144,7 @@ class RestEndpoints:
         response = self._answer(parts.path, query)
         self.requests.append(RestRequest(now, parts.path, query, response.status, weight))
         used_header = (USED_WEIGHT_HEADER, str(used + weight))
-        return RestResponse(response.status, (*response.headers, used_header), response.body)
+        return RestResponse(response.status, (*response.headers, used_header), response.body, response.delay_s)
 
     def _answer(self, path: str, query: dict[str, str]) -> RestResponse:
         json_type = (("Content-Type", "application/json"),)
@@ -155,11 +158,18 @@ class RestEndpoints:
             ]
             return RestResponse(200, json_type, _encode({"timezone": "UTC", "symbols": symbols}))
         if path == HISTORICAL_TRADES_PATH:
-            if self._errors_left:
-                status, retry = self._errors_left.pop(0)
-                return _error(status, -1003 if status == 429 else -1001, "injected error",
-                              (("Retry-After", f"{retry:g}"),))  # fmt: skip
-            return self._historical_trades(query)
+            if not self._errors_left:
+                return self._historical_trades(query)
+            fault, value = self._errors_left.pop(0)
+            if isinstance(fault, int):
+                return _error(fault, -1003 if fault == 429 else -1001, "injected error",
+                              (("Retry-After", f"{value:g}"),))  # fmt: skip
+            right = self._historical_trades(query)
+            if fault == REST_BAD_BODY:
+                return RestResponse(200, right.headers, right.body[: len(right.body) // 2])
+            if fault == REST_EMPTY_PAGE:
+                return RestResponse(200, right.headers, b"[]")
+            return RestResponse(right.status, right.headers, right.body, delay_s=value)  # REST_SLOW
         return _error(404, -1000, f"unknown endpoint {path}")
 
     def _historical_trades(self, query: dict[str, str]) -> RestResponse:

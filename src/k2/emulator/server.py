@@ -4,7 +4,9 @@
 ``/ws/<stream>...`` only their ``data`` objects; SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS work on
 the socket; other paths get HTTP 404. One replay cursor is shared by all connections, and a frame
 that could not be delivered waits for the next connection, so a client that reconnects after an
-injected disconnect carries on where the stream stopped. See docs/emulator.md.
+injected disconnect carries on where the stream stopped. In *live* mode the cursor moves on at the
+replay pace whether anyone is connected or not, and a frame nobody received is gone from the
+stream (the REST side still serves it), as on a real venue. See docs/emulator.md.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ class ReplayConfig:
 
     ``speed=None`` sends as fast as clients read (write backpressure applies), ``1.0`` at the
     recorded pace (from the ``recv_us`` deltas), ``N`` N times faster. The replay starts when
-    ``min_clients`` connections hold a subscription (raise it when a test opens several).
+    ``min_clients`` connections hold a subscription (raise it when a test opens several). With
+    ``live=True`` (a ``speed`` is then required) it never waits again after that: frames due while
+    no client is subscribed, or whose connection just went, are skipped (counted in ``missed``).
     """
 
     recording: Path = BUNDLED_BINANCE_TRADES
@@ -64,10 +68,16 @@ class ReplayConfig:
     max_client_messages_per_s: int = 5
     min_clients: int = 1
     preload: bool = False  # decode the whole recording before listening (benchmarks measure the client)
+    live: bool = False
+    # Stop the cursor before this recorded frame (1-based, delivered or missed) until release():
+    # lets a test line something up with the stream without racing it.
+    hold_at: int | None = None
 
     def __post_init__(self) -> None:
         if self.speed is not None and self.speed <= 0:
             raise ConfigError("speed must be positive (or None for as fast as possible)")
+        if self.live and self.speed is None:
+            raise ConfigError("live mode needs a pace: give a speed")
         if self.min_clients < 1:
             raise ConfigError("min_clients must be >= 1")
         if self.max_client_messages_per_s < 1:
@@ -85,9 +95,11 @@ class _Client:
 class BinanceEmulator:
     """Replays a recording over a local WebSocket. Use ``async with BinanceEmulator(config) as emu``.
 
-    Counters for tests: ``replayed`` (recorded frames delivered: the cursor), ``frames_sent`` (all
-    frames written to clients, duplicates and bad frames included, per connection), ``connections``,
-    ``disconnects_injected``, ``rate_limited``, ``replays_completed`` and ``injected`` (by kind).
+    Counters for tests: ``replayed`` (recorded frames delivered: the cursor), ``missed`` (recorded
+    frames due that no client received: unsubscribed streams, and in live mode no client),
+    ``frames_sent`` (all frames written to clients, duplicates and bad frames included, per
+    connection), ``connections``, ``disconnects_injected``, ``rate_limited``, ``replays_completed``
+    and ``injected`` (by kind).
     """
 
     def __init__(self, config: ReplayConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -97,6 +109,7 @@ class BinanceEmulator:
         self.finished = asyncio.Event()
         self.error: BaseException | None = None
         self.replayed = 0
+        self.missed = 0
         self.frames_sent = 0
         self.connections = 0
         self.disconnects_injected = 0
@@ -111,6 +124,10 @@ class BinanceEmulator:
         self._disconnect_at = set(self.config.faults.disconnect_after)
         self._closers: set[asyncio.Task[None]] = set()
         self._decoded: list[OutFrame] | None = None
+        self._started = False  # live mode: the first client came, the feed never waits again
+        self._released = asyncio.Event()
+        if self.config.hold_at is None:
+            self._released.set()
         self.rest = RestEndpoints(self.config.recording, self.config.faults)
         """The REST side (``/api/v3/...`` on the same port); ``rest.requests`` logs every request."""
 
@@ -171,6 +188,15 @@ class BinanceEmulator:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def release(self) -> None:
+        """Let the cursor go on past ``hold_at``."""
+        self._released.set()
+
+    def _holding(self, out: OutFrame, earlier: int) -> bool:
+        """True when ``out``, with ``earlier`` recorded frames taken before it, must wait for release()."""
+        hold = self.config.hold_at
+        return hold is not None and out.kind == FRAME and earlier + 1 >= hold and not self._released.is_set()
+
     async def wait_finished(self) -> None:
         """Wait until the recording has been replayed (raises if the replay failed)."""
         await self.finished.wait()
@@ -181,6 +207,7 @@ class BinanceEmulator:
         return {
             "url": self.url if self._server else None,
             "replayed": self.replayed,
+            "missed": self.missed,
             "frames_sent": self.frames_sent,
             "connections": self.connections,
             "open_connections": len(self._clients),
@@ -192,9 +219,11 @@ class BinanceEmulator:
         }
 
     # --- connections --------------------------------------------------------------------------------
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         rest = self.rest.handle(request.path)
         if rest is not None:
+            if rest.delay_s:
+                await asyncio.sleep(rest.delay_s)
             return _http_response(rest)
         try:
             parse_target(request.path)
@@ -289,7 +318,11 @@ class BinanceEmulator:
 
     # --- replay -----------------------------------------------------------------------------------
     async def _wait_for_clients(self) -> bool:
-        """Block until enough clients are subscribed; True when it had to wait."""
+        """Block until enough clients are subscribed; True when it had to wait. In live mode only
+        the first time: after that the feed moves on whoever is connected."""
+        if self.config.live and self._started:
+            return False
+        self._started = True
         waited = False
         while self._subscribed_clients() < self.config.min_clients:
             waited = True
@@ -335,6 +368,9 @@ class BinanceEmulator:
                 if head is None:
                     return
                 pending.append(head)
+            if self._holding(pending[0], self.replayed + self.missed):
+                await self._released.wait()
+                t0 = None
             if await self._wait_for_clients():
                 t0 = None  # resume at the recorded pace from here, not with a burst
             due_us: float | None = None
@@ -365,6 +401,7 @@ class BinanceEmulator:
         batch: list[OutFrame] = []
         position = self.replayed
         subs = self._subs
+        taken = 0  # the first frame is due (the caller waited for it); the others are checked
         while len(batch) < _BATCH:
             if pending:
                 out = pending[0]
@@ -374,10 +411,12 @@ class BinanceEmulator:
                     break
                 out = nxt
                 pending.append(out)
-            if due_us is not None and batch and out.recv_us > due_us:
+            if (due_us is not None and taken and out.recv_us > due_us) or self._holding(out, position + self.missed):
                 break
+            taken += 1
             pending.popleft()
             if out.stream not in subs:
+                self.missed += out.kind == FRAME
                 continue
             batch.append(out)
             if out.kind == FRAME:
@@ -404,7 +443,11 @@ class BinanceEmulator:
                 for i in indexes:
                     delivered[i] = True
         self.frames_sent += sent
-        pending.extendleft(reversed([out for out, ok in zip(batch, delivered, strict=True) if not ok]))
+        undelivered = [out for out, ok in zip(batch, delivered, strict=True) if not ok]
+        if self.config.live:  # a live venue does not keep what a dropped connection did not get
+            self.missed += sum(out.kind == FRAME for out in undelivered)
+        else:
+            pending.extendleft(reversed(undelivered))
         for out, ok in zip(batch, delivered, strict=True):
             if ok and out.kind == FRAME:
                 self.replayed += 1
@@ -493,6 +536,11 @@ class EmulatorThread:
     @property
     def url(self) -> str:
         return self.emulator.url
+
+    def release(self) -> None:
+        """:meth:`BinanceEmulator.release`, from any thread."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.emulator.release)
 
     @property
     def finished(self) -> bool:

@@ -26,10 +26,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from k2.quality.sequence import Observation, SequenceEvent, StreamKey
+from k2.quality.sequence import SequenceEvent, StreamKey
 from k2.schema.quality_event import EventKind
 
 DEFAULT_WINDOW = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteObservation:
+    keep: np.ndarray  # bool per input id: False for repeats
+    events: list[SequenceEvent]
 
 
 @dataclass
@@ -61,16 +67,16 @@ class QuoteTracker:
         """Start ``key`` from a committed high-water mark: anything not above it is a repeat."""
         self._states[key] = _State(high=high, floor=high + 1)
 
-    def observe(self, key: StreamKey, ids: np.ndarray, times_us: np.ndarray, now_us: int) -> Observation:
+    def observe(self, key: StreamKey, ids: np.ndarray, times_us: np.ndarray, now_us: int) -> QuoteObservation:
         """Classify ``ids`` (arrival order); ``keep`` drops repeats. ``times_us`` date the events."""
         state = self._states.setdefault(key, _State())
         n = int(ids.size)
         if n == 0:
-            return Observation(np.zeros(0, dtype=bool), [], [])
+            return QuoteObservation(np.zeros(0, dtype=bool), [])
         if (state.high is None or int(ids[0]) > state.high) and (n == 1 or bool(np.all(np.diff(ids) > 0))):
             self._remember(state, ids.tolist())  # fast path: every id new and increasing
             state.high = int(ids[-1])
-            return Observation(np.ones(n, dtype=bool), [], [])
+            return QuoteObservation(np.ones(n, dtype=bool), [])
         keep = np.ones(n, dtype=bool)
         repeats: list[tuple[int, int]] = []
         late: list[tuple[int, int]] = []
@@ -89,7 +95,7 @@ class QuoteTracker:
             if items:
                 xs = [x for x, _ in items]
                 events.append(SequenceEvent(key, kind, min(xs), max(xs), len(items), items[0][1], now_us))
-        return Observation(keep, events, [])
+        return QuoteObservation(keep, events)
 
     def _remember(self, state: _State, ids: list[int]) -> None:
         """Remember ``ids``; past ``window`` ids the oldest are forgotten, and ids up to the largest

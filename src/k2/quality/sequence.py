@@ -11,19 +11,30 @@ id ``x`` vs state          meaning                                              
 ``x > high + 1``           a gap ``[high + 1, x - 1]`` opens (pending)            yes
 ``x`` inside a hole        out-of-order: a late arrival fills (part of) a hole    yes
 ``x <= high``, no hole     duplicate                                              no (dropped)
-``high - x > threshold``   reset: the venue restarted its numbering               yes, re-based
+``high - x > threshold``   a possible reset: held until evidence decides          held
 ========================  =====================================================  ===============
+
+A *reset* (the venue restarted its numbering) is recognised only by evidence a venue can give,
+never from one odd id: ids more than ``reset_threshold`` below the high-water mark whose trade
+times are not older than the high's are *held* (neither kept nor dropped) as a candidate; once
+``reset_confirm`` distinct ids of one dense run are held the reset is confirmed, the state is
+re-based on the run and the held ids are released (kept, exactly once). If the old numbering goes
+on first (a new high), or a far-off id starts another run, the candidate is dropped: its ids are
+duplicates by the table above. An id far below whose trade time is older than the high's is an
+old replay: a duplicate at once.
 
 A gap stays *pending* for a grace period (a reordered frame may still fill it); :meth:`due_gaps`
 (called with the current time) confirms the ones still open, and the caller backfills them.
 Rows fetched by backfill go through :meth:`accept_backfill`, which keeps only ids still missing:
 the same state deduplicates live delivery, reconnect overlap, replays and backfill. After a restart
-:meth:`seed` rebuilds the state from the ids already in the table. Nothing here reads a clock.
+:meth:`restore` puts back the state a commit recorded (:meth:`export`, encoded by
+:mod:`k2.quality.state`), or :meth:`seed` rebuilds it from stored ids. Nothing here reads a clock.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +47,7 @@ from k2.schema.quality_event import EventKind
 _GAP_NAMESPACE = uuid.UUID("1d6f3c52-8d0e-5b6a-a7d4-5f3e0c2b9a61")
 
 DEFAULT_RESET_THRESHOLD = 10_000_000
+DEFAULT_RESET_CONFIRM = 100
 DEFAULT_MAX_HOLES = 10_000
 
 
@@ -63,9 +75,46 @@ class _Hole:
 
 
 @dataclass(slots=True)
+class _Candidate:
+    """Ids far below the high-water mark held as a possible reset (see the module docstring)."""
+
+    times: dict[int, int]  # id -> trade time (µs), in arrival order
+    lo: int
+    hi: int
+    carried: bool = False  # holds ids of earlier observe() calls (the caller holds their rows)
+
+    def near(self, x: int, window: int) -> bool:
+        return self.lo - window <= x <= self.hi + window
+
+
+@dataclass(slots=True)
 class _State:
     high: int | None = None
+    high_time_us: int | None = None  # trade time of the id that set ``high`` (None: not known)
     holes: list[_Hole] = field(default_factory=list)  # sorted by lo, disjoint, all below high
+    candidate: _Candidate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HoleRecord:
+    """One hole of an exported state. ``gap_id`` only when it is not ``gap_id(key, hi)`` (a gap a
+    late arrival split keeps the id of the whole gap)."""
+
+    lo: int
+    hi: int
+    trade_time_us: int
+    gap_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """What :meth:`SequenceTracker.export` gives and :meth:`SequenceTracker.restore` takes for one
+    stream: everything that decides how its next ids are classified. Candidates of a reset are
+    not part of it (their rows are not stored either)."""
+
+    high: int
+    high_time_us: int | None
+    holes: tuple[HoleRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,17 +153,29 @@ class SequenceEvent:
     count: int
     trade_time_us: int
     detected_at_us: int
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    keep: np.ndarray  # bool per input id: False for duplicates
+    """The outcome of one :meth:`SequenceTracker.observe` call.
+
+    ``keep`` is True for ids to write now. ``held`` marks ids held as a possible reset: the caller
+    keeps their rows aside. When ``released_held`` is set, the rows the caller held from *earlier*
+    calls for this stream are confirmed (write them now); when ``dropped_held`` is set, they are
+    duplicates (drop them). At most one of the two is set.
+    """
+
+    keep: np.ndarray  # bool per input id
     events: list[SequenceEvent]
     gaps_opened: list[tuple[int, int]]  # pending gaps opened by this call (first, last)
+    held: np.ndarray  # bool per input id
+    released_held: bool = False
+    dropped_held: bool = False
 
     @property
     def dropped(self) -> int:
-        return int(self.keep.size - np.count_nonzero(self.keep))
+        return int(self.keep.size - np.count_nonzero(self.keep | self.held))
 
 
 def gap_id(key: StreamKey, last_id: int) -> str:
@@ -154,10 +215,14 @@ class SequenceTracker:
         *,
         grace_us: int = 2_000_000,
         reset_threshold: int = DEFAULT_RESET_THRESHOLD,
+        reset_confirm: int = DEFAULT_RESET_CONFIRM,
         max_holes: int = DEFAULT_MAX_HOLES,
     ) -> None:
+        if reset_confirm < 1:
+            raise ValueError("reset_confirm must be >= 1")
         self.grace_us = grace_us
         self.reset_threshold = reset_threshold
+        self.reset_confirm = reset_confirm
         self.max_holes = max_holes
         self._states: dict[StreamKey, _State] = {}
 
@@ -193,6 +258,7 @@ class SequenceTracker:
         if arr.size == 0:
             return
         state.high = int(arr[-1])
+        state.high_time_us = None if trade_times_us is None else int(times[-1])
         steps = np.flatnonzero(np.diff(arr) > 1)
         floor = None if holes_above is None else holes_above + 1
         for i in steps.tolist():
@@ -203,6 +269,27 @@ class SequenceTracker:
                 lo = max(lo, floor)
             state.holes.append(_Hole(lo, hi, now_us, int(times[i + 1]), gap_id(key, hi)))
 
+    def export(self) -> dict[StreamKey, StreamState]:
+        """The state of every stream that has one: what a commit records so that a restart
+        (:meth:`restore`) classifies the next ids exactly as this tracker would."""
+        out: dict[StreamKey, StreamState] = {}
+        for key, state in self._states.items():
+            if state.high is None:
+                continue
+            holes = tuple(
+                HoleRecord(h.lo, h.hi, h.trade_time_us, None if h.gap_id == gap_id(key, h.hi) else h.gap_id)
+                for h in state.holes
+            )
+            out[key] = StreamState(state.high, state.high_time_us, holes)
+        return out
+
+    def restore(self, key: StreamKey, saved: StreamState, now_us: int) -> None:
+        """Put back an exported state. Every hole becomes pending again (detected at ``now_us``),
+        so gaps that were pending, in backfill or abandoned when it was recorded are retried."""
+        state = self._states[key] = _State(saved.high, saved.high_time_us)
+        for h in sorted(saved.holes, key=lambda h: h.lo):
+            state.holes.append(_Hole(h.lo, h.hi, now_us, h.trade_time_us, h.gap_id or gap_id(key, h.hi)))
+
     def high(self, key: StreamKey) -> int | None:
         state = self._states.get(key)
         return None if state is None else state.high
@@ -211,50 +298,42 @@ class SequenceTracker:
         state = self._states.get(key)
         return [] if state is None else [(h.lo, h.hi, h.state) for h in state.holes]
 
+    def missing(self, key: StreamKey, first_id: int, last_id: int) -> int | None:
+        """Ids of ``first_id..last_id`` this stream does not hold (in a hole or above the high);
+        None when the stream has no state."""
+        state = self._states.get(key)
+        if state is None or state.high is None:
+            return None
+        out = max(0, last_id - max(first_id, state.high + 1) + 1)
+        for h in state.holes:
+            out += max(0, min(h.hi, last_id) - max(h.lo, first_id) + 1)
+        return out
+
     def streams(self) -> list[StreamKey]:
         return list(self._states)
 
+    def held(self, key: StreamKey) -> int:
+        """Ids held as a possible reset for ``key``."""
+        state = self._states.get(key)
+        return 0 if state is None or state.candidate is None else len(state.candidate.times)
+
     # --- live ids -------------------------------------------------------------------------------
     def observe(self, key: StreamKey, ids: np.ndarray, trade_times_us: np.ndarray, now_us: int) -> Observation:
-        """Classify ``ids`` (in arrival order) and update the state; ``keep`` drops duplicates."""
+        """Classify ``ids`` (in arrival order) and update the state; see :class:`Observation`."""
         state = self._states.setdefault(key, _State())
         n = int(ids.size)
         if n == 0:
-            return Observation(np.zeros(0, dtype=bool), [], [])
+            return Observation(np.zeros(0, dtype=bool), [], [], np.zeros(0, dtype=bool))
         first = int(ids[0])
-        if (state.high is None or first == state.high + 1) and (n == 1 or bool(np.all(np.diff(ids) == 1))):
+        if (
+            state.candidate is None
+            and (state.high is None or first == state.high + 1)
+            and (n == 1 or bool(np.all(np.diff(ids) == 1)))
+        ):
             state.high = int(ids[-1])  # fast path: the common, perfectly consecutive batch
-            return Observation(np.ones(n, dtype=bool), [], [])
-        keep = np.ones(n, dtype=bool)
-        dups: list[tuple[int, int]] = []
-        late: list[tuple[int, int]] = []
-        resets: list[SequenceEvent] = []
-        opened: list[tuple[int, int]] = []
-        for i, (x, t) in enumerate(zip(ids.tolist(), trade_times_us.tolist(), strict=True)):
-            high = state.high
-            if high is None or x == high + 1:
-                state.high = x
-            elif x > high:
-                lo, hi = high + 1, x - 1
-                state.holes.append(_Hole(lo, hi, now_us, t, gap_id(key, hi)))
-                opened.append((lo, hi))
-                state.high = x
-            elif self._take(state, x):
-                late.append((x, t))
-            elif high - x > self.reset_threshold:
-                resets.append(SequenceEvent(key, EventKind.RESET, x, high, 1, t, now_us))
-                state.high, state.holes = x, []
-            else:
-                keep[i] = False
-                dups.append((x, t))
-        if len(state.holes) > self.max_holes:
-            del state.holes[: len(state.holes) - self.max_holes]  # the oldest are forgotten (seen)
-        events = [*resets]
-        for kind, items in ((EventKind.DUPLICATE, dups), (EventKind.OUT_OF_ORDER, late)):
-            if items:
-                xs = [x for x, _ in items]
-                events.append(SequenceEvent(key, kind, min(xs), max(xs), len(items), items[0][1], now_us))
-        return Observation(keep, events, opened)
+            state.high_time_us = int(trade_times_us[-1])
+            return Observation(np.ones(n, dtype=bool), [], [], np.zeros(n, dtype=bool))
+        return _Classifier(self, key, state, now_us, n).run(ids.tolist(), trade_times_us.tolist())
 
     def _take(self, state: _State, x: int) -> bool:
         """Remove ``x`` from the hole containing it; False when no hole contains it."""
@@ -302,11 +381,18 @@ class SequenceTracker:
 
     def abandon(self, gap: Gap) -> int:
         """Backfill gave up on ``gap``: its remaining holes stop being retried. Returns ids still missing."""
+        return self._set_state(gap, HoleState.ABANDONED)
+
+    def resume(self, gap: Gap) -> int:
+        """Backfill tries ``gap`` again (a later retry of an abandoned gap). Returns ids still missing."""
+        return self._set_state(gap, HoleState.CONFIRMED)
+
+    def _set_state(self, gap: Gap, to: HoleState) -> int:
         state = self._states.get(gap.key)
         missing = 0
         for hole in state.holes if state else []:
             if hole.gap_id == gap.gap_id:
-                hole.state = HoleState.ABANDONED
+                hole.state = to
                 missing += hole.hi - hole.lo + 1
         return missing
 
@@ -314,3 +400,107 @@ class SequenceTracker:
         """Ids of ``gap`` still missing."""
         state = self._states.get(gap.key)
         return sum(h.hi - h.lo + 1 for h in (state.holes if state else []) if h.gap_id == gap.gap_id)
+
+
+class _Classifier:
+    """One :meth:`SequenceTracker.observe` call on the slow path (ids not simply consecutive)."""
+
+    def __init__(self, tracker: SequenceTracker, key: StreamKey, state: _State, now_us: int, n: int) -> None:
+        self.tracker = tracker
+        self.key = key
+        self.state = state
+        self.now_us = now_us
+        self.keep = np.ones(n, dtype=bool)
+        self.held = np.zeros(n, dtype=bool)
+        self.dups: list[tuple[int, int]] = []
+        self.late: list[tuple[int, int]] = []
+        self.events: list[SequenceEvent] = []
+        self.opened: list[tuple[int, int]] = []
+        self.held_here: list[int] = []  # indexes of this call's ids in the current candidate
+        self.released = self.dropped = False
+        if state.candidate is not None:
+            state.candidate.carried = True
+
+    def run(self, ids: list[int], times: list[int]) -> Observation:
+        state, tracker = self.state, self.tracker
+        for i, (x, t) in enumerate(zip(ids, times, strict=True)):
+            high = state.high
+            if high is None or x > high:
+                if state.candidate is not None:
+                    self._drop_candidate("the old numbering went on")
+                if high is not None and x > high + 1:
+                    state.holes.append(_Hole(high + 1, x - 1, self.now_us, t, gap_id(self.key, x - 1)))
+                    self.opened.append((high + 1, x - 1))
+                state.high, state.high_time_us = x, t
+            elif tracker._take(state, x):
+                self.late.append((x, t))
+            elif high - x > tracker.reset_threshold and (state.high_time_us is None or t >= state.high_time_us):
+                self._hold(i, x, t)
+            else:
+                self.keep[i] = False
+                self.dups.append((x, t))
+        if len(state.holes) > tracker.max_holes:
+            del state.holes[: len(state.holes) - tracker.max_holes]  # the oldest are forgotten (seen)
+        for kind, items in ((EventKind.DUPLICATE, self.dups), (EventKind.OUT_OF_ORDER, self.late)):
+            if items:
+                xs = [x for x, _ in items]
+                self.events.append(
+                    SequenceEvent(self.key, kind, min(xs), max(xs), len(items), items[0][1], self.now_us)
+                )
+        return Observation(self.keep, self.events, self.opened, self.held, self.released, self.dropped)
+
+    def _hold(self, i: int, x: int, t: int) -> None:
+        """``x`` is far below the high and not older than it: a possible reset."""
+        cand = self.state.candidate
+        if cand is not None and x in cand.times:
+            self.keep[i] = False
+            self.dups.append((x, t))
+            return
+        if cand is not None and not cand.near(x, self.tracker.reset_confirm):
+            self._drop_candidate("another run of far-off ids began")
+            cand = None
+        if cand is None:
+            cand = self.state.candidate = _Candidate({}, x, x)
+        cand.times[x] = t
+        cand.lo, cand.hi = min(cand.lo, x), max(cand.hi, x)
+        self.keep[i] = False
+        self.held[i] = True
+        self.held_here.append(i)
+        if len(cand.times) >= self.tracker.reset_confirm:
+            self._confirm(cand)
+
+    def _confirm(self, cand: _Candidate) -> None:
+        """Enough evidence: the venue restarted its numbering. Re-base on the candidate's run."""
+        state, key = self.state, self.key
+        old_high = state.high
+        assert old_high is not None
+        first_time = next(iter(cand.times.values()))
+        self.events.append(SequenceEvent(key, EventKind.RESET, cand.lo, old_high, 1, first_time, self.now_us))
+        ordered = sorted(cand.times)
+        state.high, state.high_time_us = cand.hi, cand.times[cand.hi]
+        state.holes = [
+            _Hole(a + 1, b - 1, self.now_us, cand.times[b], gap_id(key, b - 1))
+            for a, b in itertools.pairwise(ordered)
+            if b > a + 1
+        ]
+        state.candidate = None
+        self.keep[self.held_here] = True
+        self.held[self.held_here] = False
+        self.held_here = []
+        self.released = self.released or cand.carried
+
+    def _drop_candidate(self, why: str) -> None:
+        """The candidate was not a reset: its ids are duplicates (they are below the high, in no hole)."""
+        cand = self.state.candidate
+        assert cand is not None
+        self.state.candidate = None
+        first_time = next(iter(cand.times.values()))
+        self.events.append(
+            SequenceEvent(
+                self.key, EventKind.DUPLICATE, cand.lo, cand.hi, len(cand.times), first_time, self.now_us,
+                f"held as a possible reset, dropped: {why}",
+            )
+        )  # fmt: skip
+        self.held[self.held_here] = False
+        self.held_here = []
+        self.dropped = self.dropped or cand.carried

@@ -5,8 +5,10 @@ minute an IP may use): a request waits until the bucket holds its weight, and a 
 from the venue pauses every request until it has passed. Over any interval ``T`` the weight spent
 is at most ``burst + rate * T``. :class:`BinanceRestClient` pages through
 ``/api/v3/historicalTrades`` with ``fromId``; HTTP 429/418 and 5xx are retried after
-``Retry-After`` (or a capped backoff), other statuses fail the page with
-:class:`~k2.errors.BackfillError`. TLS is verified against certifi's CA bundle.
+``Retry-After`` (or a capped backoff), and so are network errors, timeouts and a 200 answer that
+the caller's ``accept`` refuses (a broken body, an empty page where trades must exist); other
+statuses fail the page with :class:`~k2.errors.BackfillError`. TLS is verified against certifi's
+CA bundle.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import certifi
 import httpx
 
-from k2.errors import BackfillError, RateLimited
+from k2.errors import BackfillError, RateLimited, SourceError
 from k2.logging import get_logger
 from k2.metrics import REST_REQUESTS, REST_WAIT_SECONDS
 from k2.sources.binance_rest import HISTORICAL_TRADES_PATH, MAX_TRADES_LIMIT, REQUEST_WEIGHT
@@ -30,6 +33,8 @@ log = get_logger(__name__)
 _BACKOFF_BASE_S = 0.25
 _BACKOFF_MAX_S = 30.0
 _DEFAULT_RETRY_AFTER_S = 1.0
+
+T = TypeVar("T")
 
 
 class TokenBucket:
@@ -116,10 +121,16 @@ class BinanceRestClient:
 
     async def historical_trades(self, symbol: str, from_id: int, limit: int) -> Page:
         """One page of trades with ``id >= from_id``, retried through rate limits and 5xx."""
-        params = {"symbol": symbol, "fromId": str(from_id), "limit": str(min(limit, MAX_TRADES_LIMIT))}
-        return await self._get(HISTORICAL_TRADES_PATH, params)
+        return await self.historical_trades_as(symbol, from_id, limit, _page)
 
-    async def _get(self, path: str, params: dict[str, str]) -> Page:
+    async def historical_trades_as(self, symbol: str, from_id: int, limit: int, accept: Callable[[Page], T]) -> T:
+        """``accept(page)`` of the first answer it takes: a :class:`~k2.errors.SourceError` from it
+        (the body does not parse, or lacks trades the caller knows exist) counts as a failed attempt
+        and is retried with backoff, like a 5xx."""
+        params = {"symbol": symbol, "fromId": str(from_id), "limit": str(min(limit, MAX_TRADES_LIMIT))}
+        return await self._get(HISTORICAL_TRADES_PATH, params, accept)
+
+    async def _get(self, path: str, params: dict[str, str], accept: Callable[[Page], T]) -> T:
         weight = REQUEST_WEIGHT.get(path, 1)
         last_problem = "no attempt made"
         for attempt in range(1, self.attempts + 1):
@@ -137,7 +148,12 @@ class BinanceRestClient:
             status = response.status_code
             if status == 200:
                 REST_REQUESTS.labels(venue=self.venue, status="2xx").inc()
-                return Page(response.content, self.clock_us())
+                try:
+                    return accept(Page(response.content, self.clock_us()))
+                except SourceError as exc:  # a 200 whose body is broken or short: transient on a venue
+                    last_problem = f"bad answer from {path}: {exc}"
+                    await self._backoff(attempt, last_problem)
+                    continue
             if status in (429, 418):
                 REST_REQUESTS.labels(venue=self.venue, status="429").inc()
                 delay = _retry_after(response, attempt)
@@ -162,3 +178,7 @@ class BinanceRestClient:
         log.warning("backfill.retry", attempt=attempt, retry_in_s=wait, problem=problem)
         REST_WAIT_SECONDS.labels(venue=self.venue).inc(wait)
         await asyncio.sleep(wait)
+
+
+def _page(page: Page) -> Page:
+    return page

@@ -7,9 +7,12 @@ Both streaming services (the embedded pipeline and `k2 ingest`, through
 stale feeds are reported), and pass :meth:`Completeness.take_events` on right after the trades they
 describe: the pipeline commits them to the quality-events table, `k2 ingest` produces them to the
 venue's quality topic, from which `k2 consume` commits them to the same table.
-:meth:`Completeness.run_backfill` fetches queued gaps over REST (rate-limited), passes the rows
-through the same tracker (so they are deduplicated too) and hands them to the pipeline, then
-records the gap RESOLVED or UNRECOVERABLE with the reason. See docs/quality.md.
+:meth:`Completeness.run_backfill` fetches queued gaps over REST (rate-limited, transient faults
+retried), passes the rows through the same tracker (so they are deduplicated too) and hands them
+to the pipeline, then records the gap RESOLVED or UNRECOVERABLE with the reason; an unrecoverable
+gap is tried again on a slow schedule. Rows the tracker holds as a possible venue reset wait here
+until it is confirmed or dropped. The embedded pipeline records :meth:`Completeness.recorded_state`
+with each commit; on start the state comes back from there (or from a seed). See docs/quality.md.
 """
 
 from __future__ import annotations
@@ -17,30 +20,26 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.conversions import from_bytes
-from pyiceberg.expressions import And, BooleanExpression, EqualTo, GreaterThanOrEqual
-from pyiceberg.table import Table
-from pyiceberg.types import TimestamptzType
 
 from k2.bus.tail import Tail
 from k2.config import K2Settings
-from k2.errors import K2Error
+from k2.errors import K2Error, SourceError
 from k2.logging import get_logger
 from k2.metrics import BACKFILL_GAPS, BACKFILL_TRADES, QUALITY_AFFECTED_TRADES, QUALITY_EVENTS
 from k2.quality.checks import PriceJumpCheck, StaleFeedCheck, timestamp_anomalies
 from k2.quality.records import QualityEventRow, anomaly_row, gap_row, sequence_row
-from k2.quality.sequence import Gap, Seed, SequenceTracker, StreamKey, window_floor
+from k2.quality.sequence import Gap, Seed, SequenceTracker, StreamKey, StreamState, window_floor
+from k2.quality.state import encode_state, state_property
 from k2.schema.quality_event import EventKind, EventStatus
-from k2.services.backfill import BinanceRestClient, TokenBucket
+from k2.services.backfill import BinanceRestClient, Page, TokenBucket
 from k2.sources.base import Rejected, RejectReason
-from k2.sources.binance_rest import parse_historical_trades
+from k2.sources.binance_rest import RestTrades, parse_historical_trades
 from k2.sources.symbols import SymbolInfo
 
 log = get_logger(__name__)
@@ -72,73 +71,65 @@ class CompletenessStats:
         }
 
 
-def _predicate(kind: Any, column: str, value: object) -> BooleanExpression:
-    # pyiceberg predicates are built as (term, literal); the pydantic mypy plugin types them by field.
-    return cast(BooleanExpression, kind(column, value))
+def _live_mask(rows: pa.Table) -> np.ndarray:
+    backfilled = pc.map_lookup(rows["vendor_data"], pa.scalar("backfilled"), "first")
+    return np.asarray(~pc.fill_null(pc.equal(backfilled, "true"), False).to_numpy(zero_copy_only=False))
 
 
-def recent_ids(table: Table, exchange: str, lookback_us: int) -> dict[str, Seed]:
-    """Per symbol, the trade ids (int64) and trade times (µs) of the table's rows within ``lookback_us`` of its newest.
-
-    The newest timestamp comes from the data files' column metrics (no scan); the scan reads only
-    ``symbol`` and ``source_sequence`` of the newest partitions. Ids are integers, so 99999 < 100000.
-    """
-    ts_field = table.schema().find_field("timestamp")
-    newest: int | None = None
-    for task in table.scan().plan_files():
-        bound = (task.file.upper_bounds or {}).get(ts_field.field_id)
-        if bound is not None:
-            value = int(from_bytes(TimestamptzType(), bound))
-            newest = value if newest is None else max(newest, value)
-    if newest is None:
-        return {}
-    cutoff = datetime.fromtimestamp((newest - lookback_us) / 1e6, tz=UTC).isoformat()
-    arrow = table.scan(
-        row_filter=And(_predicate(GreaterThanOrEqual, "timestamp", cutoff), _predicate(EqualTo, "exchange", exchange)),
-        selected_fields=("symbol", "source_sequence", "timestamp"),
-    ).to_arrow()
-    return ids_by_symbol(arrow)
-
-
-def ids_by_symbol(rows: pa.Table) -> dict[str, Seed]:
-    """Per symbol, the trade ids (int64) and trade times (µs) of ``rows`` (``symbol``, ``source_sequence``,
-    ``timestamp`` columns): the tracker's seed, every hole between them trusted (the table holds
-    every row of the time window it was read from)."""
-    out: dict[str, Seed] = {}
-    for symbol in pc.unique(rows["symbol"]).to_pylist():
-        part = rows.filter(pc.equal(rows["symbol"], symbol))
-        out[symbol] = Seed(part["source_sequence"].to_numpy(), part["timestamp"].cast(pa.int64()).to_numpy())
-    return out
+def _floor(tail: Tail, ids: np.ndarray, live: np.ndarray, idx: np.ndarray) -> tuple[int | None, bool]:
+    """For one symbol's rows ``idx`` of ``tail``: the id at or below which its holes prove nothing
+    (None: every hole is trusted), and whether its position is known (the seed is exact)."""
+    partitions = {int(p) for p in tail.partitions[idx]}
+    if partitions <= tail.whole:
+        return None, True
+    if len(partitions) == 1:  # keyed by symbol: one partition, so offsets order its rows
+        order = idx[np.argsort(tail.offsets[idx], kind="stable")]
+        found = window_floor(ids[order].tolist(), live[order].tolist())
+        if found is not None:
+            return found, True
+    return int(ids[idx].max()), False  # nothing to trust: the log order does not say more
 
 
 def topic_seed(tail: Tail) -> dict[str, Seed]:
     """Per symbol, the seed from a topic's newest messages (`k2 ingest`).
 
-    Unlike the table's time window, a window of the newest *messages* can start with rows written
-    late (backfilled trades have low ids), so its holes below the stream's position at the window's
-    start prove nothing: :func:`~k2.quality.sequence.window_floor` finds that position from the
-    log order of the symbol's live rows, and only holes above it are trusted. A partition read from
-    offset 0 holds everything ever written to it: all its holes are trusted.
+    A window of the newest *messages* can start with rows written late (backfilled trades have low
+    ids), so its holes below the stream's position at the window's start prove nothing:
+    :func:`~k2.quality.sequence.window_floor` finds that position from the log order of the
+    symbol's live rows, and only holes above it are trusted. A partition read from offset 0 holds
+    everything ever written to it: all its holes are trusted.
     """
     rows = tail.rows
     if rows.num_rows == 0:
         return {}
     ids = rows["source_sequence"].to_numpy()
     times = rows["timestamp"].cast(pa.int64()).to_numpy()
-    backfilled = pc.map_lookup(rows["vendor_data"], pa.scalar("backfilled"), "first")
-    live = ~pc.fill_null(pc.equal(backfilled, "true"), False).to_numpy(zero_copy_only=False)
+    live = _live_mask(rows)
     out: dict[str, Seed] = {}
     for symbol in pc.unique(rows["symbol"]).to_pylist():
         idx = np.flatnonzero(pc.equal(rows["symbol"], symbol).to_numpy(zero_copy_only=False))
-        partitions = {int(p) for p in tail.partitions[idx]}
-        floor: int | None = None
-        if not partitions <= tail.whole:
-            floor = int(ids[idx].max())  # nothing to trust, unless the log order says more
-            if len(partitions) == 1:  # keyed by symbol: one partition, so offsets order its rows
-                order = idx[np.argsort(tail.offsets[idx], kind="stable")]
-                found = window_floor(ids[order].tolist(), live[order].tolist())
-                floor = floor if found is None else found
-        out[symbol] = Seed(ids[idx], times[idx], floor)
+        out[symbol] = Seed(ids[idx], times[idx], _floor(tail, ids, live, idx)[0])
+    return out
+
+
+def unplaced(tail: Tail, symbols: Sequence[str]) -> set[int]:
+    """The partitions to read further back before ``tail`` fixes the position of every one of
+    ``symbols`` (empty: it does). A symbol is placed when a live row of it is a new high after its
+    first one in the tail (:func:`window_floor`), or when every partition holding it was read from
+    offset 0; a symbol not in the tail at all could be in any partition not read from offset 0.
+    `k2 ingest` reads back until this is empty (:func:`k2.bus.tail.read_tail`)."""
+    rows = tail.rows
+    present = set(pc.unique(rows["symbol"]).to_pylist()) if rows.num_rows else set()
+    out: set[int] = set()
+    if any(s not in present for s in symbols):
+        out |= tail.topic_partitions - tail.whole
+    if present & set(symbols):
+        ids = rows["source_sequence"].to_numpy()
+        live = _live_mask(rows)
+        for symbol in present & set(symbols):
+            idx = np.flatnonzero(pc.equal(rows["symbol"], symbol).to_numpy(zero_copy_only=False))
+            if not _floor(tail, ids, live, idx)[1]:
+                out |= {int(p) for p in tail.partitions[idx]} - tail.whole
     return out
 
 
@@ -153,12 +144,14 @@ class Completeness:
         venue: str,
         is_sample_data: bool,
         now_us: int,
-        seed: Mapping[str, Seed],
+        seed: Mapping[str, Seed] | None = None,
+        state: Mapping[StreamKey, StreamState] | None = None,
         symbol_info: Mapping[str, SymbolInfo] | None = None,
     ) -> None:
-        """``seed``: per symbol, the trade ids (and their trade times, µs) already stored: from the
-        table (:func:`recent_ids`, embedded mode) or from the topic's newest messages
-        (:func:`topic_seed`, `k2 ingest`)."""
+        """Start from ``state`` (recorded with the committed rows: :func:`k2.lake.sequence_state.recover_state`,
+        embedded mode) or from ``seed``: per symbol, the trade ids (and their trade times, µs)
+        already stored (:func:`k2.lake.sequence_state.stored_ids` for a table without a recorded
+        state; :func:`topic_seed` for `k2 ingest`)."""
         q = settings.quality
         self.settings = settings
         self.exchange = exchange
@@ -166,37 +159,61 @@ class Completeness:
         self.is_sample_data = is_sample_data
         self.symbol_info = dict(symbol_info or {})
         self.stats = CompletenessStats()
-        self.tracker = SequenceTracker(grace_us=int(q.gap_grace_s * 1e6), reset_threshold=q.reset_threshold)
+        self.tracker = SequenceTracker(
+            grace_us=int(q.gap_grace_s * 1e6), reset_threshold=q.reset_threshold, reset_confirm=q.reset_confirm_trades
+        )
         self._price = PriceJumpCheck(Decimal(str(q.price_jump_fraction)), q.price_window)
         self._stale = StaleFeedCheck(int(q.stale_after_s * 1e6))
         self._events: list[QualityEventRow] = []
-        self._queue: asyncio.Queue[Gap] = asyncio.Queue()
+        self._held: dict[StreamKey, list[pa.RecordBatch]] = {}  # rows of a possible reset, not yet written
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._retries: list[_Job] = []  # unrecoverable gaps waiting for their next slow retry
         self.backfilling = 0  # gaps queued or in progress
-        for symbol, known in seed.items():
+        for key, saved in (state or {}).items():
+            self.tracker.restore(key, saved, now_us)
+        for symbol, known in (seed or {}).items():
             key = StreamKey(exchange, symbol, STREAM)
             self.tracker.seed(key, known.ids, now_us, known.trade_times_us, holes_above=known.holes_above)
-            log.info("quality.seeded", symbol=symbol, high=self.tracker.high(key), holes=len(self.tracker.holes(key)))
+        for key in self.tracker.streams():
+            log.info(
+                "quality.seeded", symbol=key.symbol, high=self.tracker.high(key), holes=len(self.tracker.holes(key))
+            )
 
-    def resolve_stored(self, gaps: list[Gap], seed: Mapping[str, Seed], now_us: int) -> None:
-        """Gaps recorded OPEN earlier (:func:`~k2.quality.records.open_gaps`) whose every id is in
-        ``seed`` (what is stored): their trades were written, but the process stopped before their
-        RESOLVED row was. Record it now. Gaps still missing ids are found again from the seed's holes
-        (same event id) and backfilled."""
+    def resolve_stored(self, gaps: list[Gap], seed: Mapping[str, Seed] | None, now_us: int) -> None:
+        """Gaps recorded OPEN earlier (:func:`~k2.quality.records.open_gaps`) whose every id is
+        stored: their trades were written, but the process stopped before their RESOLVED row was.
+        Record it now. "Stored" is: in ``seed`` when given, else held by the tracker's restored
+        state. Gaps still missing ids are found again as holes (same event id) and backfilled."""
         for gap in gaps:
-            known = seed.get(gap.key.symbol)
-            if gap.key.exchange != self.exchange or known is None:
+            if gap.key.exchange != self.exchange:
                 continue
-            wanted = np.arange(gap.first_id, gap.last_id + 1, dtype=np.int64)
-            if bool(np.isin(wanted, known.ids).all()):
+            if seed is None:
+                complete = self.tracker.missing(gap.key, gap.first_id, gap.last_id) == 0
+            else:
+                known = seed.get(gap.key.symbol)
+                wanted = np.arange(gap.first_id, gap.last_id + 1, dtype=np.int64)
+                complete = known is not None and bool(np.isin(wanted, known.ids).all())
+            if complete:
                 self._record(gap_row(gap, EventStatus.RESOLVED, now_us, 0, "found complete on start"))
+
+    def recorded_state(self) -> dict[str, str]:
+        """The tracker's state as snapshot-summary properties (:mod:`k2.quality.state`). Taken when a
+        flush takes the write buffer, it describes exactly the rows committed with it: every row the
+        tracker accepted is in that commit or an earlier one (backfill delivers into the buffer in
+        the same step as the tracker accepts its rows)."""
+        text = encode_state(self.tracker.export(), max_holes=self.settings.quality.state_max_holes)
+        return {state_property(self.exchange): text}
 
     # --- live batches -----------------------------------------------------------------------------
     def ingest(self, batch: pa.RecordBatch, now_us: int) -> pa.RecordBatch:
-        """Track ``batch`` per symbol, record events, run the checks; returns it without duplicates."""
+        """Track ``batch`` per symbol, record events, run the checks; returns the rows to write: without
+        duplicates and held rows, with rows held earlier that a confirmed reset releases. Returns
+        ``batch`` itself when it is written as it is."""
         symbols = batch.column("symbol")
         ids_all = batch.column("source_sequence").to_numpy()
         times_all = batch.column("timestamp").cast(pa.int64()).to_numpy()
         keep = np.ones(batch.num_rows, dtype=bool)
+        released: list[pa.RecordBatch] = []
         for symbol in pc.unique(symbols).to_pylist():
             idx = np.flatnonzero(pc.equal(symbols, symbol).to_numpy(zero_copy_only=False))
             key = StreamKey(self.exchange, symbol, STREAM)
@@ -204,11 +221,17 @@ class Completeness:
             keep[idx] = obs.keep
             for event in obs.events:
                 self._record(sequence_row(event))
-        dropped = int(batch.num_rows - np.count_nonzero(keep))
-        if dropped:
-            batch = batch.filter(pa.array(keep))
-        self._check(batch, now_us)
-        return batch
+            if obs.released_held:
+                released.extend(self._held.pop(key, []))
+            elif obs.dropped_held:
+                self._held.pop(key, None)
+            if obs.held.any():
+                self._held.setdefault(key, []).append(batch.take(pa.array(idx[obs.held])))
+        out = batch if keep.all() else batch.filter(pa.array(keep))
+        if released:
+            out = pa.Table.from_batches([*released, out]).combine_chunks().to_batches()[0]
+        self._check(out, now_us)
+        return out
 
     def _check(self, batch: pa.RecordBatch, now_us: int) -> None:
         if batch.num_rows == 0:
@@ -268,12 +291,20 @@ class Completeness:
 
     # --- time-driven ----------------------------------------------------------------------------
     def tick(self, now_us: int) -> None:
-        """Confirm gaps past their grace period (record OPEN, queue backfill); report stale feeds."""
+        """Confirm gaps past their grace period (record OPEN, queue backfill); queue the unrecoverable
+        gaps whose slow retry is due; report stale feeds."""
         for gap in self.tracker.due_gaps(now_us):
             self._record(gap_row(gap, EventStatus.OPEN, now_us))
             if self.settings.quality.backfill:
-                self.backfilling += 1
-                self._queue.put_nowait(gap)
+                self._enqueue(_Job(gap))
+        if self._retries and min(j.due_us for j in self._retries) <= now_us:
+            due = [j for j in self._retries if j.due_us <= now_us]
+            self._retries = [j for j in self._retries if j.due_us > now_us]
+            for job in due:
+                if self.tracker.resume(job.gap) == 0:  # late arrivals filled it meanwhile
+                    self._record(gap_row(job.gap, EventStatus.RESOLVED, now_us, 0, "no id missing any more"))
+                else:
+                    self._enqueue(job)
         for symbol, silence_us in self._stale.check(now_us):
             row = QualityEventRow(
                 f"stale:{self.exchange}:{symbol}:{now_us}", self.exchange, symbol, STREAM, EventKind.STALE_FEED,
@@ -281,6 +312,10 @@ class Completeness:
                 f"no message for {silence_us / 1e6:.1f} s",
             )  # fmt: skip
             self._record(row)
+
+    def _enqueue(self, job: _Job) -> None:
+        self.backfilling += 1
+        self._queue.put_nowait(job)
 
     @property
     def has_events(self) -> bool:
@@ -304,59 +339,98 @@ class Completeness:
             venue=self.venue,
         ) as client:  # fmt: skip
             while True:
-                gap = await self._queue.get()
+                job = await self._queue.get()
                 try:
-                    await self._backfill(client, gap, deliver)
+                    written, problem = await self._backfill(client, job.gap, deliver)
                 except Exception as exc:  # a bug must not stop backfill: record it on the gap
-                    log.error("backfill.failed", symbol=gap.key.symbol, first_id=gap.first_id, error=repr(exc))
-                    self.tracker.abandon(gap)
-                    row = gap_row(gap, EventStatus.UNRECOVERABLE, client.clock_us(), 0, f"backfill failed: {exc!r}")
-                    self._record(row)
+                    log.error("backfill.failed", symbol=job.gap.key.symbol, first_id=job.gap.first_id, error=repr(exc))
+                    written, problem = 0, _Problem(f"backfill failed: {exc!r}")
                 finally:
                     self.backfilling -= 1
+                self._settle(job, written, problem, client.clock_us())
 
-    async def _backfill(self, client: BinanceRestClient, gap: Gap, deliver: Callable[[pa.RecordBatch], None]) -> None:
+    async def _backfill(
+        self, client: BinanceRestClient, gap: Gap, deliver: Callable[[pa.RecordBatch], None]
+    ) -> tuple[int, _Problem]:
+        """Fetch ``gap`` page by page; returns the rows written and what went wrong (if anything)."""
         q = self.settings.quality
         symbol = gap.key.symbol
         fetched = written = 0
-        problem = ""
         if gap.count > q.max_backfill_trades:
-            problem = f"gap of {gap.count} trades exceeds quality.max_backfill_trades={q.max_backfill_trades}"
+            return 0, _Problem(
+                f"gap of {gap.count} trades exceeds quality.max_backfill_trades={q.max_backfill_trades}", retry=False
+            )
+        problem = ""
         from_id = gap.first_id
-        while not problem and from_id <= gap.last_id:
+
+        def accept(page: Page) -> RestTrades:
+            parsed = parse_historical_trades(
+                page.body, symbol, received_at_us=page.received_at_us, first_platform_sequence=0,
+                is_sample_data=self.is_sample_data, symbol_info=self.symbol_info,
+            )  # fmt: skip
+            if not any(from_id <= i <= gap.last_id for i in parsed.ids):  # the ids say these trades exist
+                raise SourceError(f"no trade of ids {from_id}..{gap.last_id} in a page of {len(parsed.ids)}")
+            return parsed
+
+        while from_id <= gap.last_id:
+            limit = min(q.backfill_page_limit, gap.last_id - from_id + 1)
             try:
-                page = await client.historical_trades(
-                    symbol, from_id, min(q.backfill_page_limit, gap.last_id - from_id + 1)
-                )
-                parsed = parse_historical_trades(
-                    page.body, symbol, received_at_us=page.received_at_us, first_platform_sequence=0,
-                    is_sample_data=self.is_sample_data, symbol_info=self.symbol_info,
-                )  # fmt: skip
+                parsed = await client.historical_trades_as(symbol, from_id, limit, accept)
             except K2Error as exc:
                 problem = str(exc)
                 break
-            if parsed.batch is None or not parsed.ids:
-                break
+            assert parsed.batch is not None
             ids = np.asarray(parsed.ids, dtype=np.int64)
             in_range = ids <= gap.last_id
             keep = self.tracker.accept_backfill(gap.key, ids[in_range])
             fetched += int(np.count_nonzero(in_range))
-            if keep.any():
+            if keep.any():  # delivered in the same step as accepted: see recorded_state()
                 deliver(parsed.batch.filter(pa.array(in_range)).filter(pa.array(keep)))
                 written += int(np.count_nonzero(keep))
-            next_id = int(ids.max()) + 1
-            if next_id <= from_id:
-                break
-            from_id = next_id
+            from_id = max(from_id, int(ids.max()) + 1)
         self.stats.backfilled_rows += written
         BACKFILL_TRADES.labels(venue=self.venue).inc(written)
+        return written, _Problem(problem or f"the venue returned {fetched} of {gap.count} trades")
+
+    def _settle(self, job: _Job, written: int, problem: _Problem, now_us: int) -> None:
+        """Record how a backfill attempt ended. A gap left incomplete is recorded UNRECOVERABLE once,
+        then retried every ``quality.backfill_retry_interval_s`` for ``quality.backfill_retry_for_s``;
+        a later success records it RESOLVED."""
+        q = self.settings.quality
+        gap = job.gap
         missing = self.tracker.missing_in(gap)
-        now_us = client.clock_us()
         if missing == 0:
             BACKFILL_GAPS.labels(venue=self.venue, outcome="resolved").inc()
-            self._record(gap_row(gap, EventStatus.RESOLVED, now_us, written, f"fetched {fetched} trades over REST"))
-        else:
-            self.tracker.abandon(gap)
-            detail = problem or f"the venue returned {fetched} of {gap.count} trades"
+            detail = "fetched over REST" + ("" if job.retry_until_us is None else " on a later retry")
+            self._record(gap_row(gap, EventStatus.RESOLVED, now_us, written, detail))
+            return
+        self.tracker.abandon(gap)
+        interval_us = int(q.backfill_retry_interval_s * 1e6)
+        if job.retry_until_us is None:
             BACKFILL_GAPS.labels(venue=self.venue, outcome="unrecoverable").inc()
-            self._record(gap_row(gap, EventStatus.UNRECOVERABLE, now_us, written, f"{missing} still missing: {detail}"))
+            detail = f"{missing} still missing: {problem.detail}"
+            self._record(gap_row(gap, EventStatus.UNRECOVERABLE, now_us, written, detail))
+            if problem.retry and q.backfill_retry_for_s > 0:
+                until = now_us + int(q.backfill_retry_for_s * 1e6)
+                self._retries.append(_Job(gap, until, now_us + interval_us))
+        elif now_us + interval_us <= job.retry_until_us:
+            self._retries.append(_Job(gap, job.retry_until_us, now_us + interval_us))
+        else:
+            log.warning("backfill.retries_exhausted", symbol=gap.key.symbol, first_id=gap.first_id, missing=missing)
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """A gap to backfill; ``retry_until_us`` is set on the slow retries of an unrecoverable gap."""
+
+    gap: Gap
+    retry_until_us: int | None = None
+    due_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    """Why a gap is still incomplete; ``retry`` False when trying again cannot help."""
+
+    detail: str
+    retry: bool = True

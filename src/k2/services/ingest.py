@@ -6,8 +6,9 @@ keyed by symbol, and quality events (gaps OPEN/RESOLVED/UNRECOVERABLE, duplicate
 reorders, anomalies) to ``market.<asset_class>.quality_events.<venue>``, which `k2 consume` commits
 to the quality-events table. Gaps are backfilled over REST and the fetched trades produced to the
 trades topic like live ones. On start the sequence tracker is seeded from the newest messages of
-the trades topic (:func:`k2.bus.tail.read_tail`), so the gap a restart leaves is found and
-backfilled, and trades already sent are dropped as duplicates (docs/quality.md).
+the trades topic (:func:`k2.bus.tail.read_tail`, read further back until every subscribed
+symbol's position is known), so the gap a restart leaves is found and backfilled, and trades
+already sent are dropped as duplicates (docs/quality.md).
 
 Backpressure runs end to end: a full producer queue suspends :meth:`BatchProducer.send`, which
 stops the parse loop, which (once the frame backlog is full) suspends the session's sink and so the
@@ -41,7 +42,7 @@ from k2.logging import get_logger
 from k2.quality.records import events_batch, open_gaps
 from k2.schema import TRADE
 from k2.schema.quality_event import QUALITY_EVENT
-from k2.services.completeness import Completeness, topic_seed
+from k2.services.completeness import Completeness, topic_seed, unplaced
 from k2.services.intake import TradeIntake
 from k2.services.lifecycle import FrameBacklog, open_sessions, run_until_stopped, supervise
 from k2.sources import load_adapter
@@ -102,10 +103,13 @@ class IngestService:
             events_schema_id = registry.register(value_subject(self.events_topic), QUALITY_EVENT)
             # What this venue already sent: the tracker's seed (restart gaps, duplicates), and the gaps
             # recorded OPEN whose RESOLVED row a crash may have lost.
+            # Read back until every subscribed symbol's position is known, however quiet it has been.
             window = settings.quality.seed_messages
             sent = read_tail(
-                kafka.bootstrap_servers, self.topic, AvroDecoder(TRADE, registry.fetch), max_messages=window
-            )
+                kafka.bootstrap_servers, self.topic, AvroDecoder(TRADE, registry.fetch), max_messages=window,
+                further=functools.partial(unplaced, symbols=settings.source.symbols),
+                limit=settings.quality.seed_max_messages,
+            )  # fmt: skip
             recorded = read_tail(
                 kafka.bootstrap_servers, self.events_topic, AvroDecoder(QUALITY_EVENT, registry.fetch),
                 max_messages=window,

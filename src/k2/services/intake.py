@@ -56,15 +56,14 @@ class TradeIntake:
         if batch is None or batch.num_rows == 0:
             return Parsed(None, len(parsed.rejected))
         RECORDS_NORMALIZED.labels(venue=self.adapter.venue, data_type=DataType.TRADES.value).inc(batch.num_rows)
-        parsed_rows = batch.num_rows
-        batch = self.completeness.ingest(batch, wall_clock_us())  # duplicates dropped here
-        if batch.num_rows == 0:
+        out = self.completeness.ingest(batch, wall_clock_us())  # duplicates dropped (and resets held) here
+        if out.num_rows == 0:
             return Parsed(None, len(parsed.rejected))
-        if batch.num_rows < parsed_rows:
-            batch = self.numbered(batch)
+        if out is batch:
+            self.next_sequence += out.num_rows
         else:
-            self.next_sequence += batch.num_rows
-        return Parsed(batch, len(parsed.rejected))
+            out = self.numbered(out)
+        return Parsed(out, len(parsed.rejected))
 
     def numbered(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """``batch`` with platform_sequence numbered from the next free value (backfilled rows, or

@@ -4,8 +4,9 @@ No broker: frames go from the socket into an in-memory backlog, are parsed in ba
 and canonical batches are committed to Iceberg by one writer thread, flushed by row count or age.
 Backpressure: when the backlog reaches ``max_backlog_rows`` the frame sink stops returning, which
 stops reading the socket; nothing is dropped. At most one commit is in flight, so commits land in
-platform-sequence order; the last assigned ``platform_sequence`` is stored in each commit's
-snapshot summary and recovered on start.
+platform-sequence order; the last assigned ``platform_sequence`` and the sequence tracker's state
+(:mod:`k2.quality.state`) are stored in each commit's snapshot summary and recovered on start, so
+a restart, even after ``kill -9``, knows exactly which trade ids the table holds.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from k2.config import K2Settings
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.lake.quality_events import gap_events
 from k2.lake.quarantine import Quarantine
+from k2.lake.sequence_state import recover_state, stored_ids
 from k2.lake.writer import TableWriter
 from k2.logging import get_logger
 from k2.metrics import LAKE_COMMIT_FAILURES, LAST_EVENT_TIME
 from k2.quality.records import QualityEventRow, events_batch, open_gaps
 from k2.schema.kinds import RecordKind
-from k2.services.completeness import Completeness, recent_ids
+from k2.schema.quality_event import EventStatus
+from k2.services.completeness import Completeness
 from k2.services.intake import TradeIntake
 from k2.services.lifecycle import FrameBacklog, open_sessions, supervise
 from k2.sources import load_adapter
@@ -103,11 +106,15 @@ class EmbeddedPipeline:
         self._buffer_since = time.monotonic()
         self._stopping = asyncio.Event()
         self._inflight: asyncio.Task[None] | None = None
-        # Sequence tracking, dedup, quality checks and gap backfill (docs/quality.md), seeded from the table.
-        seed = recent_ids(table, self.adapter.exchange, int(settings.quality.seed_lookback_s * 1e6))
+        # Sequence tracking, dedup, quality checks and gap backfill (docs/quality.md), from the state
+        # recorded with the newest commit; a table written without one is seeded from its stored ids.
+        exchange = self.adapter.exchange
+        recovered = recover_state(table, exchange)
+        seed = None if recovered.states is not None else stored_ids(table, exchange, settings.quality.seed_ids)
+        log.info("pipeline.sequence_state", source=recovered.reason, snapshot_id=recovered.snapshot_id)
         self.completeness = Completeness(
-            settings, exchange=self.adapter.exchange, venue=self.adapter.venue, is_sample_data=is_sample_data,
-            now_us=wall_clock_us(), seed=seed, symbol_info=symbol_info,
+            settings, exchange=exchange, venue=self.adapter.venue, is_sample_data=is_sample_data,
+            now_us=wall_clock_us(), seed=seed, state=recovered.states, symbol_info=symbol_info,
         )  # fmt: skip
         events = load_or_create_table(self.catalog, settings.lake, RecordKind.QUALITY_EVENTS)
         self.completeness.resolve_stored(open_gaps(gap_events(events)), seed, wall_clock_us())
@@ -223,28 +230,48 @@ class EmbeddedPipeline:
             return
         batches, rows = self._buffer, self._buffer_rows
         self._buffer, self._buffer_rows = [], 0
-        self._inflight = asyncio.create_task(self._commit(batches, rows, self.completeness.take_events()))
+        # The tracker now describes exactly the committed rows plus these: it goes into their commit.
+        state = self.completeness.recorded_state()
+        self._inflight = asyncio.create_task(self._commit(batches, rows, state, self.completeness.take_events()))
         if force:
             await asyncio.wait([self._inflight])
 
     async def _commit(
-        self, batches: Sequence[pa.RecordBatch], rows: int, events: list[QualityEventRow] | None = None
+        self,
+        batches: Sequence[pa.RecordBatch],
+        rows: int,
+        state: Mapping[str, str],
+        events: list[QualityEventRow] | None = None,
     ) -> None:
-        if batches and not await self._commit_trades(batches, rows):
-            if events:
+        events = events or []
+        if batches:
+            # A gap's OPEN row goes *before* the trades: they may hold rows backfilled for it, and a
+            # crash between the two commits must not leave those rows without the gap's record (a
+            # restart settles an OPEN gap whose rows are stored: resolve_stored).
+            opened = [e for e in events if e.status is EventStatus.OPEN]
+            if opened and await self._commit_events(opened):
+                events = [e for e in events if e.status is not EventStatus.OPEN]
+            if not await self._commit_trades(batches, rows, state):
                 self.completeness.restore_events(events)
-            return
+                return
         if events:  # after the trades they describe: a RESOLVED gap's rows are committed first
-            try:
-                await asyncio.to_thread(self.events_writer.append, events_batch(events))
-            except Exception as exc:
-                log.error("pipeline.events_commit_failed", events=len(events), error=str(exc))
-                self.completeness.restore_events(events)
+            await self._commit_events(events, restore=True)
 
-    async def _commit_trades(self, batches: Sequence[pa.RecordBatch], rows: int) -> bool:
-        last_seq = int(pc.max(pa.chunked_array([b.column("platform_sequence") for b in batches])).as_py())
+    async def _commit_events(self, events: list[QualityEventRow], *, restore: bool = False) -> bool:
         try:
-            result = await asyncio.to_thread(self.writer.append, batches, {PLATFORM_SEQUENCE_PROPERTY: str(last_seq)})
+            await asyncio.to_thread(self.events_writer.append, events_batch(events))
+            return True
+        except Exception as exc:
+            log.error("pipeline.events_commit_failed", events=len(events), error=str(exc))
+            if restore:
+                self.completeness.restore_events(events)
+            return False
+
+    async def _commit_trades(self, batches: Sequence[pa.RecordBatch], rows: int, state: Mapping[str, str]) -> bool:
+        last_seq = int(pc.max(pa.chunked_array([b.column("platform_sequence") for b in batches])).as_py())
+        props = {PLATFORM_SEQUENCE_PROPERTY: str(last_seq), **state}
+        try:
+            result = await asyncio.to_thread(self.writer.append, batches, props)
         except Exception as exc:
             # Keep the rows: put them back in front of the buffer and let the next flush retry.
             self.stats.commit_failures += 1

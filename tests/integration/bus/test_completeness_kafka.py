@@ -237,3 +237,32 @@ def test_a_seed_window_that_starts_with_backfilled_rows_opens_no_false_gap(
     assert second.get_stats()["quality"]["duplicates_dropped"] == TOTAL
     assert second.get_stats()["quality"]["gaps_detected"] == 0
     assert emu.rest.requests == []
+
+
+def test_a_symbol_quiet_beyond_the_seed_window_is_found_further_back(bus_settings: K2Settings, tmp_path: Path) -> None:
+    """One partition and a 1,000-message seed window. Run 1 sends frames 1..10,000 of both symbols;
+    run 2 only BTCUSDT's 10,001..25,000 (about 8,500 messages: ETHUSDT's last ones are far outside
+    the window); run 3 both symbols from frame 25,001. `k2 ingest` reads its topic further back until
+    ETHUSDT's position is known, so ETHUSDT's restart gap (its trades of frames 10,001..25,000) is
+    found and backfilled; run 4 replays everything and sends nothing. With the fixed window, ETHUSDT
+    had no state: its gap was lost without a record (and a replay was sent again)."""
+    base = _settings(bus_settings, tmp_path, seed_messages=1_000)
+    settings = base.model_copy(update={"kafka": base.kafka.model_copy(update={"partitions": 1})})
+    btc_only = settings.model_copy(update={"source": settings.source.model_copy(update={"symbols": ("BTCUSDT",)})})
+    asyncio.run(_ingest(settings, Faults(withhold=((10_001, TOTAL),))))
+    second, _ = asyncio.run(_ingest(btc_only, Faults(withhold=((1, 10_000), (25_001, TOTAL)))))
+    assert second.producer.stats.delivered > 8 * settings.quality.seed_messages
+
+    third, _ = asyncio.run(_ingest(settings, Faults(withhold=((1, 25_000),))))
+    quiet = {(d["s"], str(d["t"])) for d in _recording()[10_000:25_000] if d["s"] == "ETHUSDT"}
+    assert third.stats.backfilled == len(quiet) and third.get_stats()["quality"]["duplicates_dropped"] == 0
+
+    fourth, _ = asyncio.run(_ingest(settings, Faults()))
+    assert fourth.producer.stats.delivered == 0
+    assert fourth.get_stats()["quality"]["duplicates_dropped"] == TOTAL
+
+    _consume(settings)
+    _assert_exactly_the_recording(_table_rows(settings), quiet)
+    ids = sorted(int(t) for _, t in quiet)
+    gaps = [(e["symbol"], e["first_id"], e["last_id"], e["status"]) for e in _events(settings) if e["kind"] == "GAP"]
+    assert gaps == [("ETHUSDT", ids[0], ids[-1], "OPEN"), ("ETHUSDT", ids[0], ids[-1], "RESOLVED")]

@@ -10,8 +10,9 @@ import pytest
 
 from k2.emulator.faults import Faults
 from k2.emulator.server import BinanceEmulator, ReplayConfig
-from k2.errors import BackfillError
-from k2.services.backfill import BinanceRestClient, TokenBucket
+from k2.errors import BackfillError, SourceError
+from k2.services.backfill import BinanceRestClient, Page, TokenBucket
+from k2.sources.binance_rest import decode_historical_trades
 
 FIRST_BTC_ID = 3735683259
 
@@ -107,3 +108,42 @@ def test_emulator_enforces_the_ip_weight_limit() -> None:
     got = asyncio.run(run())
     assert got[0] == (200, None) and got[1] == (200, None)
     assert got[2][0] == 429 and got[2][1] is not None and 59 <= int(got[2][1]) <= 61
+
+
+def _trades(page: Page) -> list[int]:
+    """An ``accept`` like backfill's: the body must parse and hold trades."""
+    ids = [t.id for t in decode_historical_trades(page.body)]
+    if not ids:
+        raise SourceError("empty page")
+    return ids
+
+
+def test_client_retries_a_broken_body_an_empty_page_and_a_slow_answer() -> None:
+    """Each is a 200 (or no answer in time) that a venue can give once: retried with backoff, the
+    fourth request gets the trades."""
+    faults = Faults(rest_errors=(("bad_body", 0), ("empty_page", 0), ("slow", 2.0)))
+
+    async def run() -> tuple[list[int], list[int], int]:
+        async with BinanceEmulator(ReplayConfig(faults=faults)) as emu:
+            limiter = TokenBucket(10_000.0, 10_000.0)
+            async with BinanceRestClient(emu.http_url, limiter, attempts=4, timeout_s=0.3) as client:
+                ids = await client.historical_trades_as("BTCUSDT", FIRST_BTC_ID, 5, _trades)
+                return ids, [r.status for r in emu.rest.requests], client.retries
+
+    ids, statuses, retries = asyncio.run(run())
+    assert ids == list(range(FIRST_BTC_ID, FIRST_BTC_ID + 5))
+    assert statuses == [200, 200, 200, 200] and retries == 3
+
+
+def test_client_gives_up_on_bad_answers_after_its_attempts() -> None:
+    faults = Faults(rest_errors=(("bad_body", 0), ("empty_page", 0)))
+
+    async def run() -> None:
+        async with (
+            BinanceEmulator(ReplayConfig(faults=faults)) as emu,
+            BinanceRestClient(emu.http_url, TokenBucket(1000.0, 1000.0), attempts=2) as client,
+        ):
+            await client.historical_trades_as("BTCUSDT", FIRST_BTC_ID, 5, _trades)
+
+    with pytest.raises(BackfillError, match=r"failed after 2 attempts: bad answer .*empty page"):
+        asyncio.run(run())

@@ -86,3 +86,21 @@ def test_withhold_leaves_frames_out_of_the_stream() -> None:
         Faults(withhold=((0, 1),))
     with pytest.raises(ConfigError):
         Faults(rest_errors=((200, 1.0),))
+
+
+def test_rest_faults_beyond_http_errors_spoil_the_answer_in_order() -> None:
+    faults = Faults(rest_errors=(("bad_body", 0), ("empty_page", 0), ("slow", 1.5), (503, 0.5)))
+    rest = RestEndpoints(BUNDLED_BINANCE_TRADES, faults, clock=Clock())
+    q = "/api/v3/historicalTrades?symbol=BTCUSDT&fromId=3735683259&limit=2"
+    answers = [rest.handle(q) for _ in range(5)]
+    assert all(a is not None for a in answers)
+    bad, empty, slow, error, right = (a for a in answers if a is not None)
+    assert (bad.status, empty.status, slow.status, error.status, right.status) == (200, 200, 200, 503, 200)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(bad.body)
+    assert bad.body == right.body[: len(right.body) // 2]
+    assert empty.body == b"[]" and (slow.body, slow.delay_s) == (right.body, 1.5) and right.delay_s == 0
+    with pytest.raises(ConfigError):
+        Faults(rest_errors=(("gibberish", 0),))
+    with pytest.raises(ConfigError):
+        Faults(rest_errors=(("slow", -1),))

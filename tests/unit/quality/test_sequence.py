@@ -83,15 +83,68 @@ def test_abandoned_gap_still_accepts_a_late_arrival() -> None:
     assert observe(tracker, [4]).keep.tolist() == [True]
 
 
-def test_large_jump_back_is_a_reset_and_rebases() -> None:
-    tracker = SequenceTracker(reset_threshold=1_000)
+def test_one_id_far_below_is_held_and_dropped_once_the_old_numbering_goes_on() -> None:
+    tracker = SequenceTracker(reset_threshold=1_000, reset_confirm=3)
     observe(tracker, [50_000, 50_001])
-    obs = observe(tracker, [7, 8], now_us=3)
-    assert obs.keep.tolist() == [True, True]
-    assert [(e.kind, e.first_id, e.last_id) for e in obs.events] == [(EventKind.RESET, 7, 50_001)]
-    assert tracker.high(KEY) == 8
-    # a small step back below the threshold is a duplicate, not a reset
-    assert observe(tracker, [1]).keep.tolist() == [False]
+    later = np.full(3, 10**9, np.int64)  # trade times not older than the high's
+    obs = tracker.observe(KEY, np.array([7, 50_000, 8], np.int64), later, 3)  # 7 and 8 are held
+    assert obs.keep.tolist() == [False, False, False] and obs.held.tolist() == [True, False, True]
+    assert tracker.high(KEY) == 50_001 and tracker.held(KEY) == 2
+    obs = observe(tracker, [50_002], now_us=4)  # the old numbering goes on: not a reset
+    assert obs.keep.tolist() == [True] and obs.dropped_held and not obs.released_held
+    (event,) = obs.events
+    assert (event.kind, event.first_id, event.last_id, event.count) == (EventKind.DUPLICATE, 7, 8, 2)
+    assert "possible reset" in event.detail
+    assert tracker.held(KEY) == 0 and tracker.holes(KEY) == []
+
+
+def test_a_sustained_new_numbering_is_a_reset_and_its_held_ids_are_kept_once() -> None:
+    tracker = SequenceTracker(reset_threshold=1_000, reset_confirm=4)
+    observe(tracker, [50_000, 50_001])  # trade times 10x the id: 500_010
+    later = 600_000
+    first = tracker.observe(KEY, np.array([1, 2], np.int64), np.array([later, later + 1], np.int64), 5)
+    assert first.held.tolist() == [True, True] and not first.keep.any()
+    second = tracker.observe(KEY, np.array([2, 4, 5, 6], np.int64), np.arange(later + 2, later + 6), 6)
+    # 2 again is a duplicate of a held id; 4 confirms (4 distinct ids: 1, 2, 4, 5 -> at 5); 6 follows
+    assert second.keep.tolist() == [False, True, True, True] and not second.held.any()
+    assert second.released_held and not second.dropped_held  # the caller writes its held 1 and 2 now
+    kinds = [(e.kind, e.first_id, e.last_id) for e in second.events]
+    assert (EventKind.RESET, 1, 50_001) in kinds and (EventKind.DUPLICATE, 2, 2) in kinds
+    assert tracker.high(KEY) == 6 and tracker.holes(KEY) == [(3, 3, HoleState.PENDING)]
+    assert observe(tracker, [1, 2, 3, 7]).keep.tolist() == [False, False, True, True]
+
+
+def test_far_below_ids_older_than_the_high_are_a_replay_not_a_reset() -> None:
+    tracker = SequenceTracker(reset_threshold=1_000, reset_confirm=2)
+    observe(tracker, [50_000, 50_001])
+    obs = observe(tracker, [7, 8, 9])  # trade times 70..90: older than the high's
+    assert obs.keep.tolist() == [False, False, False] and not obs.held.any()
+    assert [(e.kind, e.count) for e in obs.events] == [(EventKind.DUPLICATE, 3)]
+    assert tracker.high(KEY) == 50_001
+
+
+def test_another_far_off_run_drops_the_first_candidate() -> None:
+    tracker = SequenceTracker(reset_threshold=1_000, reset_confirm=3)
+    observe(tracker, [50_000])
+    t = np.array([10**9, 10**9], np.int64)
+    tracker.observe(KEY, np.array([7, 8], np.int64), t, 0)
+    obs = tracker.observe(KEY, np.array([-5_000, -4_999], np.int64), t, 1)  # another run: 7, 8 are dropped
+    assert obs.dropped_held and obs.held.tolist() == [True, True] and tracker.held(KEY) == 2
+    assert tracker.high(KEY) == 50_000
+
+
+def test_the_reset_policy_is_a_setting() -> None:
+    """reset_confirm=1: one far-off id not older than the high re-bases; the default needs a run of 100."""
+    eager = SequenceTracker(reset_threshold=1_000, reset_confirm=1)
+    observe(eager, [50_000])
+    obs = eager.observe(KEY, np.array([7], np.int64), np.array([10**9], np.int64), 0)
+    assert obs.keep.tolist() == [True] and eager.high(KEY) == 7
+    default = SequenceTracker(reset_threshold=1_000)
+    observe(default, [50_000])
+    ids = np.arange(1, 100, dtype=np.int64)
+    assert default.observe(KEY, ids, np.full(99, 10**9), 0).held.all()
+    assert default.observe(KEY, np.array([100], np.int64), np.array([10**9]), 0).keep.all()
+    assert default.high(KEY) == 100
 
 
 def test_seed_recovers_high_and_holes_from_stored_ids() -> None:
@@ -149,3 +202,25 @@ def test_streams_are_tracked_independently() -> None:
     tracker.observe(eth, np.array([5], dtype=np.int64), np.array([0], dtype=np.int64), 0)
     assert tracker.high(KEY) == 6 and tracker.high(eth) == 5
     assert set(tracker.streams()) == {KEY, eth}
+
+
+def test_export_and_restore_keep_high_holes_and_gap_ids() -> None:
+    tracker = SequenceTracker(grace_us=0)
+    observe(tracker, [1, 10, 20])  # holes 2..9 and 11..19
+    observe(tracker, [5])  # splits 2..9: both parts keep the gap id of 9
+    state = tracker.export()[KEY]
+    assert state.high == 20 and state.high_time_us == 200
+    assert [(h.lo, h.hi, h.gap_id) for h in state.holes] == [
+        (2, 4, gap_id(KEY, 9)),
+        (6, 9, None),
+        (11, 19, None),
+    ]
+    restarted = SequenceTracker(grace_us=0)
+    restarted.restore(KEY, state, now_us=7)
+    assert restarted.holes(KEY) == tracker.holes(KEY)
+    assert [(g.first_id, g.last_id, g.gap_id) for g in restarted.due_gaps(7)] == [
+        (2, 9, gap_id(KEY, 9)),
+        (11, 19, gap_id(KEY, 19)),
+    ]
+    assert observe(restarted, [5, 20, 3, 21]).keep.tolist() == [False, False, True, True]
+    assert restarted.missing(KEY, 1, 25) == 2 + 4 + 9 + 4 and restarted.missing(KEY, 20, 21) == 0

@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow as pa
 
 from k2.bus.tail import Tail
-from k2.services.completeness import topic_seed
+from k2.services.completeness import topic_seed, unplaced
 
 
-def _tail(rows: list[tuple[str, int, bool]], *, partition: int = 0, whole: bool = False) -> Tail:
+def _tail(rows: list[tuple[str, int, bool]], *, partition: int = 0, whole: bool = False, partitions: int = 1) -> Tail:
     """``rows``: (symbol, trade id, backfilled) in log order."""
     vendor = [[("backfilled", "true")] if b else [("event_type", "trade")] for _, _, b in rows]
     table = pa.table(
@@ -22,7 +22,11 @@ def _tail(rows: list[tuple[str, int, bool]], *, partition: int = 0, whole: bool 
     )
     n = len(rows)
     return Tail(
-        table, np.full(n, partition, np.int32), np.arange(1_000, 1_000 + n), frozenset({partition} if whole else ())
+        table,
+        np.full(n, partition, np.int32),
+        np.arange(1_000, 1_000 + n),
+        frozenset({partition} if whole else ()),
+        frozenset(range(partitions)),
     )
 
 
@@ -58,3 +62,15 @@ def test_symbols_are_seeded_separately_and_an_empty_tail_seeds_nothing() -> None
         "ETHUSDT": ([7, 9], 9),
     }
     assert topic_seed(_tail([])) == {}
+
+
+def test_symbols_not_placed_by_the_tail_name_the_partitions_to_read_further_back() -> None:
+    placed = [("BTCUSDT", i, False) for i in (10, 11, 12)]  # 12 is a new high after 10: placed
+    assert unplaced(_tail(placed, partition=1, partitions=3), ["BTCUSDT"]) == set()
+    # ETHUSDT is not in the tail: it may be in any partition not read from offset 0
+    assert unplaced(_tail(placed, partition=1, partitions=3), ["BTCUSDT", "ETHUSDT"]) == {0, 1, 2}
+    # only backfilled rows, or one live row: the symbol's position is not known, read its partition
+    late = [("BTCUSDT", 5, True), ("BTCUSDT", 6, True), ("BTCUSDT", 20, False)]
+    assert unplaced(_tail(late, partition=2, partitions=3), ["BTCUSDT"]) == {2}
+    # read from offset 0: everything ever written is there, nothing more to read
+    assert unplaced(_tail(late, partition=0, whole=True), ["BTCUSDT", "ETHUSDT"]) == set()
