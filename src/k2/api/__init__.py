@@ -1,5 +1,4 @@
-"""The REST query API and web dashboard (`k2 serve`): FastAPI over the query engine. See docs/api.md."""
+"""The REST query API and web dashboard (`k2 serve`): FastAPI over the query engine. See docs/api.md.
 
-from k2.api.app import create_app
-
-__all__ = ["create_app"]
+``k2.api.app.create_app(settings)`` builds the application; :mod:`k2.services.serve` runs it.
+"""

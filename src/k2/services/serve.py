@@ -40,7 +40,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _server(settings: K2Settings, process_metrics: bool) -> uvicorn.Server:
-    from k2.api import create_app
+    from k2.api.app import create_app
 
     app = create_app(settings, process_metrics=process_metrics)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5)
