@@ -224,3 +224,8 @@ API_QUERIES_STOPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+API_QUERIES_IN_FLIGHT = Gauge(
+    "k2_api_queries_in_flight",
+    "API requests holding a query worker (running or streaming a result); at api.workers, new ones wait.",
+    registry=REGISTRY,
+)

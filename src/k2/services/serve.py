@@ -72,8 +72,12 @@ class ApiServer:
 
     def __init__(self, settings: K2Settings, *, process_metrics: bool = False) -> None:
         self._sock = _bind(settings.api.host, settings.api.port)
+        try:
+            self._server = _server(settings, process_metrics)
+        except BaseException:
+            self._sock.close()
+            raise
         self.url = _url(self._sock)
-        self._server = _server(settings, process_metrics)
         self._thread = threading.Thread(target=self._main, name="k2-api", daemon=True)
         self._error: BaseException | None = None
 

@@ -114,8 +114,9 @@ def test_vwap_and_instruments_match_the_engine(live_api: LiveApi, engine: QueryE
         instruments = http.get("/v1/instruments").json()["data"]
         empty = http.get("/v1/vwap", params={"symbol": "ETHUSDT", "start": "2030-01-01T00:00:00Z"}).json()
     assert Decimal(vwap["vwap"]) == engine.vwap("ETHUSDT") and empty["vwap"] is None
-    counts = {s: n for s, n in zip(*[api_lake.trades[c].value_counts().field(i).to_pylist() for c, i in [("symbol", 0), ("symbol", 1)]], strict=True)}  # fmt: skip
-    assert {(i["symbol"], i["trades"]) for i in instruments} == set(counts.items())
+    counts = api_lake.trades["symbol"].value_counts()
+    want = set(zip(counts.field(0).to_pylist(), counts.field(1).to_pylist(), strict=True))
+    assert {(i["symbol"], i["trades"]) for i in instruments} == want
 
 
 def test_quality_and_gaps_report_the_events(live_api: LiveApi, api_lake: Lake) -> None:
@@ -138,7 +139,8 @@ def test_quality_and_gaps_report_the_events(live_api: LiveApi, api_lake: Lake) -
 
 
 def test_sql_results_stream_in_every_format(live_api: LiveApi) -> None:
-    query = {"query": "SELECT symbol, count(*) AS n, sum(quantity) AS volume FROM trades WHERE symbol = ? GROUP BY ALL", "params": ["ETHUSDT"]}  # fmt: skip
+    text = "SELECT symbol, count(*) AS n, sum(quantity) AS volume FROM trades WHERE symbol = ? GROUP BY ALL"
+    query = {"query": text, "params": ["ETHUSDT"]}
     with live_api.client(live_api.keys.sql) as http:
         body = http.post("/v1/sql", json=query).json()
         arrow = pa.ipc.open_stream(http.post("/v1/sql", json=query, params={"format": "arrow"}).content).read_all()
