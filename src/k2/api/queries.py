@@ -64,7 +64,10 @@ def _day_range(day: date | None) -> tuple[datetime | None, datetime | None]:
     if day is None:
         return None, None
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    return start, start + timedelta(days=1)
+    try:
+        return start, start + timedelta(days=1)
+    except OverflowError:  # 9999-12-31
+        return start, datetime.max.replace(tzinfo=UTC)
 
 
 def _pred(kind: Any, column: str, value: object) -> BooleanExpression:

@@ -37,6 +37,7 @@ from k2.api.security import require
 from k2.api.series import (
     JSON_ROW_SCHEMA,
     NAME_PATTERN,
+    Page,
     Series,
     SeriesFilter,
     check_name,
@@ -51,7 +52,7 @@ from k2.api.streaming import Source
 from k2.api.workers import Worker
 from k2.errors import QueryError
 from k2.query import sql as query_sql
-from k2.query.engine import OHLCV_SCHEMA
+from k2.query.engine import OHLCV_SCHEMA, parse_interval
 
 TRADES = trades_series(Trade, TradePage)
 
@@ -65,6 +66,11 @@ FormatParam = Annotated[
     Query(alias="format", description="Response format; overrides the Accept header (json, csv, arrow, parquet)."),
 ]
 AcceptHeader = Annotated[str | None, Header(include_in_schema=False)]
+# Every width this pattern admits is between 1 ms and 366 days (what the engine accepts).
+INTERVAL_PATTERN = (
+    r"^(?:[1-9][0-9]{0,9}ms|[1-9][0-9]{0,6}s|[1-9][0-9]{0,4}m|[1-9][0-9]{0,2}h"
+    r"|(?:[1-9][0-9]?|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d)$"
+)
 DayParam = Annotated[date | None, Query(description="A UTC day, YYYY-MM-DD.")]
 
 BATCH_ROWS = {Format.JSON: 8_192, Format.CSV: 16_384, Format.ARROW: 65_536, Format.PARQUET: 131_072}
@@ -94,25 +100,26 @@ def _format(fmt: Format | None, accept: str | None) -> Format:
         raise Problem(406, "not_acceptable", str(exc)) from exc
 
 
-def _utc(value: datetime | None, name: str) -> datetime | None:
-    """An aware UTC datetime (naive means UTC), within years 1970-2999, else 400."""
+_MIN = datetime.min.replace(tzinfo=UTC)
+_MAX = datetime.max.replace(tzinfo=UTC)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """An aware UTC datetime (naive means UTC); a time beyond what UTC can represent (year 1 with a
+    positive offset, say) is clamped to the representable range rather than refused."""
     if value is None:
         return None
+    aware = value if value.tzinfo is not None and value.utcoffset() is not None else value.replace(tzinfo=UTC)
     try:
-        aware = value if value.tzinfo is not None and value.utcoffset() is not None else value.replace(tzinfo=UTC)
-        result = aware.astimezone(UTC)
-    except (OverflowError, ValueError) as exc:
-        raise QueryError(f"{name} is out of range") from exc
-    if not 1970 <= result.year <= 2999:
-        raise QueryError(f"{name} must be between 1970 and 2999")
-    return result
+        return aware.astimezone(UTC)
+    except OverflowError:
+        return _MIN if aware.year < 1970 else _MAX
 
 
-def _range(start: datetime | None, end: datetime | None) -> tuple[datetime | None, datetime | None]:
-    s, e = _utc(start, "start"), _utc(end, "end")
-    if s is not None and e is not None and s >= e:
-        raise QueryError("start must be before end")
-    return s, e
+def _range(start: datetime | None, end: datetime | None) -> tuple[datetime | None, datetime | None, bool]:
+    """(start, end) in UTC, and whether the range is empty (start >= end: nothing can match)."""
+    s, e = _utc(start), _utc(end)
+    return s, e, s is not None and e is not None and s >= e
 
 
 def _rows(table: pa.Table, batch_rows: int) -> pa.RecordBatchReader:
@@ -138,7 +145,7 @@ def series_route(router: APIRouter, series: Series, max_rows: int) -> None:
         accept: AcceptHeader = None,
     ) -> Response:
         chosen = _format(fmt, accept)
-        s, e = _range(start, end)
+        s, e, empty = _range(start, end)
         flt = SeriesFilter(check_name(symbol, "symbol"), check_name(exchange, "exchange"), s, e)
         after = decode_cursor(series, cursor) if cursor else None
         batch_rows = BATCH_ROWS[chosen]
@@ -147,7 +154,7 @@ def series_route(router: APIRouter, series: Series, max_rows: int) -> None:
         json_rows = chosen is Format.JSON
 
         def open_source(worker: Worker) -> Source:
-            page = open_page(worker, series, flt, after, limit, batch_rows, json_rows=json_rows)
+            page = Page(None, None) if empty else open_page(worker, series, flt, after, limit, batch_rows, json_rows)
             next_cursor = None if page.next_key is None else encode_cursor(series, page.next_key)
             headers["next_cursor"] = next_cursor or ""
             query = {k: v for k, v in request.query_params.items()}
@@ -194,7 +201,7 @@ def build_router(max_rows: int) -> APIRouter:
         request: Request,
         symbol: SymbolParam,
         interval: Annotated[
-            str, Query(pattern=r"^[0-9]{1,12}(ms|s|m|h|d)$", description="Bar width: 250ms, 1s, 1m, 5m, 1h, 1d...")
+            str, Query(pattern=INTERVAL_PATTERN, description="Bar width: 250ms, 1s, 1m, 5m, 1h, 1d...")
         ] = "1m",
         exchange: OptExchange = None,
         start: StartParam = None,
@@ -204,10 +211,13 @@ def build_router(max_rows: int) -> APIRouter:
     ) -> Response:
         """Open/high/low/close, exact volume and VWAP per epoch-aligned bucket (docs/query.md)."""
         chosen = _format(fmt, accept)
-        s, e = _range(start, end)
+        s, e, empty = _range(start, end)
         name, venue = check_name(symbol, "symbol"), check_name(exchange, "exchange")
+        parse_interval(interval)  # refused before borrowing a worker
 
         def open_source(worker: Worker) -> Source:
+            if empty:
+                return Source(None, OHLCV_SCHEMA)
             bars = worker.engine.ohlcv(name or "", interval, start_time=s, end_time=e, exchange=venue).table
             if bars.num_rows > max_rows:
                 raise QueryError(
@@ -230,11 +240,13 @@ def build_router(max_rows: int) -> APIRouter:
         start: StartParam = None,
         end: EndParam = None,
     ) -> Vwap:
-        s, e = _range(start, end)
+        s, e, empty = _range(start, end)
         name, venue = check_name(symbol, "symbol"), check_name(exchange, "exchange")
-        value = await service(request).run(
-            lambda w: w.engine.vwap(name or "", start_time=s, end_time=e, exchange=venue)
-        )
+        value = None
+        if not empty:
+            value = await service(request).run(
+                lambda w: w.engine.vwap(name or "", start_time=s, end_time=e, exchange=venue)
+            )
         return Vwap(symbol=name or "", exchange=venue, start=s, end=e, vwap=_decimal_text(value))
 
     @router.get(

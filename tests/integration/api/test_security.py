@@ -75,10 +75,10 @@ def test_open_mode_only_on_loopback_and_until_a_key_exists(
         assert http.get("/v1/meta", headers={"Authorization": f"Bearer {key}"}).json()["auth"] == "keys"
         KeyStore(keys_file).revoke(record.key_id)
         assert http.get("/v1/meta", headers={"Authorization": f"Bearer {key}"}).json()["auth"] == "open"
-    public = api_lake.settings.model_copy(update={"api": ApiSettings(host="0.0.0.0", port=0, auth="open")})  # noqa: S104
+    public = api_lake.settings.model_copy(update={"api": ApiSettings(host="0.0.0.0", port=0, auth="open")})
     with pytest.raises(ConfigError, match="non-loopback"):
         ApiServer(public)
-    auto = api_lake.settings.model_copy(update={"api": ApiSettings(host="0.0.0.0", port=0, keys_file=keys_file)})  # noqa: S104
+    auto = api_lake.settings.model_copy(update={"api": ApiSettings(host="0.0.0.0", port=0, keys_file=keys_file)})
     server = ApiServer(auto)  # auto on a public address: keys required even with none configured
     try:
         server.start()
