@@ -138,3 +138,35 @@ def live_api(api_lake: Lake, api_keys: Keys, start_api: Callable[[K2Settings], s
     """The service in keyed mode (keys required), high rate limit, default timeout and row cap."""
     settings = api_settings(api_lake, auth="keys", query_timeout_s=30.0)
     return LiveApi(start_api(settings), api_keys, settings)
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Debian's Chromium (installed by deploy/scripts/ensure-chromium.sh when missing), headless, driven by
+    Playwright over CDP; one browser for the session, a fresh profile directory."""
+    import subprocess
+
+    from playwright.sync_api import sync_playwright
+
+    script = Path(__file__).parents[3] / "deploy" / "scripts" / "ensure-chromium.sh"
+    found = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
+    assert found.returncode == 0, f"no Chromium: {found.stderr[-500:]}"
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=found.stdout.strip(), args=CHROMIUM_FLAGS, headless=True
+        )
+        yield context
+        context.close()
