@@ -13,7 +13,7 @@ with K2Client("http://127.0.0.1:8000", api_key="k2_...") as k2:
 Tables travel as Arrow IPC streams (exact ``decimal128(38, 12)``, ``timestamp[us, UTC]``) and are
 returned as :class:`k2.query.QueryResult`, the same type the embedded engine returns, so code written
 against ``QueryEngine`` reads the same against the service. Errors: :class:`~k2.errors.QueryError`
-(400), :class:`~k2.errors.ReadOnlyViolation` (403 ``read_only``), :class:`~k2.errors.ApiError` for the
+(400, 422), :class:`~k2.errors.ReadOnlyViolation` (403 ``read_only``), :class:`~k2.errors.ApiError` for the
 rest (auth, rate limits with ``retry_after_s``, timeouts).
 """
 
@@ -194,7 +194,7 @@ def _error(response: httpx.Response) -> Exception:
         code, message = str(detail["code"]), str(detail["message"])
     except (ValueError, KeyError, TypeError):
         code, message = "http_error", response.text[:200]
-    if response.status_code == 400:
+    if response.status_code in (400, 422):  # a query the service cannot run, or invalid parameters
         return QueryError(message)
     if response.status_code == 403 and code == "read_only":
         return ReadOnlyViolation(message)
