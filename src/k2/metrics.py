@@ -224,8 +224,10 @@ API_QUERIES_STOPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
-API_QUERIES_IN_FLIGHT = Gauge(
-    "k2_api_queries_in_flight",
-    "API requests holding a query worker (running or streaming a result); at api.workers, new ones wait.",
+API_QUERIES = Counter(
+    "k2_api_queries_total",
+    "API requests that borrowed a query worker, by phase (started, finished): started - finished are in "
+    "flight (running or streaming); at api.workers, new ones wait.",
+    ["phase"],
     registry=REGISTRY,
 )

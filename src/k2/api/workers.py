@@ -30,7 +30,7 @@ from k2.config import K2Settings
 from k2.errors import K2Error, QueryError, ReadOnlyViolation
 from k2.lake.catalog import load_or_create_trades_table, open_catalog
 from k2.logging import get_logger
-from k2.metrics import API_QUERIES_IN_FLIGHT, API_QUERIES_STOPPED
+from k2.metrics import API_QUERIES, API_QUERIES_STOPPED
 from k2.query import sql
 from k2.query.engine import QueryEngine
 from k2.query.planner import ScanPlan, local_path
@@ -156,11 +156,11 @@ class WorkerPool:
             worker = await asyncio.wait_for(queue.get(), timeout=max(0.0, deadline - loop.time()))
         except TimeoutError:
             raise PoolBusy("every query worker is busy; try again shortly") from None
-        API_QUERIES_IN_FLIGHT.inc()
+        API_QUERIES.labels(phase="started").inc()
         try:
             yield worker
         finally:
-            API_QUERIES_IN_FLIGHT.dec()
+            API_QUERIES.labels(phase="finished").inc()
             queue.put_nowait(worker)
 
     async def call(self, worker: Worker, deadline: float, fn: Callable[[], T]) -> T:
