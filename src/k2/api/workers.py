@@ -96,7 +96,7 @@ class Worker:
     view_snapshot: tuple[bool, int | None] = (False, None)
 
     def interrupt(self) -> None:
-        self.con.interrupt()
+        self.engine.interrupt()  # the engine's connection is this worker's cursor
 
     def plan_all(self) -> ScanPlan:
         return self.engine.plan()

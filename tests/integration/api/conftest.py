@@ -153,20 +153,43 @@ CHROMIUM_FLAGS = [
 
 
 @pytest.fixture(scope="session")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """Debian's Chromium (installed by deploy/scripts/ensure-chromium.sh when missing), headless, driven by
-    Playwright over CDP; one browser for the session, a fresh profile directory."""
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's Chromium, headless, one process for the session (a fresh profile directory), installed by
+    deploy/scripts/ensure-chromium.sh when missing; yields its DevTools WebSocket URL."""
     import subprocess
-
-    from playwright.sync_api import sync_playwright
+    import time
 
     script = Path(__file__).parents[3] / "deploy" / "scripts" / "ensure-chromium.sh"
     found = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
     assert found.returncode == 0, f"no Chromium: {found.stderr[-500:]}"
     profile = tmp_path_factory.mktemp("chromium-profile")
+    command = [found.stdout.strip(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0"]
+    proc = subprocess.Popen([*command, "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    active = profile / "DevToolsActivePort"
+    deadline = time.monotonic() + 60
+    while not (active.exists() and len(active.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "Chromium did not open its DevTools port"
+        time.sleep(0.05)
+    port, path = active.read_text().splitlines()[:2]
+    try:
+        yield f"ws://127.0.0.1:{port}{path}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.fixture
+def browser(chromium: str) -> Iterator[Any]:
+    """The session's Chromium, driven by Playwright over CDP for one test. Playwright's sync API runs an
+    event loop in this thread while it is open, so it is opened per test, never for the whole session
+    (``asyncio.run`` in later tests would fail)."""
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=found.stdout.strip(), args=CHROMIUM_FLAGS, headless=True
-        )
-        yield context
-        context.close()
+        connected = playwright.chromium.connect_over_cdp(chromium)
+        context = connected.new_context()
+        try:
+            yield context
+        finally:
+            context.close()
+            connected.close()

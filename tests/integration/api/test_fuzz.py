@@ -32,7 +32,7 @@ CONFIG = SchemathesisConfig.from_dict(
     {"operations": [{"include-path": path, "checks": _ACCEPT_400} for path in ("/v1/sql", "/v1/trades")]}
 )
 SETTINGS = settings(
-    max_examples=40,
+    max_examples=80,
     derandomize=True,
     deadline=None,
     database=None,
@@ -41,7 +41,7 @@ SETTINGS = settings(
 
 
 def test_no_server_errors_and_no_schema_violations(live_api: LiveApi) -> None:
-    """Every operation of /openapi.json, 40 generated requests each, every Schemathesis check.
+    """Every operation of /openapi.json, 80 generated requests each, every Schemathesis check.
 
     (Driven through Hypothesis directly: Schemathesis' lazy pytest fixture loader does not run
     under pytest 9.)
