@@ -30,7 +30,10 @@ from k2.api.security import Guard
 from k2.api.service import Service
 from k2.api.workers import WorkerPool
 from k2.config import K2Settings
+from k2.logging import get_logger
 from k2.metrics import API_REQUEST_SECONDS, API_REQUESTS
+
+log = get_logger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 CHART_LIBRARY = STATIC / "vendor" / "lightweight-charts.standalone.production.js"
@@ -101,6 +104,8 @@ class _RequestMetrics:
 
 def create_app(settings: K2Settings, *, process_metrics: bool = False, pool: WorkerPool | None = None) -> FastAPI:
     """The service for ``settings``; ``process_metrics`` when it runs inside the pipeline's process."""
+    if not CHART_LIBRARY.exists():  # a pip install without `make`: the API works, the chart cannot draw
+        log.warning("api.chart_library_missing", path=str(CHART_LIBRARY), hint="run `make web` (npm ci)")
     store = KeyStore(keys_path(settings))
     guard = Guard(settings.api, store)
     pool = pool or WorkerPool(settings)
