@@ -116,6 +116,7 @@ class QueryEngine:
         *,
         refresh_interval_s: float | None = 1.0,
         plan_cache_size: int = 256,
+        connection: duckdb.DuckDBPyConnection | None = None,
     ) -> None:
         self._catalog = catalog
         self._identifier = (lake.namespace, lake.trades_table)
@@ -131,7 +132,9 @@ class QueryEngine:
         self._loaded_at = time.monotonic()
         self._planner = Planner(table, plan_cache_size)
         self._location = local_path(table.location()).rstrip("/") + "/"
-        self._con = sql.open_connection(self._location)
+        # ``connection``: a cursor of a connection from sql.open_connection (the REST API's workers share
+        # one locked-down database); the engine owns (and closes) it either way.
+        self._con = connection if connection is not None else sql.open_connection(self._location)
         self._view_ready = False
         self._view_snapshot: int | None = None  # the snapshot the `trades` view points at
         self._symbols: tuple[int | None, list[str]] | None = None
@@ -143,6 +146,13 @@ class QueryEngine:
     def close(self) -> None:
         with self._lock:
             self._con.close()
+
+    def interrupt(self) -> None:
+        """Stop the DuckDB query running on this engine now (from any thread; no-op when idle).
+
+        The interrupted call raises QueryError; the engine stays usable.
+        """
+        self._con.interrupt()
 
     def __enter__(self) -> QueryEngine:
         return self

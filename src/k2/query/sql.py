@@ -28,12 +28,15 @@ def quote_ident(name: str) -> str:
 TRADE_COLUMNS = ", ".join(quote_ident(f.name) for f in TRADE_ARROW_SCHEMA)
 
 
-def open_connection(allowed_directory: str) -> duckdb.DuckDBPyConnection:
+def open_connection(
+    allowed_directory: str, *, memory_limit: str | None = None, threads: int | None = None
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that can read files under ``allowed_directory`` and nothing else.
 
     External access is off (no other files, no network, no extension install/load, no Python
     object scans), the UTC time zone is fixed, and the configuration is locked so a statement
-    cannot undo any of it.
+    cannot undo any of it. ``memory_limit`` (e.g. ``"2GB"``) and ``threads`` bound the whole
+    database, including every ``cursor()`` of the connection (the REST API's workers).
     """
     con = duckdb.connect(
         ":memory:",
@@ -48,6 +51,10 @@ def open_connection(allowed_directory: str) -> duckdb.DuckDBPyConnection:
         con.execute("SET parquet_metadata_cache = true")  # data files are immutable
         con.execute("SET temp_directory = ''")  # no spilling, and no implicitly allowed temp dir
         con.execute("SET allowed_directories = $dirs", {"dirs": [allowed_directory]})
+        if memory_limit is not None:
+            con.execute("SET memory_limit = $limit", {"limit": memory_limit})
+        if threads is not None:
+            con.execute("SET threads = $threads", {"threads": threads})
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     except duckdb.Error as exc:
