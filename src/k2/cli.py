@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from k2.api.cli import api_key_app
 from k2.config import K2Settings, load_settings
 from k2.devservices.cli import dev_app
 from k2.errors import ConfigError, K2Error
@@ -34,6 +35,7 @@ app = typer.Typer(
 query_app = typer.Typer(help="Query the trades table (DuckDB over Iceberg).", no_args_is_help=True)
 app.add_typer(query_app, name="query")
 app.add_typer(dev_app, name="dev")  # k2.devservices: Kafka, registry, S3, PostgreSQL for development
+app.add_typer(api_key_app, name="api-key")  # k2.api.keys: keys of `k2 serve`
 
 out = Console()
 err = Console(stderr=True)
@@ -145,6 +147,9 @@ def run(
     ] = 5,
     sample: Annotated[bool, typer.Option(help="Mark rows is_sample_data (replays).")] = False,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics on this port.")] = None,
+    serve: Annotated[
+        int | None, typer.Option("--serve", help="Also serve the REST API and dashboard on this port (k2 serve).")
+    ] = None,
 ) -> None:
     """Stream live trades into the local Iceberg warehouse (embedded mode, no broker)."""
     from k2.services.run import run_pipeline
@@ -158,7 +163,13 @@ def run(
             settings = settings.model_copy(
                 update={"metrics": settings.metrics.model_copy(update={"port": metrics_port})}
             )
-        stats = asyncio.run(run_pipeline(settings, ws_base_url=ws_url, duration_s=duration, is_sample_data=sample))
+        if serve is not None:
+            settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": serve})})
+        stats = asyncio.run(
+            run_pipeline(
+                settings, ws_base_url=ws_url, duration_s=duration, is_sample_data=sample, serve=serve is not None
+            )
+        )
     out.print(
         f"stopped: {stats.frames} frames, {stats.trades} trades, {stats.rejected} rejected, "
         f"{stats.rows_committed} rows in {stats.commits} commits -> {settings.lake.warehouse}"
@@ -190,6 +201,27 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise ConfigError("--speed must be positive")
     return value
+
+
+@app.command("serve")
+def serve_api(
+    warehouse: WarehouseOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default api.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default api.port, 8000; 0 = any free port).")] = None,
+    auth: Annotated[str | None, typer.Option(help="auto, keys or open (default api.auth; docs/api.md).")] = None,
+) -> None:
+    """Serve the REST query API (/v1, OpenAPI at /docs) and the web dashboard (/dashboard/)."""
+    from k2.services.serve import serve
+
+    _service_logging()
+    with _errors():
+        settings = _settings(warehouse=warehouse)
+        update = {k: v for k, v in {"host": host, "port": port, "auth": auth}.items() if v is not None}
+        if update:
+            data = settings.model_dump()
+            data["api"].update(update)
+            settings = load_settings(**data)
+        serve(settings, on_ready=lambda url: out.print(f"serving {url}/v1 (dashboard: {url}/dashboard/)"))
 
 
 # --- query commands -----------------------------------------------------------------------------

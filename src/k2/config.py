@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -196,6 +196,26 @@ class QualitySettings(_Section):
     stale_after_s: float = Field(default=60.0, gt=0)
 
 
+class ApiSettings(_Section):
+    """The REST query API and dashboard (`k2 serve`, `k2 run --serve`; docs/api.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    # auto: open (no key needed) while bound to a loopback address and no key exists, keys otherwise;
+    # keys: always require a key; open: never (refused on a non-loopback bind unless forced below).
+    auth: Literal["auto", "keys", "open"] = "auto"
+    allow_open_non_loopback: bool = False
+    keys_file: Path | None = None  # default: <lake.warehouse>/api-keys.json
+    # Requests per key (open mode: per client address), in the `limits` notation: "50/second",
+    # "600/minute", or several: "20/second;600/minute". Answered 429 with Retry-After beyond it.
+    rate_limit: str = "50/second"
+    query_timeout_s: float = Field(default=10.0, gt=0)  # DuckDB is interrupted at this deadline
+    max_rows: int = Field(default=1_000_000, gt=0)  # rows per response (trades page, SQL result, bars)
+    workers: int = Field(default=4, gt=0)  # queries running at once; more wait up to query_timeout_s
+    duckdb_memory_limit: str = "2GB"  # for all of the service's queries together
+    duckdb_threads: int | None = Field(default=None, gt=0)  # None: DuckDB's default (one per core)
+
+
 class K2Settings(BaseSettings):
     """All of K2's configuration. Frozen: read once, pass down."""
 
@@ -212,6 +232,7 @@ class K2Settings(BaseSettings):
     log: LogSettings = LogSettings()
     quality: QualitySettings = QualitySettings()
     kafka: KafkaSettings = KafkaSettings()
+    api: ApiSettings = ApiSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,7 @@
     │   └── CommitConflict           another writer committed first (retryable: reload and retry)
     ├── QueryError                   a query that cannot run
     │   └── ReadOnlyViolation        SQL that would write, attach or reach outside the warehouse
+    ├── ApiError                     the REST API refused a request (k2.client): auth, limits, bad input
     ├── ScrapeError                  a process's /metrics endpoint could not be read (`k2 status`)
     ├── BusError                     Kafka / schema-registry failures
     │   ├── BusUnavailable           broker or registry unreachable (retryable)
@@ -78,6 +79,22 @@ class QueryError(K2Error):
 
 class ReadOnlyViolation(QueryError):
     """SQL that would modify data or reach outside the warehouse."""
+
+
+class ApiError(K2Error):
+    """The REST query API answered with an error (raised by :mod:`k2.client`).
+
+    ``status`` is the HTTP status, ``code`` the API's error code (``unauthorized``, ``rate_limited``,
+    ``query_timeout``, ...); ``retry_after_s`` is set for 429/503. Query errors (400) and read-only
+    refusals (403 ``read_only``) are raised as :class:`QueryError` / :class:`ReadOnlyViolation` instead.
+    """
+
+    def __init__(self, message: str, *, status: int, code: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after_s = retry_after_s
+        self.retryable = status in (429, 503)
 
 
 class ScrapeError(K2Error):

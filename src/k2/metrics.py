@@ -203,3 +203,31 @@ LAKE_COMMIT_FAILURES = Counter(
     ["table"],
     registry=REGISTRY,
 )
+
+# --- REST query API (k2 serve; docs/api.md) --------------------------------------------------------
+API_REQUESTS = Counter(
+    "k2_api_requests_total",
+    "REST API requests answered, by route template and status class (2xx, 4xx, 429, 5xx).",
+    ["route", "status"],
+    registry=REGISTRY,
+)
+API_REQUEST_SECONDS = Histogram(
+    "k2_api_request_duration_seconds",
+    "Time from receiving a REST API request to its response headers (streamed bodies continue after).",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+API_QUERIES_STOPPED = Counter(
+    "k2_api_queries_stopped_total",
+    "API queries interrupted in DuckDB, by reason (timeout, disconnect).",
+    ["reason"],
+    registry=REGISTRY,
+)
+API_QUERIES = Counter(
+    "k2_api_queries_total",
+    "API requests that borrowed a query worker, by phase (started, finished): started - finished are in "
+    "flight (running or streaming); at api.workers, new ones wait.",
+    ["phase"],
+    registry=REGISTRY,
+)

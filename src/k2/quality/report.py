@@ -36,17 +36,25 @@ REPORT_COLUMNS = (
 
 _US_PER_DAY = 86_400_000_000
 
-_SQL = """
-WITH t AS (
-    SELECT day, exchange, symbol, count(*) AS trades, min(id) AS first_id, max(id) AS last_id,
-           count(*) FILTER (WHERE backfilled) AS backfilled_trades
-    FROM trades GROUP BY ALL
-), latest AS (
+COUNT_COLUMNS = ("day", "exchange", "symbol", "trades", "first_id", "last_id", "backfilled_trades")
+"""The trade half of the report per (day, exchange, symbol): what :func:`build_report_from_counts` takes."""
+
+_COUNTS_SQL = """
+SELECT day, exchange, symbol, count(*) AS trades, min(id) AS first_id, max(id) AS last_id,
+       count(*) FILTER (WHERE backfilled) AS backfilled_trades
+FROM trades GROUP BY ALL
+"""
+
+# The current state of each event: its newest row (a final status wins a tie of status_at).
+_LATEST = """
     SELECT * FROM events
     QUALIFY row_number() OVER (
         PARTITION BY event_id ORDER BY status_at DESC, (status IN ('RESOLVED', 'UNRECOVERABLE')) DESC
     ) = 1
-), e AS (
+"""
+
+_SQL = f"""
+WITH latest AS ({_LATEST}), e AS (
     SELECT day, exchange, symbol,
         count(*) FILTER (WHERE kind = 'GAP') AS gaps_found,
         count(*) FILTER (WHERE kind = 'GAP' AND status = 'RESOLVED') AS gaps_backfilled,
@@ -75,7 +83,18 @@ SELECT coalesce(t.day, e.day) AS day, coalesce(t.exchange, e.exchange) AS exchan
        coalesce(stale_feed, 0) AS stale_feed
 FROM t FULL OUTER JOIN e ON t.day = e.day AND t.exchange = e.exchange AND t.symbol = e.symbol
 ORDER BY day, exchange, symbol
-"""
+"""  # noqa: S608 - constant fragments only
+
+GAP_COLUMNS = (
+    "day", "exchange", "symbol", "event_id", "first_id", "last_id", "count", "status", "recovered",
+    "trade_time", "detected_at", "status_at", "detail",
+)  # fmt: skip
+
+_GAPS_SQL = f"""
+SELECT day, exchange, symbol, event_id, first_id, last_id, "count", status, recovered,
+       trade_time, detected_at, status_at, detail
+FROM ({_LATEST}) WHERE kind = 'GAP' ORDER BY day, exchange, symbol, first_id, detected_at
+"""  # noqa: S608 - constant fragments only
 
 
 def _utc_day(ts: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -98,12 +117,29 @@ def build_report(trades: pa.Table, events: pa.Table) -> pa.Table:
             "backfilled": backfilled,
         }
     )
+    return build_report_from_counts(_run({"trades": t}, _COUNTS_SQL), events)
+
+
+def build_report_from_counts(counts: pa.Table, events: pa.Table) -> pa.Table:
+    """The report from per-(day, exchange, symbol) trade counts (:data:`COUNT_COLUMNS`, e.g. aggregated
+    by the query engine over the lake's files) and the quality-event rows."""
     e = events.append_column("day", _utc_day(events["trade_time"]))
+    return _run({"t": counts.select(list(COUNT_COLUMNS)), "events": e}, _SQL).select(list(REPORT_COLUMNS))
+
+
+def gap_states(events: pa.Table) -> pa.Table:
+    """Every gap in its current state (its newest row), :data:`GAP_COLUMNS`, with ``day`` the UTC
+    day of the trade that revealed it; ordered by day, exchange, symbol, first id."""
+    e = events.append_column("day", _utc_day(events["trade_time"]))
+    return _run({"events": e}, _GAPS_SQL).select(list(GAP_COLUMNS))
+
+
+def _run(tables: dict[str, pa.Table], text: str) -> pa.Table:
     con = duckdb.connect(":memory:")
     try:
-        con.register("trades", t)
-        con.register("events", e)
-        result: pa.Table = con.sql(_SQL).to_arrow_table()
+        for name, table in tables.items():
+            con.register(name, table)
+        result: pa.Table = con.sql(text).to_arrow_table()
     finally:
         con.close()
-    return result.select(list(REPORT_COLUMNS))
+    return result

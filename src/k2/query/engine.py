@@ -129,6 +129,7 @@ class QueryEngine:
         *,
         refresh_interval_s: float | None = 1.0,
         plan_cache_size: int = 256,
+        connection: duckdb.DuckDBPyConnection | None = None,
     ) -> None:
         self._catalog = catalog
         self._lake = lake
@@ -148,8 +149,10 @@ class QueryEngine:
         self._others: dict[RecordKind, Planner | None] = dict.fromkeys(_OTHER_KINDS)
         self._load_others()
         # DuckDB may read the namespace's directory (every K2 table of the warehouse) and nothing else.
-        self._location = local_path(table.location()).rstrip("/").rsplit("/", 1)[0] + "/"
-        self._con = sql.open_connection(self._location)
+        self._location = namespace_directory(table)
+        # ``connection``: a cursor of a connection from sql.open_connection (the REST API's workers share
+        # one locked-down database); the engine owns (and closes) it either way.
+        self._con = connection if connection is not None else sql.open_connection(self._location)
         self._views: dict[RecordKind, int | None] = {}  # kind -> the snapshot its view points at
         self._symbols: tuple[int | None, list[str]] | None = None
 
@@ -160,6 +163,13 @@ class QueryEngine:
     def close(self) -> None:
         with self._lock:
             self._con.close()
+
+    def interrupt(self) -> None:
+        """Stop the DuckDB query running on this engine now (from any thread; no-op when idle).
+
+        The interrupted call raises QueryError; the engine stays usable.
+        """
+        self._con.interrupt()
 
     def __enter__(self) -> QueryEngine:
         return self
@@ -310,7 +320,7 @@ class QueryEngine:
             self._maybe_refresh()
             with self._lock:
                 text = sql.check_read_only(self._con, query)
-                self._ensure_views()
+                self.ensure_views()
                 try:
                     table = sql.run(self._con, text, params)
                 except duckdb.PermissionException as exc:
@@ -505,22 +515,29 @@ class QueryEngine:
         text = sql.aggregate_sql(where, method, bucketed=bucketed, compact_key=compact)
         return self._run(text, params), method
 
-    def _ensure_views(self) -> None:
-        """Point each kind's view at its table's current snapshot files (caller holds the lock)."""
-        for kind in (RecordKind.TRADES, *_OTHER_KINDS):
-            planner = self._planner if kind is RecordKind.TRADES else self._others[kind]
-            plan = None if planner is None else planner.plan(ScanFilter(time_column=spec(kind).time_column))
-            snapshot = None if plan is None else plan.snapshot_id
-            if kind in self._views and self._views[kind] == snapshot:
-                continue
-            try:
-                if plan is not None and plan.files:
-                    sql.create_view(self._con, kind.value, plan.files)
-                else:
-                    sql.create_empty_view(self._con, kind.value, to_arrow(spec(kind).record))
-            except duckdb.Error as exc:
-                raise QueryError(f"cannot create the {kind.value} view: {exc}") from exc
-            self._views[kind] = snapshot
+    def ensure_views(self) -> None:
+        """Point this engine's (TEMP) views ``trades``, ``quotes`` and ``quality_events`` at their
+        tables' current snapshot files (empty views for tables without data)."""
+        with self._lock:
+            for kind in (RecordKind.TRADES, *_OTHER_KINDS):
+                planner = self._planner if kind is RecordKind.TRADES else self._others[kind]
+                plan = None if planner is None else planner.plan(ScanFilter(time_column=spec(kind).time_column))
+                snapshot = None if plan is None else plan.snapshot_id
+                if kind in self._views and self._views[kind] == snapshot:
+                    continue
+                try:
+                    sql.create_view(
+                        self._con, kind.value, () if plan is None else plan.files, to_arrow(spec(kind).record)
+                    )
+                except duckdb.Error as exc:
+                    raise QueryError(f"cannot create the {kind.value} view: {exc}") from exc
+                self._views[kind] = snapshot
+
+
+def namespace_directory(table: Table) -> str:
+    """The local directory holding every K2 table of ``table``'s namespace (with a trailing ``/``):
+    what the engine's DuckDB may read."""
+    return local_path(table.location()).rstrip("/").rsplit("/", 1)[0] + "/"
 
 
 def bar_parameters(plan: ScanPlan, width_us: int) -> tuple[dict[str, int], bool]:

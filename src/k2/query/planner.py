@@ -40,7 +40,7 @@ def _predicate(kind: type[BooleanExpression], column: str, value: object) -> Boo
 
 
 # The time columns a filter may use, as quoted SQL identifiers (chosen from this fixed set, never spliced input).
-_TIME_COLUMNS = {"timestamp": '"timestamp"', "ingestion_timestamp": '"ingestion_timestamp"'}
+_TIME_COLUMNS = {c: f'"{c}"' for c in ("timestamp", "ingestion_timestamp", "detected_at")}
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,12 +25,15 @@ def quote_ident(name: str) -> str:
 TRADE_COLUMNS = ", ".join(quote_ident(f.name) for f in TRADE_ARROW_SCHEMA)
 
 
-def open_connection(allowed_directory: str) -> duckdb.DuckDBPyConnection:
+def open_connection(
+    allowed_directory: str, *, memory_limit: str | None = None, threads: int | None = None
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that can read files under ``allowed_directory`` and nothing else.
 
     External access is off (no other files, no network, no extension install/load, no Python
     object scans), the UTC time zone is fixed, and the configuration is locked so a statement
-    cannot undo any of it.
+    cannot undo any of it. ``memory_limit`` (e.g. ``"2GB"``) and ``threads`` bound the whole
+    database, including every ``cursor()`` of the connection (the REST API's workers).
     """
     con = duckdb.connect(
         ":memory:",
@@ -45,6 +48,10 @@ def open_connection(allowed_directory: str) -> duckdb.DuckDBPyConnection:
         con.execute("SET parquet_metadata_cache = true")  # data files are immutable
         con.execute("SET temp_directory = ''")  # no spilling, and no implicitly allowed temp dir
         con.execute("SET allowed_directories = $dirs", {"dirs": [allowed_directory]})
+        if memory_limit is not None:
+            con.execute("SET memory_limit = $limit", {"limit": memory_limit})
+        if threads is not None:
+            con.execute("SET threads = $threads", {"threads": threads})
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     except duckdb.Error as exc:
@@ -215,19 +222,37 @@ def _list_sums(column: pa.ChunkedArray) -> list[int]:
     return [sum(x or 0 for x in values[offsets[i] : offsets[i + 1]]) for i in range(len(offsets) - 1)]
 
 
-def create_view(con: duckdb.DuckDBPyConnection, name: str, files: Sequence[str]) -> None:
-    """(Re)point the view ``name`` (a kind: trades, quotes, ...) at ``files`` (bound through a
-    variable, never spliced into SQL)."""
+_DUCKDB_TYPES = {
+    "string": "VARCHAR",
+    "int64": "BIGINT",
+    "bool": "BOOLEAN",
+    "timestamp[us, tz=UTC]": "TIMESTAMPTZ",
+    "decimal128(38, 12)": "DECIMAL(38, 12)",
+    "list<element: string not null>": "VARCHAR[]",
+    "list<element: string>": "VARCHAR[]",
+    "map<string, string>": "MAP(VARCHAR, VARCHAR)",
+}
+
+
+def empty_select(schema: pa.Schema) -> str:
+    """``SELECT CAST(NULL AS <type>) AS <column>, ... WHERE false``: ``schema``'s columns, no rows."""
+    columns = ", ".join(f"CAST(NULL AS {_DUCKDB_TYPES[str(f.type)]}) AS {quote_ident(f.name)}" for f in schema)
+    return f"SELECT {columns} WHERE false"
+
+
+def create_view(con: duckdb.DuckDBPyConnection, name: str, files: Sequence[str], schema: pa.Schema) -> None:
+    """(Re)point this connection's TEMP view ``name`` (a kind: trades, quotes, ...) at ``files``, bound
+    through a variable, never spliced into SQL; with no files, the view has ``schema``'s columns and no
+    rows. TEMP: cursors of one database (the API's workers) each keep their own views."""
+    if not files:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS {empty_select(schema)}")
+        return
     variable = f"k2_{name}_files"
     con.execute(f"SET VARIABLE {variable} = $files", {"files": list(files)})
     con.execute(
-        f"CREATE OR REPLACE VIEW {quote_ident(name)} AS SELECT * FROM read_parquet(getvariable('{variable}'))"  # noqa: S608
+        f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS "  # noqa: S608 - constants
+        f"SELECT * FROM read_parquet(getvariable('{variable}'))"
     )
-
-
-def create_empty_view(con: duckdb.DuckDBPyConnection, name: str, schema: pa.Schema) -> None:
-    """A view ``name`` with the canonical columns and no rows (a table without data files)."""
-    con.from_arrow(schema.empty_table()).create_view(name, replace=True)
 
 
 def distinct_symbols_sql() -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from k2.config import K2Settings
 from k2.errors import SourceError
 from k2.logging import get_logger
@@ -32,8 +34,22 @@ async def run_pipeline(
     duration_s: float | None = None,
     is_sample_data: bool = False,
     fetch_symbol_info: bool = True,
+    serve: bool = False,
 ) -> PipelineStats:
-    """Run the embedded pipeline until SIGINT/SIGTERM or ``duration_s``; commit everything received."""
+    """Run the embedded pipeline until SIGINT/SIGTERM or ``duration_s``; commit everything received.
+
+    ``serve``: also run the REST API and dashboard (settings.api) in this process, in its own thread
+    and event loop (k2.services.serve.ApiServer), reporting the pipeline's own metrics.
+    """
     info = resolve_symbol_info(settings) if fetch_symbol_info else None
     pipeline = EmbeddedPipeline(settings, ws_base_url=ws_base_url, is_sample_data=is_sample_data, symbol_info=info)
-    return await run_until_stopped(pipeline.run, pipeline.stop, settings, duration_s)
+    if not serve:
+        return await run_until_stopped(pipeline.run, pipeline.stop, settings, duration_s)
+    from k2.services.serve import ApiServer
+
+    api = ApiServer(settings, process_metrics=True)
+    await asyncio.to_thread(api.start)
+    try:
+        return await run_until_stopped(pipeline.run, pipeline.stop, settings, duration_s)
+    finally:
+        await asyncio.to_thread(api.stop)

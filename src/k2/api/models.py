@@ -1,0 +1,258 @@
+"""The API's typed shapes: every JSON body the service sends or accepts, and so its OpenAPI schema.
+
+Prices, quantities, volumes and VWAPs are JSON strings holding the exact decimal (``"61000.010000000000"``),
+never numbers: a JSON number is a binary float to most readers. Times are RFC 3339 in UTC with
+microseconds (``"2024-08-08T23:54:15.342000Z"``).
+
+Row models (:class:`Trade`, :class:`Bar`, ...) describe one element of a ``data`` list; table endpoints
+stream those lists themselves (see :mod:`k2.api.formats`), so these models document rather than
+build the JSON, and the Schemathesis test holds the two together.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DecimalText = Annotated[
+    str,
+    Field(
+        pattern=r"^-?[0-9]+(\.[0-9]+)?$",
+        description="An exact decimal as text (never a float).",
+        examples=["61000.010000000000"],
+    ),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- errors ---------------------------------------------------------------------------------------
+class ErrorDetail(_Model):
+    code: str = Field(description="Stable machine-readable code, e.g. invalid_query, unauthorized, query_timeout.")
+    message: str = Field(description="What went wrong, for a person; never a stack trace or a server path.")
+
+
+class ErrorBody(_Model):
+    error: ErrorDetail
+
+
+# --- market data ----------------------------------------------------------------------------------
+class Trade(_Model):
+    """One canonical trade (the trades table's columns; see docs/sources.md)."""
+
+    message_id: str
+    trade_id: str
+    symbol: str
+    exchange: str
+    asset_class: str
+    timestamp: datetime = Field(description="Exchange trade time, UTC.")
+    price: DecimalText
+    quantity: DecimalText
+    currency: str
+    side: str
+    trade_conditions: list[str]
+    source_sequence: int | None
+    ingestion_timestamp: datetime
+    platform_sequence: int
+    vendor_data: dict[str, str]
+    is_sample_data: bool
+
+
+class TradePage(_Model):
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page (also in the K2-Next-Cursor header)."
+    )
+    data: list[Trade]
+
+
+class Bar(_Model):
+    bucket: datetime = Field(description="Start of the bar (epoch-aligned), UTC.")
+    open: DecimalText
+    high: DecimalText
+    low: DecimalText
+    close: DecimalText
+    volume: DecimalText
+    trades: int
+    vwap: DecimalText | None = Field(description="Exact VWAP rounded half-even to 12 places; null if volume is 0.")
+
+
+class BarList(_Model):
+    data: list[Bar]
+
+
+class Vwap(_Model):
+    symbol: str
+    exchange: str | None
+    start: datetime | None
+    end: datetime | None
+    vwap: DecimalText | None = Field(description="null when no trade matched.")
+
+
+class Instrument(_Model):
+    exchange: str
+    symbol: str
+    trades: int
+    first_trade: datetime
+    last_trade: datetime
+
+
+class InstrumentList(_Model):
+    data: list[Instrument]
+
+
+# --- completeness ---------------------------------------------------------------------------------
+class QualityRow(_Model):
+    """Completeness and quality of one symbol on one UTC day (docs/quality.md, `k2 quality`)."""
+
+    day: date
+    exchange: str
+    symbol: str
+    trades: int = Field(description="Trades stored.")
+    first_id: int | None
+    last_id: int | None
+    expected: int = Field(description="Ids from first to last: trades there should be.")
+    missing: int = Field(description="expected - stored.")
+    backfilled_trades: int
+    gaps_found: int
+    gaps_backfilled: int
+    gaps_unrecoverable: int
+    gaps_open: int
+    duplicates_dropped: int
+    out_of_order: int
+    resets: int
+    price_jump: int
+    timestamp_future: int
+    timestamp_lag: int
+    stale_feed: int
+
+
+class QualityList(_Model):
+    data: list[QualityRow]
+
+
+class Gap(_Model):
+    """A sequence gap in its current state (OPEN, RESOLVED or UNRECOVERABLE)."""
+
+    day: date
+    exchange: str
+    symbol: str
+    event_id: str
+    first_id: int
+    last_id: int
+    count: int
+    status: Literal["OPEN", "RESOLVED", "UNRECOVERABLE"]
+    recovered: int
+    trade_time: datetime
+    detected_at: datetime
+    status_at: datetime
+    detail: str
+
+
+class GapList(_Model):
+    data: list[Gap]
+
+
+# --- SQL ------------------------------------------------------------------------------------------
+Scalar = str | int | float | bool | None
+
+
+class SqlRequest(_Model):
+    query: str = Field(
+        min_length=1,
+        max_length=100_000,
+        description="One read-only SELECT (DuckDB dialect) over the view `trades`; ? or $name placeholders.",
+        examples=["SELECT symbol, count(*) AS n FROM trades GROUP BY symbol"],
+    )
+    params: list[Scalar] | dict[str, Scalar] | None = Field(
+        default=None, description="Values for ? (a list) or $name (an object) placeholders; bound, never spliced."
+    )
+
+
+class SqlColumn(_Model):
+    name: str
+    type: str = Field(description="Arrow type of the column, e.g. decimal128(38, 12), timestamp[us, tz=UTC].")
+
+
+class SqlResult(_Model):
+    columns: list[SqlColumn]
+    rows: list[list[Any]] = Field(description="One array per row, in column order; decimals as strings.")
+    row_count: int
+    truncated: bool = Field(description="True when the result was cut at the service's row cap (K2-Row-Cap).")
+
+
+# --- operations -----------------------------------------------------------------------------------
+class Health(_Model):
+    status: Literal["ok"]
+
+
+class Readiness(_Model):
+    status: Literal["ready", "not_ready"]
+    table: str
+    snapshot_id: int | None
+    detail: str
+
+
+class Feed(_Model):
+    """Freshness and rate of one instrument's feed, from the table (what is queryable)."""
+
+    exchange: str
+    symbol: str
+    last_trade: datetime | None = Field(description="Newest exchange trade time stored.")
+    last_ingested: datetime | None = Field(description="Newest ingestion time stored.")
+    freshness_s: float | None = Field(description="Seconds since last_ingested.")
+    trades_last_minute: int = Field(description="Trades ingested in the last 60 s.")
+    trades_per_s: float
+
+
+class VenueStatus(_Model):
+    """One venue's live counters, from the metrics registry of the pipeline in this process."""
+
+    venue: str
+    connected: bool
+    frames_per_s: float | None = Field(description="Over the last ~10 s; null until two samples exist.")
+    records_per_s: float | None
+    rejected_per_s: float | None
+    last_event: dict[str, datetime] = Field(description="Newest exchange event time per configured symbol.")
+
+
+class Feeds(_Model):
+    now: datetime
+    source: Literal["process", "table"] = Field(
+        description="process: the service runs inside `k2 run` and reports its pipeline's metrics too."
+    )
+    feeds: list[Feed]
+    venues: list[VenueStatus]
+    last_commit: datetime | None = Field(description="Last commit to the trades table (process source only).")
+
+
+class Dataset(_Model):
+    name: str
+    path: str
+
+
+class Meta(_Model):
+    """What this service offers; the dashboard reads it to show the panels that have data."""
+
+    version: str
+    auth: Literal["open", "keys"]
+    datasets: list[Dataset]
+    formats: list[str]
+    max_rows: int
+    query_timeout_s: float
+
+
+class ApiKeyInfo(_Model):
+    key_id: str
+    name: str
+    scopes: list[Literal["read", "sql", "admin"]]
+    created_at: str
+    revoked_at: str | None
+    rate_limit: str | None
+
+
+class ApiKeyList(_Model):
+    data: list[ApiKeyInfo]

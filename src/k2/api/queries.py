@@ -1,0 +1,117 @@
+"""The API's own reads beyond the engine's: instruments, feed freshness and the completeness report.
+
+Each function runs in a worker thread with the worker's cursor (interruptible like every API query)
+and reads the planned Parquet files with bound parameters; the quality-event table is small and read
+with pyiceberg. Nothing here writes: a missing event table reads as no events.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, cast
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, GreaterThanOrEqual, LessThan
+
+from k2.api.workers import Worker
+from k2.config import K2Settings
+from k2.lake.catalog import table_identifier
+from k2.quality.records import QUALITY_EVENT_ARROW_SCHEMA
+from k2.quality.report import COUNT_COLUMNS, build_report_from_counts, gap_states
+from k2.schema.kinds import RecordKind
+
+_INSTRUMENTS_SQL = (
+    'SELECT exchange, symbol, count(*) AS trades, min("timestamp") AS first_trade, max("timestamp") AS last_trade '
+    "FROM read_parquet($files) GROUP BY ALL ORDER BY exchange, symbol"
+)
+_FEEDS_SQL = (
+    'SELECT exchange, symbol, max("timestamp") AS last_trade, max(ingestion_timestamp) AS last_ingested, '
+    "count(*) FILTER (WHERE ingestion_timestamp >= $since) AS trades_last_minute "
+    "FROM read_parquet($files) GROUP BY ALL ORDER BY exchange, symbol"
+)
+# The trade half of the quality report (k2.quality.report.COUNT_COLUMNS), aggregated by DuckDB over
+# the planned files instead of materialising the trades.
+_COUNTS_SQL = (
+    'SELECT CAST("timestamp" AS DATE) AS day, exchange, symbol, count(*) AS trades, '
+    "min(source_sequence) AS first_id, max(source_sequence) AS last_id, "
+    "count(*) FILTER (WHERE vendor_data['backfilled'] = 'true') AS backfilled_trades "
+    "FROM read_parquet($files) WHERE {where} GROUP BY ALL"
+)
+
+
+def instruments(worker: Worker) -> pa.Table:
+    plan = worker.engine.plan()
+    if not plan.files:
+        return pa.table({"exchange": [], "symbol": [], "trades": [], "first_trade": [], "last_trade": []})
+    table: pa.Table = worker.con.sql(_INSTRUMENTS_SQL, params={"files": list(plan.files)}).to_arrow_table()
+    return table
+
+
+def feeds(worker: Worker, now: datetime) -> list[dict[str, Any]]:
+    plan = worker.engine.plan()
+    if not plan.files:
+        return []
+    params = {"files": list(plan.files), "since": now - timedelta(seconds=60)}
+    rows: list[dict[str, Any]] = worker.con.sql(_FEEDS_SQL, params=params).to_arrow_table().to_pylist()
+    for row in rows:
+        ingested = row["last_ingested"]
+        row["freshness_s"] = None if ingested is None else round((now - ingested).total_seconds(), 3)
+        row["trades_per_s"] = round(row["trades_last_minute"] / 60.0, 3)
+    return rows
+
+
+def _day_range(day: date | None) -> tuple[datetime | None, datetime | None]:
+    if day is None:
+        return None, None
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    try:
+        return start, start + timedelta(days=1)
+    except OverflowError:  # 9999-12-31
+        return start, datetime.max.replace(tzinfo=UTC)
+
+
+def _pred(kind: Any, column: str, value: object) -> BooleanExpression:
+    return cast(BooleanExpression, kind(column, value))  # pyiceberg predicates take (term, literal)
+
+
+def _events(worker: Worker, settings: K2Settings, symbol: str | None, day: date | None) -> pa.Table:
+    """Quality-event rows of the symbol/day (by the revealing trade's time); empty without a table."""
+    try:
+        table = worker.catalog.load_table(table_identifier(settings.lake, RecordKind.QUALITY_EVENTS))
+    except NoSuchTableError:
+        return QUALITY_EVENT_ARROW_SCHEMA.empty_table()
+    expr: BooleanExpression = AlwaysTrue()
+    if symbol:
+        expr = And(expr, _pred(EqualTo, "symbol", symbol))
+    start, end = _day_range(day)
+    if start is not None and end is not None:
+        expr = And(expr, _pred(GreaterThanOrEqual, "trade_time", start.isoformat()))
+        expr = And(expr, _pred(LessThan, "trade_time", end.isoformat()))
+    result: pa.Table = table.scan(row_filter=expr).to_arrow()
+    return result
+
+
+def quality(worker: Worker, settings: K2Settings, symbol: str | None, day: date | None) -> pa.Table:
+    """One row per (day, exchange, symbol): expected vs stored, gaps by status, duplicates, anomalies."""
+    start, end = _day_range(day)
+    plan = worker.engine.plan(symbol, None, start, end)
+    if plan.files:
+        where, params = plan.sql_where()
+        params["files"] = list(plan.files)
+        counts = worker.con.sql(_COUNTS_SQL.format(where=where), params=params).to_arrow_table()
+    else:
+        counts = pa.table(
+            {name: pa.array([], pa.date32() if name == "day" else pa.string()) for name in COUNT_COLUMNS[:3]}
+            | {name: pa.array([], pa.int64()) for name in COUNT_COLUMNS[3:]}
+        )
+    return build_report_from_counts(counts, _events(worker, settings, symbol, day))
+
+
+def gaps(worker: Worker, settings: K2Settings, symbol: str | None, day: date | None, status: str | None) -> pa.Table:
+    """Every gap of the symbol/day in its current state (optionally only one status)."""
+    table = gap_states(_events(worker, settings, symbol, day))
+    if status is not None:
+        table = table.filter(pc.equal(table["status"], status))
+    return table

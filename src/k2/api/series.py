@@ -1,0 +1,244 @@
+"""Time-ordered datasets served page by page: the generic part of ``GET /v1/trades`` (and, later, quotes).
+
+A :class:`Series` names a dataset, its row model (for OpenAPI), its Arrow schema, its *key* (the total
+order pages follow) and how to plan its files. :func:`open_page` runs the keyset pagination for any
+series; :mod:`k2.api.routes_market` turns a series into a route with filters, formats and cursors.
+Adding quotes is a new ``Series`` (a quotes planner, ``Quote`` model, key) and one call to register it.
+
+**Why a key, and which.** A page ends at the ``limit``-th row in key order; the cursor is that row's
+key, and the next page starts strictly after it. The key must be unique and must never change for a
+row, whatever is committed or compacted meanwhile, so it is built from the trade itself:
+``(timestamp, exchange, symbol, source_sequence, trade_id)`` (``source_sequence`` NULLS LAST, and
+``trade_id`` breaks the remaining ties; (exchange, symbol, trade_id) is unique after dedup).
+``platform_sequence`` is not a usable key: each `k2 ingest` process numbers its own rows, so two
+venues' processes overlap, and commit order is not sequence order across Kafka partitions.
+Consequence, documented in docs/api.md: a page never repeats or skips a row that existed when the
+previous page was read; a row committed later with an older timestamp (a backfilled gap) appears in
+a later query of that range, not behind a cursor that already passed it.
+
+**How a page is read.** One query over the key columns only finds the ``limit``-th row (and whether
+one more exists): its key bounds the page and becomes ``next_cursor``, known before the first byte is
+sent (so it can go in a header for CSV/Arrow/Parquet too). The full-width query then streams exactly
+the rows between the two keys, ordered, through DuckDB's record-batch reader.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel
+
+from k2.api.workers import Worker
+from k2.errors import QueryError
+from k2.query import sql
+from k2.query.planner import ScanPlan, from_us, to_us
+from k2.schema import TRADE_ARROW_SCHEMA
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,39}$"
+"""Symbols and exchanges: letters, digits and ``. _ : / -`` (BTCUSDT, BTC-USD, XBT/USD), 1-40 chars."""
+_NAME = re.compile(NAME_PATTERN)
+_TEXT_KEY = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class KeyPart:
+    """One column of a series' key: a SQL expression (a code constant) and its value kind."""
+
+    expr: str
+    kind: Literal["timestamp", "text", "int"]
+
+
+@dataclass(frozen=True)
+class SeriesFilter:
+    symbol: str | None
+    exchange: str | None
+    start: datetime | None
+    end: datetime | None
+
+
+@dataclass(frozen=True)
+class Series:
+    """A dataset served as pages in key order (see the module docstring)."""
+
+    name: str
+    row_model: type[BaseModel]
+    page_model: type[BaseModel]
+    schema: pa.Schema
+    key: tuple[KeyPart, ...]  # the first part is the timestamp column
+    plan: Callable[[Worker, SeriesFilter], ScanPlan]
+    description: str
+
+
+def _plan_trades(worker: Worker, flt: SeriesFilter) -> ScanPlan:
+    return worker.engine.plan(flt.symbol, flt.exchange, flt.start, flt.end)
+
+
+_MAX_SEQUENCE = str(2**63 - 1)
+
+TRADE_KEY = (
+    KeyPart('"timestamp"', "timestamp"),
+    KeyPart("exchange", "text"),
+    KeyPart("symbol", "text"),
+    KeyPart(f"coalesce(source_sequence, {_MAX_SEQUENCE})", "int"),
+    KeyPart("trade_id", "text"),
+)
+
+
+def trades_series(row_model: type[BaseModel], page_model: type[BaseModel]) -> Series:
+    return Series(
+        name="trades",
+        row_model=row_model,
+        page_model=page_model,
+        schema=TRADE_ARROW_SCHEMA,
+        key=TRADE_KEY,
+        plan=_plan_trades,
+        description="Trades in time order (then exchange, symbol, the venue's sequence), page by page.",
+    )
+
+
+# --- cursors ----------------------------------------------------------------------------------------
+def encode_cursor(series: Series, key: tuple[Any, ...]) -> str:
+    """An opaque, URL-safe cursor: the series name and the key of the last row of a page."""
+    values = [to_us(v) if part.kind == "timestamp" else v for part, v in zip(series.key, key, strict=True)]
+    raw = json.dumps({"d": series.name, "k": values}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(series: Series, cursor: str) -> tuple[Any, ...]:
+    """The key in ``cursor``, checked value by value (QueryError when it is not one of ours)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise QueryError("invalid cursor: pass the next_cursor of a previous page unchanged") from exc
+    if not isinstance(data, dict) or data.get("d") != series.name or not isinstance(data.get("k"), list):
+        raise QueryError(f"invalid cursor: not a cursor of {series.name}")
+    values = data["k"]
+    if len(values) != len(series.key):
+        raise QueryError("invalid cursor: wrong length")
+    out: list[Any] = []
+    for part, value in zip(series.key, values, strict=True):
+        if part.kind in ("timestamp", "int"):
+            if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63:
+                raise QueryError("invalid cursor: bad value")
+            out.append(_from_us(value) if part.kind == "timestamp" else value)
+        elif not isinstance(value, str) or not _TEXT_KEY.match(value):
+            raise QueryError("invalid cursor: bad value")
+        else:
+            out.append(value)
+    return tuple(out)
+
+
+def _from_us(us: int) -> datetime:
+    try:
+        return from_us(us)
+    except OverflowError as exc:
+        raise QueryError("invalid cursor: bad value") from exc
+
+
+# --- pages ----------------------------------------------------------------------------------------
+@dataclass
+class Page:
+    reader: pa.RecordBatchReader | None  # None: nothing matched
+    next_key: tuple[Any, ...] | None
+
+
+def _key_clause(series: Series, prefix: str, op: str) -> tuple[str, list[str]]:
+    names = [f"{prefix}{i}" for i in range(len(series.key))]
+    exprs = ", ".join(p.expr for p in series.key)
+    params = ", ".join(f"${n}" for n in names)
+    first = series.key[0].expr
+    lead = ">=" if op == ">" else "<="
+    return f" AND {first} {lead} ${names[0]} AND ({exprs}) {op} ({params})", names
+
+
+def json_projection(schema: pa.Schema) -> str:
+    """A select item rendering each row as its JSON object in DuckDB (C++, all cores): decimals as
+    exact text, zoned timestamps as RFC 3339 UTC with microseconds, maps as objects."""
+    items = []
+    for f in schema:
+        col = sql.quote_ident(f.name)
+        if pa.types.is_decimal(f.type):
+            value = f"CAST({col} AS VARCHAR)"
+        elif pa.types.is_timestamp(f.type) and f.type.tz is not None:
+            value = f"strftime({col}, '%Y-%m-%dT%H:%M:%S.%fZ')"
+        else:
+            value = col
+        items.append(f"'{f.name}': {value}")
+    return "to_json({" + ", ".join(items) + "}) AS row_json"
+
+
+JSON_ROW_SCHEMA = pa.schema([pa.field("row_json", pa.string())])
+
+
+def open_page(
+    worker: Worker,
+    series: Series,
+    flt: SeriesFilter,
+    after: tuple[Any, ...] | None,
+    limit: int,
+    batch_rows: int,
+    json_rows: bool = False,
+) -> Page:
+    """Plan, bound and open one page of ``series`` (runs in a worker thread); with ``json_rows`` the
+    reader yields each row's JSON text (:func:`json_projection`) instead of the columns."""
+    start = flt.start
+    if after is not None and (start is None or after[0] > start):
+        start = after[0]  # prune files before the cursor
+        if flt.end is not None and start >= flt.end:
+            return Page(None, None)
+    plan = series.plan(worker, SeriesFilter(flt.symbol, flt.exchange, start, flt.end))
+    if not plan.files:
+        return Page(None, None)
+    where, params = plan.sql_where()
+    params["files"] = list(plan.files)
+    if after is not None:
+        clause, names = _key_clause(series, "c", ">")
+        where += clause
+        params.update(zip(names, after, strict=True))
+    order = ", ".join(p.expr for p in series.key)
+    next_key: tuple[Any, ...] | None = None
+    if plan.rows > limit:  # metadata says the page may not hold everything: find its last row
+        aliases = ", ".join(f"{p.expr} AS k{i}" for i, p in enumerate(series.key))
+        bound_sql = (
+            f"SELECT {aliases} FROM read_parquet($files) WHERE {where} "  # noqa: S608 - code constants
+            f"ORDER BY {order} LIMIT 2 OFFSET $offset"
+        )
+        rows = worker.con.execute(bound_sql, {**params, "offset": limit - 1}).fetchall()
+        if rows:
+            clause, names = _key_clause(series, "u", "<=")
+            where += clause
+            params.update(zip(names, rows[0], strict=True))
+            if len(rows) == 2:
+                next_key = tuple(rows[0])
+    columns = json_projection(series.schema) if json_rows else ", ".join(sql.quote_ident(f.name) for f in series.schema)
+    text = f"SELECT {columns} FROM read_parquet($files) WHERE {where} ORDER BY {order}"  # noqa: S608
+    reader = worker.con.sql(text, params=params).to_arrow_reader(batch_rows)
+    return Page(reader, next_key)
+
+
+def check_name(value: str | None, what: str) -> str | None:
+    """Upper-cased symbol/exchange, or QueryError (the routes validate the pattern first)."""
+    if value is None:
+        return None
+    if not _NAME.match(value):
+        raise QueryError(f"invalid {what}: letters, digits and . _ : / - only, 1-40 characters")
+    return value.upper()
+
+
+def cursor_headers(path: str, query: Mapping[str, str], cursor: str | None) -> dict[str, str]:
+    """``K2-Next-Cursor`` and an RFC 8288 ``Link: <...>; rel="next"`` for the next page."""
+    if cursor is None:
+        return {}
+    from urllib.parse import urlencode
+
+    params = {k: v for k, v in query.items() if k != "cursor"} | {"cursor": cursor}
+    return {"K2-Next-Cursor": cursor, "Link": f'<{path}?{urlencode(params)}>; rel="next"'}

@@ -1,0 +1,66 @@
+"""k2.client against the live service: the same tables the engine returns, errors as K2 errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from k2.client import K2Client
+from k2.config import K2Settings
+from k2.errors import ApiError, QueryError, ReadOnlyViolation
+from k2.query import QueryEngine
+from tests.integration.api.conftest import Lake, LiveApi, api_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def engine(api_lake: Lake) -> Any:
+    with QueryEngine.from_settings(api_lake.settings) as eng:
+        yield eng
+
+
+def test_client_returns_the_engines_tables(live_api: LiveApi, engine: QueryEngine) -> None:
+    start = datetime(2024, 8, 8, 23, 58, tzinfo=UTC)
+    with K2Client(live_api.url, api_key=live_api.keys.admin) as k2:
+        trades = k2.trades("BTCUSDT", start=start, end="2024-08-09T00:00:00Z", page_size=700)
+        bars = k2.ohlcv("ETHUSDT", "5m")
+        vwap = k2.vwap("BTCUSDT", start=start)
+        sql = k2.sql("SELECT count(*) AS n FROM trades WHERE symbol = $s", {"s": "ETHUSDT"})
+        quality = k2.quality("BTCUSDT")
+        gaps = k2.gaps(status="OPEN")
+        limited = k2.trades("ETHUSDT", limit=1_234, page_size=500)
+        instruments = k2.instruments()
+    want = engine.query_trades("BTCUSDT", start_time=start, end_time=datetime(2024, 8, 9, tzinfo=UTC), limit=100_000)
+    assert trades.num_rows == want.num_rows > 700  # several pages
+    assert trades.table.column("trade_id").to_pylist() == want.table.column("trade_id").to_pylist()
+    assert bars.table.equals(engine.ohlcv("ETHUSDT", "5m").table)
+    assert vwap == engine.vwap("BTCUSDT", start_time=start)
+    assert sql.to_pylist() == [{"n": 14_515}]
+    assert quality.to_pandas()["symbol"].tolist() == ["BTCUSDT", "BTCUSDT"]
+    assert gaps.to_polars()["event_id"].to_list() == ["gap-eth-1"]
+    assert limited.num_rows == 1_234
+    assert {i["symbol"] for i in instruments} == {"BTCUSDT", "ETHUSDT"}
+
+
+def test_client_raises_k2_errors(live_api: LiveApi, api_lake: Lake, start_api: Callable[[K2Settings], str]) -> None:
+    with K2Client(live_api.url, api_key=live_api.keys.read) as reader:
+        with pytest.raises(QueryError, match="interval"):
+            reader.ohlcv("BTCUSDT", "0m")
+        with pytest.raises(ApiError) as denied:
+            reader.sql("SELECT 1")
+        assert denied.value.status == 403 and denied.value.code == "forbidden"
+    with K2Client(live_api.url, api_key=live_api.keys.sql) as analyst, pytest.raises(ReadOnlyViolation):
+        analyst.sql("DROP VIEW trades")
+    with K2Client(live_api.url) as anonymous, pytest.raises(ApiError) as unauthorized:
+        anonymous.meta()
+    assert unauthorized.value.status == 401
+    url = start_api(api_settings(api_lake, auth="open", rate_limit="1/minute"))
+    with K2Client(url) as k2:
+        k2.meta()
+        with pytest.raises(ApiError) as limited:
+            k2.meta()
+    assert limited.value.status == 429 and limited.value.retryable and (limited.value.retry_after_s or 0) >= 1
