@@ -50,7 +50,7 @@ ADVERSARIAL_KINDS: dict[str, RejectReason] = {
     "price_underscore": RejectReason.INVALID_NUMBER,  # an underscore after the first digit
     "price_non_ascii_digits": RejectReason.INVALID_NUMBER,  # p's digits in Arabic-Indic script
     "price_50_digits": RejectReason.INVALID_NUMBER,  # p's integer digits repeated to 50 digits, same decimals
-    "price_38_digits": RejectReason.INVALID_NUMBER,  # p's integer digits repeated to 38 digits, no decimals
+    "price_38_digits": RejectReason.INVALID_NUMBER,  # p = 38 ones (pyarrow's cast once wrapped it silently)
     "trade_id_2_63": RejectReason.OUT_OF_RANGE,  # t = 2^63
     "trade_time_2_63": RejectReason.OUT_OF_RANGE,  # T = 2^63
     "trade_time_int64_max": RejectReason.OUT_OF_RANGE,  # T = 2^63 - 1 (wraps to 1969 as µs)
@@ -232,7 +232,7 @@ def _mutate(data: dict[str, Any], kind: str) -> None:
         "price_underscore": {"p": price[:1] + "_" + price[1:]},
         "price_non_ascii_digits": {"p": price.translate(_ARABIC_INDIC)},
         "price_50_digits": {"p": _digits(whole, 50) + "." + fraction if fraction else _digits(whole, 50)},
-        "price_38_digits": {"p": _digits(whole, 38)},
+        "price_38_digits": {"p": "1" * 38},
         "trade_id_2_63": {"t": _TWO_63},
         "trade_time_2_63": {"T": _TWO_63},
         "trade_time_int64_max": {"T": _TWO_63 - 1},

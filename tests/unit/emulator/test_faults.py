@@ -167,7 +167,7 @@ def test_adversarial_frames_are_built_from_the_real_frame() -> None:
     assert mutated("price_underscore") == {**data, "p": "6_1837.63000000"}
     assert mutated("price_non_ascii_digits") == {**data, "p": "٦١٨٣٧.٦٣٠٠٠٠٠٠"}
     assert mutated("price_50_digits") == {**data, "p": "6183761837" * 5 + ".63000000"}
-    assert mutated("price_38_digits") == {**data, "p": ("6183761837" * 4)[:38]}
+    assert mutated("price_38_digits") == {**data, "p": "1" * 38}
     assert mutated("trade_id_2_63") == {**data, "t": 2**63}
     assert mutated("trade_time_2_63") == {**data, "T": 2**63}
     assert mutated("trade_time_int64_max") == {**data, "T": 2**63 - 1}
