@@ -268,7 +268,7 @@ class BinanceAdapter:
             env = _envelope_decoder.decode(frame.payload)
         except msgspec.ValidationError as exc:
             return reject(RejectReason.WRONG_TYPE, f"not a JSON object: {exc}")
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # msgspec's depth limit is a RecursionError
             return reject(RejectReason.MALFORMED_JSON, str(exc))
         stream: str | None = None
         if env.stream is not None or len(env.data):  # a combined-stream envelope
@@ -441,7 +441,7 @@ def _decode_trade(body: bytes | msgspec.Raw, frame: RawFrame, out: ParsedBatch) 
     except msgspec.ValidationError as exc:
         out.rejected.append(Rejected(frame, *_why_not_a_trade(body, exc)))
         return None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         out.rejected.append(Rejected(frame, RejectReason.MALFORMED_JSON, str(exc)))
         return None
     if trade.e != "trade":
@@ -455,7 +455,7 @@ def _why_not_a_trade(body: bytes | msgspec.Raw, error: msgspec.ValidationError) 
     type (which says nothing about its other fields), or a missing/mistyped trade field."""
     try:
         head = _head_decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         return RejectReason.WRONG_TYPE, f"`data` is not an object: {exc}"
     if head.e is None:
         return RejectReason.MISSING_FIELD, "no event type `e`"

@@ -86,7 +86,7 @@ def decode_historical_trades(payload: bytes) -> list[msgspec.Raw]:
     (an error object, a cut-off or garbled body: the page as a whole is bad)."""
     try:
         return _page_decoder.decode(payload)
-    except msgspec.DecodeError as exc:  # ValidationError included
+    except (msgspec.DecodeError, RecursionError) as exc:  # ValidationError included; RecursionError: too deep
         raise SourceError(f"unexpected historicalTrades response: {exc}") from exc
 
 
@@ -117,7 +117,7 @@ def parse_historical_trades(
         frame = RawFrame(bytes(raw), received_at_us)
         try:
             r = _trade_decoder.decode(raw)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             reason = RejectReason.MISSING_FIELD if "missing required field" in str(exc) else RejectReason.WRONG_TYPE
             out.rejected.append(Rejected(frame, reason, str(exc)))
             continue

@@ -106,6 +106,15 @@ def test_hostile_frame_is_quarantined_with_its_reason_and_nothing_is_stored(case
     _assert_quarantined(_parse(payload, is_sample_data=True), payload, reason)
 
 
+@pytest.mark.parametrize("where", [b'"data":', b'"p":'])
+def test_json_nested_too_deep_for_the_decoder_is_quarantined_not_raised(where: bytes) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    head, _, tail = REAL.partition(where)
+    payload = head + where + deep + b"," + tail.partition(b",")[2]
+    expected = RejectReason.MALFORMED_JSON
+    _assert_quarantined(_parse(payload), payload, expected)
+
+
 def test_a_raw_event_of_an_unsubscribed_symbol_is_quarantined() -> None:
     data = json.loads(REAL)["data"]
     payload = json.dumps({**data, "s": "BNBUSDT"}).encode()
