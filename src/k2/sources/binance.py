@@ -176,6 +176,7 @@ class _Checked:
     received: npt.NDArray[np.int64]
     price: pa.Array
     quantity: pa.Array
+    has_order_ids: bool  # legacy payloads carry buyer/seller order ids `b`, `a`
 
 
 class BinanceAdapter:
@@ -258,44 +259,46 @@ class BinanceAdapter:
 
     def _route(self, frame: RawFrame, out: ParsedBatch) -> BinanceTrade | None:
         """Decode one frame and check it belongs to the subscription; None when it was rejected or
-        was a control reply (``out`` says which)."""
-
-        def reject(reason: RejectReason, detail: str) -> BinanceTrade | None:
-            out.rejected.append(Rejected(frame, reason, detail))
-            return None
-
+        was a control reply (``out`` says which). The hot path (a subscribed combined-stream trade)
+        is two decodes and two dict lookups."""
         try:
             env = _envelope_decoder.decode(frame.payload)
         except msgspec.ValidationError as exc:
-            return reject(RejectReason.WRONG_TYPE, f"not a JSON object: {exc}")
+            return _reject(out, frame, RejectReason.WRONG_TYPE, f"not a JSON object: {exc}")
         except (msgspec.DecodeError, RecursionError) as exc:  # msgspec's depth limit is a RecursionError
-            return reject(RejectReason.MALFORMED_JSON, str(exc))
-        stream: str | None = None
-        if env.stream is not None or len(env.data):  # a combined-stream envelope
-            if not isinstance(env.stream, str):
-                reason = RejectReason.MISSING_FIELD if env.stream is None else RejectReason.WRONG_TYPE
-                return reject(reason, f"`data` needs a string `stream`, got {_brief(env.stream)}")
-            if not len(env.data):
-                return reject(RejectReason.MISSING_FIELD, f"stream {_brief(env.stream)} without `data`")
-            if env.stream not in self._streams:
-                return reject(RejectReason.UNSUBSCRIBED, f"stream {_brief(env.stream)} is not subscribed")
-            stream = env.stream
-            body: bytes | msgspec.Raw = env.data
+            return _reject(out, frame, RejectReason.MALFORMED_JSON, str(exc))
+        stream, data = env.stream, env.data
+        symbol: str | None = None  # the symbol a combined stream's frames must carry
+        if stream is not None or len(data):  # a combined-stream envelope
+            if not isinstance(stream, str):
+                reason = RejectReason.MISSING_FIELD if stream is None else RejectReason.WRONG_TYPE
+                return _reject(out, frame, reason, f"`data` needs a string `stream`, got {_brief(stream)}")
+            if not len(data):
+                return _reject(out, frame, RejectReason.MISSING_FIELD, f"stream {_brief(stream)} without `data`")
+            symbol = self._streams.get(stream)
+            if symbol is None:
+                return _reject(out, frame, RejectReason.UNSUBSCRIBED, f"stream {_brief(stream)} is not subscribed")
+            body: bytes | msgspec.Raw = data
         elif env.e is not None:  # a raw event, as /ws/<stream> sends it
             body = frame.payload
         elif env.id is not None:  # reply to SUBSCRIBE / LIST_SUBSCRIPTIONS
             out.control += 1
             return None
         else:
-            return reject(RejectReason.MISSING_FIELD, "no event type `e` and no `data`")
-        trade = _decode_trade(body, frame, out)
-        if trade is None:
-            return None
-        if stream is None:
+            return _reject(out, frame, RejectReason.MISSING_FIELD, "no event type `e` and no `data`")
+        try:
+            trade = _trade_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            return _reject(out, frame, *_why_not_a_trade(body, exc))
+        except (msgspec.DecodeError, RecursionError) as exc:
+            return _reject(out, frame, RejectReason.MALFORMED_JSON, str(exc))
+        if trade.e != "trade":
+            return _reject(out, frame, RejectReason.UNKNOWN_EVENT, f"event type {_brief(trade.e)}")
+        if symbol is None:
             if trade.s not in self._trade_symbols:
-                return reject(RejectReason.UNSUBSCRIBED, f"symbol {_brief(trade.s)} is not subscribed")
-        elif trade.s != self._streams[stream]:
-            return reject(RejectReason.UNSUBSCRIBED, f"symbol {_brief(trade.s)} on stream {stream!r}")
+                return _reject(out, frame, RejectReason.UNSUBSCRIBED, f"symbol {_brief(trade.s)} is not subscribed")
+        elif trade.s != symbol:
+            return _reject(out, frame, RejectReason.UNSUBSCRIBED, f"symbol {_brief(trade.s)} on stream {stream!r}")
         return trade
 
     def trade_batch(
@@ -323,6 +326,7 @@ class BinanceAdapter:
             checked = _Checked(
                 keep[keep], checked.ids[keep], checked.trade_time[keep], checked.event_time[keep],
                 checked.received[keep], checked.price.filter(mask), checked.quantity.filter(mask),
+                checked.has_order_ids,
             )  # fmt: skip
         batch = self._to_batch(
             trades, checked, first_platform_sequence=first_platform_sequence, is_sample_data=is_sample_data
@@ -348,7 +352,8 @@ class BinanceAdapter:
         ok_trade_time = within_window(trade_time, trade_fit, received, window, self._to_us)
         ok_event_time = within_window(event_time, event_fit, received, window, self._to_us)
         ok_orders = np.ones(n, np.bool_)
-        if any(t.b is not None or t.a is not None for t in trades):
+        has_order_ids = any(t.b is not None or t.a is not None for t in trades)
+        if has_order_ids:
             for values in ([t.b or 0 for t in trades], [t.a or 0 for t in trades]):
                 ok_orders &= valid_ids(*int64_column(values), first=FIRST_ID)
         ok_number = ok_price & ok_qty
@@ -378,7 +383,7 @@ class BinanceAdapter:
             else:
                 detail = f"price={_brief(t.p)} quantity={_brief(t.q)}"
                 out.rejected.append(Rejected(frames[i], RejectReason.NON_POSITIVE, detail))
-        return _Checked(keep, ids, trade_time, event_time, received, price, quantity)
+        return _Checked(keep, ids, trade_time, event_time, received, price, quantity, has_order_ids)
 
     def _to_batch(
         self, trades: list[BinanceTrade], checked: _Checked, *, first_platform_sequence: int, is_sample_data: bool
@@ -405,7 +410,7 @@ class BinanceAdapter:
             quote_arr,
             pc.if_else(best, "true", "false"),
         ]
-        if any(t.b is not None or t.a is not None for t in trades):
+        if checked.has_order_ids:
             vendor_columns.append(pa.array([t.b for t in trades], pa.int64()).cast(pa.string()))
             vendor_columns.append(pa.array([t.a for t in trades], pa.int64()).cast(pa.string()))
         vendor_data = _map_from_columns(_VENDOR_KEYS[: len(vendor_columns)], vendor_columns, n)
@@ -434,20 +439,10 @@ class BinanceAdapter:
         return pa.RecordBatch.from_arrays(arrays, schema=TRADE_ARROW_SCHEMA)
 
 
-def _decode_trade(body: bytes | msgspec.Raw, frame: RawFrame, out: ParsedBatch) -> BinanceTrade | None:
-    """The trade in ``body`` (a frame's ``data``, or the frame itself), or None after rejecting it."""
-    try:
-        trade = _trade_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        out.rejected.append(Rejected(frame, *_why_not_a_trade(body, exc)))
-        return None
-    except (msgspec.DecodeError, RecursionError) as exc:
-        out.rejected.append(Rejected(frame, RejectReason.MALFORMED_JSON, str(exc)))
-        return None
-    if trade.e != "trade":
-        out.rejected.append(Rejected(frame, RejectReason.UNKNOWN_EVENT, f"event type {_brief(trade.e)}"))
-        return None
-    return trade
+def _reject(out: ParsedBatch, frame: RawFrame, reason: RejectReason, detail: str) -> BinanceTrade | None:
+    """Record a reject; returns None, so that ``return _reject(...)`` ends a router branch."""
+    out.rejected.append(Rejected(frame, reason, detail))
+    return None
 
 
 def _why_not_a_trade(body: bytes | msgspec.Raw, error: msgspec.ValidationError) -> tuple[RejectReason, str]:
