@@ -30,7 +30,7 @@ class RejectReason(StrEnum):
     WRONG_TYPE = "wrong_type"  # a field (or the frame, or `data`) has the wrong JSON type
     INVALID_NUMBER = "invalid_number"  # price/quantity text that decimal(38,12) cannot hold exactly
     NON_POSITIVE = "non_positive"  # price or quantity <= 0 (also counted as a quality anomaly)
-    OUT_OF_RANGE = "out_of_range"  # an id or a time no venue can send (beyond int64, < 1, outside the time window)
+    OUT_OF_RANGE = "out_of_range"  # an id or time no venue sends (beyond int64, below the first id, outside the window)
     UNKNOWN_EVENT = "unknown_event"  # an event type the adapter does not parse
     UNSUBSCRIBED = "unsubscribed"  # a stream or symbol outside the adapter's subscription
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from k2.sources import DataType, ParsedBatch, RawFrame, RejectReason
+from k2.config import K2Settings, SourceSettings, ValidationSettings
+from k2.sources import DataType, ParsedBatch, RawFrame, RejectReason, load_adapter
 from k2.sources.binance import BinanceAdapter
 from k2.sources.binance_rest import parse_historical_trades
 from tests.conftest import FIXTURES
@@ -137,6 +138,17 @@ def test_the_window_edges_are_inclusive_and_exact() -> None:
             [RawFrame(_mutated(_set(T=ms, E=ms)), RECEIVED_US)], first_platform_sequence=1, is_sample_data=False
         )
         assert parsed.rows(DataType.TRADES) == int(stored), ms
+
+
+def test_the_window_comes_from_source_validation_settings() -> None:
+    settings = K2Settings(source=SourceSettings(validation=ValidationSettings(max_future_s=0, max_age_s=None)))
+    adapter = load_adapter("binance", settings.source.symbols, validation=settings.source.validation)
+    ahead = _mutated(_set(T=RECEIVED_US // 1000 + 1))
+    day_old = _mutated(_set(T=T - 86_400_000, E=T - 86_400_000))
+    parsed = adapter.parse([RawFrame(ahead, RECEIVED_US), RawFrame(day_old, RECEIVED_US)], first_platform_sequence=1,
+                           is_sample_data=False)  # fmt: skip
+    assert [(r.reason, r.frame.payload) for r in parsed.rejected] == [(RejectReason.OUT_OF_RANGE, ahead)]
+    assert parsed.rows(DataType.TRADES) == 1  # no maximum age: the day-old frame is stored
 
 
 def _rest(page: list[dict[str, Any]]) -> Any:
