@@ -45,7 +45,7 @@ class _Base:
 @cache
 def _base() -> _Base:
     frames = [RawFrame(f.frame.encode(), f.recv_us) for f in read_recording(BUNDLED_BINANCE_TRADES)]
-    parsed = BinanceAdapter().parse(frames, first_platform_sequence=0, is_sample_data=True)
+    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(frames, first_platform_sequence=0, is_sample_data=True)
     batch = parsed.records[DataType.TRADES]
     ids = batch.column("source_sequence").to_numpy()
     symbols = batch.column("symbol").to_pylist()

@@ -45,7 +45,11 @@ from k2.sources.binance import BinanceAdapter
 
 def recording() -> pa.RecordBatch:
     frames = [RawFrame(f.frame.encode(), f.recv_us) for f in read_recording(BUNDLED_BINANCE_TRADES)]
-    return BinanceAdapter().parse(frames, first_platform_sequence=1, is_sample_data=True).records[DataType.TRADES]
+    return (
+        BinanceAdapter(["BTCUSDT", "ETHUSDT"])
+        .parse(frames, first_platform_sequence=1, is_sample_data=True)
+        .records[DataType.TRADES]
+    )
 
 
 def _rate(n: int, fn: Any, repeat: int) -> tuple[float, float, float]:

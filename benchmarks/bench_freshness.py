@@ -62,7 +62,7 @@ Key = tuple[str, int]  # (symbol, source_sequence)
 def first_trade_time_us() -> tuple[Key, int]:
     """The key and exchange time of the recording's first frame (the one the replay starts with)."""
     first = next(iter(read_recording(BUNDLED_BINANCE_TRADES)))
-    parsed = BinanceAdapter().parse(
+    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
         [RawFrame(first.frame.encode(), first.recv_us)], first_platform_sequence=1, is_sample_data=True
     )
     batch = parsed.records[DataType.TRADES]

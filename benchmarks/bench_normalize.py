@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10)
     args = ap.parse_args()
     frames = [RawFrame(f.frame.encode(), f.recv_us) for f in read_recording(BUNDLED_BINANCE_TRADES)]
-    adapter = BinanceAdapter()
+    adapter = BinanceAdapter(["BTCUSDT", "ETHUSDT"])
     rates = []
     for _ in range(args.repeat):
         rows = 0

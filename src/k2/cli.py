@@ -320,6 +320,9 @@ def emulator(
     duplicate_every: Annotated[int, typer.Option(help="Send every k-th frame twice.")] = 0,
     reorder_every: Annotated[int, typer.Option(help="Swap every k-th frame with the next.")] = 0,
     malformed_every: Annotated[int, typer.Option(help="Insert a bad frame after every k-th frame.")] = 0,
+    adversarial_every: Annotated[
+        int, typer.Option(help="Insert a hostile frame (absurd ids, times, prices, foreign streams) after every k-th.")
+    ] = 0,
 ) -> None:
     """Serve Binance's stream protocol on a local WebSocket, replaying a recording."""
     from k2.emulator.recording import BUNDLED_BINANCE_TRADES
@@ -337,6 +340,7 @@ def emulator(
                 duplicate_every=duplicate_every,
                 reorder_every=reorder_every,
                 malformed_every=malformed_every,
+                adversarial_every=adversarial_every,
             ),
         )
         asyncio.run(serve_forever(config, host, port))

@@ -28,6 +28,22 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class ValidationSettings(_Section):
+    """Range checks the parsers apply to every frame before anything is stored (docs/sources.md).
+
+    A venue time (trade or event time) outside this window around the frame's receive time is
+    quarantined (reason ``out_of_range``), never stored. Inside it, ``quality.max_future_s`` and
+    ``quality.max_lag_s`` still flag smaller deviations as anomalies on stored rows. The venue's
+    launch date is always the lower bound.
+    """
+
+    # A venue time may be at most this far after the receive time (clock skew between us and the venue).
+    max_future_s: float = Field(default=300.0, ge=0, le=366 * 24 * 3600)
+    # Live frames only (not replayed recordings, not REST backfill): a venue time at most this far
+    # before the receive time. None: no limit.
+    max_age_s: float | None = Field(default=3600.0, gt=0)
+
+
 class SourceSettings(_Section):
     """Where market data comes from."""
 
@@ -47,6 +63,8 @@ class SourceSettings(_Section):
     # exchangeInfo cache (base/quote assets), refreshed after this many seconds when live.
     exchange_info_ttl_s: float = 24 * 3600.0
     exchange_info_cache: Path = Path.home() / ".cache" / "k2" / "binance_exchange_info.json"
+    # What a frame may hold to be stored at all (quarantined otherwise).
+    validation: ValidationSettings = ValidationSettings()
 
     @field_validator("symbols")
     @classmethod

@@ -13,16 +13,19 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from k2.config import K2Settings
-from k2.emulator.faults import MALFORMED_KINDS, Faults
+from k2.emulator.faults import ADVERSARIAL_KINDS, EXPECTED_REASON, MALFORMED_KINDS, Faults
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
 from k2.emulator.server import BinanceEmulator, ReplayConfig
 from k2.lake.quarantine import read_quarantine
 from k2.metrics import MESSAGES_REJECTED
 from k2.query.engine import QueryEngine
 from k2.services.pipeline import EmbeddedPipeline
+from k2.sources import DataType, RawFrame
+from k2.sources.binance import BinanceAdapter
 from tests.conftest import eventually_async
 
 pytestmark = pytest.mark.integration
@@ -109,6 +112,41 @@ def test_bad_frames_are_quarantined_and_the_pipeline_keeps_running(settings: K2S
         assert datetime.fromisoformat(entry["received_at"]).utcoffset().total_seconds() == 0
     assert pipeline.stats.rejected == sum(injected.values())
     _assert_table_is_exactly_the_recording(settings)
+
+
+def test_hostile_frames_among_real_ones_are_quarantined_and_k2_run_keeps_running(settings: K2Settings) -> None:
+    """Issue 9: every adversarial kind (absurd ids, times and prices, `data`/`e` of the wrong type,
+    foreign streams), each built from the real frame it follows, arrives among the real frames over
+    the WebSocket. The pipeline never stops; each is quarantined with the reason its kind maps to;
+    the table holds exactly the recording, once each (no bogus row took a real trade's place)."""
+    faults = Faults(adversarial_every=701, malformed_every=1009, disconnect_after=(17_000,))
+    pipeline, emu = asyncio.run(_replay(settings, faults))
+    injected = {k: emu.injected[k] for k in EXPECTED_REASON if emu.injected[k]}
+    assert set(ADVERSARIAL_KINDS) <= set(injected), "every adversarial kind was sent"
+    expected: Counter[str] = Counter()
+    for kind, n in injected.items():
+        expected[EXPECTED_REASON[kind].value] += n
+    quarantined = Counter(e["reason"] for e in read_quarantine(settings.lake.quarantine_dir))
+    assert quarantined == expected
+    assert pipeline.stats.rejected == sum(injected.values())
+    _assert_table_is_exactly_the_recording(settings)
+
+
+def test_no_trade_time_can_crash_the_pipelines_bookkeeping(
+    settings: K2Settings, bundled_frames: list[RawFrame]
+) -> None:
+    """`_observe_symbols` works on integer microseconds: a row of year 10000 (which validation stops
+    before it gets there) would not crash it the way a Python datetime did."""
+    pipeline = EmbeddedPipeline(settings, ws_base_url="ws://127.0.0.1:9", is_sample_data=True)
+    batch = (
+        BinanceAdapter(["BTCUSDT", "ETHUSDT"])
+        .parse(bundled_frames[:10], first_platform_sequence=1, is_sample_data=True)
+        .records[DataType.TRADES]
+    )
+    index = batch.schema.get_field_index("timestamp")
+    year_10000 = pa.array([253_402_300_800_000_000] * batch.num_rows, pa.int64()).cast(batch.schema.field(index).type)
+    pipeline._observe_symbols(batch.set_column(index, batch.schema.field(index), year_10000))
+    assert sum(pipeline.stats.trades_by_symbol.values()) == 10
 
 
 def test_restart_continues_platform_sequence(settings: K2Settings) -> None:

@@ -20,7 +20,7 @@ from k2.emulator.recording import BUNDLED_BINANCE_TRADES, RecordingWriter, read_
 from k2.emulator.server import BinanceEmulator, ReplayConfig
 from k2.errors import ExchangeUnreachable
 from k2.metrics import REGISTRY
-from k2.sources import DataType, RawFrame
+from k2.sources import RawFrame
 from k2.sources.binance import BinanceAdapter
 from k2.sources.session import WebSocketSession
 from tests.conftest import eventually_async
@@ -32,7 +32,7 @@ FAST = SourceSettings(reconnect_initial_s=0.02, reconnect_max_s=0.1, max_connect
 
 
 def _url(base: str) -> str:
-    return BinanceAdapter().stream_urls(base, ["BTCUSDT", "ETHUSDT"], [DataType.TRADES])[0]
+    return BinanceAdapter(["BTCUSDT", "ETHUSDT"]).stream_urls(base)[0]
 
 
 def _reconnects(reason: str) -> float:

@@ -69,7 +69,11 @@ def _start_run(settings: K2Settings, tmp_path: Path, emu: EmulatorThread) -> sub
 
 def _far_future_copy(frame: RawFrame) -> pa.RecordBatch:
     """The row of a real frame with its trade time moved to 2200 (what 4af7975 could store)."""
-    batch = BinanceAdapter().parse([frame], first_platform_sequence=1, is_sample_data=True).records[DataType.TRADES]
+    batch = (
+        BinanceAdapter(("BTCUSDT", "ETHUSDT"))
+        .parse([frame], first_platform_sequence=1, is_sample_data=True)
+        .records[DataType.TRADES]
+    )
     i = batch.schema.get_field_index("timestamp")
     year_2200 = pa.array([datetime(2200, 1, 1, tzinfo=UTC)], batch.schema.field(i).type)
     return batch.set_column(i, batch.schema.field(i), year_2200)

@@ -5,8 +5,10 @@ combined-stream and the raw form, plus its stream name) and applies :class:`Faul
 swapped neighbours and bad frames built from the real frame they follow. Disconnects are applied by
 the server, which knows when a frame has been sent. Everything here is pure: no sockets, no clock.
 
-Each bad-frame kind is named after the :class:`k2.sources.base.RejectReason` the Binance parser must
-give it, so tests can compare what was injected with what was quarantined.
+Every bad-frame kind maps to the :class:`k2.sources.base.RejectReason` the Binance parser must give
+it (:data:`EXPECTED_REASON`), so tests can compare what was injected with what was quarantined. The
+six :data:`MALFORMED_KINDS` are named after their reason; the :data:`ADVERSARIAL_KINDS` are values a
+hostile or broken venue could send that once crashed K2 or were stored as good (issue 9).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import msgspec
 
 from k2.emulator.recording import RecordedFrame
 from k2.errors import ConfigError
+from k2.sources.base import RejectReason
 
 FRAME = "frame"
 DUPLICATE = "duplicate"
@@ -34,9 +37,44 @@ MALFORMED_KINDS: tuple[str, ...] = (
     "non_positive",
     "unknown_event",
 )
-"""Bad-frame kinds in the order they are cycled through; each equals the parser's reject reason."""
+"""Bad-frame kinds ``malformed_every`` cycles through, in order; each equals the parser's reject reason."""
 
-INJECTED_KINDS: tuple[str, ...] = (DUPLICATE, REORDER, DISCONNECT, WITHHELD, *MALFORMED_KINDS)
+_TWO_63 = 2**63
+_CENTURIES_MS = 300 * 365 * 86_400_000  # "centuries ahead": 300 years, in Binance's milliseconds
+_YEAR_10000_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z: past what a datetime can hold
+
+ADVERSARIAL_KINDS: dict[str, RejectReason] = {
+    "data_not_object": RejectReason.WRONG_TYPE,  # `data` is a list holding the trade object
+    "event_not_string": RejectReason.WRONG_TYPE,  # `e` = ["trade"]
+    "price_space": RejectReason.INVALID_NUMBER,  # " " + p
+    "price_underscore": RejectReason.INVALID_NUMBER,  # an underscore after the first digit
+    "price_non_ascii_digits": RejectReason.INVALID_NUMBER,  # p's digits in Arabic-Indic script
+    "price_50_digits": RejectReason.INVALID_NUMBER,  # p's integer digits repeated to 50 digits, same decimals
+    "price_38_digits": RejectReason.INVALID_NUMBER,  # p = 38 ones (pyarrow's cast once wrapped it silently)
+    "trade_id_2_63": RejectReason.OUT_OF_RANGE,  # t = 2^63
+    "trade_time_2_63": RejectReason.OUT_OF_RANGE,  # T = 2^63
+    "trade_time_int64_max": RejectReason.OUT_OF_RANGE,  # T = 2^63 - 1 (wraps to 1969 as µs)
+    "trade_time_zero": RejectReason.OUT_OF_RANGE,  # T = 0
+    "trade_time_negative": RejectReason.OUT_OF_RANGE,  # T = -T
+    "trade_time_far_future": RejectReason.OUT_OF_RANGE,  # T + 300 years
+    "trade_time_after_9999": RejectReason.OUT_OF_RANGE,  # T in year 10000
+    "trade_id_negative": RejectReason.OUT_OF_RANGE,  # t = -t
+    "unsubscribed_stream": RejectReason.UNSUBSCRIBED,  # stream and `s` of a foreign symbol
+    "stream_symbol_mismatch": RejectReason.UNSUBSCRIBED,  # `s` of a foreign symbol on the real stream
+}
+"""Adversarial kinds ``adversarial_every`` cycles through, in order, with the reason the parser must give."""
+
+EXPECTED_REASON: dict[str, RejectReason] = {
+    **{kind: RejectReason(kind) for kind in MALFORMED_KINDS},
+    **ADVERSARIAL_KINDS,
+}
+"""Every bad-frame kind and the reason the Binance parser must quarantine it with."""
+
+FOREIGN_PREFIX = "XK2"
+"""Prefix making the symbol of an ``unsubscribed_stream`` / ``stream_symbol_mismatch`` frame foreign
+(``XK2BTCUSDT``): no K2 subscription names it, so the frame tests the subscription check."""
+
+INJECTED_KINDS: tuple[str, ...] = (DUPLICATE, REORDER, DISCONNECT, WITHHELD, *EXPECTED_REASON)
 
 REST_BAD_BODY = "bad_body"
 REST_EMPTY_PAGE = "empty_page"
@@ -57,6 +95,9 @@ class Faults:
     * ``reorder_every``: swap the k-th recorded frame with the one after it (k, 2k, ...).
     * ``malformed_every``: after every k-th recorded frame, insert a bad frame built from it, cycling
       through :data:`MALFORMED_KINDS`.
+    * ``adversarial_every``: the same with :data:`ADVERSARIAL_KINDS` (after the malformed one when
+      both fall on a frame). Each is sent on the connection subscribed to the real frame's stream,
+      even when its content names a foreign stream or symbol.
     * ``withhold``: ``(start, count)`` ranges of recorded frames (1-based positions) never sent on the
       WebSocket; the REST endpoints still serve their trades (a gap that backfill can close).
     * ``rest_errors``: answers given, in order, to the first ``historicalTrades`` requests instead
@@ -71,11 +112,12 @@ class Faults:
     duplicate_every: int = 0
     reorder_every: int = 0
     malformed_every: int = 0
+    adversarial_every: int = 0
     withhold: tuple[tuple[int, int], ...] = ()
     rest_errors: tuple[tuple[int | str, float], ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("duplicate_every", "reorder_every", "malformed_every"):
+        for name in ("duplicate_every", "reorder_every", "malformed_every", "adversarial_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0")
         if any(n <= 0 for n in self.disconnect_after):
@@ -99,6 +141,7 @@ class Faults:
             or self.duplicate_every
             or self.reorder_every
             or self.malformed_every
+            or self.adversarial_every
             or self.withhold
             or self.rest_errors
         )
@@ -108,11 +151,11 @@ class Faults:
 class OutFrame:
     """One frame to send: ``combined`` for ``/stream`` clients, ``raw`` for ``/ws`` clients."""
 
-    stream: str | None  # None: not routable (a recorded control reply); skipped
+    stream: str | None  # where it is routed (None: not routable, a recorded control reply; skipped)
     combined: bytes
     raw: bytes
     recv_us: int
-    kind: str = FRAME  # FRAME, DUPLICATE or one of MALFORMED_KINDS
+    kind: str = FRAME  # FRAME, DUPLICATE or a key of EXPECTED_REASON
 
 
 class _Envelope(msgspec.Struct):
@@ -150,7 +193,10 @@ def decode_frame(recorded: RecordedFrame) -> OutFrame:
 
 
 def bad_frame(source: OutFrame, kind: str) -> OutFrame:
-    """A frame of ``kind`` (one of :data:`MALFORMED_KINDS`) built from a real frame's data."""
+    """A frame of ``kind`` (a key of :data:`EXPECTED_REASON`) built from a real frame's data.
+
+    It is routed like ``source`` (same ``stream``), whatever stream or symbol its content names.
+    """
     assert source.stream is not None
     if kind == "malformed_json":  # cut in half: no longer valid JSON in either form
         return OutFrame(
@@ -158,20 +204,60 @@ def bad_frame(source: OutFrame, kind: str) -> OutFrame:
             source.recv_us, kind,
         )  # fmt: skip
     data: dict[str, Any] = msgspec.json.decode(source.raw)
+    stream = source.stream  # the stream name written into the combined form
+    if kind == "data_not_object":
+        raw = _encoder.encode([data])
+        return OutFrame(source.stream, _wrap(stream, raw), raw, source.recv_us, kind)
+    if kind in ("unsubscribed_stream", "stream_symbol_mismatch"):
+        data["s"] = FOREIGN_PREFIX + str(data.get("s"))
+        if kind == "unsubscribed_stream":
+            stream = FOREIGN_PREFIX.lower() + stream
+    else:
+        _mutate(data, kind)
+    raw = _encoder.encode(data)
+    return OutFrame(source.stream, _wrap(stream, raw), raw, source.recv_us, kind)
+
+
+def _digits(whole: str, n: int) -> str:
+    """``whole``'s digits repeated to ``n`` significant digits (``"61837"`` -> ``"6183761837..."``)."""
+    digits = whole.lstrip("-0") or "1"
+    return (digits * (n // len(digits) + 1))[:n]
+
+
+_ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+
+
+def _mutate(data: dict[str, Any], kind: str) -> None:
+    """Change one field of a trade's ``data`` in place, as ``kind`` says."""
+    price = str(data.get("p"))
+    whole, _, fraction = price.partition(".")
+    trade_time = int(data.get("T", 0))
+    changes: dict[str, dict[str, Any]] = {
+        "missing_field": {},
+        "wrong_type": {"t": str(data.get("t"))},
+        "invalid_number": {"p": "not-a-number"},
+        "non_positive": {"p": "-" + price},
+        "unknown_event": {"e": "unknownEvent"},
+        "event_not_string": {"e": [data.get("e")]},
+        "price_space": {"p": " " + price},
+        "price_underscore": {"p": price[:1] + "_" + price[1:]},
+        "price_non_ascii_digits": {"p": price.translate(_ARABIC_INDIC)},
+        "price_50_digits": {"p": _digits(whole, 50) + "." + fraction if fraction else _digits(whole, 50)},
+        "price_38_digits": {"p": "1" * 38},
+        "trade_id_2_63": {"t": _TWO_63},
+        "trade_time_2_63": {"T": _TWO_63},
+        "trade_time_int64_max": {"T": _TWO_63 - 1},
+        "trade_time_zero": {"T": 0},
+        "trade_time_negative": {"T": -trade_time},
+        "trade_time_far_future": {"T": trade_time + _CENTURIES_MS},
+        "trade_time_after_9999": {"T": _YEAR_10000_MS + trade_time},
+        "trade_id_negative": {"t": -int(data.get("t", 0))},
+    }
+    if kind not in changes:
+        raise ValueError(f"unknown bad-frame kind {kind!r}")
     if kind == "missing_field":
         data.pop("p", None)
-    elif kind == "wrong_type":
-        data["t"] = str(data.get("t"))
-    elif kind == "invalid_number":
-        data["p"] = "not-a-number"
-    elif kind == "non_positive":
-        data["p"] = "-" + str(data.get("p"))
-    elif kind == "unknown_event":
-        data["e"] = "unknownEvent"
-    else:
-        raise ValueError(f"unknown malformed kind {kind!r}")
-    raw = _encoder.encode(data)
-    return OutFrame(source.stream, _wrap(source.stream, raw), raw, source.recv_us, kind)
+    data.update(changes[kind])
 
 
 def _count(injected: MutableMapping[str, int], kind: str) -> None:
@@ -221,19 +307,21 @@ def apply_faults(frames: Iterable[OutFrame], faults: Faults, injected: MutableMa
         source = _withheld(source, faults, injected)
     if faults.reorder_every:
         source = _reordered(source, faults.reorder_every, injected)
-    dup, bad = faults.duplicate_every, faults.malformed_every
-    if not dup and not bad:
+    dup, bad, hostile = faults.duplicate_every, faults.malformed_every, faults.adversarial_every
+    if not dup and not bad and not hostile:
         yield from source
         return
+    adversarial = tuple(ADVERSARIAL_KINDS)
     for position, frame in enumerate(source, 1):
         yield frame
         if dup and position % dup == 0:
             _count(injected, DUPLICATE)
             yield OutFrame(frame.stream, frame.combined, frame.raw, frame.recv_us, DUPLICATE)
-        if bad and position % bad == 0:
-            kind = MALFORMED_KINDS[(position // bad - 1) % len(MALFORMED_KINDS)]
-            _count(injected, kind)
-            yield bad_frame(frame, kind)
+        for every, kinds in ((bad, MALFORMED_KINDS), (hostile, adversarial)):
+            if every and position % every == 0:
+                kind = kinds[(position // every - 1) % len(kinds)]
+                _count(injected, kind)
+                yield bad_frame(frame, kind)
 
 
 def replay_frames(

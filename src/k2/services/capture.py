@@ -16,7 +16,7 @@ from k2.config import K2Settings
 from k2.emulator.recording import RecordingWriter
 from k2.errors import ConfigError
 from k2.logging import get_logger
-from k2.sources import DataType, RawFrame, load_adapter
+from k2.sources import RawFrame, load_adapter
 from k2.sources.session import WebSocketSession
 
 log = get_logger(__name__)
@@ -36,9 +36,9 @@ async def capture(
     if duration_s is not None and duration_s <= 0:
         raise ConfigError("duration_s must be positive")
     source = settings.source
-    adapter = load_adapter(source.venue)
-    urls = adapter.stream_urls(url or source.ws_url, source.symbols, [DataType.TRADES])
-    subscribe = adapter.subscribe_messages(source.symbols, [DataType.TRADES])
+    adapter = load_adapter(source.venue, source.symbols)
+    urls = adapter.stream_urls(url or source.ws_url)
+    subscribe = adapter.subscribe_messages()
     sessions = [WebSocketSession(u, venue=adapter.venue, settings=source, subscribe_messages=subscribe) for u in urls]
 
     def stop_all() -> None:

@@ -367,6 +367,7 @@ class Completeness:
             parsed = parse_historical_trades(
                 page.body, symbol, received_at_us=page.received_at_us, first_platform_sequence=0,
                 is_sample_data=self.is_sample_data, symbol_info=self.symbol_info,
+                validation=self.settings.source.validation,
             )  # fmt: skip
             if not any(from_id <= i <= gap.last_id for i in parsed.ids):  # the ids say these trades exist
                 raise SourceError(f"no trade of ids {from_id}..{gap.last_id} in a page of {len(parsed.ids)}")

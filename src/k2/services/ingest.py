@@ -91,7 +91,10 @@ class IngestService:
         self.settings = settings
         kafka = settings.kafka
         self.is_sample_data = is_sample_data
-        self.adapter = load_adapter(settings.source.venue, symbol_info=symbol_info)
+        self.adapter = load_adapter(
+            settings.source.venue, settings.source.symbols, symbol_info=symbol_info,
+            validation=settings.source.validation,
+        )  # fmt: skip
         self.topic = trades_topic(kafka.asset_class, self.adapter.venue)
         self.events_topic = quality_events_topic(kafka.asset_class, self.adapter.venue)
         admin = admin_client(kafka.bootstrap_servers)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from k2.config import K2Settings
 from k2.metrics import serve_metrics
-from k2.sources import DataType, RawFrame, VenueAdapter
+from k2.sources import RawFrame, VenueAdapter
 from k2.sources.session import WebSocketSession
 
 T = TypeVar("T")
@@ -19,10 +19,10 @@ T = TypeVar("T")
 def open_sessions(
     adapter: VenueAdapter, settings: K2Settings, ws_base_url: str | None
 ) -> tuple[list[str], list[WebSocketSession]]:
-    """One session per stream URL the venue needs for the configured symbols (trades)."""
+    """One session per stream URL the venue needs for the adapter's subscription."""
     source = settings.source
-    urls = adapter.stream_urls(ws_base_url or source.ws_url, source.symbols, [DataType.TRADES])
-    subscribe = adapter.subscribe_messages(source.symbols, [DataType.TRADES])
+    urls = adapter.stream_urls(ws_base_url or source.ws_url)
+    subscribe = adapter.subscribe_messages()
     sessions = [
         WebSocketSession(url, venue=adapter.venue, settings=source, subscribe_messages=subscribe) for url in urls
     ]

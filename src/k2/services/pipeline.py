@@ -87,7 +87,10 @@ class EmbeddedPipeline:
     ) -> None:
         self.settings = settings
         self.is_sample_data = is_sample_data
-        self.adapter = load_adapter(settings.source.venue, symbol_info=symbol_info)
+        self.adapter = load_adapter(
+            settings.source.venue, settings.source.symbols, symbol_info=symbol_info,
+            validation=settings.source.validation,
+        )  # fmt: skip
         self.urls, self._sessions = open_sessions(self.adapter, settings, ws_base_url)
         lake = settings.lake
         self.catalog = open_catalog(lake)
@@ -199,18 +202,23 @@ class EmbeddedPipeline:
         self._buffer_batch(self.intake.numbered(batch))
 
     def _observe_symbols(self, batch: pa.RecordBatch) -> None:
+        """Per-symbol counts and the freshest trade time (a gauge). Times stay integer microseconds:
+        no Python datetime, whose year 9999 limit a venue time must never be able to reach."""
+        times = batch.column("timestamp").cast(pa.int64())
         grouped = (
-            pa.Table.from_batches([batch]).group_by("symbol").aggregate([("timestamp", "max"), ("symbol", "count")])
+            pa.table({"symbol": batch.column("symbol"), "t": times})
+            .group_by("symbol")
+            .aggregate([("t", "max"), ("symbol", "count")])
         )
-        for symbol, newest, count in zip(
+        for symbol, newest_us, count in zip(
             grouped["symbol"].to_pylist(),
-            grouped["timestamp_max"].to_pylist(),
+            grouped["t_max"].to_pylist(),
             grouped["symbol_count"].to_pylist(),
             strict=True,
         ):
             self.stats.trades_by_symbol[symbol] = self.stats.trades_by_symbol.get(symbol, 0) + count
             if symbol in self._symbols:
-                LAST_EVENT_TIME.labels(venue=self.adapter.venue, symbol=symbol).set(newest.timestamp())
+                LAST_EVENT_TIME.labels(venue=self.adapter.venue, symbol=symbol).set(newest_us / 1e6)
 
     async def _maybe_flush(self, *, force: bool) -> None:
         if self._inflight is not None:

@@ -7,6 +7,7 @@ adding a venue means adding a module and one line here.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from typing import Any
 
 from k2.errors import ConfigError
@@ -17,8 +18,9 @@ ADAPTERS: dict[str, str] = {
 }
 
 
-def load_adapter(venue: str, **kwargs: Any) -> VenueAdapter:
-    """Instantiate the adapter registered for ``venue``."""
+def load_adapter(venue: str, symbols: Sequence[str], **kwargs: Any) -> VenueAdapter:
+    """Instantiate the adapter registered for ``venue``, subscribed to ``symbols`` (trades unless
+    ``data_types`` says otherwise); it quarantines frames of any other stream."""
     target = ADAPTERS.get(venue.lower())
     if target is None:
         raise ConfigError(f"unknown venue {venue!r}; supported: {', '.join(sorted(ADAPTERS))}")
@@ -27,7 +29,7 @@ def load_adapter(venue: str, **kwargs: Any) -> VenueAdapter:
         module = importlib.import_module(module_name)
     except ImportError as exc:  # an optional dependency of that venue is missing
         raise ConfigError(f"venue {venue!r} needs a missing dependency: {exc}") from exc
-    adapter: VenueAdapter = getattr(module, class_name)(**kwargs)
+    adapter: VenueAdapter = getattr(module, class_name)(symbols, **kwargs)
     return adapter
 
 

@@ -16,13 +16,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from k2.config import ValidationSettings
 from k2.errors import SourceError
-from k2.sources.base import ParsedBatch, RawFrame
+from k2.schema import PRICE_PRECISION, PRICE_SCALE
+from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason
 from k2.sources.binance import BinanceAdapter, BinanceTrade, _map_from_columns
 from k2.sources.symbols import SymbolInfo
+from k2.sources.validation import exact_decimal_mask
 
 HISTORICAL_TRADES_PATH = "/api/v3/historicalTrades"
 AGG_TRADES_PATH = "/api/v3/aggTrades"
@@ -64,8 +68,8 @@ class BinanceRestTrade(msgspec.Struct, frozen=True):
     isBestMatch: bool | None = None
 
 
-_decoder = msgspec.json.Decoder(list[BinanceRestTrade])
-_encoder = msgspec.json.Encoder()
+_page_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_trade_decoder = msgspec.json.Decoder(BinanceRestTrade)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +81,12 @@ class RestTrades:
     parsed: ParsedBatch
 
 
-def decode_historical_trades(payload: bytes) -> list[BinanceRestTrade]:
+def decode_historical_trades(payload: bytes) -> list[msgspec.Raw]:
+    """The elements of a ``historicalTrades`` body, undecoded; SourceError when it is not a JSON array
+    (an error object, a cut-off or garbled body: the page as a whole is bad)."""
     try:
-        return _decoder.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return _page_decoder.decode(payload)
+    except (msgspec.DecodeError, RecursionError) as exc:  # ValidationError included; RecursionError: too deep
         raise SourceError(f"unexpected historicalTrades response: {exc}") from exc
 
 
@@ -92,35 +98,61 @@ def parse_historical_trades(
     first_platform_sequence: int,
     is_sample_data: bool,
     symbol_info: Mapping[str, SymbolInfo] | None = None,
+    validation: ValidationSettings | None = None,
 ) -> RestTrades:
-    """Canonical trade rows from a ``historicalTrades`` body (pure; times are milliseconds)."""
-    rest = decode_historical_trades(payload)
-    adapter = BinanceAdapter(symbol_info)
+    """Canonical trade rows from a ``historicalTrades`` body (pure; times are milliseconds).
+
+    Raises SourceError only when the body is not a JSON array. Each element is checked like a stream
+    frame (types, then :meth:`BinanceAdapter.trade_batch`'s range checks, ``quoteQty`` as a decimal
+    too) and rejected on its own, with its verbatim JSON as the quarantined frame. Backfilled trades
+    are old by design: their times get the venue's absolute bounds and the future tolerance, no
+    maximum age.
+    """
+    adapter = BinanceAdapter([symbol], symbol_info=symbol_info, validation=validation)
     out = ParsedBatch()
-    trades = [
-        BinanceTrade(e="trade", E=r.time, s=symbol, t=r.id, p=r.price, q=r.qty, T=r.time, m=r.isBuyerMaker,
-                     M=r.isBestMatch)
-        for r in rest
-    ]  # fmt: skip
-    frames = [RawFrame(_encoder.encode(r), received_at_us) for r in rest]
-    quote_qty = {r.id: r.quoteQty for r in rest}
+    trades: list[BinanceTrade] = []
+    frames: list[RawFrame] = []
+    quote_qty: list[str] = []
+    for raw in decode_historical_trades(payload):
+        frame = RawFrame(bytes(raw), received_at_us)
+        try:
+            r = _trade_decoder.decode(raw)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            reason = RejectReason.MISSING_FIELD if "missing required field" in str(exc) else RejectReason.WRONG_TYPE
+            out.rejected.append(Rejected(frame, reason, str(exc)))
+            continue
+        trades.append(
+            BinanceTrade(e="trade", E=r.time, s=adapter.symbols[0], t=r.id, p=r.price, q=r.qty, T=r.time,
+                         m=r.isBuyerMaker, M=r.isBestMatch)
+        )  # fmt: skip
+        frames.append(frame)
+        quote_qty.append(r.quoteQty)
     if trades:
-        trades, frames = adapter._drop_bad_numbers(trades, frames, out)
-    if not trades:
+        quote_ok = exact_decimal_mask(pa.array(quote_qty, pa.string()), PRICE_PRECISION, PRICE_SCALE)
+        for i in np.flatnonzero(~quote_ok).tolist():
+            detail = f"quoteQty {quote_qty[i][:40]!r} is not a decimal({PRICE_PRECISION},{PRICE_SCALE}) literal"
+            out.rejected.append(Rejected(frames[i], RejectReason.INVALID_NUMBER, detail))
+        if not quote_ok.all():
+            trades = [t for t, ok in zip(trades, quote_ok, strict=True) if ok]
+            frames = [f for f, ok in zip(frames, quote_ok, strict=True) if ok]
+            quote_qty = [q for q, ok in zip(quote_qty, quote_ok, strict=True) if ok]
+    batch, kept = adapter.trade_batch(
+        trades, frames, out, window=adapter.replay_window, first_platform_sequence=first_platform_sequence,
+        is_sample_data=is_sample_data,
+    )  # fmt: skip
+    if batch is None:
         return RestTrades(None, [], out)
-    batch = adapter._to_batch(
-        trades, frames, first_platform_sequence=first_platform_sequence, is_sample_data=is_sample_data
-    )
+    ids = batch.column("source_sequence").to_pylist()
     n = batch.num_rows
     vendor = batch.column("vendor_data")
     lookup = {k: pc.map_lookup(vendor, k, "first") for k in ("is_buyer_maker", "trade_time", "base_asset",
                                                              "quote_asset", "is_best_match")}  # fmt: skip
     columns = [
         *lookup.values(),
-        pa.array([quote_qty[t.t] for t in trades], pa.string()),
+        pa.array(quote_qty, pa.string()).filter(pa.array(kept)),
         pa.repeat("true", n),
     ]
     new_vendor = _map_from_columns(_REST_VENDOR_KEYS, columns, n).cast(vendor.type)
     index = batch.schema.get_field_index("vendor_data")
     batch = batch.set_column(index, batch.schema.field(index), new_vendor)
-    return RestTrades(batch, [t.t for t in trades], out)
+    return RestTrades(batch, ids, out)

@@ -93,7 +93,9 @@ def api_lake(tmp_path_factory: pytest.TempPathFactory, bundled_frames: list[RawF
         lake=LakeSettings(warehouse=root / "warehouse"),
         api=ApiSettings(port=0, keys_file=root / "keys" / "api-keys.json"),
     )
-    parsed = BinanceAdapter().parse(bundled_frames, first_platform_sequence=1, is_sample_data=True)
+    parsed = BinanceAdapter(("BTCUSDT", "ETHUSDT")).parse(
+        bundled_frames, first_platform_sequence=1, is_sample_data=True
+    )
     trades = pa.Table.from_batches([parsed.records[DataType.TRADES]])
     catalog = open_catalog(settings.lake)
     table = load_or_create_table(catalog, settings.lake, RecordKind.TRADES)

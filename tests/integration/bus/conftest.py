@@ -80,7 +80,9 @@ def bus_settings(bus: Bus, tmp_path: Path) -> K2Settings:
 @pytest.fixture(scope="session")
 def recording_batch(bundled_frames: list[RawFrame]) -> pa.RecordBatch:
     """The bundled recording parsed to one canonical batch (34,419 trades)."""
-    parsed = BinanceAdapter().parse(bundled_frames, first_platform_sequence=1, is_sample_data=True)
+    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
+        bundled_frames, first_platform_sequence=1, is_sample_data=True
+    )
     assert not parsed.rejected
     return parsed.records[DataType.TRADES]
 

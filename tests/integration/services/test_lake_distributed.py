@@ -30,7 +30,11 @@ def test_trades_table_on_postgres_catalog_and_s3_warehouse(
 ) -> None:
     recording = list(read_recording(BUNDLED_BINANCE_TRADES))[:ROWS]
     frames = [RawFrame(r.frame.encode(), r.recv_us) for r in recording]
-    batch = BinanceAdapter().parse(frames, first_platform_sequence=1, is_sample_data=True).records[DataType.TRADES]
+    batch = (
+        BinanceAdapter(["BTCUSDT", "ETHUSDT"])
+        .parse(frames, first_platform_sequence=1, is_sample_data=True)
+        .records[DataType.TRADES]
+    )
     namespace = f"md_{uuid.uuid4().hex[:8]}"
     prefix = f"wh-{namespace}"
     lake = LakeSettings(

@@ -31,7 +31,9 @@ SCHEMA_ID = 42
 
 @pytest.fixture(scope="module")
 def trades(bundled_frames: list[RawFrame]) -> pa.RecordBatch:
-    parsed = BinanceAdapter().parse(bundled_frames[:3_000], first_platform_sequence=1, is_sample_data=True)
+    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
+        bundled_frames[:3_000], first_platform_sequence=1, is_sample_data=True
+    )
     return parsed.records[DataType.TRADES]
 
 

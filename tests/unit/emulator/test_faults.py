@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from k2.emulator.faults import (
+    ADVERSARIAL_KINDS,
     DUPLICATE,
+    EXPECTED_REASON,
+    FOREIGN_PREFIX,
     FRAME,
     MALFORMED_KINDS,
     Faults,
@@ -109,20 +113,75 @@ def test_malformed_every_k_inserts_bad_frames_cycling_through_the_kinds() -> Non
     assert injected == {**dict.fromkeys(MALFORMED_KINDS, 1), "malformed_json": 2}
 
 
-@pytest.mark.parametrize("kind", MALFORMED_KINDS)
+RECEIVED_US = 1723161255400000  # just after FIRST's event time
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED_REASON))
 @pytest.mark.parametrize("form", ["combined", "raw"])
-def test_each_bad_frame_kind_is_rejected_by_the_parser_with_the_reason_of_its_name(kind: str, form: str) -> None:
+def test_each_bad_frame_kind_is_rejected_by_the_parser_with_its_expected_reason(kind: str, form: str) -> None:
     source = decode_frame(RecordedFrame(1723161255343000, FIRST))
     bad = bad_frame(source, kind)
-    assert bad.stream == "btcusdt@trade"
+    assert bad.stream == "btcusdt@trade"  # routed like the real frame, whatever it names
     payload = bad.combined if form == "combined" else bad.raw
     # Parsed alongside the good frame it was built from: only the bad one is rejected.
     good = source.combined if form == "combined" else source.raw
-    batch = BinanceAdapter().parse(
-        [RawFrame(good, 1), RawFrame(payload, 2)], first_platform_sequence=1, is_sample_data=True
-    )
-    assert [(r.reason, r.frame.payload) for r in batch.rejected] == [(RejectReason(kind), payload)]
-    assert batch.records["trades"].column("trade_id").to_pylist() == ["3735683259"]
+    for is_sample_data in (True, False):
+        batch = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
+            [RawFrame(good, RECEIVED_US), RawFrame(payload, RECEIVED_US)],
+            first_platform_sequence=1,
+            is_sample_data=is_sample_data,
+        )
+        assert [(r.reason, r.frame.payload) for r in batch.rejected] == [(EXPECTED_REASON[kind], payload)]
+        assert batch.records["trades"].column("trade_id").to_pylist() == ["3735683259"]
+
+
+def test_malformed_kinds_are_named_after_their_reason_and_adversarial_kinds_map_to_one() -> None:
+    assert all(EXPECTED_REASON[k] == RejectReason(k) for k in MALFORMED_KINDS)
+    assert set(EXPECTED_REASON) == {*MALFORMED_KINDS, *ADVERSARIAL_KINDS}
+    assert len(ADVERSARIAL_KINDS) >= 15
+
+
+def test_adversarial_every_k_cycles_through_the_adversarial_kinds_after_the_malformed_one() -> None:
+    recording = _recording(40)
+    injected: dict[str, int] = {}
+    out = list(replay_frames(recording, Faults(malformed_every=20, adversarial_every=2), injected))
+    bad = [o.kind for o in out if o.kind != FRAME]
+    kinds = list(ADVERSARIAL_KINDS)
+    assert bad[:9] == kinds[:9]  # positions 2, 4, ..., 18
+    assert bad[9:11] == ["malformed_json", kinds[9]]  # position 20: the malformed frame first
+    assert len(out) == 40 + 20 + 2
+    assert sum(injected.values()) == 22
+
+
+def test_adversarial_frames_are_built_from_the_real_frame() -> None:
+    source = decode_frame(RecordedFrame(0, FIRST))
+    data = json.loads(FIRST_DATA)
+
+    def mutated(kind: str) -> Any:
+        return json.loads(bad_frame(source, kind).raw)
+
+    assert mutated("data_not_object") == [data]
+    assert json.loads(bad_frame(source, "data_not_object").combined) == {"stream": "btcusdt@trade", "data": [data]}
+    assert mutated("event_not_string") == {**data, "e": ["trade"]}
+    assert mutated("price_space") == {**data, "p": " 61837.63000000"}
+    assert mutated("price_underscore") == {**data, "p": "6_1837.63000000"}
+    assert mutated("price_non_ascii_digits") == {**data, "p": "٦١٨٣٧.٦٣٠٠٠٠٠٠"}
+    assert mutated("price_50_digits") == {**data, "p": "6183761837" * 5 + ".63000000"}
+    assert mutated("price_38_digits") == {**data, "p": "1" * 38}
+    assert mutated("trade_id_2_63") == {**data, "t": 2**63}
+    assert mutated("trade_time_2_63") == {**data, "T": 2**63}
+    assert mutated("trade_time_int64_max") == {**data, "T": 2**63 - 1}
+    assert mutated("trade_time_zero") == {**data, "T": 0}
+    assert mutated("trade_time_negative") == {**data, "T": -1723161255342}
+    assert mutated("trade_time_far_future")["T"] == 1723161255342 + 300 * 365 * 86_400_000
+    assert mutated("trade_time_after_9999")["T"] > 253_402_300_799_999
+    assert mutated("trade_id_negative") == {**data, "t": -3735683259}
+    foreign = {**data, "s": FOREIGN_PREFIX + "BTCUSDT"}
+    assert mutated("unsubscribed_stream") == mutated("stream_symbol_mismatch") == foreign
+    assert json.loads(bad_frame(source, "unsubscribed_stream").combined)["stream"] == "xk2btcusdt@trade"
+    assert json.loads(bad_frame(source, "stream_symbol_mismatch").combined)["stream"] == "btcusdt@trade"
+    with pytest.raises(ValueError, match="unknown bad-frame kind"):
+        bad_frame(source, "nonsense")
 
 
 def test_bad_frames_are_built_from_the_real_frame() -> None:
@@ -146,3 +205,6 @@ def test_faults_validate_and_normalise() -> None:
         Faults(disconnect_after=(0,))
     with pytest.raises(ConfigError, match="duplicate_every"):
         Faults(duplicate_every=-1)
+    assert Faults(adversarial_every=5).any
+    with pytest.raises(ConfigError, match="adversarial_every"):
+        Faults(adversarial_every=-1)

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from k2.emulator.faults import MALFORMED_KINDS, Faults, replay_frames
+from k2.emulator.faults import ADVERSARIAL_KINDS, EXPECTED_REASON, MALFORMED_KINDS, Faults, replay_frames
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, RecordingWriter, read_recording
 from k2.emulator.runner import EmulatorProcess
 from k2.emulator.server import BinanceEmulator, EmulatorThread, ReplayConfig
@@ -24,6 +24,7 @@ from tests.conftest import eventually, eventually_async
 
 BOTH = "/stream?streams=btcusdt@trade/ethusdt@trade"
 TOTAL, BTC, ETH = 34_419, 19_904, 14_515
+AFTER_RECORDING_US = 1_723_161_906_000_000  # a receive time just after the recording's last trade
 
 
 def _data(combined: bytes) -> bytes:
@@ -248,11 +249,41 @@ def test_faults_over_the_wire_match_the_pure_plan_and_the_parser_reasons() -> No
     assert injected["duplicate"] == TOTAL // 997
     assert injected["reorder"] == TOTAL // 1499
     assert sum(injected[k] for k in MALFORMED_KINDS) == (TOTAL + TOTAL // 997) // 701
-    batch = BinanceAdapter().parse(
-        [RawFrame(p, i) for i, p in enumerate(got)], first_platform_sequence=1, is_sample_data=True
+    batch = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
+        [RawFrame(p, AFTER_RECORDING_US + i) for i, p in enumerate(got)], first_platform_sequence=1, is_sample_data=True
     )
     assert Counter(r.reason for r in batch.rejected) == {RejectReason(k): injected[k] for k in MALFORMED_KINDS}
     assert batch.rows("trades") == TOTAL + injected["duplicate"]
+
+
+@pytest.mark.parametrize("path", ["/stream?streams=btcusdt@trade", "/ws/btcusdt@trade"])
+def test_adversarial_frames_reach_a_client_of_the_real_stream_even_when_they_name_a_foreign_one(path: str) -> None:
+    """Only btcusdt@trade is subscribed: every adversarial frame built from a BTCUSDT frame is still
+    delivered on it (including those naming a foreign stream or symbol), and the parser, subscribed
+    to BTCUSDT only, quarantines each with the reason its kind maps to."""
+    faults = Faults(adversarial_every=50)
+    plan = [o for o in replay_frames(read_recording(BUNDLED_BINANCE_TRADES), faults, {}) if o.stream == "btcusdt@trade"]
+    combined = path.startswith("/stream")
+
+    async def main() -> tuple[list[bytes], dict[str, int]]:
+        async with BinanceEmulator(ReplayConfig(faults=faults)) as emu, _connect(emu.url + path) as ws:
+            got = await _recv(ws, len(plan))
+            await asyncio.wait_for(emu.wait_finished(), 10)
+            return got, dict(emu.injected)
+
+    got, injected = asyncio.run(main())
+    assert got == [o.combined if combined else o.raw for o in plan]
+    sent_kinds = Counter(o.kind for o in plan if o.kind in ADVERSARIAL_KINDS)
+    assert set(sent_kinds) == set(ADVERSARIAL_KINDS), "every adversarial kind went to the BTCUSDT client"
+    assert all(injected[k] >= sent_kinds[k] for k in ADVERSARIAL_KINDS)
+    batch = BinanceAdapter(["BTCUSDT"]).parse(
+        [RawFrame(p, AFTER_RECORDING_US) for p in got], first_platform_sequence=1, is_sample_data=True
+    )
+    expected: Counter[RejectReason] = Counter()
+    for kind, n in sent_kinds.items():
+        expected[EXPECTED_REASON[kind]] += n
+    assert Counter(r.reason for r in batch.rejected) == expected
+    assert batch.rows("trades") == BTC
 
 
 @pytest.mark.parametrize("code", [None, 1011])

@@ -16,7 +16,9 @@ from k2.sources.binance import BinanceAdapter
 @pytest.fixture(scope="session")
 def trades(bundled_frames: list[RawFrame]) -> pa.RecordBatch:
     """The 34,419 bundled real trades as one canonical batch."""
-    parsed = BinanceAdapter().parse(bundled_frames, first_platform_sequence=1, is_sample_data=True)
+    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
+        bundled_frames, first_platform_sequence=1, is_sample_data=True
+    )
     return parsed.records[DataType.TRADES]
 
 

@@ -12,7 +12,7 @@ from k2.emulator.faults import Faults
 from k2.emulator.server import BinanceEmulator, ReplayConfig
 from k2.errors import BackfillError, SourceError
 from k2.services.backfill import BinanceRestClient, Page, TokenBucket
-from k2.sources.binance_rest import decode_historical_trades
+from k2.sources.binance_rest import parse_historical_trades
 
 FIRST_BTC_ID = 3735683259
 
@@ -112,7 +112,9 @@ def test_emulator_enforces_the_ip_weight_limit() -> None:
 
 def _trades(page: Page) -> list[int]:
     """An ``accept`` like backfill's: the body must parse and hold trades."""
-    ids = [t.id for t in decode_historical_trades(page.body)]
+    ids = parse_historical_trades(
+        page.body, "BTCUSDT", received_at_us=page.received_at_us, first_platform_sequence=0, is_sample_data=True
+    ).ids
     if not ids:
         raise SourceError("empty page")
     return ids

@@ -58,8 +58,13 @@ def test_rest_trades_parse_to_canonical_rows_marked_backfilled() -> None:
 
 
 def test_rest_row_equals_the_stream_row_of_the_same_trade_apart_from_vendor_data() -> None:
-    rest = parse_historical_trades(PAYLOAD, "BTCUSDT", received_at_us=5, first_platform_sequence=1, is_sample_data=True)
-    ws = BinanceAdapter().parse([RawFrame(WS_FRAME, 5)], first_platform_sequence=1, is_sample_data=True)
+    received = 1_723_161_256_000_000  # after the trades (a receive time before them would be out of range)
+    rest = parse_historical_trades(
+        PAYLOAD, "BTCUSDT", received_at_us=received, first_platform_sequence=1, is_sample_data=True
+    )
+    ws = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
+        [RawFrame(WS_FRAME, received)], first_platform_sequence=1, is_sample_data=True
+    )
     assert rest.batch is not None
     rest_row = rest.batch.to_pylist()[0]
     ws_row = next(iter(ws.records.values())).to_pylist()[0]

@@ -42,7 +42,7 @@ def _ws_frame(trade_id: int, t_us: int) -> RawFrame:
 def _trades() -> pa.Table:
     """BTCUSDT ids 10..14 on day 1 with 12 backfilled, 20 and 22 on day 2 (21 missing)."""
     frames = [_ws_frame(i, T0 + i * 1000) for i in (10, 11, 13, 14)] + [_ws_frame(i, T0 + DAY_US + i) for i in (20, 22)]
-    ws = BinanceAdapter().parse(frames, first_platform_sequence=1, is_sample_data=False)
+    ws = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(frames, first_platform_sequence=1, is_sample_data=False)
     rest = parse_historical_trades(
         b'[{"id":12,"price":"100.5","qty":"1","quoteQty":"100.5","time":%d,"isBuyerMaker":true,"isBestMatch":true}]'
         % ((T0 + 12_000) // 1000),

@@ -28,7 +28,7 @@ def _completeness() -> Completeness:
 
 
 def _ingest(completeness: Completeness, frames: list[RawFrame]) -> list[tuple[str, int]]:
-    parsed = BinanceAdapter().parse(frames, first_platform_sequence=1, is_sample_data=True)
+    parsed = BinanceAdapter(("BTCUSDT", "ETHUSDT")).parse(frames, first_platform_sequence=1, is_sample_data=True)
     batch: pa.RecordBatch | None = parsed.records.get(DataType.TRADES)
     if batch is None:  # a parser that quarantines the odd id: nothing reaches the tracker
         return []
@@ -43,7 +43,11 @@ def test_one_odd_frame_among_a_replay_writes_no_duplicate(bundled_frames: list[R
     completeness = _completeness()
     written = _ingest(completeness, bundled_frames[:3_000])
     odd = _with_id(bundled_frames[3_000], odd_id)
-    reached = BinanceAdapter().parse([odd], first_platform_sequence=1, is_sample_data=True).records.get(DataType.TRADES)
+    reached = (
+        BinanceAdapter(("BTCUSDT", "ETHUSDT"))
+        .parse([odd], first_platform_sequence=1, is_sample_data=True)
+        .records.get(DataType.TRADES)
+    )
     written += _ingest(completeness, [odd])
     written += _ingest(completeness, bundled_frames[:1_491])  # a replay: all duplicates
     written += _ingest(completeness, bundled_frames[3_001:3_500])  # the stream goes on

@@ -27,7 +27,9 @@ SPLIT = 20_000
 @pytest.fixture(scope="session")
 def recording(bundled_frames: list[RawFrame]) -> pa.Table:
     """The 34,419 bundled real Binance trades, parsed."""
-    parsed = BinanceAdapter().parse(bundled_frames, first_platform_sequence=0, is_sample_data=True)
+    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
+        bundled_frames, first_platform_sequence=0, is_sample_data=True
+    )
     return pa.Table.from_batches([parsed.records[DataType.TRADES]])
 
 

@@ -49,13 +49,21 @@ def _frames() -> list[RawFrame]:
 
 
 def test_extremes_parse_exactly() -> None:
-    batch = BinanceAdapter().parse(_frames(), first_platform_sequence=1, is_sample_data=False).records[DataType.TRADES]
+    batch = (
+        BinanceAdapter(["BTCUSDT", "ETHUSDT"])
+        .parse(_frames(), first_platform_sequence=1, is_sample_data=False)
+        .records[DataType.TRADES]
+    )
     got = [(r["price"], r["quantity"]) for r in batch.to_pylist()]
     assert got == [(Decimal(p), Decimal(q)) for p, q in EXTREMES]
 
 
 def test_extremes_round_trip_through_avro() -> None:
-    batch = BinanceAdapter().parse(_frames(), first_platform_sequence=1, is_sample_data=False).records[DataType.TRADES]
+    batch = (
+        BinanceAdapter(["BTCUSDT", "ETHUSDT"])
+        .parse(_frames(), first_platform_sequence=1, is_sample_data=False)
+        .records[DataType.TRADES]
+    )
     rows = batch.to_pylist()
     for row in rows:
         row["vendor_data"] = dict(row["vendor_data"])
@@ -70,7 +78,11 @@ def test_extremes_round_trip_through_avro() -> None:
 def test_extremes_round_trip_through_iceberg_and_duckdb(tmp_path: Path) -> None:
     lake = LakeSettings(warehouse=tmp_path)
     table = load_or_create_table(open_catalog(lake), lake, RecordKind.TRADES)
-    batch = BinanceAdapter().parse(_frames(), first_platform_sequence=1, is_sample_data=False).records[DataType.TRADES]
+    batch = (
+        BinanceAdapter(["BTCUSDT", "ETHUSDT"])
+        .parse(_frames(), first_platform_sequence=1, is_sample_data=False)
+        .records[DataType.TRADES]
+    )
     table.append(pa.Table.from_batches([batch]))
     files = [t.file.file_path.removeprefix("file://") for t in table.scan().plan_files()]
     assert all(pq.read_schema(f).field("price").type == pa.decimal128(38, 12) for f in files)
@@ -85,5 +97,7 @@ def test_extremes_round_trip_through_iceberg_and_duckdb(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", ["1.0000000000001", "100000000000000000000000000"])
 def test_values_beyond_the_column_are_rejected_not_rounded(value: str) -> None:
     payload = f'{{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"{value}","q":"1","T":1,"m":false}}'.encode()
-    parsed = BinanceAdapter().parse([RawFrame(payload, 1)], first_platform_sequence=1, is_sample_data=False)
+    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
+        [RawFrame(payload, 1)], first_platform_sequence=1, is_sample_data=False
+    )
     assert [r.reason.value for r in parsed.rejected] == ["invalid_number"]

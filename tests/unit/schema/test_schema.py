@@ -59,14 +59,18 @@ def test_arrow_schema_agrees_with_pyiceberg_derivation(bundled_frames: list[RawF
         for large, small in normalise.items():
             text = text.replace(large, small)
         assert str(ours.type) == text, ours.name
-    batch = BinanceAdapter().parse(bundled_frames[:10], first_platform_sequence=1, is_sample_data=True)
+    batch = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
+        bundled_frames[:10], first_platform_sequence=1, is_sample_data=True
+    )
     table = pa.Table.from_batches([batch.records[DataType.TRADES]])
     assert table.cast(derived).cast(TRADE_ARROW_SCHEMA).equals(table)
 
 
 def test_avro_schema_round_trips_a_parsed_trade_exactly(bundled_frames: list[RawFrame]) -> None:
     avro = fastavro.parse_schema(to_avro(TRADE))
-    batch = BinanceAdapter().parse(bundled_frames[:200], first_platform_sequence=1, is_sample_data=True)
+    batch = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
+        bundled_frames[:200], first_platform_sequence=1, is_sample_data=True
+    )
     rows = batch.records[DataType.TRADES].to_pylist()
     for row in rows:
         row["vendor_data"] = dict(row["vendor_data"])

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from k2.errors import ConfigError
 from k2.sources import DataType, RawFrame, RejectReason, load_adapter
 from k2.sources.binance import K2_NAMESPACE, BinanceAdapter, message_id, message_ids, parse_exchange_info
 from k2.sources.symbols import SymbolInfo, split_symbol_offline
@@ -28,7 +29,9 @@ def _frame(case: dict[str, Any]) -> RawFrame:
 
 @pytest.mark.parametrize("case", EXPECTED, ids=lambda c: f"{c['file']}:{c['line']}")
 def test_recorded_frame_parses_to_expected_values(case: dict[str, Any]) -> None:
-    parsed = BinanceAdapter().parse([_frame(case)], first_platform_sequence=41, is_sample_data=False)
+    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
+        [_frame(case)], first_platform_sequence=41, is_sample_data=False
+    )
     assert parsed.rejected == []
     (row,) = parsed.records[DataType.TRADES].to_pylist()
     assert row["message_id"] == str(uuid.uuid5(K2_NAMESPACE, f"BINANCE:{case['symbol']}:{case['trade_id']}"))
@@ -46,7 +49,9 @@ def test_recorded_frame_parses_to_expected_values(case: dict[str, Any]) -> None:
 
 
 def test_whole_recording_parses_exactly(bundled_frames: list[RawFrame]) -> None:
-    parsed = BinanceAdapter().parse(bundled_frames, first_platform_sequence=1, is_sample_data=True)
+    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
+        bundled_frames, first_platform_sequence=1, is_sample_data=True
+    )
     assert parsed.rejected == [] and parsed.control == 0
     table = parsed.records[DataType.TRADES]
     assert table.num_rows == 34_419
@@ -79,7 +84,7 @@ GOOD = b'{"e":"trade","E":1723161255343,"s":"BTCUSDT","t":1,"p":"1.5","q":"2","T
         (b"[1, 2, 3]", RejectReason.WRONG_TYPE),
         (GOOD.replace(b'"t":1,', b""), RejectReason.MISSING_FIELD),
         (
-            b'{"stream":"x@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,"q":"1","T":1,"m":true}}',
+            b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,"q":"1","T":1,"m":true}}',
             RejectReason.MISSING_FIELD,
         ),
         (b'{"foo":1}', RejectReason.MISSING_FIELD),
@@ -91,8 +96,12 @@ GOOD = b'{"e":"trade","E":1723161255343,"s":"BTCUSDT","t":1,"p":"1.5","q":"2","T
         (GOOD.replace(b'"p":"1.5"', b'"p":"-1.5"'), RejectReason.NON_POSITIVE),
         (GOOD.replace(b'"q":"2"', b'"q":"0.00000000"'), RejectReason.NON_POSITIVE),
         (
-            b'{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":1,"s":"BTCUSDT","a":5,"p":"1","q":"1"}}',
+            b'{"stream":"btcusdt@trade","data":{"e":"aggTrade","E":1,"s":"BTCUSDT","a":5,"p":"1","q":"1"}}',
             RejectReason.UNKNOWN_EVENT,
+        ),
+        (  # a stream the adapter did not subscribe to, whatever it holds
+            b'{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":1,"s":"BTCUSDT","a":5,"p":"1","q":"1"}}',
+            RejectReason.UNSUBSCRIBED,
         ),
         (GOOD.replace(b'"e":"trade"', b'"e":"kline"'), RejectReason.UNKNOWN_EVENT),
     ],
@@ -100,7 +109,9 @@ GOOD = b'{"e":"trade","E":1723161255343,"s":"BTCUSDT","t":1,"p":"1.5","q":"2","T
 def test_bad_frames_are_rejected_with_reason_and_good_ones_kept(payload: bytes, reason: RejectReason) -> None:
     good = _bad(GOOD)
     bad = _bad(payload)
-    parsed = BinanceAdapter().parse([good, bad, good], first_platform_sequence=1, is_sample_data=False)
+    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
+        [good, bad, good], first_platform_sequence=1, is_sample_data=False
+    )
     assert [(r.reason, r.frame) for r in parsed.rejected] == [(reason, bad)]
     assert parsed.rejected[0].detail
     assert parsed.rows(DataType.TRADES) == 2
@@ -108,13 +119,18 @@ def test_bad_frames_are_rejected_with_reason_and_good_ones_kept(payload: bytes, 
 
 
 def test_subscription_replies_are_control_not_errors() -> None:
-    parsed = BinanceAdapter().parse([_bad(b'{"result":null,"id":1}')], first_platform_sequence=1, is_sample_data=False)
+    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
+        [_bad(b'{"result":null,"id":1}')], first_platform_sequence=1, is_sample_data=False
+    )
     assert parsed.rejected == [] and parsed.control == 1 and parsed.records == {}
 
 
 def test_microsecond_time_unit() -> None:
-    payload = GOOD.replace(b'"T":1723161255342', b'"T":1723161255342123')
-    parsed = BinanceAdapter(time_unit="MICROSECOND").parse(
+    # With timeUnit=MICROSECOND Binance sends both times in µs.
+    payload = GOOD.replace(b'"T":1723161255342', b'"T":1723161255342123').replace(
+        b'"E":1723161255343', b'"E":1723161255343001'
+    )
+    parsed = BinanceAdapter(["BTCUSDT"], time_unit="MICROSECOND").parse(
         [_bad(payload)], first_platform_sequence=1, is_sample_data=False
     )
     (row,) = parsed.records[DataType.TRADES].to_pylist()
@@ -131,15 +147,26 @@ def test_message_id_is_uuid5() -> None:
 
 
 def test_stream_urls_respect_the_1024_stream_limit() -> None:
-    adapter = BinanceAdapter()
-    assert adapter.stream_urls("wss://stream.binance.com:9443", ["BTCUSDT", "ETHUSDT"], [DataType.TRADES]) == [
+    adapter = BinanceAdapter(["BTCUSDT", "ETHUSDT"])
+    assert adapter.stream_urls("wss://stream.binance.com:9443") == [
         "wss://stream.binance.com:9443/stream?streams=btcusdt@trade/ethusdt@trade"
     ]
-    urls = adapter.stream_urls("ws://h:1/", [f"S{i}USDT" for i in range(2049)], [DataType.TRADES])
+    assert adapter.subscribe_messages() == []
+    urls = BinanceAdapter([f"S{i}USDT" for i in range(2049)]).stream_urls("ws://h:1/")
     assert [u.count("@trade") for u in urls] == [1024, 1024, 1]
-    assert BinanceAdapter(time_unit="MICROSECOND").stream_urls("ws://h", ["A"], [DataType.TRADES]) == [
+    assert BinanceAdapter(["a"], [DataType.TRADES], time_unit="MICROSECOND").stream_urls("ws://h") == [
         "ws://h/stream?streams=a@trade&timeUnit=MICROSECOND"
     ]
+
+
+def test_the_subscription_is_upper_case_venue_symbols_and_never_empty() -> None:
+    adapter = BinanceAdapter(["btcusdt", "BTCUSDT", "ethusdt"])
+    assert adapter.symbols == ("BTCUSDT", "ETHUSDT") and adapter.data_types == (DataType.TRADES,)
+    assert adapter.stream_names() == ["btcusdt@trade", "ethusdt@trade"]
+    with pytest.raises(ConfigError, match="at least one symbol"):
+        BinanceAdapter([])
+    with pytest.raises(ConfigError, match="time_unit"):
+        BinanceAdapter(["BTCUSDT"], time_unit="SECOND")
 
 
 def test_base_and_quote_from_exchange_info_then_offline_fallback() -> None:
@@ -147,19 +174,18 @@ def test_base_and_quote_from_exchange_info_then_offline_fallback() -> None:
         b'{"timezone":"UTC","symbols":[{"symbol":"WBTCBTC","status":"TRADING","baseAsset":"WBTC","quoteAsset":"BTC"}]}'
     )
     assert info == {"WBTCBTC": SymbolInfo("WBTCBTC", "WBTC", "BTC")}
-    adapter = BinanceAdapter(symbol_info=info)
+    adapter = BinanceAdapter(["WBTCBTC"], symbol_info=info)
     assert adapter.symbol_info("WBTCBTC") == SymbolInfo("WBTCBTC", "WBTC", "BTC")
     assert adapter.symbol_info("ETHFDUSD") == SymbolInfo("ETHFDUSD", "ETH", "FDUSD")
     assert split_symbol_offline("BTCUSDT") == SymbolInfo("BTCUSDT", "BTC", "USDT")
     assert split_symbol_offline("USDT") == SymbolInfo("USDT", "USDT", "UNKNOWN")
 
 
-def test_registry_loads_adapters_by_name() -> None:
-    assert isinstance(load_adapter("Binance"), BinanceAdapter)
-    from k2.errors import ConfigError
-
+def test_registry_loads_adapters_by_name_with_their_subscription() -> None:
+    adapter = load_adapter("Binance", ["BTCUSDT"])
+    assert isinstance(adapter, BinanceAdapter) and adapter.symbols == ("BTCUSDT",)
     with pytest.raises(ConfigError, match="unknown venue 'nasdaq'"):
-        load_adapter("nasdaq")
+        load_adapter("nasdaq", ["BTCUSDT"])
 
 
 def test_fixture_files_exist() -> None:
