@@ -20,9 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
+from k2.feed.stamp import parse_canonical
 from k2.schema import TRADE_ARROW_SCHEMA
-from k2.sources.base import DataType, RawFrame
-from k2.sources.binance import EXCHANGE, BinanceAdapter, message_ids
+from k2.schema.kinds import RecordKind
+from k2.sources.base import RawFrame
+from k2.sources.binance import EXCHANGE, message_ids
 
 _VENDOR_TIME_KEYS = ("event_time", "trade_time")
 
@@ -45,8 +47,8 @@ class _Base:
 @cache
 def _base() -> _Base:
     frames = [RawFrame(f.frame.encode(), f.recv_us) for f in read_recording(BUNDLED_BINANCE_TRADES)]
-    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(frames, first_platform_sequence=0, is_sample_data=True)
-    batch = parsed.records[DataType.TRADES]
+    parsed = parse_canonical("binance", frames, symbols=["BTCUSDT", "ETHUSDT"], first_sequence=0, is_sample_data=True)
+    batch = parsed.records[RecordKind.TRADES]
     ids = batch.column("source_sequence").to_numpy()
     symbols = batch.column("symbol").to_pylist()
     spans: dict[str, int] = {}

@@ -37,19 +37,18 @@ import pyarrow as pa
 from k2.bus.serde import AvroDecoder, AvroEncoder
 from k2.config import K2Settings, KafkaSettings, LakeSettings
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
+from k2.feed.stamp import parse_canonical
 from k2.schema import TRADE, TRADE_ARROW_SCHEMA, to_arrow, to_avro
+from k2.schema.kinds import RecordKind
 from k2.schema.trade import TRADE_V3
-from k2.sources import DataType, RawFrame
-from k2.sources.binance import BinanceAdapter
+from k2.sources import RawFrame
 
 
 def recording() -> pa.RecordBatch:
     frames = [RawFrame(f.frame.encode(), f.recv_us) for f in read_recording(BUNDLED_BINANCE_TRADES)]
-    return (
-        BinanceAdapter(["BTCUSDT", "ETHUSDT"])
-        .parse(frames, first_platform_sequence=1, is_sample_data=True)
-        .records[DataType.TRADES]
-    )
+    return parse_canonical(
+        "binance", frames, symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=True
+    ).records[RecordKind.TRADES]
 
 
 def _rate(n: int, fn: Any, repeat: int) -> tuple[float, float, float]:

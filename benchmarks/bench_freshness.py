@@ -48,12 +48,12 @@ from k2.config import K2Settings, KafkaSettings, LakeSettings, SourceSettings
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
 from k2.emulator.runner import EmulatorProcess
 from k2.emulator.server import ReplayConfig
+from k2.feed.stamp import parse_canonical
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.logging import configure_logging
 from k2.query.engine import QueryEngine
 from k2.schema.kinds import RecordKind
-from k2.sources import DataType, RawFrame
-from k2.sources.binance import BinanceAdapter
+from k2.sources import RawFrame
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 Key = tuple[str, int]  # (symbol, source_sequence)
@@ -62,10 +62,14 @@ Key = tuple[str, int]  # (symbol, source_sequence)
 def first_trade_time_us() -> tuple[Key, int]:
     """The key and exchange time of the recording's first frame (the one the replay starts with)."""
     first = next(iter(read_recording(BUNDLED_BINANCE_TRADES)))
-    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
-        [RawFrame(first.frame.encode(), first.recv_us)], first_platform_sequence=1, is_sample_data=True
+    parsed = parse_canonical(
+        "binance",
+        [RawFrame(first.frame.encode(), first.recv_us)],
+        symbols=["BTCUSDT", "ETHUSDT"],
+        first_sequence=1,
+        is_sample_data=True,
     )
-    batch = parsed.records[DataType.TRADES]
+    batch = parsed.records[RecordKind.TRADES]
     key = (batch.column("symbol")[0].as_py(), batch.column("source_sequence")[0].as_py())
     return key, batch.column("timestamp").cast(pa.int64())[0].as_py()
 
@@ -274,7 +278,7 @@ def run_mode(args: argparse.Namespace, root: Path) -> Observed:
         emulator.start()
         services.append(emulator)
         if args.mode == "kafka":
-            topic = topic_name(settings.kafka.asset_class, DataType.TRADES.value, settings.source.venue)
+            topic = topic_name(settings.kafka.asset_class, RecordKind.TRADES.value, settings.source.venue)
             procs.append(_spawn(_consume_child, settings.model_dump_json()))
             _wait("the consumer group", _group_stable(settings))
             tail = KafkaTail(settings, topic, observed)

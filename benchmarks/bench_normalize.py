@@ -14,7 +14,8 @@ import statistics
 import time
 
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
-from k2.sources import DataType, RawFrame
+from k2.schema.kinds import RecordKind
+from k2.sources import RawFrame
 from k2.sources.binance import BinanceAdapter
 
 
@@ -31,7 +32,7 @@ def main() -> None:
         start = time.perf_counter()
         for i in range(0, len(frames), args.batch):
             parsed = adapter.parse(frames[i : i + args.batch], first_platform_sequence=i, is_sample_data=False)
-            rows += parsed.rows(DataType.TRADES)
+            rows += parsed.rows(RecordKind.TRADES)
         rates.append(rows / (time.perf_counter() - start))
     print(f"frames per pass: {len(frames)}, batch: {args.batch}, passes: {args.repeat}")
     print(f"normalize trades/s: median {statistics.median(rates):,.0f}  min {min(rates):,.0f}  max {max(rates):,.0f}")

@@ -19,13 +19,13 @@ from k2.emulator.runner import EmulatorProcess
 from k2.emulator.server import EmulatorThread, ReplayConfig
 from k2.logging import configure_logging
 from k2.sources.base import RawFrame
-from k2.sources.binance import BinanceAdapter
+from k2.sources.binance import BinanceParser, BinanceSymbols
 from k2.sources.session import WebSocketSession
 
 
 async def receive(base_url: str, frames: int) -> tuple[float, float]:
     """Receive ``frames`` frames: (frames per second, this process's CPU µs per frame)."""
-    url = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).stream_urls(base_url)[0]
+    url = BinanceParser(["BTCUSDT", "ETHUSDT"], rules=BinanceSymbols()).stream_urls(base_url)[0]
     session = WebSocketSession(url, venue="binance", settings=SourceSettings(max_connect_attempts=3))
     count = 0
     first = first_cpu = 0.0

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from k2.config import K2Settings, LakeSettings, SourceSettings
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
+from k2.feed.stamp import stamp
+from k2.schema.kinds import RecordKind
 from k2.sources.base import RawFrame
+from k2.sources.binance.parser import BinanceParser
+from k2.sources.binance.rest import parse_historical_trades
+from k2.sources.binance.symbols import BinanceSymbols
+from k2.sources.symbols import SymbolInfo
+from k2.sources.venue import FetchedTrades
 
 # Real services (kafka, kafka3, schema_registry, s3, postgres): see tests/integration/services/conftest.py.
 pytest_plugins = ("tests.integration.services.fixtures",)
@@ -66,3 +73,26 @@ def settings(tmp_path: Path) -> K2Settings:
         source=SourceSettings(symbols=("BTCUSDT", "ETHUSDT"), exchange_info_cache=tmp_path / "xinfo.json"),
         lake=LakeSettings(warehouse=tmp_path / "warehouse", flush_rows=5_000, flush_seconds=0.2),
     )
+
+
+def rest_trades(
+    payload: bytes, symbol: str, *, received_at_us: int, first: int = 1, sample: bool = True, **kwargs: Any
+) -> FetchedTrades:
+    """Binance's REST page parser, its rows stamped like a feed stamps them (platform sequence from
+    ``first``, ``is_sample_data`` = ``sample``)."""
+    got = parse_historical_trades(
+        payload, symbol, received_at_us=received_at_us, instrument=BinanceSymbols().instrument(symbol), **kwargs
+    )
+    batch = None if got.batch is None else stamp(RecordKind.TRADES, got.batch, first, sample)
+    return FetchedTrades(batch, got.ids, got.parsed)
+
+
+def binance_parser(
+    symbols: Sequence[str] = ("BTCUSDT", "ETHUSDT"),
+    kinds: Sequence[RecordKind] = (RecordKind.TRADES,),
+    *,
+    symbol_info: Mapping[str, SymbolInfo] | None = None,
+    **kwargs: Any,
+) -> BinanceParser:
+    """Binance's parser for ``symbols`` x ``kinds`` (offline symbol rules unless ``symbol_info``)."""
+    return BinanceParser(symbols, kinds, rules=BinanceSymbols(symbol_info), **kwargs)

@@ -45,12 +45,16 @@ class ValidationSettings(_Section):
 
 
 class SourceSettings(_Section):
-    """Where market data comes from."""
+    """Where market data comes from: a venue (k2.sources.VENUES), its symbols and the record kinds."""
 
     venue: str = "binance"
+    # Venue-native (BTCUSDT) or canonical (BTC/USDT) symbols; the venue validates them.
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
-    ws_url: str = "wss://stream.binance.com:9443"
-    rest_url: str = "https://api.binance.com"
+    # Record kinds to capture (k2.schema.kinds: trades, quotes); each must be one the venue serves.
+    kinds: tuple[str, ...] = ("trades", "quotes")
+    # None: the venue's own live URLs (k2.sources.<venue>.VENUE); set them to use e.g. the emulator.
+    ws_url: str | None = None
+    rest_url: str | None = None
     # Reconnect policy: exponential backoff with full jitter, capped.
     reconnect_initial_s: float = 0.5
     reconnect_max_s: float = 30.0
@@ -68,13 +72,20 @@ class SourceSettings(_Section):
 
     @field_validator("symbols")
     @classmethod
-    def _upper_symbols(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _symbols(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Trimmed, upper case, de-duplicated; the venue's rules validate them (k2.sources.venue)."""
         cleaned = tuple(dict.fromkeys(s.strip().upper() for s in value if s.strip()))
         if not cleaned:
             raise ValueError("at least one symbol is required")
-        for symbol in cleaned:
-            if not symbol.isalnum():
-                raise ValueError(f"invalid symbol {symbol!r}: letters and digits only")
+        return cleaned
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = ("trades", "quotes")
+        cleaned = tuple(dict.fromkeys(k.strip().lower() for k in value if k.strip()))
+        if not cleaned or any(k not in known for k in cleaned):
+            raise ValueError(f"kinds must be a non-empty subset of {', '.join(known)}, not {value!r}")
         return cleaned
 
 
@@ -212,6 +223,8 @@ class QualitySettings(_Section):
     max_future_s: float = Field(default=2.0, ge=0)
     max_lag_s: float = Field(default=30.0, gt=0)
     stale_after_s: float = Field(default=60.0, gt=0)
+    # Quotes: the last this many update ids per stream are remembered to tell a repeat from a late update.
+    quote_dedup_window: int = Field(default=10_000, ge=1)
 
 
 class ApiSettings(_Section):

@@ -22,10 +22,10 @@ from k2.config import K2Settings, LakeSettings, QualitySettings, SourceSettings
 from k2.emulator.faults import Faults, replay_frames, routable_frames
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
 from k2.emulator.server import BinanceEmulator, ReplayConfig
+from k2.feed.trades import TradeCompleteness as Completeness
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.query.engine import QueryEngine
 from k2.schema.kinds import RecordKind
-from k2.services.completeness import Completeness
 from k2.services.pipeline import EmbeddedPipeline
 from k2.services.quality_report import quality_report_dicts
 from tests.conftest import eventually_async

@@ -20,12 +20,13 @@ from k2.config import K2Settings
 from k2.emulator.faults import ADVERSARIAL_KINDS, EXPECTED_REASON, MALFORMED_KINDS, Faults
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
 from k2.emulator.server import BinanceEmulator, ReplayConfig
+from k2.feed.stamp import parse_canonical
 from k2.lake.quarantine import read_quarantine
 from k2.metrics import MESSAGES_REJECTED
 from k2.query.engine import QueryEngine
+from k2.schema.kinds import RecordKind
 from k2.services.pipeline import EmbeddedPipeline
-from k2.sources import DataType, RawFrame
-from k2.sources.binance import BinanceAdapter
+from k2.sources import RawFrame
 from tests.conftest import eventually_async
 
 pytestmark = pytest.mark.integration
@@ -135,17 +136,15 @@ def test_hostile_frames_among_real_ones_are_quarantined_and_k2_run_keeps_running
 def test_no_trade_time_can_crash_the_pipelines_bookkeeping(
     settings: K2Settings, bundled_frames: list[RawFrame]
 ) -> None:
-    """`_observe_symbols` works on integer microseconds: a row of year 10000 (which validation stops
-    before it gets there) would not crash it the way a Python datetime did."""
+    """The feed's per-symbol bookkeeping works on integer microseconds: a row of year 10000 (which
+    validation stops before it gets there) would not crash it the way a Python datetime did."""
     pipeline = EmbeddedPipeline(settings, ws_base_url="ws://127.0.0.1:9", is_sample_data=True)
-    batch = (
-        BinanceAdapter(["BTCUSDT", "ETHUSDT"])
-        .parse(bundled_frames[:10], first_platform_sequence=1, is_sample_data=True)
-        .records[DataType.TRADES]
-    )
+    batch = parse_canonical(
+        "binance", bundled_frames[:10], symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=True
+    ).records[RecordKind.TRADES]
     index = batch.schema.get_field_index("timestamp")
     year_10000 = pa.array([253_402_300_800_000_000] * batch.num_rows, pa.int64()).cast(batch.schema.field(index).type)
-    pipeline._observe_symbols(batch.set_column(index, batch.schema.field(index), year_10000))
+    pipeline.feed._observe_trades(batch.set_column(index, batch.schema.field(index), year_10000))
     assert sum(pipeline.stats.trades_by_symbol.values()) == 10
 
 

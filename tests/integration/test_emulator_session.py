@@ -21,9 +21,8 @@ from k2.emulator.server import BinanceEmulator, ReplayConfig
 from k2.errors import ExchangeUnreachable
 from k2.metrics import REGISTRY
 from k2.sources import RawFrame
-from k2.sources.binance import BinanceAdapter
 from k2.sources.session import WebSocketSession
-from tests.conftest import eventually_async
+from tests.conftest import binance_parser, eventually_async
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +31,7 @@ FAST = SourceSettings(reconnect_initial_s=0.02, reconnect_max_s=0.1, max_connect
 
 
 def _url(base: str) -> str:
-    return BinanceAdapter(["BTCUSDT", "ETHUSDT"]).stream_urls(base)[0]
+    return binance_parser(["BTCUSDT", "ETHUSDT"]).stream_urls(base)[0]
 
 
 def _reconnects(reason: str) -> float:

@@ -21,11 +21,11 @@ import pytest
 from k2.config import K2Settings
 from k2.emulator.faults import Faults
 from k2.emulator.server import EmulatorThread, ReplayConfig
+from k2.feed.stamp import parse_canonical
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.lake.writer import TableWriter
 from k2.schema.kinds import RecordKind
-from k2.sources import DataType, RawFrame
-from k2.sources.binance import BinanceAdapter
+from k2.sources import RawFrame
 from tests.conftest import eventually
 from tests.integration.test_completeness import TOTAL, _events, _recording, _run, _settings, _table_rows
 
@@ -69,11 +69,9 @@ def _start_run(settings: K2Settings, tmp_path: Path, emu: EmulatorThread) -> sub
 
 def _far_future_copy(frame: RawFrame) -> pa.RecordBatch:
     """The row of a real frame with its trade time moved to 2200 (what 4af7975 could store)."""
-    batch = (
-        BinanceAdapter(("BTCUSDT", "ETHUSDT"))
-        .parse([frame], first_platform_sequence=1, is_sample_data=True)
-        .records[DataType.TRADES]
-    )
+    batch = parse_canonical(
+        "binance", [frame], symbols=("BTCUSDT", "ETHUSDT"), first_sequence=1, is_sample_data=True
+    ).records[RecordKind.TRADES]
     i = batch.schema.get_field_index("timestamp")
     year_2200 = pa.array([datetime(2200, 1, 1, tzinfo=UTC)], batch.schema.field(i).type)
     return batch.set_column(i, batch.schema.field(i), year_2200)

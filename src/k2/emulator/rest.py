@@ -31,7 +31,7 @@ import msgspec
 
 from k2.emulator.faults import REST_BAD_BODY, REST_EMPTY_PAGE, Faults, routable_frames
 from k2.emulator.recording import read_recording
-from k2.sources.binance_rest import (
+from k2.sources.binance.rest import (
     EXCHANGE_INFO_PATH,
     HISTORICAL_TRADES_PATH,
     MAX_TRADES_LIMIT,

@@ -41,7 +41,9 @@ class Feed(Protocol):
     """One venue's part of a run (see :class:`k2.feed.feed.VenueFeed`)."""
 
     name: str
-    sessions: Sequence[WebSocketSession]
+
+    @property
+    def sessions(self) -> Sequence[WebSocketSession]: ...
 
     def parse(self, frames: list[RawFrame]) -> list[tuple[RecordKind, pa.RecordBatch]]:
         """Rows to store, per kind: parsed, rejects quarantined, duplicates dropped, columns stamped."""

@@ -4,7 +4,8 @@ table per flush, with the feed's checkpoint in the same snapshot summary.
 Rows are buffered per kind in memory; a flush hands the buffers to one background commit (at most
 one in flight, so commits land in the order rows were received) and parsing goes on meanwhile.
 Market kinds (trades, quotes) are committed first, quality events last, so an event never describes
-rows that are not committed yet (a RESOLVED gap's trades are committed before its RESOLVED row). A
+rows that are not committed yet (a RESOLVED gap's trades are committed before its RESOLVED row);
+only a gap's OPEN row goes before the rows (see :meth:`IcebergSink._commit`). A
 failed commit puts its rows back in front of the buffer (and holds the events back), so the next
 flush retries them; nothing is dropped. :func:`recovered_properties` reads a table's committed
 checkpoint back on start.
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
@@ -28,6 +30,7 @@ from k2.lake.writer import TableWriter
 from k2.logging import get_logger
 from k2.metrics import LAKE_COMMIT_FAILURES
 from k2.schema.kinds import RecordKind
+from k2.schema.quality_event import EventStatus
 
 log = get_logger(__name__)
 
@@ -45,6 +48,19 @@ def recovered_properties(table: Table, prefix: str = CHECKPOINT_PREFIX) -> dict[
             if key.startswith(prefix) and key not in found:
                 found[key] = value
     return found
+
+
+def _split_opened(batches: Sequence[pa.RecordBatch]) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+    """Quality-event rows with status OPEN, and the others."""
+    table = pa.Table.from_batches(batches).combine_chunks()
+    is_open = pc.equal(table.column("status"), EventStatus.OPEN.value)
+    opened, rest = table.filter(is_open), table.filter(pc.invert(is_open))
+    return _one_batch(opened), _one_batch(rest)
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    batches = table.combine_chunks().to_batches()
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
 
 
 class IcebergSink(Sink):
@@ -115,13 +131,27 @@ class IcebergSink(Sink):
 
     # --- internals ------------------------------------------------------------------------------
     async def _commit(self, taken: Mapping[RecordKind, tuple[list[pa.RecordBatch], int]], cp: Checkpoint) -> None:
+        """Commit each kind's rows; quality events after the rows they describe, except a gap's OPEN
+        row, which goes first: the trades may hold rows backfilled for it, and a crash between the
+        commits must not leave those rows without their gap's record (a restart settles an OPEN gap
+        whose rows are stored)."""
+        work = dict(taken)
+        events = work.pop(RecordKind.QUALITY_EVENTS, None)
+        if events is not None and len(work):
+            opened, rest = _split_opened(events[0])
+            if opened.num_rows and await self._append(RecordKind.QUALITY_EVENTS, [opened], opened.num_rows, {}):
+                events = ([rest], rest.num_rows) if rest.num_rows else None
         failed = False
-        for kind, (batches, rows) in taken.items():  # market kinds first, events last (dict order)
-            if kind is RecordKind.QUALITY_EVENTS and failed:
-                self._restore(kind, batches, rows)  # the rows these events describe are not committed
-                continue
+        for kind, (batches, rows) in work.items():  # market kinds, in the sink's order
             if not await self._append(kind, batches, rows, cp.for_kind(kind)):
                 failed = True
+        if events is not None:
+            if failed:  # the rows these events describe are not committed yet
+                self._restore(RecordKind.QUALITY_EVENTS, *events)
+            else:
+                await self._append(
+                    RecordKind.QUALITY_EVENTS, events[0], events[1], cp.for_kind(RecordKind.QUALITY_EVENTS)
+                )
         if failed:
             await asyncio.sleep(min(_MAX_BACKOFF_S, 0.5 * self.commit_failures))
 

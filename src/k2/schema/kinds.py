@@ -17,13 +17,21 @@ Table names are settings (``lake.trades_table``, ``lake.quotes_table``, ``lake.e
 ``lake.namespace``). Consume, intake, the lake, queries and metrics look a kind up here instead of
 branching on it. Adding a kind means declaring its record (``k2.schema``), adding a row here, and a parser in each
 venue that serves it. Pure data: no I/O, no pyiceberg objects (``k2.lake.catalog`` builds those).
+
+Every kind has two Arrow forms: the canonical one (:func:`canonical_schema`, what sinks and tables
+take) and the *wire form* (:func:`wire_schema`), the same without :data:`PIPELINE_COLUMNS`: what a
+venue parser outputs, before the feed drops duplicates and stamps the rest (``k2.feed.stamp``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 
+import pyarrow as pa
+
+from k2.schema.arrow import to_arrow
 from k2.schema.model import RecordSchema
 from k2.schema.quality_event import QUALITY_EVENT
 from k2.schema.quote import QUOTE
@@ -103,3 +111,23 @@ def spec(kind: RecordKind | str) -> KindSpec:
         return KINDS[RecordKind(kind)]
     except ValueError:
         raise KeyError(f"unknown record kind {kind!r}; known: {', '.join(k.value for k in RecordKind)}") from None
+
+
+PIPELINE_COLUMNS = ("platform_sequence", "is_sample_data")
+"""Columns K2 stamps after deduplication (:func:`k2.feed.stamp.stamp`); parsers never set them."""
+
+
+@cache
+def canonical_schema(kind: RecordKind) -> pa.Schema:
+    """The Arrow schema of ``kind``'s canonical record."""
+    return to_arrow(KINDS[kind].record)
+
+
+@cache
+def wire_schema(kind: RecordKind) -> pa.Schema:
+    """``kind``'s canonical Arrow schema without the pipeline columns: what a venue parser outputs."""
+    schema = canonical_schema(kind)
+    for name in PIPELINE_COLUMNS:
+        if name in schema.names:
+            schema = schema.remove(schema.get_field_index(name))
+    return schema

@@ -5,26 +5,25 @@ from __future__ import annotations
 import asyncio
 
 from k2.config import K2Settings
-from k2.errors import SourceError
 from k2.logging import get_logger
 from k2.services.lifecycle import run_until_stopped
 from k2.services.pipeline import EmbeddedPipeline, PipelineStats
-from k2.sources.exchange_info import load_exchange_info
+from k2.sources import load_venue
 from k2.sources.symbols import SymbolInfo
 
 log = get_logger(__name__)
 
 
 def resolve_symbol_info(settings: K2Settings) -> dict[str, SymbolInfo] | None:
-    """exchangeInfo (cached) for live runs; None (the documented offline fallback) when unreachable."""
-    source = settings.source
-    if source.venue != "binance":
+    """The venue's live symbol metadata (e.g. Binance exchangeInfo, cached) from its REST URL; None (the
+    venue's documented offline rule) when the venue has none or it cannot be had."""
+    venue = load_venue(settings.source.venue)
+    url = settings.source.rest_url or venue.rest_url
+    if venue.metadata is None or url is None:
         return None
-    try:
-        return load_exchange_info(source.rest_url, source.exchange_info_cache, source.exchange_info_ttl_s)
-    except SourceError as exc:
-        log.warning("exchange_info.offline_fallback", error=str(exc))
-        return None
+    loader = venue.load("metadata")
+    info: dict[str, SymbolInfo] | None = loader(settings, url)
+    return info
 
 
 async def run_pipeline(

@@ -17,13 +17,18 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from k2.config import ValidationSettings
+import pyarrow as pa
+
+from k2.config import K2Settings, ValidationSettings
 from k2.errors import ConfigError
 from k2.schema.kinds import RecordKind
 from k2.sources.base import ParsedBatch, RawFrame
-from k2.sources.symbols import Instrument
+from k2.sources.symbols import Instrument, SymbolInfo
+
+if TYPE_CHECKING:
+    from k2.quality.sequence import Gap
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,33 @@ ParserFactory = Callable[..., VenueParser]
 """``factory(symbols, kinds, *, rules, validation, is_sample_data) -> VenueParser``."""
 
 
+@dataclass(frozen=True, slots=True)
+class FetchedTrades:
+    """One REST page of trades, parsed: canonical rows in wire form (None when none passed), the
+    ids of those rows, and the page's rejected elements (quarantined like stream frames)."""
+
+    batch: pa.RecordBatch | None
+    ids: list[int]
+    parsed: ParsedBatch
+
+
+class TradeFetcher(Protocol):
+    """A venue's REST trade backfill (I/O). ``page`` answers trades of ``gap``'s stream with ids from
+    ``from_id`` on (at most ``limit``), retried through the venue's rate limits and transient faults;
+    :class:`~k2.errors.K2Error` when it gives up. Built by the venue's ``backfill`` factory:
+    ``factory(settings, rules, rest_url) -> TradeFetcher``."""
+
+    async def page(self, gap: Gap, from_id: int, limit: int) -> FetchedTrades: ...
+
+    def clock_us(self) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+SymbolRulesFactory = Callable[[Mapping[str, SymbolInfo] | None], SymbolRules]
+"""``factory(metadata)``: the venue's rules, with the symbol metadata fetched live (None: offline)."""
+
+
 @dataclass(frozen=True)
 class Venue:
     """One exchange, everything K2 needs of it (see the module docstring)."""
@@ -90,31 +122,48 @@ class Venue:
     streams: Mapping[RecordKind, str]  # kind -> the venue's stream/channel name (quality events' ``stream``)
     limits: ConnectionLimits
     parser: ParserFactory
-    symbols: SymbolRules
-    earliest_us: int  # nothing the venue sends can be older (its launch): the floor of every time check
-    backfill: str | None = None  # "module:factory" of its REST trade backfill (k2.feed.backfill.TradeFetcher)
+    symbol_rules: SymbolRulesFactory
+    metadata: str | None = None  # "module:loader" fetching live symbol metadata: loader(settings) -> {symbol: info}
+    backfill: str | None = None  # "module:factory" of its REST trade backfill (a TradeFetcher factory)
     emulator: str | None = None  # "module:Class" of its emulator protocol (k2.emulator)
+
+    def rules(self, metadata: Mapping[str, SymbolInfo] | None = None) -> SymbolRules:
+        """The venue's symbol rules (with live metadata when given, else its offline rule)."""
+        return self.symbol_rules(metadata)
+
+    def fetcher(self, settings: K2Settings, rules: SymbolRules, rest_url: str | None = None) -> TradeFetcher:
+        """Its REST trade backfill against ``rest_url`` (default: the settings' or the venue's URL)."""
+        factory = self.load("backfill")
+        url = rest_url or self.rest_url
+        if url is None:
+            raise ConfigError(f"venue {self.name!r} has no REST URL for backfill")
+        fetcher: TradeFetcher = factory(settings, rules, url)
+        return fetcher
 
     def build_parser(
         self,
         symbols: Sequence[str],
         kinds: Sequence[RecordKind],
         *,
+        rules: SymbolRules,
         validation: ValidationSettings,
         is_sample_data: bool,
+        **options: Any,
     ) -> VenueParser:
-        """A parser for ``symbols`` (validated, venue-native) x ``kinds`` (each one the venue serves)."""
+        """A parser for ``symbols`` (venue-native or canonical; validated by ``rules``) x ``kinds``
+        (each one the venue serves); ``options`` are the venue parser's own (e.g. Binance's
+        ``time_unit``)."""
         unknown = [k.value for k in kinds if k not in self.kinds]
         if unknown:
             served = ", ".join(k.value for k in self.kinds)
             raise ConfigError(f"{self.name} does not serve {', '.join(unknown)} (it serves {served})")
-        native = tuple(dict.fromkeys(self.symbols.native(s) for s in symbols))
+        native = tuple(dict.fromkeys(rules.native(s) for s in symbols))
         return self.parser(
-            native, tuple(kinds), rules=self.symbols, validation=validation, is_sample_data=is_sample_data
+            native, tuple(kinds), rules=rules, validation=validation, is_sample_data=is_sample_data, **options
         )
 
     def load(self, what: str) -> Any:
-        """The object named by this venue's ``backfill`` or ``emulator`` import path."""
+        """The object named by this venue's ``metadata``, ``backfill`` or ``emulator`` import path."""
         target = getattr(self, what)
         if target is None:
             raise ConfigError(f"venue {self.name!r} has no {what}")

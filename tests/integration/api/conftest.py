@@ -19,13 +19,13 @@ import pytest
 
 from k2.api.keys import KeyStore, Scope
 from k2.config import ApiSettings, K2Settings, LakeSettings, SourceSettings
+from k2.feed.stamp import parse_canonical
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.quality.records import QualityEventRow, events_batch
 from k2.schema.kinds import RecordKind
 from k2.schema.quality_event import EventKind, EventStatus
 from k2.services.serve import ApiServer
-from k2.sources.base import DataType, RawFrame
-from k2.sources.binance import BinanceAdapter
+from k2.sources.base import RawFrame
 
 SPLIT = 20_000
 US = 1_000_000
@@ -93,10 +93,10 @@ def api_lake(tmp_path_factory: pytest.TempPathFactory, bundled_frames: list[RawF
         lake=LakeSettings(warehouse=root / "warehouse"),
         api=ApiSettings(port=0, keys_file=root / "keys" / "api-keys.json"),
     )
-    parsed = BinanceAdapter(("BTCUSDT", "ETHUSDT")).parse(
-        bundled_frames, first_platform_sequence=1, is_sample_data=True
+    parsed = parse_canonical(
+        "binance", bundled_frames, symbols=("BTCUSDT", "ETHUSDT"), first_sequence=1, is_sample_data=True
     )
-    trades = pa.Table.from_batches([parsed.records[DataType.TRADES]])
+    trades = pa.Table.from_batches([parsed.records[RecordKind.TRADES]])
     catalog = open_catalog(settings.lake)
     table = load_or_create_table(catalog, settings.lake, RecordKind.TRADES)
     table.append(trades.slice(0, SPLIT))

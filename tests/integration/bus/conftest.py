@@ -27,12 +27,12 @@ from k2.bus.registry import SchemaRegistry
 from k2.bus.serde import AvroEncoder
 from k2.bus.topics import dlq_topic, topic_name, value_subject
 from k2.config import K2Settings, KafkaSettings, LakeSettings, SourceSettings
+from k2.feed.stamp import parse_canonical
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.schema import TRADE
 from k2.schema.kinds import RecordKind
 from k2.schema.model import RecordSchema
-from k2.sources import DataType, RawFrame
-from k2.sources.binance import BinanceAdapter
+from k2.sources import RawFrame
 from tests.integration.services.fixtures import KafkaService, RegistryService
 
 
@@ -80,11 +80,11 @@ def bus_settings(bus: Bus, tmp_path: Path) -> K2Settings:
 @pytest.fixture(scope="session")
 def recording_batch(bundled_frames: list[RawFrame]) -> pa.RecordBatch:
     """The bundled recording parsed to one canonical batch (34,419 trades)."""
-    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
-        bundled_frames, first_platform_sequence=1, is_sample_data=True
+    parsed = parse_canonical(
+        "binance", bundled_frames, symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=True
     )
     assert not parsed.rejected
-    return parsed.records[DataType.TRADES]
+    return parsed.records[RecordKind.TRADES]
 
 
 IGNORED = ("ingestion_timestamp", "platform_sequence")  # set by whichever process received the frame

@@ -14,10 +14,10 @@ from pyarrow import fs
 
 from k2.config import LakeSettings
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
+from k2.feed.stamp import parse_canonical
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.schema.kinds import RecordKind
-from k2.sources import DataType, RawFrame
-from k2.sources.binance import BinanceAdapter
+from k2.sources import RawFrame
 from tests.integration.services.fixtures import PostgresService, S3Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.services]
@@ -30,11 +30,9 @@ def test_trades_table_on_postgres_catalog_and_s3_warehouse(
 ) -> None:
     recording = list(read_recording(BUNDLED_BINANCE_TRADES))[:ROWS]
     frames = [RawFrame(r.frame.encode(), r.recv_us) for r in recording]
-    batch = (
-        BinanceAdapter(["BTCUSDT", "ETHUSDT"])
-        .parse(frames, first_platform_sequence=1, is_sample_data=True)
-        .records[DataType.TRADES]
-    )
+    batch = parse_canonical(
+        "binance", frames, symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=True
+    ).records[RecordKind.TRADES]
     namespace = f"md_{uuid.uuid4().hex[:8]}"
     prefix = f"wh-{namespace}"
     lake = LakeSettings(

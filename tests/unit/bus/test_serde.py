@@ -21,20 +21,21 @@ from k2.bus.serde import (
     unframe,
     unscaled_ints,
 )
+from k2.feed.stamp import parse_canonical
 from k2.schema import TRADE, TRADE_ARROW_SCHEMA, to_avro
+from k2.schema.kinds import RecordKind
 from k2.schema.trade import TRADE_V3
-from k2.sources import DataType, RawFrame
-from k2.sources.binance import BinanceAdapter
+from k2.sources import RawFrame
 
 SCHEMA_ID = 42
 
 
 @pytest.fixture(scope="module")
 def trades(bundled_frames: list[RawFrame]) -> pa.RecordBatch:
-    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
-        bundled_frames[:3_000], first_platform_sequence=1, is_sample_data=True
+    parsed = parse_canonical(
+        "binance", bundled_frames[:3_000], symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=True
     )
-    return parsed.records[DataType.TRADES]
+    return parsed.records[RecordKind.TRADES]
 
 
 def _reference_body(row: dict[str, Any]) -> bytes:

@@ -22,8 +22,8 @@ from k2.emulator.faults import (
 )
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, RecordedFrame, read_recording
 from k2.errors import ConfigError
+from k2.feed.stamp import parse_canonical
 from k2.sources import RawFrame, RejectReason
-from k2.sources.binance import BinanceAdapter
 
 FIRST = (
     '{"stream":"btcusdt@trade","data":{"e":"trade","E":1723161255343,"s":"BTCUSDT","t":3735683259,'
@@ -126,9 +126,11 @@ def test_each_bad_frame_kind_is_rejected_by_the_parser_with_its_expected_reason(
     # Parsed alongside the good frame it was built from: only the bad one is rejected.
     good = source.combined if form == "combined" else source.raw
     for is_sample_data in (True, False):
-        batch = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
+        batch = parse_canonical(
+            "binance",
             [RawFrame(good, RECEIVED_US), RawFrame(payload, RECEIVED_US)],
-            first_platform_sequence=1,
+            symbols=["BTCUSDT", "ETHUSDT"],
+            first_sequence=1,
             is_sample_data=is_sample_data,
         )
         assert [(r.reason, r.frame.payload) for r in batch.rejected] == [(EXPECTED_REASON[kind], payload)]

@@ -18,8 +18,8 @@ from k2.emulator.recording import BUNDLED_BINANCE_TRADES, RecordingWriter, read_
 from k2.emulator.runner import EmulatorProcess
 from k2.emulator.server import BinanceEmulator, EmulatorThread, ReplayConfig
 from k2.errors import ConfigError, RecordingError
+from k2.feed.stamp import parse_canonical
 from k2.sources import RawFrame, RejectReason
-from k2.sources.binance import BinanceAdapter
 from tests.conftest import eventually, eventually_async
 
 BOTH = "/stream?streams=btcusdt@trade/ethusdt@trade"
@@ -249,8 +249,12 @@ def test_faults_over_the_wire_match_the_pure_plan_and_the_parser_reasons() -> No
     assert injected["duplicate"] == TOTAL // 997
     assert injected["reorder"] == TOTAL // 1499
     assert sum(injected[k] for k in MALFORMED_KINDS) == (TOTAL + TOTAL // 997) // 701
-    batch = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
-        [RawFrame(p, AFTER_RECORDING_US + i) for i, p in enumerate(got)], first_platform_sequence=1, is_sample_data=True
+    batch = parse_canonical(
+        "binance",
+        [RawFrame(p, AFTER_RECORDING_US + i) for i, p in enumerate(got)],
+        symbols=["BTCUSDT", "ETHUSDT"],
+        first_sequence=1,
+        is_sample_data=True,
     )
     assert Counter(r.reason for r in batch.rejected) == {RejectReason(k): injected[k] for k in MALFORMED_KINDS}
     assert batch.rows("trades") == TOTAL + injected["duplicate"]
@@ -276,8 +280,12 @@ def test_adversarial_frames_reach_a_client_of_the_real_stream_even_when_they_nam
     sent_kinds = Counter(o.kind for o in plan if o.kind in ADVERSARIAL_KINDS)
     assert set(sent_kinds) == set(ADVERSARIAL_KINDS), "every adversarial kind went to the BTCUSDT client"
     assert all(injected[k] >= sent_kinds[k] for k in ADVERSARIAL_KINDS)
-    batch = BinanceAdapter(["BTCUSDT"]).parse(
-        [RawFrame(p, AFTER_RECORDING_US) for p in got], first_platform_sequence=1, is_sample_data=True
+    batch = parse_canonical(
+        "binance",
+        [RawFrame(p, AFTER_RECORDING_US) for p in got],
+        symbols=["BTCUSDT"],
+        first_sequence=1,
+        is_sample_data=True,
     )
     expected: Counter[RejectReason] = Counter()
     for kind, n in sent_kinds.items():

@@ -7,19 +7,19 @@ import pytest
 from pyiceberg.catalog import Catalog
 
 from k2.config import K2Settings, LakeSettings
+from k2.feed.stamp import parse_canonical
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.schema.kinds import RecordKind
-from k2.sources.base import DataType, RawFrame
-from k2.sources.binance import BinanceAdapter
+from k2.sources.base import RawFrame
 
 
 @pytest.fixture(scope="session")
 def trades(bundled_frames: list[RawFrame]) -> pa.RecordBatch:
     """The 34,419 bundled real trades as one canonical batch."""
-    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
-        bundled_frames, first_platform_sequence=1, is_sample_data=True
+    parsed = parse_canonical(
+        "binance", bundled_frames, symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=True
     )
-    return parsed.records[DataType.TRADES]
+    return parsed.records[RecordKind.TRADES]
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow as pa
 
 from k2.config import K2Settings
+from k2.feed.trades import TradeCompleteness as Completeness
 from k2.quality.records import QualityEventRow, events_batch, open_gaps
 from k2.quality.sequence import Seed, StreamKey, gap_id
 from k2.schema.quality_event import EventKind, EventStatus
-from k2.services.completeness import Completeness
 
 KEY = StreamKey("BINANCE", "BTCUSDT")
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from k2.cli import app
 from k2.config import K2Settings, LakeSettings
+from k2.feed.stamp import parse_canonical
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.lake.writer import TableWriter
 from k2.quality.records import QualityEventRow, events_batch
@@ -18,8 +19,7 @@ from k2.quality.report import REPORT_COLUMNS, build_report
 from k2.schema.kinds import RecordKind
 from k2.schema.quality_event import EventKind, EventStatus
 from k2.sources.base import RawFrame
-from k2.sources.binance import BinanceAdapter
-from k2.sources.binance_rest import parse_historical_trades
+from tests.conftest import rest_trades
 
 DAY_US = 86_400_000_000
 T0 = 19_943 * DAY_US  # 2024-08-08 00:00 UTC
@@ -42,12 +42,11 @@ def _ws_frame(trade_id: int, t_us: int) -> RawFrame:
 def _trades() -> pa.Table:
     """BTCUSDT ids 10..14 on day 1 with 12 backfilled, 20 and 22 on day 2 (21 missing)."""
     frames = [_ws_frame(i, T0 + i * 1000) for i in (10, 11, 13, 14)] + [_ws_frame(i, T0 + DAY_US + i) for i in (20, 22)]
-    ws = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(frames, first_platform_sequence=1, is_sample_data=False)
-    rest = parse_historical_trades(
+    ws = parse_canonical("binance", frames, symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=False)
+    rest = rest_trades(
         b'[{"id":12,"price":"100.5","qty":"1","quoteQty":"100.5","time":%d,"isBuyerMaker":true,"isBestMatch":true}]'
         % ((T0 + 12_000) // 1000),
-        "BTCUSDT", received_at_us=T0, first_platform_sequence=9, is_sample_data=False,
-    )  # fmt: skip
+        "BTCUSDT", received_at_us=T0, first=9, sample=False)  # fmt: skip
     assert rest.batch is not None
     return pa.Table.from_batches([*ws.records.values(), rest.batch])
 

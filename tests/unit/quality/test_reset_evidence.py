@@ -1,5 +1,5 @@
 """A venue reset is recognised by evidence, not by one odd id: real frames through the parser and
-:class:`~k2.services.completeness.Completeness`, with ids mutated to play an odd frame or a reset."""
+:class:`~k2.feed.trades.Completeness`, with ids mutated to play an odd frame or a reset."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pyarrow as pa
 import pytest
 
 from k2.config import K2Settings
+from k2.feed.stamp import parse_canonical
+from k2.feed.trades import TradeCompleteness as Completeness
+from k2.schema.kinds import RecordKind
 from k2.schema.quality_event import EventKind
-from k2.services.completeness import Completeness
-from k2.sources import DataType, RawFrame
-from k2.sources.binance import BinanceAdapter
+from k2.sources import RawFrame
 
 
 def _with_id(frame: RawFrame, trade_id: int) -> RawFrame:
@@ -28,8 +29,8 @@ def _completeness() -> Completeness:
 
 
 def _ingest(completeness: Completeness, frames: list[RawFrame]) -> list[tuple[str, int]]:
-    parsed = BinanceAdapter(("BTCUSDT", "ETHUSDT")).parse(frames, first_platform_sequence=1, is_sample_data=True)
-    batch: pa.RecordBatch | None = parsed.records.get(DataType.TRADES)
+    parsed = parse_canonical("binance", frames, symbols=("BTCUSDT", "ETHUSDT"), first_sequence=1, is_sample_data=True)
+    batch: pa.RecordBatch | None = parsed.records.get(RecordKind.TRADES)
     if batch is None:  # a parser that quarantines the odd id: nothing reaches the tracker
         return []
     out = completeness.ingest(batch, now_us=0)
@@ -43,11 +44,9 @@ def test_one_odd_frame_among_a_replay_writes_no_duplicate(bundled_frames: list[R
     completeness = _completeness()
     written = _ingest(completeness, bundled_frames[:3_000])
     odd = _with_id(bundled_frames[3_000], odd_id)
-    reached = (
-        BinanceAdapter(("BTCUSDT", "ETHUSDT"))
-        .parse([odd], first_platform_sequence=1, is_sample_data=True)
-        .records.get(DataType.TRADES)
-    )
+    reached = parse_canonical(
+        "binance", [odd], symbols=("BTCUSDT", "ETHUSDT"), first_sequence=1, is_sample_data=True
+    ).records.get(RecordKind.TRADES)
     written += _ingest(completeness, [odd])
     written += _ingest(completeness, bundled_frames[:1_491])  # a replay: all duplicates
     written += _ingest(completeness, bundled_frames[3_001:3_500])  # the stream goes on

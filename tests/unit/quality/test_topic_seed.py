@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from k2.bus.tail import Tail
-from k2.services.completeness import topic_seed, unplaced
+from k2.feed.trades import topic_seed, unplaced
 
 
 def _tail(rows: list[tuple[str, int, bool]], *, partition: int = 0, whole: bool = False, partitions: int = 1) -> Tail:

@@ -12,12 +12,12 @@ from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.transforms import DayTransform, IdentityTransform
 
 from k2.config import LakeSettings
+from k2.feed.stamp import parse_canonical
 from k2.lake.catalog import TABLE_PROPERTIES, load_or_create_table, open_catalog
 from k2.query import QueryEngine
 from k2.schema import TRADE, to_iceberg
 from k2.schema.kinds import RecordKind
-from k2.sources.base import DataType, RawFrame
-from k2.sources.binance import BinanceAdapter
+from k2.sources.base import RawFrame
 
 # The recording is appended in two commits split here (rows are in time order), so the table has
 # two snapshots and two files in the partitions the split crosses (see test_planning.py).
@@ -27,10 +27,10 @@ SPLIT = 20_000
 @pytest.fixture(scope="session")
 def recording(bundled_frames: list[RawFrame]) -> pa.Table:
     """The 34,419 bundled real Binance trades, parsed."""
-    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
-        bundled_frames, first_platform_sequence=0, is_sample_data=True
+    parsed = parse_canonical(
+        "binance", bundled_frames, symbols=["BTCUSDT", "ETHUSDT"], first_sequence=0, is_sample_data=True
     )
-    return pa.Table.from_batches([parsed.records[DataType.TRADES]])
+    return pa.Table.from_batches([parsed.records[RecordKind.TRADES]])
 
 
 def fill(catalog: Catalog, lake: LakeSettings, data: pa.Table) -> None:

@@ -22,11 +22,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from k2.config import LakeSettings
+from k2.feed.stamp import parse_canonical
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.schema import TRADE, to_avro
 from k2.schema.kinds import RecordKind
-from k2.sources import DataType, RawFrame
-from k2.sources.binance import BinanceAdapter
+from k2.sources import RawFrame
 
 EXTREMES = [
     ("0.00000001", "91157243281.00000000"),
@@ -49,21 +49,17 @@ def _frames() -> list[RawFrame]:
 
 
 def test_extremes_parse_exactly() -> None:
-    batch = (
-        BinanceAdapter(["BTCUSDT", "ETHUSDT"])
-        .parse(_frames(), first_platform_sequence=1, is_sample_data=False)
-        .records[DataType.TRADES]
-    )
+    batch = parse_canonical(
+        "binance", _frames(), symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=False
+    ).records[RecordKind.TRADES]
     got = [(r["price"], r["quantity"]) for r in batch.to_pylist()]
     assert got == [(Decimal(p), Decimal(q)) for p, q in EXTREMES]
 
 
 def test_extremes_round_trip_through_avro() -> None:
-    batch = (
-        BinanceAdapter(["BTCUSDT", "ETHUSDT"])
-        .parse(_frames(), first_platform_sequence=1, is_sample_data=False)
-        .records[DataType.TRADES]
-    )
+    batch = parse_canonical(
+        "binance", _frames(), symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=False
+    ).records[RecordKind.TRADES]
     rows = batch.to_pylist()
     for row in rows:
         row["vendor_data"] = dict(row["vendor_data"])
@@ -78,11 +74,9 @@ def test_extremes_round_trip_through_avro() -> None:
 def test_extremes_round_trip_through_iceberg_and_duckdb(tmp_path: Path) -> None:
     lake = LakeSettings(warehouse=tmp_path)
     table = load_or_create_table(open_catalog(lake), lake, RecordKind.TRADES)
-    batch = (
-        BinanceAdapter(["BTCUSDT", "ETHUSDT"])
-        .parse(_frames(), first_platform_sequence=1, is_sample_data=False)
-        .records[DataType.TRADES]
-    )
+    batch = parse_canonical(
+        "binance", _frames(), symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=False
+    ).records[RecordKind.TRADES]
     table.append(pa.Table.from_batches([batch]))
     files = [t.file.file_path.removeprefix("file://") for t in table.scan().plan_files()]
     assert all(pq.read_schema(f).field("price").type == pa.decimal128(38, 12) for f in files)
@@ -97,7 +91,7 @@ def test_extremes_round_trip_through_iceberg_and_duckdb(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", ["1.0000000000001", "100000000000000000000000000"])
 def test_values_beyond_the_column_are_rejected_not_rounded(value: str) -> None:
     payload = f'{{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"{value}","q":"1","T":1,"m":false}}'.encode()
-    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
-        [RawFrame(payload, 1)], first_platform_sequence=1, is_sample_data=False
+    parsed = parse_canonical(
+        "binance", [RawFrame(payload, 1)], symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=False
     )
     assert [r.reason.value for r in parsed.rejected] == ["invalid_number"]

@@ -10,10 +10,11 @@ import pyarrow as pa
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.types import DecimalType, ListType, MapType, TimestamptzType
 
+from k2.feed.stamp import parse_canonical
 from k2.schema import TRADE, TRADE_ARROW_SCHEMA, to_avro, to_iceberg
 from k2.schema.golden import GOLDEN_DIR, golden_files
-from k2.sources import DataType, RawFrame
-from k2.sources.binance import BinanceAdapter
+from k2.schema.kinds import RecordKind
+from k2.sources import RawFrame
 
 PROTOTYPE_FIELDS = [
     "message_id", "trade_id", "symbol", "exchange", "asset_class", "timestamp", "price", "quantity",
@@ -59,19 +60,19 @@ def test_arrow_schema_agrees_with_pyiceberg_derivation(bundled_frames: list[RawF
         for large, small in normalise.items():
             text = text.replace(large, small)
         assert str(ours.type) == text, ours.name
-    batch = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
-        bundled_frames[:10], first_platform_sequence=1, is_sample_data=True
+    batch = parse_canonical(
+        "binance", bundled_frames[:10], symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=True
     )
-    table = pa.Table.from_batches([batch.records[DataType.TRADES]])
+    table = pa.Table.from_batches([batch.records[RecordKind.TRADES]])
     assert table.cast(derived).cast(TRADE_ARROW_SCHEMA).equals(table)
 
 
 def test_avro_schema_round_trips_a_parsed_trade_exactly(bundled_frames: list[RawFrame]) -> None:
     avro = fastavro.parse_schema(to_avro(TRADE))
-    batch = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
-        bundled_frames[:200], first_platform_sequence=1, is_sample_data=True
+    batch = parse_canonical(
+        "binance", bundled_frames[:200], symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=True
     )
-    rows = batch.records[DataType.TRADES].to_pylist()
+    rows = batch.records[RecordKind.TRADES].to_pylist()
     for row in rows:
         row["vendor_data"] = dict(row["vendor_data"])
     buf = io.BytesIO()

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from k2.config import K2Settings, SourceSettings, ValidationSettings
-from k2.sources import DataType, ParsedBatch, RawFrame, RejectReason, load_adapter
-from k2.sources.binance import BinanceAdapter
-from k2.sources.binance_rest import parse_historical_trades
-from tests.conftest import FIXTURES
+from k2.schema.kinds import RecordKind
+from k2.sources import ParsedBatch, RawFrame, RejectReason, load_venue
+from k2.sources.binance import BinanceParser, BinanceSymbols
+from tests.conftest import FIXTURES, binance_parser, rest_trades
 
 BINANCE = FIXTURES / "binance"
 # Real frames (tests/fixtures/binance/README.md): a BTCUSDT combined-stream frame and a REST page.
@@ -32,8 +32,8 @@ T = 1723161255342  # REAL's trade time (ms)
 YEAR_10000_MS = 253_402_300_800_000
 
 
-def _adapter() -> BinanceAdapter:
-    return BinanceAdapter(["BTCUSDT", "ETHUSDT"])
+def _adapter(is_sample_data: bool = False) -> BinanceParser:
+    return binance_parser(["BTCUSDT", "ETHUSDT"], is_sample_data=is_sample_data)
 
 
 def _mutated(change: Callable[[dict[str, Any]], Any]) -> bytes:
@@ -50,14 +50,14 @@ def _set(**fields: Any) -> Callable[[dict[str, Any]], None]:
 def _parse(payload: bytes, *, is_sample_data: bool = False) -> ParsedBatch:
     """The hostile frame between two real ones, as a batch arrives."""
     frames = [RawFrame(REAL, RECEIVED_US), RawFrame(payload, RECEIVED_US), RawFrame(REAL_NEXT, RECEIVED_US)]
-    return _adapter().parse(frames, first_platform_sequence=1, is_sample_data=is_sample_data)
+    return _adapter(is_sample_data).parse(frames)
 
 
 def _assert_quarantined(parsed: ParsedBatch, payload: bytes, reason: RejectReason) -> None:
     assert [(r.reason, r.frame.payload) for r in parsed.rejected] == [(reason, payload)]
     assert parsed.rejected[0].detail
     # Nothing of the hostile frame is stored: only the two real trades, exactly as recorded.
-    rows = parsed.records[DataType.TRADES].to_pylist()
+    rows = parsed.records[RecordKind.TRADES].to_pylist()
     assert [r["trade_id"] for r in rows] == ["3735683259", "3735683305"]
     assert [r["price"] for r in rows] == [Decimal("61837.63000000"), Decimal("61828.02000000")]
 
@@ -126,7 +126,7 @@ def test_live_frames_older_than_the_max_age_are_quarantined_but_replays_are_not(
     day_old = _mutated(_set(T=T - 86_400_000, E=T - 86_400_000))
     _assert_quarantined(_parse(day_old), day_old, RejectReason.OUT_OF_RANGE)
     replayed = _parse(day_old, is_sample_data=True)  # a recording is old by design
-    assert replayed.rejected == [] and replayed.rows(DataType.TRADES) == 3
+    assert replayed.rejected == [] and replayed.rows(RecordKind.TRADES) == 3
 
 
 def test_the_window_edges_are_inclusive_and_exact() -> None:
@@ -134,28 +134,27 @@ def test_the_window_edges_are_inclusive_and_exact() -> None:
     latest_ms = (RECEIVED_US + 300_000_000) // 1000
     oldest_ms = -(-(RECEIVED_US - 3_600_000_000) // 1000)
     for ms, stored in ((latest_ms, True), (latest_ms + 1, False), (oldest_ms, True), (oldest_ms - 1, False)):
-        parsed = _adapter().parse(
-            [RawFrame(_mutated(_set(T=ms, E=ms)), RECEIVED_US)], first_platform_sequence=1, is_sample_data=False
-        )
-        assert parsed.rows(DataType.TRADES) == int(stored), ms
+        parsed = _adapter().parse([RawFrame(_mutated(_set(T=ms, E=ms)), RECEIVED_US)])
+        assert parsed.rows(RecordKind.TRADES) == int(stored), ms
 
 
 def test_the_window_comes_from_source_validation_settings() -> None:
     settings = K2Settings(source=SourceSettings(validation=ValidationSettings(max_future_s=0, max_age_s=None)))
-    adapter = load_adapter("binance", settings.source.symbols, validation=settings.source.validation)
+    adapter = load_venue("binance").build_parser(
+        settings.source.symbols, [RecordKind.TRADES], rules=BinanceSymbols(), validation=settings.source.validation,
+        is_sample_data=False,
+    )  # fmt: skip
     ahead = _mutated(_set(T=RECEIVED_US // 1000 + 1))
     day_old = _mutated(_set(T=T - 86_400_000, E=T - 86_400_000))
-    parsed = adapter.parse([RawFrame(ahead, RECEIVED_US), RawFrame(day_old, RECEIVED_US)], first_platform_sequence=1,
-                           is_sample_data=False)  # fmt: skip
+    parsed = adapter.parse([RawFrame(ahead, RECEIVED_US), RawFrame(day_old, RECEIVED_US)])
     assert [(r.reason, r.frame.payload) for r in parsed.rejected] == [(RejectReason.OUT_OF_RANGE, ahead)]
-    assert parsed.rows(DataType.TRADES) == 1  # no maximum age: the day-old frame is stored
+    assert parsed.rows(RecordKind.TRADES) == 1  # no maximum age: the day-old frame is stored
 
 
 def _rest(page: list[dict[str, Any]]) -> Any:
-    return parse_historical_trades(
+    return rest_trades(
         json.dumps(page, ensure_ascii=False).encode(), "BTCUSDT", received_at_us=RECEIVED_US,
-        first_platform_sequence=1, is_sample_data=False,
-    )  # fmt: skip
+        first=1, sample=False)  # fmt: skip
 
 
 REST_HOSTILE: dict[str, tuple[dict[str, Any], RejectReason]] = {
@@ -194,8 +193,7 @@ def test_a_rest_element_that_is_not_an_object_is_quarantined() -> None:
 
 def test_rest_backfill_of_an_old_gap_has_no_max_age() -> None:
     """A gap found after a day of downtime is fetched a day late: its trades are old by design."""
-    got = parse_historical_trades(
+    got = rest_trades(
         json.dumps(REST_PAGE[:2]).encode(), "BTCUSDT", received_at_us=RECEIVED_US + 86_400_000_000,
-        first_platform_sequence=1, is_sample_data=False,
-    )  # fmt: skip
+        first=1, sample=False)  # fmt: skip
     assert got.ids == [3735683259, 3735683260] and got.parsed.rejected == []

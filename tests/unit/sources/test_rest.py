@@ -1,9 +1,10 @@
-"""Request-weight limiter and the Binance REST client against the emulator's REST side (real sockets)."""
+"""Request-weight limiter and the REST client (with Binance's weights) against the emulator's REST side."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -11,10 +12,26 @@ import pytest
 from k2.emulator.faults import Faults
 from k2.emulator.server import BinanceEmulator, ReplayConfig
 from k2.errors import BackfillError, SourceError
-from k2.services.backfill import BinanceRestClient, Page, TokenBucket
-from k2.sources.binance_rest import parse_historical_trades
+from k2.sources.binance.rest import HISTORICAL_TRADES_PATH, RATE_LIMIT_STATUSES, REQUEST_WEIGHT
+from k2.sources.rest import Page, RestClient, TokenBucket
+from tests.conftest import rest_trades
 
 FIRST_BTC_ID = 3735683259
+
+
+def _client(url: str, limiter: TokenBucket, **kwargs: Any) -> RestClient:
+    """The client as Binance's backfill builds it (request weights, 429/418 as rate limits)."""
+    return RestClient(
+        url, limiter, venue="binance", weights=REQUEST_WEIGHT, rate_limit_statuses=RATE_LIMIT_STATUSES, **kwargs
+    )
+
+
+def _params(symbol: str, from_id: int, limit: int) -> dict[str, str]:
+    return {"symbol": symbol, "fromId": str(from_id), "limit": str(limit)}
+
+
+def _page(page: Page) -> Page:
+    return page
 
 
 class FakeClock:
@@ -43,11 +60,11 @@ async def _fetch(
     faults: Faults, limiter: TokenBucket, pages: int, attempts: int = 8
 ) -> tuple[list[int], list[tuple[float, int]]]:
     async with BinanceEmulator(ReplayConfig(faults=faults)) as emu:
-        async with BinanceRestClient(emu.http_url, limiter, attempts=attempts) as client:
+        async with _client(emu.http_url, limiter, attempts=attempts) as client:
             ids: list[int] = []
             from_id = FIRST_BTC_ID
             for _ in range(pages):
-                page = await client.historical_trades("BTCUSDT", from_id, 100)
+                page = await client.get(HISTORICAL_TRADES_PATH, _params("BTCUSDT", from_id, 100), _page)
                 got = [t["id"] for t in json.loads(page.body)]
                 ids += got
                 from_id = got[-1] + 1
@@ -85,9 +102,9 @@ def test_client_gives_up_after_its_attempts_and_on_client_errors() -> None:
     async def bad_symbol() -> None:
         async with (
             BinanceEmulator(ReplayConfig()) as emu,
-            BinanceRestClient(emu.http_url, TokenBucket(1000.0, 1000.0)) as client,
+            _client(emu.http_url, TokenBucket(1000.0, 1000.0)) as client,
         ):
-            await client.historical_trades("NOPE", 1, 10)
+            await client.get(HISTORICAL_TRADES_PATH, _params("NOPE", 1, 10), _page)
 
     with pytest.raises(BackfillError, match=r"HTTP 400 .*Invalid symbol"):
         asyncio.run(bad_symbol())
@@ -112,9 +129,7 @@ def test_emulator_enforces_the_ip_weight_limit() -> None:
 
 def _trades(page: Page) -> list[int]:
     """An ``accept`` like backfill's: the body must parse and hold trades."""
-    ids = parse_historical_trades(
-        page.body, "BTCUSDT", received_at_us=page.received_at_us, first_platform_sequence=0, is_sample_data=True
-    ).ids
+    ids = rest_trades(page.body, "BTCUSDT", received_at_us=page.received_at_us, first=0, sample=True).ids
     if not ids:
         raise SourceError("empty page")
     return ids
@@ -128,8 +143,8 @@ def test_client_retries_a_broken_body_an_empty_page_and_a_slow_answer() -> None:
     async def run() -> tuple[list[int], list[int], int]:
         async with BinanceEmulator(ReplayConfig(faults=faults)) as emu:
             limiter = TokenBucket(10_000.0, 10_000.0)
-            async with BinanceRestClient(emu.http_url, limiter, attempts=4, timeout_s=0.3) as client:
-                ids = await client.historical_trades_as("BTCUSDT", FIRST_BTC_ID, 5, _trades)
+            async with _client(emu.http_url, limiter, attempts=4, timeout_s=0.3) as client:
+                ids = await client.get(HISTORICAL_TRADES_PATH, _params("BTCUSDT", FIRST_BTC_ID, 5), _trades)
                 return ids, [r.status for r in emu.rest.requests], client.retries
 
     ids, statuses, retries = asyncio.run(run())
@@ -143,9 +158,9 @@ def test_client_gives_up_on_bad_answers_after_its_attempts() -> None:
     async def run() -> None:
         async with (
             BinanceEmulator(ReplayConfig(faults=faults)) as emu,
-            BinanceRestClient(emu.http_url, TokenBucket(1000.0, 1000.0), attempts=2) as client,
+            _client(emu.http_url, TokenBucket(1000.0, 1000.0), attempts=2) as client,
         ):
-            await client.historical_trades_as("BTCUSDT", FIRST_BTC_ID, 5, _trades)
+            await client.get(HISTORICAL_TRADES_PATH, _params("BTCUSDT", FIRST_BTC_ID, 5), _trades)
 
     with pytest.raises(BackfillError, match=r"failed after 2 attempts: bad answer .*empty page"):
         asyncio.run(run())

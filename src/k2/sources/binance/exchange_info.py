@@ -1,6 +1,6 @@
 """Binance exchangeInfo (base/quote assets per symbol), fetched over verified TLS and cached on disk.
 
-This is the I/O edge around the pure :func:`k2.sources.binance.parse_exchange_info`. When the
+This is the I/O edge around the pure :func:`k2.sources.binance.symbols.parse_exchange_info`. When the
 exchange cannot be reached and no cache exists, callers fall back to
 :func:`k2.sources.symbols.split_symbol_offline` (see docs/sources.md).
 """
@@ -16,9 +16,10 @@ from pathlib import Path
 import certifi
 import msgspec
 
+from k2.config import K2Settings
 from k2.errors import SourceError
 from k2.logging import get_logger
-from k2.sources.binance import parse_exchange_info
+from k2.sources.binance.symbols import parse_exchange_info
 from k2.sources.symbols import SymbolInfo
 
 log = get_logger(__name__)
@@ -50,3 +51,14 @@ def load_exchange_info(rest_url: str, cache: Path, ttl_s: float, timeout_s: floa
     cache.write_bytes(body)
     log.info("exchange_info.fetched", url=url, symbols=len(info))
     return info
+
+
+def load_symbol_metadata(settings: K2Settings, rest_url: str) -> dict[str, SymbolInfo] | None:
+    """The venue's ``metadata`` loader: exchangeInfo (cached) from ``rest_url``; None (the offline rule)
+    when it cannot be had."""
+    source = settings.source
+    try:
+        return load_exchange_info(rest_url, source.exchange_info_cache, source.exchange_info_ttl_s)
+    except SourceError as exc:
+        log.warning("exchange_info.offline_fallback", error=str(exc))
+        return None

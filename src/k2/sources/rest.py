@@ -1,14 +1,14 @@
-"""Backfill over the venue's REST API: a request-weight token bucket and a Binance trades client.
+"""The rate-limited REST client every venue's backfill uses: a request-weight token bucket and retries.
 
-:class:`TokenBucket` spends Binance *request weight* (``historicalTrades`` costs 25 of the 6000 per
-minute an IP may use): a request waits until the bucket holds its weight, and a ``Retry-After``
-from the venue pauses every request until it has passed. Over any interval ``T`` the weight spent
-is at most ``burst + rate * T``. :class:`BinanceRestClient` pages through
-``/api/v3/historicalTrades`` with ``fromId``; HTTP 429/418 and 5xx are retried after
-``Retry-After`` (or a capped backoff), and so are network errors, timeouts and a 200 answer that
-the caller's ``accept`` refuses (a broken body, an empty page where trades must exist); other
-statuses fail the page with :class:`~k2.errors.BackfillError`. TLS is verified against certifi's
-CA bundle.
+:class:`TokenBucket` spends a venue's *request weight* (Binance's ``historicalTrades`` costs 25 of
+the 6000 per minute an IP may use; a venue that counts requests gives each weight 1): a request
+waits until the bucket holds its weight, and a ``Retry-After`` from the venue pauses every request
+until it has passed. Over any interval ``T`` the weight spent is at most ``burst + rate * T``.
+:meth:`RestClient.get` answers ``accept(page)`` of the first good answer: HTTP 429 (and the venue's
+other rate-limit statuses, e.g. Binance's 418) and 5xx are retried after ``Retry-After`` (or a
+capped backoff), and so are network errors, timeouts and a 200 answer that ``accept`` refuses with a
+:class:`~k2.errors.SourceError` (a broken body, an empty page where trades must exist); other
+statuses fail with :class:`~k2.errors.BackfillError`. TLS is verified against certifi's CA bundle.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -26,7 +26,6 @@ import httpx
 from k2.errors import BackfillError, RateLimited, SourceError
 from k2.logging import get_logger
 from k2.metrics import REST_REQUESTS, REST_WAIT_SECONDS
-from k2.sources.binance_rest import HISTORICAL_TRADES_PATH, MAX_TRADES_LIMIT, REQUEST_WEIGHT
 
 log = get_logger(__name__)
 
@@ -88,29 +87,33 @@ class Page:
     received_at_us: int
 
 
-class BinanceRestClient:
-    """Async Binance spot REST client for backfill. Use ``async with``."""
+class RestClient:
+    """Async REST client of one venue for backfill. Use ``async with``."""
 
     def __init__(
         self,
         base_url: str,
         limiter: TokenBucket,
         *,
+        venue: str,
+        weights: Mapping[str, int] | None = None,
+        rate_limit_statuses: Collection[int] = (429,),
         attempts: int = 8,
         timeout_s: float = 10.0,
-        venue: str = "binance",
         clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.limiter = limiter
-        self.attempts = attempts
         self.venue = venue
+        self.weights = dict(weights or {})
+        self.rate_limit_statuses = frozenset(rate_limit_statuses)
+        self.attempts = attempts
         self.clock_us = clock_us
         self._client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, verify=tls_context())
         self.requests = 0
         self.retries = 0
 
-    async def __aenter__(self) -> BinanceRestClient:
+    async def __aenter__(self) -> RestClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -119,19 +122,14 @@ class BinanceRestClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def historical_trades(self, symbol: str, from_id: int, limit: int) -> Page:
-        """One page of trades with ``id >= from_id``, retried through rate limits and 5xx."""
-        return await self.historical_trades_as(symbol, from_id, limit, _page)
-
-    async def historical_trades_as(self, symbol: str, from_id: int, limit: int, accept: Callable[[Page], T]) -> T:
+    async def get(self, path: str, params: Mapping[str, str], accept: Callable[[Page], T]) -> T:
         """``accept(page)`` of the first answer it takes: a :class:`~k2.errors.SourceError` from it
         (the body does not parse, or lacks trades the caller knows exist) counts as a failed attempt
         and is retried with backoff, like a 5xx."""
-        params = {"symbol": symbol, "fromId": str(from_id), "limit": str(min(limit, MAX_TRADES_LIMIT))}
-        return await self._get(HISTORICAL_TRADES_PATH, params, accept)
+        return await self._get(path, dict(params), accept)
 
     async def _get(self, path: str, params: dict[str, str], accept: Callable[[Page], T]) -> T:
-        weight = REQUEST_WEIGHT.get(path, 1)
+        weight = self.weights.get(path, 1)
         last_problem = "no attempt made"
         for attempt in range(1, self.attempts + 1):
             waited = await self.limiter.acquire(weight)
@@ -154,7 +152,7 @@ class BinanceRestClient:
                     last_problem = f"bad answer from {path}: {exc}"
                     await self._backoff(attempt, last_problem)
                     continue
-            if status in (429, 418):
+            if status in self.rate_limit_statuses:
                 REST_REQUESTS.labels(venue=self.venue, status="429").inc()
                 delay = _retry_after(response, attempt)
                 self.limiter.pause(delay)  # every request waits, not only this one
@@ -178,7 +176,3 @@ class BinanceRestClient:
         log.warning("backfill.retry", attempt=attempt, retry_in_s=wait, problem=problem)
         REST_WAIT_SECONDS.labels(venue=self.venue).inc(wait)
         await asyncio.sleep(wait)
-
-
-def _page(page: Page) -> Page:
-    return page

@@ -8,10 +8,9 @@ from decimal import Decimal
 import pytest
 
 from k2.errors import SourceError
+from k2.feed.stamp import parse_canonical
 from k2.sources.base import RawFrame, RejectReason
-from k2.sources.binance import BinanceAdapter
-from k2.sources.binance_rest import parse_historical_trades
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, rest_trades
 
 PAYLOAD = (FIXTURES / "binance" / "rest_historical_trades.json").read_bytes()
 WS_FRAME = (
@@ -21,9 +20,7 @@ WS_FRAME = (
 
 
 def test_rest_trades_parse_to_canonical_rows_marked_backfilled() -> None:
-    got = parse_historical_trades(
-        PAYLOAD, "BTCUSDT", received_at_us=1_800_000_000_000_000, first_platform_sequence=7, is_sample_data=False
-    )
+    got = rest_trades(PAYLOAD, "BTCUSDT", received_at_us=1_800_000_000_000_000, first=7, sample=False)
     assert got.ids == [3735683259, 3735683260]
     (bad,) = got.parsed.rejected
     assert bad.reason is RejectReason.NON_POSITIVE and b'"id":3735683261' in bad.frame.payload
@@ -59,11 +56,9 @@ def test_rest_trades_parse_to_canonical_rows_marked_backfilled() -> None:
 
 def test_rest_row_equals_the_stream_row_of_the_same_trade_apart_from_vendor_data() -> None:
     received = 1_723_161_256_000_000  # after the trades (a receive time before them would be out of range)
-    rest = parse_historical_trades(
-        PAYLOAD, "BTCUSDT", received_at_us=received, first_platform_sequence=1, is_sample_data=True
-    )
-    ws = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
-        [RawFrame(WS_FRAME, received)], first_platform_sequence=1, is_sample_data=True
+    rest = rest_trades(PAYLOAD, "BTCUSDT", received_at_us=received, first=1, sample=True)
+    ws = parse_canonical(
+        "binance", [RawFrame(WS_FRAME, received)], symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=True
     )
     assert rest.batch is not None
     rest_row = rest.batch.to_pylist()[0]
@@ -77,9 +72,7 @@ def test_rest_row_equals_the_stream_row_of_the_same_trade_apart_from_vendor_data
 
 
 def test_empty_and_malformed_responses() -> None:
-    empty = parse_historical_trades(b"[]", "BTCUSDT", received_at_us=0, first_platform_sequence=1, is_sample_data=False)
+    empty = rest_trades(b"[]", "BTCUSDT", received_at_us=0, first=1, sample=False)
     assert empty.batch is None and empty.ids == []
     with pytest.raises(SourceError, match="unexpected historicalTrades response"):
-        parse_historical_trades(
-            b'{"code":-1121}', "BTCUSDT", received_at_us=0, first_platform_sequence=1, is_sample_data=False
-        )
+        rest_trades(b'{"code":-1121}', "BTCUSDT", received_at_us=0, first=1, sample=False)

@@ -28,9 +28,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from k2.errors import SourceError
-from k2.sources import DataType, ParsedBatch, RawFrame
-from k2.sources.binance import LAUNCH_US, BinanceAdapter
-from k2.sources.binance_rest import parse_historical_trades
+from k2.feed.stamp import parse_canonical
+from k2.schema.kinds import RecordKind
+from k2.sources import ParsedBatch, RawFrame
+from k2.sources.binance.wire import LAUNCH_US
 from k2.sources.validation import (
     INT64_MAX,
     INT64_MIN,
@@ -40,7 +41,7 @@ from k2.sources.validation import (
     to_decimal,
     within_window,
 )
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, rest_trades
 
 PROPERTIES = settings(
     max_examples=300,
@@ -152,13 +153,13 @@ def trade_shaped(draw: st.DrawFn) -> bytes:
 def _parse(payloads: list[bytes], is_sample_data: bool) -> tuple[list[RawFrame], ParsedBatch]:
     """Each frame gets its own receive time, so a row leads back to its frame."""
     frames = [RawFrame(p, RECEIVED_US + i) for i, p in enumerate(payloads)]
-    return frames, BinanceAdapter(SYMBOLS).parse(frames, first_platform_sequence=1, is_sample_data=is_sample_data)
+    return frames, parse_canonical("binance", frames, symbols=SYMBOLS, first_sequence=1, is_sample_data=is_sample_data)
 
 
 def _assert_accounted_and_exact(frames: list[RawFrame], parsed: ParsedBatch) -> None:
-    assert parsed.rows(DataType.TRADES) + len(parsed.rejected) + parsed.control == len(frames)
+    assert parsed.rows(RecordKind.TRADES) + len(parsed.rejected) + parsed.control == len(frames)
     assert all(r.reason.value and r.detail for r in parsed.rejected)
-    batch = parsed.records.get(DataType.TRADES)
+    batch = parsed.records.get(RecordKind.TRADES)
     if batch is None:
         return
     assert batch.schema.field("price").type == pa.decimal128(38, 12)
@@ -225,7 +226,7 @@ def test_mutated_real_frames_are_stored_exactly_or_quarantined(payloads: list[by
 
 def test_the_real_frames_themselves_parse() -> None:
     frames, parsed = _parse(RECORDED, is_sample_data=True)
-    assert parsed.rejected == [] and parsed.rows(DataType.TRADES) == len(RECORDED)
+    assert parsed.rejected == [] and parsed.rows(RecordKind.TRADES) == len(RECORDED)
     _assert_accounted_and_exact(frames, parsed)
 
 
@@ -250,9 +251,7 @@ def rest_pages(draw: st.DrawFn) -> bytes:
 
 def _assert_rest(payload: bytes, received_us: int) -> None:
     try:
-        got = parse_historical_trades(
-            payload, "BTCUSDT", received_at_us=received_us, first_platform_sequence=1, is_sample_data=False
-        )
+        got = rest_trades(payload, "BTCUSDT", received_at_us=received_us, first=1, sample=False)
     except SourceError as exc:
         try:
             decoded = msgspec.json.decode(payload)

@@ -12,11 +12,16 @@ from typing import Any
 
 import pytest
 
+from k2.config import ValidationSettings
 from k2.errors import ConfigError
-from k2.sources import DataType, RawFrame, RejectReason, load_adapter
-from k2.sources.binance import K2_NAMESPACE, BinanceAdapter, message_id, message_ids, parse_exchange_info
-from k2.sources.symbols import SymbolInfo, split_symbol_offline
-from tests.conftest import FIXTURES
+from k2.feed.stamp import parse_canonical
+from k2.schema.kinds import RecordKind
+from k2.sources import RawFrame, RejectReason, load_venue
+from k2.sources.binance import BinanceParser
+from k2.sources.binance.symbols import parse_exchange_info
+from k2.sources.columns import K2_NAMESPACE, message_id, message_ids
+from k2.sources.symbols import Instrument, SymbolInfo, split_symbol_offline
+from tests.conftest import FIXTURES, binance_parser
 
 BINANCE = FIXTURES / "binance"
 EXPECTED: list[dict[str, Any]] = json.loads((BINANCE / "expected.json").read_text())["cases"]
@@ -29,11 +34,11 @@ def _frame(case: dict[str, Any]) -> RawFrame:
 
 @pytest.mark.parametrize("case", EXPECTED, ids=lambda c: f"{c['file']}:{c['line']}")
 def test_recorded_frame_parses_to_expected_values(case: dict[str, Any]) -> None:
-    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
-        [_frame(case)], first_platform_sequence=41, is_sample_data=False
+    parsed = parse_canonical(
+        "binance", [_frame(case)], symbols=["BTCUSDT", "ETHUSDT"], first_sequence=41, is_sample_data=False
     )
     assert parsed.rejected == []
-    (row,) = parsed.records[DataType.TRADES].to_pylist()
+    (row,) = parsed.records[RecordKind.TRADES].to_pylist()
     assert row["message_id"] == str(uuid.uuid5(K2_NAMESPACE, f"BINANCE:{case['symbol']}:{case['trade_id']}"))
     for name in ("trade_id", "symbol", "exchange", "asset_class", "currency", "side", "trade_conditions"):
         assert row[name] == case[name], name
@@ -49,11 +54,11 @@ def test_recorded_frame_parses_to_expected_values(case: dict[str, Any]) -> None:
 
 
 def test_whole_recording_parses_exactly(bundled_frames: list[RawFrame]) -> None:
-    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
-        bundled_frames, first_platform_sequence=1, is_sample_data=True
+    parsed = parse_canonical(
+        "binance", bundled_frames, symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=True
     )
     assert parsed.rejected == [] and parsed.control == 0
-    table = parsed.records[DataType.TRADES]
+    table = parsed.records[RecordKind.TRADES]
     assert table.num_rows == 34_419
     rows = table.to_pylist()
     by_symbol: dict[str, list[int]] = {}
@@ -109,18 +114,22 @@ GOOD = b'{"e":"trade","E":1723161255343,"s":"BTCUSDT","t":1,"p":"1.5","q":"2","T
 def test_bad_frames_are_rejected_with_reason_and_good_ones_kept(payload: bytes, reason: RejectReason) -> None:
     good = _bad(GOOD)
     bad = _bad(payload)
-    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
-        [good, bad, good], first_platform_sequence=1, is_sample_data=False
+    parsed = parse_canonical(
+        "binance", [good, bad, good], symbols=["BTCUSDT", "ETHUSDT"], first_sequence=1, is_sample_data=False
     )
     assert [(r.reason, r.frame) for r in parsed.rejected] == [(reason, bad)]
     assert parsed.rejected[0].detail
-    assert parsed.rows(DataType.TRADES) == 2
-    assert parsed.records[DataType.TRADES].column("platform_sequence").to_pylist() == [1, 2]
+    assert parsed.rows(RecordKind.TRADES) == 2
+    assert parsed.records[RecordKind.TRADES].column("platform_sequence").to_pylist() == [1, 2]
 
 
 def test_subscription_replies_are_control_not_errors() -> None:
-    parsed = BinanceAdapter(["BTCUSDT", "ETHUSDT"]).parse(
-        [_bad(b'{"result":null,"id":1}')], first_platform_sequence=1, is_sample_data=False
+    parsed = parse_canonical(
+        "binance",
+        [_bad(b'{"result":null,"id":1}')],
+        symbols=["BTCUSDT", "ETHUSDT"],
+        first_sequence=1,
+        is_sample_data=False,
     )
     assert parsed.rejected == [] and parsed.control == 1 and parsed.records == {}
 
@@ -130,10 +139,10 @@ def test_microsecond_time_unit() -> None:
     payload = GOOD.replace(b'"T":1723161255342', b'"T":1723161255342123').replace(
         b'"E":1723161255343', b'"E":1723161255343001'
     )
-    parsed = BinanceAdapter(["BTCUSDT"], time_unit="MICROSECOND").parse(
-        [_bad(payload)], first_platform_sequence=1, is_sample_data=False
+    parsed = parse_canonical(
+        "binance", [_bad(payload)], symbols=["BTCUSDT"], first_sequence=1, is_sample_data=False, time_unit="MICROSECOND"
     )
-    (row,) = parsed.records[DataType.TRADES].to_pylist()
+    (row,) = parsed.records[RecordKind.TRADES].to_pylist()
     assert row["timestamp"] == datetime.fromisoformat("2024-08-08T23:54:15.342123+00:00")
 
 
@@ -147,26 +156,26 @@ def test_message_id_is_uuid5() -> None:
 
 
 def test_stream_urls_respect_the_1024_stream_limit() -> None:
-    adapter = BinanceAdapter(["BTCUSDT", "ETHUSDT"])
+    adapter = binance_parser(["BTCUSDT", "ETHUSDT"])
     assert adapter.stream_urls("wss://stream.binance.com:9443") == [
         "wss://stream.binance.com:9443/stream?streams=btcusdt@trade/ethusdt@trade"
     ]
     assert adapter.subscribe_messages() == []
-    urls = BinanceAdapter([f"S{i}USDT" for i in range(2049)]).stream_urls("ws://h:1/")
+    urls = binance_parser([f"S{i}USDT" for i in range(2049)]).stream_urls("ws://h:1/")
     assert [u.count("@trade") for u in urls] == [1024, 1024, 1]
-    assert BinanceAdapter(["a"], [DataType.TRADES], time_unit="MICROSECOND").stream_urls("ws://h") == [
+    assert binance_parser(["a"], [RecordKind.TRADES], time_unit="MICROSECOND").stream_urls("ws://h") == [
         "ws://h/stream?streams=a@trade&timeUnit=MICROSECOND"
     ]
 
 
 def test_the_subscription_is_upper_case_venue_symbols_and_never_empty() -> None:
-    adapter = BinanceAdapter(["btcusdt", "BTCUSDT", "ethusdt"])
-    assert adapter.symbols == ("BTCUSDT", "ETHUSDT") and adapter.data_types == (DataType.TRADES,)
+    adapter = binance_parser(["btcusdt", "BTCUSDT", "ethusdt"])
+    assert adapter.symbols == ("BTCUSDT", "ETHUSDT") and adapter.kinds == (RecordKind.TRADES,)
     assert adapter.stream_names() == ["btcusdt@trade", "ethusdt@trade"]
     with pytest.raises(ConfigError, match="at least one symbol"):
-        BinanceAdapter([])
+        binance_parser([])
     with pytest.raises(ConfigError, match="time_unit"):
-        BinanceAdapter(["BTCUSDT"], time_unit="SECOND")
+        binance_parser(["BTCUSDT"], time_unit="SECOND")
 
 
 def test_base_and_quote_from_exchange_info_then_offline_fallback() -> None:
@@ -174,18 +183,23 @@ def test_base_and_quote_from_exchange_info_then_offline_fallback() -> None:
         b'{"timezone":"UTC","symbols":[{"symbol":"WBTCBTC","status":"TRADING","baseAsset":"WBTC","quoteAsset":"BTC"}]}'
     )
     assert info == {"WBTCBTC": SymbolInfo("WBTCBTC", "WBTC", "BTC")}
-    adapter = BinanceAdapter(["WBTCBTC"], symbol_info=info)
-    assert adapter.symbol_info("WBTCBTC") == SymbolInfo("WBTCBTC", "WBTC", "BTC")
-    assert adapter.symbol_info("ETHFDUSD") == SymbolInfo("ETHFDUSD", "ETH", "FDUSD")
+    rules = load_venue("binance").rules(info)
+    assert rules.instrument("WBTCBTC") == Instrument("WBTC", "BTC")
+    assert rules.instrument("ETHFDUSD") == Instrument("ETH", "FDUSD")  # not in the metadata: offline rule
     assert split_symbol_offline("BTCUSDT") == SymbolInfo("BTCUSDT", "BTC", "USDT")
     assert split_symbol_offline("USDT") == SymbolInfo("USDT", "USDT", "UNKNOWN")
 
 
-def test_registry_loads_adapters_by_name_with_their_subscription() -> None:
-    adapter = load_adapter("Binance", ["BTCUSDT"])
-    assert isinstance(adapter, BinanceAdapter) and adapter.symbols == ("BTCUSDT",)
+def test_registry_loads_venues_by_name_and_builds_parsers_for_a_subscription() -> None:
+    venue = load_venue("Binance")
+    parser = venue.build_parser(["BTC/USDT"], [RecordKind.TRADES], rules=venue.rules(), validation=ValidationSettings(),
+                                is_sample_data=False)  # fmt: skip
+    assert isinstance(parser, BinanceParser) and parser.symbols == ("BTCUSDT",)
     with pytest.raises(ConfigError, match="unknown venue 'nasdaq'"):
-        load_adapter("nasdaq", ["BTCUSDT"])
+        load_venue("nasdaq")
+    with pytest.raises(ConfigError, match="invalid Binance symbol"):
+        venue.build_parser(["BTC-USD"], [RecordKind.TRADES], rules=venue.rules(), validation=ValidationSettings(),
+                           is_sample_data=False)  # fmt: skip
 
 
 def test_fixture_files_exist() -> None:

@@ -1,18 +1,19 @@
-"""Completeness at ingest: sequence tracking, deduplication, quality checks, gap backfill, events.
+"""Trade completeness at ingest (id policy ``consecutive``): sequence tracking, deduplication, quality
+checks, gap backfill, events.
 
-Both streaming services (the embedded pipeline and `k2 ingest`, through
-:class:`~k2.services.intake.TradeIntake`) hand every parsed trade batch to
-:meth:`Completeness.ingest` (duplicates are dropped there, before the writer or the producer), call
-:meth:`Completeness.tick` with the current time (due gaps are recorded OPEN and queued for backfill;
-stale feeds are reported), and pass :meth:`Completeness.take_events` on right after the trades they
-describe: the pipeline commits them to the quality-events table, `k2 ingest` produces them to the
-venue's quality topic, from which `k2 consume` commits them to the same table.
-:meth:`Completeness.run_backfill` fetches queued gaps over REST (rate-limited, transient faults
-retried), passes the rows through the same tracker (so they are deduplicated too) and hands them
-to the pipeline, then records the gap RESOLVED or UNRECOVERABLE with the reason; an unrecoverable
-gap is tried again on a slow schedule. Rows the tracker holds as a possible venue reset wait here
-until it is confirmed or dropped. The embedded pipeline records :meth:`Completeness.recorded_state`
-with each commit; on start the state comes back from there (or from a seed). See docs/quality.md.
+A feed (:class:`k2.feed.feed.VenueFeed`) hands every parsed trade batch (wire form) to
+:meth:`TradeCompleteness.ingest` (duplicates are dropped there, before any sink), calls
+:meth:`TradeCompleteness.tick` with the current time (due gaps are recorded OPEN and queued for
+backfill; stale feeds are reported), and passes :meth:`TradeCompleteness.take_events` to its sink
+right after the trades they describe: the Iceberg sink commits them to the quality-events table,
+the Kafka sink produces them to the venue's quality topic, from which `k2 consume` commits them to
+the same table. :meth:`TradeCompleteness.run_backfill` fetches queued gaps with the venue's REST
+fetcher (:class:`k2.sources.venue.TradeFetcher`: rate-limited, transient faults retried), passes the
+rows through the same tracker (so they are deduplicated too) and hands them to the feed, then
+records the gap RESOLVED or UNRECOVERABLE with the reason; an unrecoverable gap is tried again on a
+slow schedule. Rows the tracker holds as a possible venue reset wait here until it is confirmed or
+dropped. The embedded sink commits :meth:`TradeCompleteness.recorded_state` with each commit; on
+start the state comes back from there (or from a seed). See docs/quality.md.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 
 from k2.bus.tail import Tail
 from k2.config import K2Settings
-from k2.errors import K2Error, SourceError
+from k2.errors import K2Error
 from k2.logging import get_logger
 from k2.metrics import BACKFILL_GAPS, BACKFILL_TRADES, QUALITY_AFFECTED_TRADES, QUALITY_EVENTS
 from k2.quality.checks import PriceJumpCheck, StaleFeedCheck, timestamp_anomalies
@@ -37,14 +38,10 @@ from k2.quality.records import QualityEventRow, anomaly_row, gap_row, sequence_r
 from k2.quality.sequence import Gap, Seed, SequenceTracker, StreamKey, StreamState, window_floor
 from k2.quality.state import encode_state, state_property
 from k2.schema.quality_event import EventKind, EventStatus
-from k2.services.backfill import BinanceRestClient, Page, TokenBucket
 from k2.sources.base import Rejected, RejectReason
-from k2.sources.binance_rest import RestTrades, parse_historical_trades
-from k2.sources.symbols import SymbolInfo
+from k2.sources.venue import FetchedTrades, TradeFetcher
 
 log = get_logger(__name__)
-
-STREAM = "trade"
 
 
 @dataclass
@@ -69,6 +66,13 @@ class CompletenessStats:
             "backfilled_rows": self.backfilled_rows,
             "anomalies": dict(self.anomalies),
         }
+
+
+def count_anomalies(venue: str, kind: EventKind, n: int, into: dict[str, int]) -> None:
+    """Count ``n`` rejected rows as quality anomalies of ``kind`` (rejects have no id to record)."""
+    QUALITY_EVENTS.labels(venue=venue, kind=kind.value).inc(n)
+    QUALITY_AFFECTED_TRADES.labels(venue=venue, kind=kind.value).inc(n)
+    into[kind] = into.get(kind, 0) + n
 
 
 def _live_mask(rows: pa.Table) -> np.ndarray:
@@ -133,7 +137,7 @@ def unplaced(tail: Tail, symbols: Sequence[str]) -> set[int]:
     return out
 
 
-class Completeness:
+class TradeCompleteness:
     """Sequence tracking, dedup, checks and backfill for one venue's trade streams."""
 
     def __init__(
@@ -144,20 +148,26 @@ class Completeness:
         venue: str,
         is_sample_data: bool,
         now_us: int,
+        stream: str = "trade",
         seed: Mapping[str, Seed] | None = None,
         state: Mapping[StreamKey, StreamState] | None = None,
-        symbol_info: Mapping[str, SymbolInfo] | None = None,
+        fetcher: Callable[[], TradeFetcher] | None = None,
+        quarantine: Callable[[Sequence[Rejected]], None] | None = None,
     ) -> None:
         """Start from ``state`` (recorded with the committed rows: :func:`k2.lake.sequence_state.recover_state`,
         embedded mode) or from ``seed``: per symbol, the trade ids (and their trade times, µs)
         already stored (:func:`k2.lake.sequence_state.stored_ids` for a table without a recorded
-        state; :func:`topic_seed` for `k2 ingest`)."""
+        state; :func:`topic_seed` for `k2 ingest`). ``stream``: the venue's name of its trade stream
+        (quality events' ``stream``). ``fetcher``: builds the venue's REST trade fetcher when backfill
+        starts; ``quarantine``: where the REST pages' rejected elements go."""
         q = settings.quality
         self.settings = settings
         self.exchange = exchange
         self.venue = venue
+        self.stream = stream
         self.is_sample_data = is_sample_data
-        self.symbol_info = dict(symbol_info or {})
+        self._fetcher = fetcher
+        self._quarantine = quarantine
         self.stats = CompletenessStats()
         self.tracker = SequenceTracker(
             grace_us=int(q.gap_grace_s * 1e6), reset_threshold=q.reset_threshold, reset_confirm=q.reset_confirm_trades
@@ -172,7 +182,7 @@ class Completeness:
         for key, saved in (state or {}).items():
             self.tracker.restore(key, saved, now_us)
         for symbol, known in (seed or {}).items():
-            key = StreamKey(exchange, symbol, STREAM)
+            key = StreamKey(exchange, symbol, stream)
             self.tracker.seed(key, known.ids, now_us, known.trade_times_us, holes_above=known.holes_above)
         for key in self.tracker.streams():
             log.info(
@@ -216,7 +226,7 @@ class Completeness:
         released: list[pa.RecordBatch] = []
         for symbol in pc.unique(symbols).to_pylist():
             idx = np.flatnonzero(pc.equal(symbols, symbol).to_numpy(zero_copy_only=False))
-            key = StreamKey(self.exchange, symbol, STREAM)
+            key = StreamKey(self.exchange, symbol, self.stream)
             obs = self.tracker.observe(key, ids_all[idx], times_all[idx], now_us)
             keep[idx] = obs.keep
             for event in obs.events:
@@ -258,9 +268,7 @@ class Completeness:
         """Count the parser's non-positive price/quantity rejects as quality anomalies (no row: no id)."""
         n = sum(1 for r in rejects if r.reason is RejectReason.NON_POSITIVE)
         if n:
-            QUALITY_EVENTS.labels(venue=self.venue, kind=EventKind.NON_POSITIVE.value).inc(n)
-            QUALITY_AFFECTED_TRADES.labels(venue=self.venue, kind=EventKind.NON_POSITIVE.value).inc(n)
-            self.stats.anomalies[EventKind.NON_POSITIVE] = self.stats.anomalies.get(EventKind.NON_POSITIVE, 0) + n
+            count_anomalies(self.venue, EventKind.NON_POSITIVE, n, self.stats.anomalies)
 
     def _record(self, row: QualityEventRow) -> None:
         self._events.append(row)
@@ -307,7 +315,8 @@ class Completeness:
                     self._enqueue(job)
         for symbol, silence_us in self._stale.check(now_us):
             row = QualityEventRow(
-                f"stale:{self.exchange}:{symbol}:{now_us}", self.exchange, symbol, STREAM, EventKind.STALE_FEED,
+                f"stale:{self.exchange}:{symbol}:{self.stream}:{now_us}", self.exchange, symbol, self.stream,
+                EventKind.STALE_FEED,
                 0, 0, 1, now_us - silence_us, now_us, EventStatus.RECORDED, now_us, 0,
                 f"no message for {silence_us / 1e6:.1f} s",
             )  # fmt: skip
@@ -331,30 +340,29 @@ class Completeness:
 
     # --- backfill ---------------------------------------------------------------------------------
     async def run_backfill(self, deliver: Callable[[pa.RecordBatch], None]) -> None:
-        """Fetch queued gaps one after another until cancelled; rows go to ``deliver``."""
-        q = self.settings.quality
-        limiter = TokenBucket(q.rest_weight_per_minute / 60.0, q.rest_weight_burst)
-        async with BinanceRestClient(
-            self.settings.source.rest_url, limiter, attempts=q.backfill_attempts, timeout_s=q.rest_timeout_s,
-            venue=self.venue,
-        ) as client:  # fmt: skip
+        """Fetch queued gaps one after another until cancelled; rows (wire form) go to ``deliver``."""
+        if self._fetcher is None:
+            raise K2Error(f"{self.venue} has no REST backfill")
+        fetcher = self._fetcher()
+        try:
             while True:
                 job = await self._queue.get()
                 try:
-                    written, problem = await self._backfill(client, job.gap, deliver)
+                    written, problem = await self._backfill(fetcher, job.gap, deliver)
                 except Exception as exc:  # a bug must not stop backfill: record it on the gap
                     log.error("backfill.failed", symbol=job.gap.key.symbol, first_id=job.gap.first_id, error=repr(exc))
                     written, problem = 0, _Problem(f"backfill failed: {exc!r}")
                 finally:
                     self.backfilling -= 1
-                self._settle(job, written, problem, client.clock_us())
+                self._settle(job, written, problem, fetcher.clock_us())
+        finally:
+            await fetcher.aclose()
 
     async def _backfill(
-        self, client: BinanceRestClient, gap: Gap, deliver: Callable[[pa.RecordBatch], None]
+        self, fetcher: TradeFetcher, gap: Gap, deliver: Callable[[pa.RecordBatch], None]
     ) -> tuple[int, _Problem]:
         """Fetch ``gap`` page by page; returns the rows written and what went wrong (if anything)."""
         q = self.settings.quality
-        symbol = gap.key.symbol
         fetched = written = 0
         if gap.count > q.max_backfill_trades:
             return 0, _Problem(
@@ -362,25 +370,18 @@ class Completeness:
             )
         problem = ""
         from_id = gap.first_id
-
-        def accept(page: Page) -> RestTrades:
-            parsed = parse_historical_trades(
-                page.body, symbol, received_at_us=page.received_at_us, first_platform_sequence=0,
-                is_sample_data=self.is_sample_data, symbol_info=self.symbol_info,
-                validation=self.settings.source.validation,
-            )  # fmt: skip
-            if not any(from_id <= i <= gap.last_id for i in parsed.ids):  # the ids say these trades exist
-                raise SourceError(f"no trade of ids {from_id}..{gap.last_id} in a page of {len(parsed.ids)}")
-            return parsed
-
         while from_id <= gap.last_id:
             limit = min(q.backfill_page_limit, gap.last_id - from_id + 1)
             try:
-                parsed = await client.historical_trades_as(symbol, from_id, limit, accept)
+                parsed: FetchedTrades = await fetcher.page(gap, from_id, limit)
             except K2Error as exc:
                 problem = str(exc)
                 break
-            assert parsed.batch is not None
+            if parsed.parsed.rejected and self._quarantine is not None:
+                self._quarantine(parsed.parsed.rejected)
+            if parsed.batch is None:  # every trade of the page was rejected (quarantined above)
+                problem = f"a page of ids from {from_id} held no valid trade"
+                break
             ids = np.asarray(parsed.ids, dtype=np.int64)
             in_range = ids <= gap.last_id
             keep = self.tracker.accept_backfill(gap.key, ids[in_range])
