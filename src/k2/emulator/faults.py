@@ -64,9 +64,12 @@ ADVERSARIAL_KINDS: dict[str, RejectReason] = {
 }
 """Adversarial kinds ``adversarial_every`` cycles through, in order, with the reason the parser must give."""
 
+CROSSED_QUOTE = "crossed_quote"  # a bookTicker with its bid and ask swapped: bid > ask
+
 EXPECTED_REASON: dict[str, RejectReason] = {
     **{kind: RejectReason(kind) for kind in MALFORMED_KINDS},
     **ADVERSARIAL_KINDS,
+    CROSSED_QUOTE: RejectReason.CROSSED_BOOK,
 }
 """Every bad-frame kind and the reason the Binance parser must quarantine it with."""
 
@@ -93,11 +96,13 @@ class Faults:
       client sees 1006, like a network failure); a code such as 1011 closes with that code instead.
     * ``duplicate_every``: send every k-th recorded frame twice.
     * ``reorder_every``: swap the k-th recorded frame with the one after it (k, 2k, ...).
-    * ``malformed_every``: after every k-th recorded frame, insert a bad frame built from it, cycling
-      through :data:`MALFORMED_KINDS`.
+    * ``malformed_every``: after every k-th recorded *trade* frame, insert a bad frame built from it,
+      cycling through :data:`MALFORMED_KINDS` (trades only: the kinds mutate trade fields).
     * ``adversarial_every``: the same with :data:`ADVERSARIAL_KINDS` (after the malformed one when
       both fall on a frame). Each is sent on the connection subscribed to the real frame's stream,
       even when its content names a foreign stream or symbol.
+    * ``crossed_every``: after every k-th recorded ``bookTicker`` frame, insert a copy with its bid and
+      ask swapped (a crossed book, :data:`CROSSED_QUOTE`).
     * ``withhold``: ``(start, count)`` ranges of recorded frames (1-based positions) never sent on the
       WebSocket; the REST endpoints still serve their trades (a gap that backfill can close).
     * ``rest_errors``: answers given, in order, to the first ``historicalTrades`` requests instead
@@ -113,11 +118,12 @@ class Faults:
     reorder_every: int = 0
     malformed_every: int = 0
     adversarial_every: int = 0
+    crossed_every: int = 0
     withhold: tuple[tuple[int, int], ...] = ()
     rest_errors: tuple[tuple[int | str, float], ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("duplicate_every", "reorder_every", "malformed_every", "adversarial_every"):
+        for name in ("duplicate_every", "reorder_every", "malformed_every", "adversarial_every", "crossed_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0")
         if any(n <= 0 for n in self.disconnect_after):
@@ -142,6 +148,7 @@ class Faults:
             or self.reorder_every
             or self.malformed_every
             or self.adversarial_every
+            or self.crossed_every
             or self.withhold
             or self.rest_errors
         )
@@ -198,6 +205,11 @@ def bad_frame(source: OutFrame, kind: str) -> OutFrame:
     It is routed like ``source`` (same ``stream``), whatever stream or symbol its content names.
     """
     assert source.stream is not None
+    if kind == CROSSED_QUOTE:
+        quote: dict[str, Any] = msgspec.json.decode(source.raw)
+        quote["b"], quote["a"] = quote.get("a"), quote.get("b")
+        raw = _encoder.encode(quote)
+        return OutFrame(source.stream, _wrap(source.stream, raw), raw, source.recv_us, kind)
     if kind == "malformed_json":  # cut in half: no longer valid JSON in either form
         return OutFrame(
             source.stream, source.combined[: len(source.combined) // 2], source.raw[: len(source.raw) // 2],
@@ -307,21 +319,32 @@ def apply_faults(frames: Iterable[OutFrame], faults: Faults, injected: MutableMa
         source = _withheld(source, faults, injected)
     if faults.reorder_every:
         source = _reordered(source, faults.reorder_every, injected)
-    dup, bad, hostile = faults.duplicate_every, faults.malformed_every, faults.adversarial_every
-    if not dup and not bad and not hostile:
+    dup, bad, hostile, crossed = (
+        faults.duplicate_every, faults.malformed_every, faults.adversarial_every, faults.crossed_every
+    )  # fmt: skip
+    if not dup and not bad and not hostile and not crossed:
         yield from source
         return
     adversarial = tuple(ADVERSARIAL_KINDS)
+    trades = quotes = 0  # positions among the trade frames and among the bookTicker frames
     for position, frame in enumerate(source, 1):
         yield frame
         if dup and position % dup == 0:
             _count(injected, DUPLICATE)
             yield OutFrame(frame.stream, frame.combined, frame.raw, frame.recv_us, DUPLICATE)
-        for every, kinds in ((bad, MALFORMED_KINDS), (hostile, adversarial)):
-            if every and position % every == 0:
-                kind = kinds[(position // every - 1) % len(kinds)]
-                _count(injected, kind)
-                yield bad_frame(frame, kind)
+        stream = frame.stream or ""
+        if stream.endswith("@trade"):
+            trades += 1
+            for every, kinds in ((bad, MALFORMED_KINDS), (hostile, adversarial)):
+                if every and trades % every == 0:
+                    kind = kinds[(trades // every - 1) % len(kinds)]
+                    _count(injected, kind)
+                    yield bad_frame(frame, kind)
+        elif stream.endswith("@bookTicker"):
+            quotes += 1
+            if crossed and quotes % crossed == 0:
+                _count(injected, CROSSED_QUOTE)
+                yield bad_frame(frame, CROSSED_QUOTE)
 
 
 def replay_frames(

@@ -5,6 +5,9 @@ and size, exact decimals with the same ``decimal(38, 12)`` as trades. Times: ``i
 (when K2 received the frame) is always set; ``timestamp`` is the venue's own event time and is null
 when the venue sends none (Binance spot ``bookTicker`` carries no time). ``source_sequence`` is the
 venue's update id (Binance ``u``: increasing, not consecutive), so quotes have no id-gap tracking.
+
+Field ids: top-level fields 1..16, then the nested ones (17, 18), the order in which Iceberg assigns
+fresh ids when a table is created, so the table's ids are the declared ones.
 """
 
 from __future__ import annotations
@@ -35,10 +38,10 @@ QUOTE_V1 = RecordSchema(
         Field(
             15,
             "vendor_data",
-            MapType(16, 17, StringType(), StringType()),
+            MapType(17, 18, StringType(), StringType()),
             "Venue-specific fields kept verbatim as text.",
         ),
-        Field(18, "is_sample_data", BooleanType(), "True for replayed/demo data, false for live data."),
+        Field(16, "is_sample_data", BooleanType(), "True for replayed/demo data, false for live data."),
     ),
 )
 

@@ -2,7 +2,10 @@
 
 A :class:`WebSocketSession` owns one URL. It hands every frame, as bytes with its UTC receive time
 in microseconds (taken right at receipt), to an async sink, and awaits the sink: a sink that
-suspends applies backpressure (the socket is read no faster than the sink accepts frames).
+suspends applies backpressure (the socket is read no faster than the sink accepts frames). Receive
+times of one session strictly increase (a frame read in the same microsecond as the one before is
+stamped one microsecond later), so ordering rows by receive time gives the wire order exactly: the
+trade-quote as-of join relies on it (docs/query.md).
 
 Reconnect policy: exponential backoff with full jitter between ``reconnect_initial_s`` and
 ``reconnect_max_s``, reset after a connection that delivered frames; a connection that reaches
@@ -312,10 +315,14 @@ class WebSocketSession:
             flusher = loop.call_later(_COUNT_EVERY_US / 1e6, flush_count)
 
         flusher = loop.call_later(_COUNT_EVERY_US / 1e6, flush_count)
+        last = self.last_frame_at_us or 0
         try:
             while True:
                 payload = await recv(False)
                 now = clock()
+                if now <= last:  # strictly increasing: receive-time order is this connection's wire order
+                    now = last + 1
+                last = now
                 self.frames += 1
                 self.last_frame_at_us = now
                 if now >= count_at:

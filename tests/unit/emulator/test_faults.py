@@ -9,6 +9,7 @@ import pytest
 
 from k2.emulator.faults import (
     ADVERSARIAL_KINDS,
+    CROSSED_QUOTE,
     DUPLICATE,
     EXPECTED_REASON,
     FOREIGN_PREFIX,
@@ -23,6 +24,7 @@ from k2.emulator.faults import (
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, RecordedFrame, read_recording
 from k2.errors import ConfigError
 from k2.feed.stamp import parse_canonical
+from k2.schema.kinds import RecordKind
 from k2.sources import RawFrame, RejectReason
 
 FIRST = (
@@ -116,7 +118,7 @@ def test_malformed_every_k_inserts_bad_frames_cycling_through_the_kinds() -> Non
 RECEIVED_US = 1723161255400000  # just after FIRST's event time
 
 
-@pytest.mark.parametrize("kind", list(EXPECTED_REASON))
+@pytest.mark.parametrize("kind", [k for k in EXPECTED_REASON if k != CROSSED_QUOTE])
 @pytest.mark.parametrize("form", ["combined", "raw"])
 def test_each_bad_frame_kind_is_rejected_by_the_parser_with_its_expected_reason(kind: str, form: str) -> None:
     source = decode_frame(RecordedFrame(1723161255343000, FIRST))
@@ -139,7 +141,7 @@ def test_each_bad_frame_kind_is_rejected_by_the_parser_with_its_expected_reason(
 
 def test_malformed_kinds_are_named_after_their_reason_and_adversarial_kinds_map_to_one() -> None:
     assert all(EXPECTED_REASON[k] == RejectReason(k) for k in MALFORMED_KINDS)
-    assert set(EXPECTED_REASON) == {*MALFORMED_KINDS, *ADVERSARIAL_KINDS}
+    assert set(EXPECTED_REASON) == {*MALFORMED_KINDS, *ADVERSARIAL_KINDS, CROSSED_QUOTE}
     assert len(ADVERSARIAL_KINDS) >= 15
 
 
@@ -210,3 +212,31 @@ def test_faults_validate_and_normalise() -> None:
     assert Faults(adversarial_every=5).any
     with pytest.raises(ConfigError, match="adversarial_every"):
         Faults(adversarial_every=-1)
+
+
+BOOK_TICKER = (
+    '{"stream":"btcusdt@bookTicker","data":{"u":50093239212,"s":"BTCUSDT","b":"61837.63000000",'
+    '"B":"3.78826000","a":"61837.64000000","A":"1.54698000"}}'
+)  # the first bookTicker of the bundled session recording
+
+
+def test_a_crossed_quote_is_the_real_quote_with_bid_and_ask_swapped_and_is_quarantined() -> None:
+    source = decode_frame(RecordedFrame(RECEIVED_US, BOOK_TICKER))
+    bad = bad_frame(source, CROSSED_QUOTE)
+    assert bad.stream == "btcusdt@bookTicker"
+    data = json.loads(bad.raw)
+    assert (data["b"], data["a"]) == ("61837.64000000", "61837.63000000")
+    parsed = parse_canonical(
+        "binance", [RawFrame(source.combined, RECEIVED_US), RawFrame(bad.combined, RECEIVED_US)],
+        symbols=["BTCUSDT"], kinds=[RecordKind.QUOTES], is_sample_data=True,
+    )  # fmt: skip
+    assert [(r.reason, r.frame.payload) for r in parsed.rejected] == [(RejectReason.CROSSED_BOOK, bad.combined)]
+    assert parsed.records[RecordKind.QUOTES].column("source_sequence").to_pylist() == [50093239212]
+
+
+def test_crossed_every_k_follows_every_kth_book_ticker_and_bad_trade_kinds_only_trades() -> None:
+    frames = [RecordedFrame(i, BOOK_TICKER if i % 2 else FIRST) for i in range(1, 9)]  # 4 quotes, 4 trades
+    injected: dict[str, int] = {}
+    out = list(replay_frames(frames, Faults(crossed_every=2, malformed_every=4), injected))
+    assert [o.kind for o in out if o.kind != FRAME] == [CROSSED_QUOTE, CROSSED_QUOTE, "malformed_json"]
+    assert injected == {CROSSED_QUOTE: 2, "malformed_json": 1}

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import fastavro
 import pyarrow as pa
+import pytest
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.types import DecimalType, ListType, MapType, TimestamptzType
 
+from k2.config import LakeSettings
 from k2.feed.stamp import parse_canonical
+from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.schema import TRADE, TRADE_ARROW_SCHEMA, to_avro, to_iceberg
 from k2.schema.golden import GOLDEN_DIR, golden_files
-from k2.schema.kinds import RecordKind
+from k2.schema.kinds import RecordKind, spec
 from k2.sources import RawFrame
 
 PROTOTYPE_FIELDS = [
@@ -100,3 +104,12 @@ def test_arrow_schema_carries_field_ids() -> None:
     for i, f in enumerate(TRADE_ARROW_SCHEMA, start=1):
         assert f.metadata[b"PARQUET:field_id"] == str(i).encode()
     assert TRADE_ARROW_SCHEMA.field("price").type == pa.decimal128(38, 12)
+
+
+@pytest.mark.parametrize("kind", list(RecordKind))
+def test_a_created_table_has_exactly_the_declared_field_ids(kind: RecordKind, tmp_path: Path) -> None:
+    """Iceberg assigns fresh ids on create (top-level first, then nested): the declarations follow that
+    order, so Parquet files stamped with the declared ids resolve to the right columns."""
+    lake = LakeSettings(warehouse=tmp_path)
+    table = load_or_create_table(open_catalog(lake), lake, kind)
+    assert table.schema() == to_iceberg(spec(kind).record)
