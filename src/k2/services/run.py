@@ -6,6 +6,7 @@ from k2.config import K2Settings
 from k2.errors import SourceError
 from k2.logging import get_logger
 from k2.services.lifecycle import run_until_stopped
+from k2.services.maintain import k2_tables, scheduled_maintenance
 from k2.services.pipeline import EmbeddedPipeline, PipelineStats
 from k2.sources.exchange_info import load_exchange_info
 from k2.sources.symbols import SymbolInfo
@@ -36,4 +37,5 @@ async def run_pipeline(
     """Run the embedded pipeline until SIGINT/SIGTERM or ``duration_s``; commit everything received."""
     info = resolve_symbol_info(settings) if fetch_symbol_info else None
     pipeline = EmbeddedPipeline(settings, ws_base_url=ws_base_url, is_sample_data=is_sample_data, symbol_info=info)
-    return await run_until_stopped(pipeline.run, pipeline.stop, settings, duration_s)
+    with scheduled_maintenance(settings, k2_tables(settings)):  # off the commit path, docs/lake.md
+        return await run_until_stopped(pipeline.run, pipeline.stop, settings, duration_s)

@@ -1,0 +1,97 @@
+"""`k2 maintain` and the maintenance scheduled inside `k2 run` / `k2 consume`.
+
+Composition only: open the catalog, run :func:`k2.lake.upkeep.maintain_table` per table. The
+scheduled form is a daemon thread with its own catalog connection, off the commit path: it exports
+the tables' health at start and after every run, and (``lake.maintenance.schedule``) runs the
+maintenance every ``lake.maintenance.interval_s``. Its commits race the process's own writer like
+any other process's would (optimistic concurrency, see :mod:`k2.lake.upkeep`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from k2.config import K2Settings
+from k2.errors import K2Error
+from k2.lake.catalog import open_catalog
+from k2.lake.compaction import small_file_bytes
+from k2.lake.health import table_health
+from k2.lake.upkeep import MaintenanceReport, export_health, maintain_table
+from k2.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def k2_tables(settings: K2Settings) -> list[str]:
+    """The tables K2 writes: trades and quality events."""
+    return [settings.lake.trades_table, settings.quality.events_table]
+
+
+def run_maintain(
+    settings: K2Settings, tables: Sequence[str] | None = None, *, before_commit: Callable[[], None] | None = None
+) -> list[MaintenanceReport]:
+    """One maintenance run of each of ``tables`` (default: K2's tables that exist)."""
+    lake = settings.lake
+    catalog = open_catalog(lake)
+    names = list(tables) if tables else [t for t in k2_tables(settings) if catalog.table_exists((lake.namespace, t))]
+    return [maintain_table(catalog, (lake.namespace, name), lake, before_commit=before_commit) for name in names]
+
+
+class ScheduledMaintenance:
+    """The background maintenance of a long-running process (see the module docstring)."""
+
+    def __init__(self, settings: K2Settings, tables: Sequence[str]) -> None:
+        self._settings = settings
+        self._tables = list(tables)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="k2-maintenance", daemon=True)
+        self.runs = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask the thread to stop and wait a little; a step cut short leaves only orphans (swept later)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        lake = self._settings.lake
+        policy = lake.maintenance
+        try:
+            catalog = open_catalog(lake)
+        except K2Error as exc:
+            log.error("maintenance.unavailable", error=str(exc))
+            return
+        small = small_file_bytes(policy.target_file_bytes)
+        for name in self._tables:
+            try:
+                export_health(table_health(catalog.load_table((lake.namespace, name)), small))
+            except Exception as exc:  # a missing table is created by the writer soon
+                log.debug("maintenance.health_unavailable", table=name, error=str(exc))
+        while not self._stop.wait(policy.interval_s):
+            for name in self._tables:
+                if self._stop.is_set():
+                    return
+                try:
+                    if policy.schedule:
+                        maintain_table(catalog, (lake.namespace, name), lake)
+                    else:
+                        export_health(table_health(catalog.load_table((lake.namespace, name)), small))
+                except Exception as exc:  # never let the thread die: the next interval tries again
+                    log.warning("maintenance.failed", table=name, error=str(exc))
+            self.runs += 1
+
+
+@contextmanager
+def scheduled_maintenance(settings: K2Settings, tables: Sequence[str]) -> Iterator[ScheduledMaintenance]:
+    """Run :class:`ScheduledMaintenance` for the duration of the block."""
+    scheduler = ScheduledMaintenance(settings, tables)
+    scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        scheduler.stop()
