@@ -10,8 +10,10 @@ any other process's would (optimistic concurrency, see :mod:`k2.lake.upkeep`).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 from k2.config import K2Settings
 from k2.errors import K2Error
@@ -37,6 +39,17 @@ def run_maintain(
     catalog = open_catalog(lake)
     names = list(tables) if tables else [t for t in k2_tables(settings) if catalog.table_exists((lake.namespace, t))]
     return [maintain_table(catalog, (lake.namespace, name), lake, before_commit=before_commit) for name in names]
+
+
+def pause_until_removed(marker: Path) -> None:
+    """Create ``marker`` and wait until someone deletes it (`k2 maintain --pause-before-commit`, hidden).
+
+    Makes "killed between writing the compacted files and committing them" a state a test can reach
+    deterministically: it waits for the marker, then kills the process.
+    """
+    marker.write_text("compaction files written, commit pending\n")
+    while marker.exists():
+        time.sleep(0.05)
 
 
 class ScheduledMaintenance:
