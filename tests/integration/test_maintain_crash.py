@@ -59,10 +59,10 @@ def test_kill_9_mid_rewrite_leaves_the_table_exact_and_the_next_run_sweeps(
     marker = tmp_path / "compaction-written"
     env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
     env["K2_CONFIG_FILE"] = str(tmp_path / "no-such-k2.toml")
+    args = ["maintain", "--warehouse", str(lake.warehouse), "--table", "trades", "--pause-before-commit", str(marker)]
     with (tmp_path / "maintain.log").open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "k2.cli", "maintain", "--warehouse", str(lake.warehouse)]
-            + ["--table", "trades", "--pause-before-commit", str(marker)],
+            [sys.executable, "-m", "k2.cli", *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
