@@ -66,8 +66,11 @@ def list_files(io: FileIO, location: str) -> Iterator[StoredFile]:
     except OSError as exc:
         raise LakeError(f"cannot list {location}: {exc}") from exc
     prefix = location.rstrip("/")
-    for info in infos:
-        if info.type != fs.FileType.File:
+    files = [info for info in infos if info.type == fs.FileType.File]
+    # Object stores may list "directory marker" objects (``.../data``) beside the files under them.
+    parents = {path.rsplit("/", 1)[0] for path in (info.path for info in files) if "/" in path}
+    for info in files:
+        if info.path.rstrip("/") in parents:
             continue
         relative = info.path[len(root) :].lstrip("/") if info.path.startswith(root) else info.path
         modified = info.mtime.timestamp() if info.mtime is not None else 0.0
