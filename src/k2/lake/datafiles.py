@@ -112,8 +112,13 @@ def _small(t: pa.DataType) -> pa.DataType:
     return t
 
 
+_FIELD_ID = b"PARQUET:field_id"
+
+
 def _small_field(f: pa.Field) -> pa.Field:
-    return pa.field(f.name, _small(f.type), f.nullable, f.metadata)
+    """``f`` with 32-bit offsets, keeping only its field id (docs would be repeated in every file)."""
+    ids = {_FIELD_ID: f.metadata[_FIELD_ID]} if f.metadata and _FIELD_ID in f.metadata else None
+    return pa.field(f.name, _small(f.type), f.nullable, ids)
 
 
 def file_arrow_schema(schema: Schema) -> pa.Schema:
