@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from pyiceberg.catalog import Catalog
+
 from k2.config import K2Settings
 from k2.errors import K2Error
 from k2.lake.catalog import open_catalog
@@ -74,28 +76,27 @@ class ScheduledMaintenance:
     def _loop(self) -> None:
         lake = self._settings.lake
         policy = lake.maintenance
-        try:
-            catalog = open_catalog(lake)
-        except K2Error as exc:
-            log.error("maintenance.unavailable", error=str(exc))
-            return
         small = small_file_bytes(policy.target_file_bytes)
-        for name in self._tables:
-            try:
-                export_health(table_health(catalog.load_table((lake.namespace, name)), small))
-            except Exception as exc:  # a missing table is created by the writer soon
-                log.debug("maintenance.health_unavailable", table=name, error=str(exc))
-        while not self._stop.wait(policy.interval_s):
+        catalog: Catalog | None = None
+        first = True
+        while first or not self._stop.wait(policy.interval_s):
+            try:  # opened here, and again after a failure: the process may be creating it right now
+                catalog = catalog or open_catalog(lake)
+            except K2Error as exc:
+                log.warning("maintenance.catalog_unavailable", error=str(exc))
+                first = False
+                continue
             for name in self._tables:
                 if self._stop.is_set():
                     return
                 try:
-                    if policy.schedule:
+                    if policy.schedule and not first:
                         maintain_table(catalog, (lake.namespace, name), lake)
-                    else:
+                    else:  # at start, or when only the health is wanted
                         export_health(table_health(catalog.load_table((lake.namespace, name)), small))
                 except Exception as exc:  # never let the thread die: the next interval tries again
                     log.warning("maintenance.failed", table=name, error=str(exc))
+            first = False
             self.runs += 1
 
 
