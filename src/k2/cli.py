@@ -346,55 +346,27 @@ def maintain(
     pause_before_commit: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Compact small files, expire snapshots, sweep orphan files, apply retention; print each table's health."""
-    from k2.services.maintain import k2_tables, pause_until_removed, run_maintain
+    from k2.services.maintain import pause_until_removed, report_rows, run_maintain, with_policy
 
     with _errors():
-        settings = _settings(warehouse=warehouse)
-        lake = settings.lake
-        policy = lake.maintenance.model_dump()
-        policy.update(compact=compact, remove_orphans=orphans)
-        for key, value in (
-            ("target_file_bytes", target_file_bytes),
-            ("orphan_min_age_s", orphan_min_age),
-            ("snapshot_grace_s", snapshot_grace),
-        ):
-            if value is not None:
-                policy[key] = value
-        if retention_days is not None:
-            policy["retention_days"] = {name: retention_days for name in (table or k2_tables(settings))}
-        data = settings.model_dump()
-        data["lake"]["maintenance"] = policy
-        settings = load_settings(**data)
+        settings = with_policy(
+            _settings(warehouse=warehouse), table, compact=compact, remove_orphans=orphans,
+            target_file_bytes=target_file_bytes, orphan_min_age_s=orphan_min_age, snapshot_grace_s=snapshot_grace,
+            retention_days=retention_days,
+        )  # fmt: skip
         hook = (lambda: pause_until_removed(pause_before_commit)) if pause_before_commit else None
         reports = run_maintain(settings, table, before_commit=hook)
-    rows = [_maintenance_row(r.as_dict()) for r in reports]
+    rows = report_rows(reports)
     if fmt == "table" and rows:  # one field per line, one column per table (like `k2 quality`)
         fields = [k for k in rows[0] if k != "table"]
         print_arrow(pa.table({"field": fields} | {r["table"]: [str(r[f]) for f in fields] for r in rows}), fmt)
     else:
         print_arrow(pa.Table.from_pylist(rows) if rows else pa.table({"table": pa.array([], pa.string())}), fmt)
-    failed = [f"{r.table}: {step}: {error}" for r in reports for step, error in r.errors.items()]
-    if failed:
-        for line in failed:
-            err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+    for report in reports:
+        for step, error in report.errors.items():
+            err.print(f"[red]error:[/red] {report.table}: {step}: {error}", highlight=False, soft_wrap=True)
+    if any(report.errors for report in reports):
         raise typer.Exit(1)
-
-
-def _maintenance_row(report: dict[str, Any]) -> dict[str, Any]:
-    before, after = report["before"], report["after"] or {}
-    return {
-        "table": report["table"],
-        "files": f"{before['data_files']} -> {after.get('data_files', '?')}",
-        "small files": f"{before['small_files']} -> {after.get('small_files', '?')}",
-        "partitions": after.get("partitions", before["partitions"]),
-        "max files/partition": after.get("max_partition_files", before["max_partition_files"]),
-        "avg file": f"{after.get('avg_file_bytes', before['avg_file_bytes']):,} B",
-        "snapshots": f"{before['snapshots']} -> {after.get('snapshots', '?')}",
-        "compacted": report["compacted_files"],
-        "expired": report["expired_snapshots"],
-        "orphans deleted": report["orphans_deleted"],
-        "seconds": report["seconds"],
-    }
 
 
 # --- observability ------------------------------------------------------------------------------

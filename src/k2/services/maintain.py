@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pyiceberg.catalog import Catalog
 
-from k2.config import K2Settings
+from k2.config import K2Settings, load_settings
 from k2.errors import K2Error
 from k2.lake.catalog import open_catalog
 from k2.lake.compaction import small_file_bytes
@@ -31,6 +32,42 @@ log = get_logger(__name__)
 def k2_tables(settings: K2Settings) -> list[str]:
     """The tables K2 writes: trades and quality events."""
     return [settings.lake.trades_table, settings.quality.events_table]
+
+
+def with_policy(
+    settings: K2Settings, tables: Sequence[str] | None, *, retention_days: int | None = None, **policy: Any
+) -> K2Settings:
+    """``settings`` with the non-None ``lake.maintenance`` fields of ``policy`` replaced (`k2 maintain`
+    options); ``retention_days`` applies to ``tables`` (default: K2's tables)."""
+    data = settings.model_dump()
+    data["lake"]["maintenance"].update({k: v for k, v in policy.items() if v is not None})
+    if retention_days is not None:
+        data["lake"]["maintenance"]["retention_days"] = {t: retention_days for t in (tables or k2_tables(settings))}
+    return load_settings(**data)
+
+
+def report_rows(reports: Sequence[MaintenanceReport]) -> list[dict[str, Any]]:
+    """One display row per table: health before -> after and what the run did."""
+    rows = []
+    for report in reports:
+        done = report.as_dict()
+        before, after = report.before, report.after or report.before
+        rows.append(
+            {
+                "table": report.table,
+                "files": f"{before.data_files} -> {after.data_files}",
+                "small files": f"{before.small_files} -> {after.small_files}",
+                "partitions": after.partitions,
+                "max files/partition": after.max_partition_files,
+                "avg file": f"{round(after.avg_file_bytes):,} B",
+                "snapshots": f"{before.snapshots} -> {after.snapshots}",
+                "compacted": done["compacted_files"],
+                "expired": done["expired_snapshots"],
+                "orphans deleted": done["orphans_deleted"],
+                "seconds": done["seconds"],
+            }
+        )
+    return rows
 
 
 def run_maintain(
