@@ -365,6 +365,50 @@ def capture(
     out.print(f"captured {written} frames -> {out_path}")
 
 
+# --- lake upkeep (docs/lake.md) -----------------------------------------------------------------
+@app.command()
+def maintain(
+    warehouse: WarehouseOpt = None,
+    table: Annotated[
+        list[str] | None, typer.Option("--table", "-t", help="Table to maintain (repeatable; default: K2's tables).")
+    ] = None,
+    compact: Annotated[bool, typer.Option(help="Compact small data files.")] = True,
+    orphans: Annotated[bool, typer.Option(help="Delete orphan files older than --orphan-min-age.")] = True,
+    target_file_bytes: Annotated[int | None, typer.Option(help="Compaction target file size.")] = None,
+    orphan_min_age: Annotated[float | None, typer.Option(help="Orphan safety age in seconds.")] = None,
+    snapshot_grace: Annotated[
+        float | None, typer.Option(help="Seconds a replaced snapshot is kept for running readers.")
+    ] = None,
+    retention_days: Annotated[
+        int | None, typer.Option(help="Drop whole days older than this from the tables maintained.")
+    ] = None,
+    fmt: FormatOpt = "table",
+    pause_before_commit: Annotated[Path | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Compact small files, expire snapshots, sweep orphan files, apply retention; print each table's health."""
+    from k2.services.maintain import pause_until_removed, report_rows, run_maintain, with_policy
+
+    with _errors():
+        settings = with_policy(
+            _settings(warehouse=warehouse), table, compact=compact, remove_orphans=orphans,
+            target_file_bytes=target_file_bytes, orphan_min_age_s=orphan_min_age, snapshot_grace_s=snapshot_grace,
+            retention_days=retention_days,
+        )  # fmt: skip
+        hook = (lambda: pause_until_removed(pause_before_commit)) if pause_before_commit else None
+        reports = run_maintain(settings, table, before_commit=hook)
+    rows = report_rows(reports)
+    if fmt == "table" and rows:  # one field per line, one column per table (like `k2 quality`)
+        fields = [k for k in rows[0] if k != "table"]
+        print_arrow(pa.table({"field": fields} | {r["table"]: [str(r[f]) for f in fields] for r in rows}), fmt)
+    else:
+        print_arrow(pa.Table.from_pylist(rows) if rows else pa.table({"table": pa.array([], pa.string())}), fmt)
+    for report in reports:
+        for step, error in report.errors.items():
+            err.print(f"[red]error:[/red] {report.table}: {step}: {error}", highlight=False, soft_wrap=True)
+    if any(report.errors for report in reports):
+        raise typer.Exit(1)
+
+
 # --- observability ------------------------------------------------------------------------------
 @app.command()
 def status(

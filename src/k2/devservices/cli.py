@@ -52,20 +52,20 @@ def up(
 
 @dev_app.command()
 def fetch(
-    services: Annotated[str, typer.Option(help="Comma-separated: kafka,registry,s3,postgres.")] = (
-        "kafka,registry,s3,postgres"
-    ),
+    services: Annotated[
+        str, typer.Option(help="Comma-separated: kafka,registry,s3,postgres,spark (spark: the Spark tests' jars).")
+    ] = "kafka,registry,s3,postgres,spark",
 ) -> None:
     """Download the services into ~/.m2 and ~/.cache/k2 (and PostgreSQL via apt-get) without starting them."""
     configure_logging(level="WARNING")
-    from k2.devservices.stack import SERVICES
+    from k2.devservices.stack import FETCHABLE
     from k2.devservices.stack import fetch as fetch_services
 
     names = tuple(s.strip() for s in services.split(",") if s.strip())
     try:
-        unknown = sorted(set(names) - set(SERVICES))
+        unknown = sorted(set(names) - set(FETCHABLE))
         if unknown:
-            raise DevServiceError(f"unknown service(s) {unknown}: choose from {', '.join(SERVICES)}")
+            raise DevServiceError(f"unknown service(s) {unknown}: choose from {', '.join(FETCHABLE)}")
         timings = fetch_services(names)
     except K2Error as exc:
         raise _fail(exc) from None

@@ -30,6 +30,7 @@ from k2.logging import get_logger
 log = get_logger(__name__)
 
 SERVICES = ("kafka", "registry", "s3", "postgres")
+FETCHABLE = (*SERVICES, "spark")  # spark: only jars for the Spark tests (k2.devservices.spark), never started
 WAREHOUSE_BUCKET = "k2-warehouse"
 
 
@@ -53,9 +54,12 @@ def default_root() -> Path:
     return cache_dir() / "devstack"
 
 
-def fetch(services: tuple[str, ...] = SERVICES) -> dict[str, float]:
+def fetch(services: tuple[str, ...] = FETCHABLE) -> dict[str, float]:
     """Download (or find in the cache) what each service needs, without starting it; seconds per service."""
+    from k2.devservices.spark import spark_jars
+
     steps: dict[str, Callable[[], object]] = {
+        "spark": spark_jars,
         "kafka": kafka_classpath,
         "registry": apicurio_home,
         "s3": lambda: maven_artifact(

@@ -26,7 +26,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
 from k2.config import K2Settings, LakeSettings
-from k2.errors import K2Error, QueryError, ReadOnlyViolation
+from k2.errors import K2Error, QueryError, ReadOnlyViolation, SnapshotExpired
 from k2.lake.catalog import load_or_create_trades_table, open_catalog
 from k2.logging import get_logger
 from k2.metrics import QUERY_SECONDS
@@ -278,16 +278,22 @@ class QueryEngine:
         if not isinstance(query, str):
             raise QueryError("query must be a string")
         with self._timed("sql"):
-            self._maybe_refresh()
             with self._lock:
                 text = sql.check_read_only(self._con, query)
-                self._ensure_view()
-                try:
-                    table = sql.run(self._con, text, params)
-                except duckdb.PermissionException as exc:
-                    raise ReadOnlyViolation(f"refused: {exc}") from exc
-                except (duckdb.Error, TypeError, ValueError) as exc:
-                    raise QueryError(f"query failed: {exc}") from exc
+
+            def attempt() -> pa.Table:
+                with self._lock:
+                    self._ensure_view()
+                    try:
+                        return sql.run(self._con, text, params)
+                    except duckdb.PermissionException as exc:
+                        raise ReadOnlyViolation(f"refused: {exc}") from exc
+                    except duckdb.IOException:
+                        raise
+                    except (duckdb.Error, TypeError, ValueError) as exc:
+                        raise QueryError(f"query failed: {exc}") from exc
+
+            table = self._retrying(attempt)
         return QueryResult(table)
 
     def symbols(self) -> list[str]:
@@ -345,17 +351,22 @@ class QueryEngine:
         return table
 
     def _retrying(self, attempt: Callable[[], T]) -> T:
-        """Run ``attempt`` (which plans and queries); if a planned file vanished, refresh and retry once."""
+        """Run ``attempt`` (which plans and queries); if a planned file vanished (table maintenance
+        removed the files of the snapshot this engine held), refresh and retry once on the current
+        snapshot. A second failure is :class:`SnapshotExpired`: a clear error, never partial rows."""
         self._maybe_refresh()
         try:
             return attempt()
-        except duckdb.IOException as exc:
+        except (duckdb.IOException, SnapshotExpired) as exc:
             log.warning("query.file_missing", table=self._name, error=str(exc))
             self.refresh()
             try:
                 return attempt()
             except duckdb.IOException as again:
-                raise QueryError(f"cannot read the table's data files: {again}") from again
+                raise SnapshotExpired(
+                    f"cannot read the data files of {self._name}: removed while this query read them (table "
+                    f"maintenance expired its snapshot) or lost: {again}; retry the query"
+                ) from again
 
     def _aggregate(
         self, flt: TradeFilter, *, bucketed: bool, width_us: int = 0
@@ -385,6 +396,8 @@ class QueryEngine:
                 sql.create_trades_view(self._con, plan.files)
             else:
                 sql.create_empty_trades_view(self._con)
+        except duckdb.IOException:
+            raise  # a planned file is gone: the caller refreshes and retries (see _retrying)
         except duckdb.Error as exc:
             raise QueryError(f"cannot create the trades view: {exc}") from exc
         self._view_ready, self._view_snapshot = True, plan.snapshot_id

@@ -38,6 +38,7 @@ from k2.metrics import serve_metrics
 from k2.schema import TRADE
 from k2.schema.model import RecordSchema
 from k2.schema.quality_event import QUALITY_EVENT
+from k2.services.maintain import scheduled_maintenance
 
 log = get_logger(__name__)
 
@@ -171,8 +172,12 @@ def run_consume(
     for thread in threads:
         thread.start()
     finished = False
+    upkeep = scheduled_maintenance(
+        settings, [_stream(settings, TRADE).table, *(_stream(settings, QUALITY_EVENT).table for _ in side)]
+    )
     try:
-        stats = consumer.run(duration_s=duration_s, idle_exit_s=idle_exit_s, max_messages=max_messages)
+        with upkeep:  # off the commit path, docs/lake.md
+            stats = consumer.run(duration_s=duration_s, idle_exit_s=idle_exit_s, max_messages=max_messages)
         finished = True
     finally:
         for (other, other_registry), thread in zip(side, threads, strict=True):
