@@ -42,7 +42,9 @@ def _rows(settings: K2Settings) -> pa.Table:
 def test_kill_9_mid_rewrite_leaves_the_table_exact_and_the_next_run_sweeps(
     settings: K2Settings, tmp_path: Path, bundled_frames: list[RawFrame]
 ) -> None:
-    trades = BinanceAdapter().parse(bundled_frames, first_platform_sequence=1, is_sample_data=True)
+    trades = BinanceAdapter(("BTCUSDT", "ETHUSDT")).parse(
+        bundled_frames, first_platform_sequence=1, is_sample_data=True
+    )
     recording_trades = trades.records[DataType.TRADES]
     lake = settings.lake
     catalog = open_catalog(lake)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any
 
 from pyiceberg.catalog import Catalog
@@ -72,13 +73,27 @@ def open_catalog(lake: LakeSettings, **extra: Any) -> Catalog:
         if lake.s3.endpoint:
             relax_s3_checksums()
     props.update(extra)
-    try:
-        catalog = SqlCatalog(lake.catalog_name, uri=lake.resolved_catalog_uri, warehouse=warehouse, **props)
-    except Exception as exc:  # sqlalchemy / driver errors: translate at the edge
-        raise LakeError(f"cannot open catalog {lake.catalog_name!r}: {exc}") from exc
-    with contextlib.suppress(NamespaceAlreadyExistsError):
-        catalog.create_namespace(lake.namespace)
-    return catalog
+    for attempt in range(1, _OPEN_ATTEMPTS + 1):
+        try:
+            catalog = SqlCatalog(lake.catalog_name, uri=lake.resolved_catalog_uri, warehouse=warehouse, **props)
+            with contextlib.suppress(NamespaceAlreadyExistsError):
+                catalog.create_namespace(lake.namespace)
+            return catalog
+        except Exception as exc:  # sqlalchemy / driver errors: translate at the edge
+            # Two processes (or threads) opening a new SQLite catalog together race to create its
+            # tables ("already exists", "UNIQUE constraint"): the loser finds them on the next try.
+            if attempt == _OPEN_ATTEMPTS or not _lost_creation_race(exc):
+                raise LakeError(f"cannot open catalog {lake.catalog_name!r}: {exc}") from exc
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_OPEN_ATTEMPTS = 5
+
+
+def _lost_creation_race(exc: Exception) -> bool:
+    text = str(exc)
+    return "already exists" in text or "UNIQUE constraint" in text
 
 
 def trades_partition_spec() -> PartitionSpec:

@@ -104,7 +104,9 @@ def test_maintenance_on_postgres_catalog_and_s3_warehouse(
     the table's FileIO and leaves exactly the objects the metadata references."""
     frames = [RawFrame(r.frame.encode(), r.recv_us) for r in read_recording(BUNDLED_BINANCE_TRADES)]
     batch = (
-        BinanceAdapter().parse(frames[:3000], first_platform_sequence=1, is_sample_data=True).records[DataType.TRADES]
+        BinanceAdapter(("BTCUSDT", "ETHUSDT"))
+        .parse(frames[:3000], first_platform_sequence=1, is_sample_data=True)
+        .records[DataType.TRADES]
     )
     namespace = f"mt_{uuid.uuid4().hex[:8]}"
     prefix = f"wh-{namespace}"

@@ -54,7 +54,9 @@ SELECT unix_micros(bucket) AS bucket_us, open, high, low, close, volume, trades 
 
 @pytest.fixture(scope="module")
 def trades(bundled_frames: list[RawFrame]) -> pa.Table:
-    parsed = BinanceAdapter().parse(bundled_frames, first_platform_sequence=1, is_sample_data=True)
+    parsed = BinanceAdapter(("BTCUSDT", "ETHUSDT")).parse(
+        bundled_frames, first_platform_sequence=1, is_sample_data=True
+    )
     return pa.Table.from_batches([parsed.records[DataType.TRADES]])
 
 
