@@ -4,8 +4,9 @@
 lags the topic by whatever the consumers have not committed yet, so only the topic says which trade
 ids were already sent. Each partition is read from ``high watermark - max_messages`` (or its first
 offset) to its high watermark with a throw-away consumer (no group, nothing committed). Messages
-that do not decode are skipped (the consumer dead-letters them anyway). The window is a message
-count, not a time span, so a restart after any downtime still finds the newest ids; its cost is
+that do not decode (any of the decoder's reasons, e.g. a key schema's id in a value) are skipped and
+counted in :attr:`Tail.skipped` (the consumer dead-letters them anyway): they never stop a start.
+The window is a message count, not a time span, so a restart after any downtime still finds the newest ids; its cost is
 a fetch and a decode per message read (100,000 messages in 2.5–3 s, see BENCHMARKS.md).
 """
 
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +44,7 @@ class Tail:
     partitions: np.ndarray  # int32, aligned with ``rows``
     offsets: np.ndarray  # int64, aligned with ``rows``
     whole: frozenset[int]  # partitions read from offset 0: everything ever written to them is here
+    skipped: Mapping[str, int] = field(default_factory=dict)  # undecodable messages left out, by reason
 
 
 def read_tail(
@@ -115,12 +118,20 @@ def _read(consumer: Consumer, topic: str, decoder: AvroDecoder, max_messages: in
                     ends.pop(partition)
     result = decoder.decode(values)
     kept = np.asarray([where[i] for i in result.indices], dtype=np.int64).reshape(-1, 2)
-    log.info("bus.tail_read", topic=topic, messages=len(values), rows=result.batch.num_rows, skipped=len(result.errors))
+    skipped = dict(Counter(error.reason for _, error in result.errors))
+    log.info("bus.tail_read", topic=topic, messages=len(values), rows=result.batch.num_rows, skipped=skipped)
+    if skipped:
+        first = result.errors[0]
+        log.warning(
+            "bus.tail_skipped", topic=topic, skipped=skipped, partition=where[first[0]][0], offset=where[first[0]][1],
+            error=str(first[1]),
+        )  # fmt: skip
     return Tail(
         pa.Table.from_batches([result.batch]),
         kept[:, 0].astype(np.int32),
         kept[:, 1],
         frozenset(whole),
+        skipped,
     )
 
 
