@@ -54,8 +54,11 @@ def read_tail(
     *,
     max_messages: int,
     timeout_s: float = 60.0,
+    since_ms: int | None = None,
 ) -> Tail:
-    """Up to ``max_messages`` of each partition's newest messages, decoded with ``decoder``."""
+    """Up to ``max_messages`` of each partition's newest messages, decoded with ``decoder``; with
+    ``since_ms``, instead every message from each partition's first one timestamped at or after it
+    (Kafka's time index: a message produced then, if the broker holds it, is in what is read)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap_servers,
@@ -67,14 +70,16 @@ def read_tail(
         }
     )
     try:
-        return _read(consumer, topic, decoder, max_messages, time.monotonic() + timeout_s)
+        return _read(consumer, topic, decoder, max_messages, time.monotonic() + timeout_s, since_ms)
     except KafkaException as exc:
         raise BusError(f"cannot read the tail of {topic}: {exc}") from exc
     finally:
         consumer.close()
 
 
-def _read(consumer: Consumer, topic: str, decoder: AvroDecoder, max_messages: int, deadline: float) -> Tail:
+def _read(
+    consumer: Consumer, topic: str, decoder: AvroDecoder, max_messages: int, deadline: float, since_ms: int | None
+) -> Tail:
     def left() -> float:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -89,7 +94,13 @@ def _read(consumer: Consumer, topic: str, decoder: AvroDecoder, max_messages: in
     whole: set[int] = set()
     for partition in sorted(metadata.topics[topic].partitions):
         low, high = _watermarks(consumer, TopicPartition(topic, partition), left)
-        start = max(low, high - max_messages)
+        if since_ms is None:
+            start = max(low, high - max_messages)
+        else:
+            (found,) = consumer.offsets_for_times([TopicPartition(topic, partition, since_ms)], timeout=left())
+            if found.error is not None:
+                raise BusError(f"cannot find the offsets of {topic}[{partition}] at {since_ms} ms: {found.error}")
+            start = high if found.offset < 0 else max(low, found.offset)  # -1: nothing that recent
         if start == 0:
             whole.add(partition)
         if start < high:
