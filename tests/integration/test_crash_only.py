@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from k2.config import LakeSettings
+from k2.devservices.common import free_port, port_open
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
 from k2.emulator.server import EmulatorThread, ReplayConfig
 from k2.lake.catalog import load_or_create_trades_table, open_catalog
@@ -169,3 +170,29 @@ def test_a_bug_is_one_line_on_stderr_and_a_prompt_exit(tmp_path: Path) -> None:
         assert "in buggy_pipeline" in text and text.rstrip().endswith("RuntimeError: boom after 2000000 items")
     finally:
         saved.unlink()
+
+
+def test_sigterm_stops_the_emulator(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "emulator.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "k2.cli", "emulator", "--port", str(port)],
+            env=_env(tmp_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def listening() -> bool:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            return port_open(port)
+
+        eventually(listening, timeout=HANG_S, interval=0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=HANG_S) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not port_open(port)
