@@ -1,9 +1,9 @@
 """The `k2` command line. Commands are thin: parse options, build settings, call a service, print.
 
 Only this module turns an error into an exit code (1) and a one-line message on stderr: a K2Error
-as its message; anything else (a bug) as ``error: unexpected <Type>: <message>``, with the plain
-traceback written to a file the line names and to the ``cli.unexpected_error`` log event. No
-traceback is rendered on the terminal (typer's pretty tracebacks with locals could take minutes on a
+as its message; anything else (a bug) as ``error: unexpected <Type>: <message> (traceback in
+<file>)``, the plain traceback saved to that file (named in a ``cli.unexpected_error`` event too
+when services log JSON). No traceback is rendered on the terminal (typer's pretty tracebacks with locals could take minutes on a
 large local, with SIGINT ignored meanwhile), so a failing process exits at once.
 """
 
