@@ -27,7 +27,7 @@ from pyiceberg.table import Table
 
 from k2.config import K2Settings, LakeSettings
 from k2.errors import K2Error, QueryError, ReadOnlyViolation, SnapshotExpired
-from k2.lake.catalog import load_or_create_trades_table, open_catalog
+from k2.lake.catalog import load_existing_table, load_or_create_trades_table, open_catalog
 from k2.logging import get_logger
 from k2.metrics import QUERY_SECONDS
 from k2.query import exact, sql
@@ -141,7 +141,12 @@ class QueryEngine:
 
     @classmethod
     def from_settings(cls, settings: K2Settings) -> QueryEngine:
-        return cls(open_catalog(settings.lake), settings.lake)
+        """An engine on the configured warehouse, whose trades table must exist: reading creates
+        nothing (:class:`~k2.errors.LakeError` naming the warehouse otherwise)."""
+        lake = settings.lake
+        catalog = open_catalog(lake, create=False)
+        load_existing_table(catalog, lake, lake.trades_table)
+        return cls(catalog, lake)
 
     def close(self) -> None:
         with self._lock:

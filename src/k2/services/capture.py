@@ -16,6 +16,7 @@ from k2.config import K2Settings
 from k2.emulator.recording import RecordingWriter
 from k2.errors import ConfigError
 from k2.logging import get_logger
+from k2.services.lifecycle import stop_on_signals
 from k2.sources import RawFrame, load_adapter
 from k2.sources.session import WebSocketSession
 
@@ -58,7 +59,8 @@ async def capture(
         timer = asyncio.get_running_loop().call_later(duration_s, stop_all) if duration_s is not None else None
         tasks = [asyncio.create_task(s.run(sink)) for s in sessions]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            with stop_on_signals(stop_all, asyncio.get_running_loop()):  # a signal ends the recording cleanly
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 error = task.exception()
                 if error is not None:

@@ -12,12 +12,10 @@ quality-events table (group ``<consumer_group>.quality``, a second thread; a few
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 from pyiceberg.catalog import Catalog
@@ -38,6 +36,7 @@ from k2.metrics import serve_metrics
 from k2.schema import TRADE
 from k2.schema.model import RecordSchema
 from k2.schema.quality_event import QUALITY_EVENT
+from k2.services.lifecycle import stop_on_signals
 from k2.services.maintain import scheduled_maintenance
 
 log = get_logger(__name__)
@@ -134,7 +133,9 @@ def run_consume(
     idle_exit_s: float | None = None,
     max_messages: int | None = None,
 ) -> ConsumerStats:
-    """Consume until SIGINT/SIGTERM (or a bound); every consumed message is committed exactly once.
+    """Consume until SIGINT/SIGTERM (a second signal ends the process at once, see
+    :func:`~k2.services.lifecycle.stop_on_signals`) or a bound; every consumed message is committed
+    exactly once.
 
     With the default topics the quality-events stream runs alongside on a second thread (same
     ``duration_s`` and ``idle_exit_s``; stopped when the trades consumer stops). Returns the trades
@@ -152,13 +153,11 @@ def run_consume(
         registry.close()
         raise
 
-    def _stop(signum: int, frame: FrameType | None) -> None:
+    def _stop() -> None:  # called in the signal handler: sets flags only
         consumer.stop()
         for other, _ in side:
             other.stop()
 
-    main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
     failures: list[BaseException] = []
 
     def _run_side(other: IcebergConsumer) -> None:
@@ -168,29 +167,30 @@ def run_consume(
             failures.append(exc)
             consumer.stop()
 
-    threads = [threading.Thread(target=_run_side, args=(other,), daemon=True) for other, _ in side]
-    for thread in threads:
-        thread.start()
     finished = False
     upkeep = scheduled_maintenance(
         settings, [_stream(settings, TRADE).table, *(_stream(settings, QUALITY_EVENT).table for _ in side)]
     )
-    try:
-        with upkeep:  # off the commit path, docs/lake.md
-            stats = consumer.run(duration_s=duration_s, idle_exit_s=idle_exit_s, max_messages=max_messages)
-        finished = True
-    finally:
-        for (other, other_registry), thread in zip(side, threads, strict=True):
-            if idle_exit_s is None or not finished:  # bounded runs wait for the side stream to go idle too
-                other.stop()
-            thread.join()
-            other_registry.close()
-            log.info("consume.quality_stopped", **other.stats.as_dict())
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        registry.close()
-        if failures and not finished:
-            log.error("consume.quality_failed", error=repr(failures[0]))  # the trades consumer's error is raised
+    with stop_on_signals(_stop) as received:
+        threads = [threading.Thread(target=_run_side, args=(other,), daemon=True) for other, _ in side]
+        for thread in threads:
+            thread.start()
+        try:
+            with upkeep:  # off the commit path, docs/lake.md
+                stats = consumer.run(duration_s=duration_s, idle_exit_s=idle_exit_s, max_messages=max_messages)
+            finished = True
+        finally:
+            for (other, other_registry), thread in zip(side, threads, strict=True):
+                if idle_exit_s is None or not finished:  # bounded runs wait for the side stream to go idle too
+                    other.stop()
+                thread.join()
+                other_registry.close()
+                log.info("consume.quality_stopped", **other.stats.as_dict())
+            registry.close()
+            if received:
+                log.info("consume.stopped_by_signal", signal=received[0].name)
+            if failures and not finished:
+                log.error("consume.quality_failed", error=repr(failures[0]))  # the trades consumer's error is raised
     if failures:
         raise failures[0]
     return stats

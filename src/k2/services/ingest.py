@@ -8,7 +8,9 @@ to the quality-events table. Gaps are backfilled over REST and the fetched trade
 trades topic like live ones. On start the sequence tracker is seeded from the newest messages of
 the trades topic (:func:`k2.bus.tail.read_tail`, read further back until every subscribed
 symbol's position is known), so the gap a restart leaves is found and backfilled, and trades
-already sent are dropped as duplicates (docs/quality.md).
+already sent are dropped as duplicates (docs/quality.md). Trades whose delivery fails while the
+process runs (Kafka down longer than ``kafka.delivery_timeout_ms``) are re-opened as a gap once the
+topic shows it lacks them, and backfilled (:mod:`k2.services.redelivery`).
 
 Backpressure runs end to end: a full producer queue suspends :meth:`BatchProducer.send`, which
 stops the parse loop, which (once the frame backlog is full) suspends the session's sink and so the
@@ -45,6 +47,7 @@ from k2.schema.quality_event import QUALITY_EVENT
 from k2.services.completeness import Completeness, topic_seed, unplaced
 from k2.services.intake import TradeIntake
 from k2.services.lifecycle import FrameBacklog, open_sessions, run_until_stopped, supervise
+from k2.services.redelivery import Redelivery
 from k2.sources import load_adapter
 from k2.sources.session import wall_clock_us
 from k2.sources.symbols import SymbolInfo
@@ -119,7 +122,9 @@ class IngestService:
             )  # fmt: skip
         finally:
             registry.close()
-        self.producer = BatchProducer(kafka, self.topic, AvroEncoder(schema_id, TRADE), overrides=producer_overrides)
+        self.producer = BatchProducer(
+            kafka, self.topic, AvroEncoder(schema_id, TRADE), overrides=producer_overrides, keep_failed=True
+        )
         self.events_producer = BatchProducer(
             kafka, self.events_topic, AvroEncoder(events_schema_id, QUALITY_EVENT),
             client_id="k2-ingest-quality", overrides=producer_overrides,
@@ -131,6 +136,7 @@ class IngestService:
             now_us=wall_clock_us(), seed=seed, symbol_info=symbol_info,
         )  # fmt: skip
         self.completeness.resolve_stored(open_gaps(recorded.rows), seed, wall_clock_us())
+        self.redelivery = Redelivery(kafka, self.topic, schema_id, self.completeness)
         self.intake = TradeIntake(
             self.adapter, self.quarantine, self.completeness,
             next_sequence=wall_clock_us(), is_sample_data=is_sample_data,
@@ -153,6 +159,10 @@ class IngestService:
         out = self.stats.as_dict()
         out["backlog_frames"] = len(self._backlog)
         out["quality"] = self.completeness.stats.as_dict()
+        out["undelivered"] = {
+            "waiting": self.redelivery.waiting, "reopened": self.redelivery.reopened,
+            "held_by_topic": self.redelivery.persisted,
+        }  # fmt: skip
         return out
 
     async def run(self) -> IngestStats:
@@ -163,6 +173,7 @@ class IngestService:
         try:
             await supervise(self._sessions, self._backlog.sink, self._process_loop, self.stop, backfill)
         finally:
+            self.redelivery.cancel()
             timeout_s = self.settings.kafka.delivery_timeout_ms / 1000 + 5
             await asyncio.to_thread(self.producer.close, timeout_s)
             await asyncio.to_thread(self.events_producer.close, timeout_s)
@@ -174,6 +185,7 @@ class IngestService:
         while True:
             await self._backlog.wait(self._parse_interval_s)
             await self._produce_pending()
+            self.redelivery.step(self.producer.take_failed(), self.producer.settled, wall_clock_us())
             self.completeness.tick(wall_clock_us())
             await self._produce_backfilled()
             await self._produce_events()  # after the trades they describe
