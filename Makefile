@@ -37,8 +37,9 @@ typecheck: $(STAMP)
 test: lint typecheck services chromium
 	$(BIN)/pytest
 
-# Distributed-mode services for the integration tests: Maven Central jars into ~/.m2 and ~/.cache/k2,
-# PostgreSQL via apt-get when missing (the fixtures fetch lazily too; this fails early and clearly).
+# Distributed-mode services for the integration tests, and the Spark test's Iceberg/JDBC jars: Maven Central jars
+# into ~/.m2 and ~/.cache/k2, PostgreSQL via apt-get when missing (the fixtures fetch lazily too; this fails early
+# and clearly).
 services: $(STAMP)
 	$(BIN)/k2 dev fetch
 

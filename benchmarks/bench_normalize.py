@@ -16,7 +16,7 @@ import time
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
 from k2.schema.kinds import RecordKind
 from k2.sources import RawFrame
-from k2.sources.binance import BinanceAdapter
+from k2.sources.binance import BinanceParser, BinanceSymbols
 
 
 def main() -> None:
@@ -25,13 +25,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10)
     args = ap.parse_args()
     frames = [RawFrame(f.frame.encode(), f.recv_us) for f in read_recording(BUNDLED_BINANCE_TRADES)]
-    adapter = BinanceAdapter(["BTCUSDT", "ETHUSDT"])
+    parser = BinanceParser(["BTCUSDT", "ETHUSDT"], rules=BinanceSymbols())
     rates = []
     for _ in range(args.repeat):
         rows = 0
         start = time.perf_counter()
         for i in range(0, len(frames), args.batch):
-            parsed = adapter.parse(frames[i : i + args.batch], first_platform_sequence=i, is_sample_data=False)
+            parsed = parser.parse(frames[i : i + args.batch])
             rows += parsed.rows(RecordKind.TRADES)
         rates.append(rows / (time.perf_counter() - start))
     print(f"frames per pass: {len(frames)}, batch: {args.batch}, passes: {args.repeat}")

@@ -1,13 +1,23 @@
 """The `k2` command line. Commands are thin: parse options, build settings, call a service, print.
 
-Only this module turns a K2Error into an exit code (1) and a one-line message on stderr.
+Only this module turns an error into an exit code (1) and a one-line message on stderr: a K2Error
+as its message; anything else (a bug) as ``error: unexpected <Type>: <message> (traceback in
+<file>)``, the plain traceback saved to that file (named in a ``cli.unexpected_error`` event too
+when services log JSON). No traceback is rendered on the terminal (typer's pretty tracebacks with
+locals could take minutes on a large local, with SIGINT ignored meanwhile), so a failing process
+exits at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -18,21 +28,27 @@ from typing import Annotated, Any
 import pyarrow as pa
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from k2.api.cli import api_key_app
 from k2.config import K2Settings, load_settings
 from k2.devservices.cli import dev_app
 from k2.errors import ConfigError, K2Error
-from k2.logging import configure_logging
+from k2.logging import configure_logging, get_logger, logs_json
+
+log = get_logger(__name__)
 
 app = typer.Typer(
     name="k2",
     help="K2: live exchange market data into Apache Iceberg, queryable with DuckDB.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,  # see the module docstring: one line, never a rendered traceback
 )
-query_app = typer.Typer(help="Query the trades table (DuckDB over Iceberg).", no_args_is_help=True)
+query_app = typer.Typer(
+    help="Query the trades table (DuckDB over Iceberg).", no_args_is_help=True, pretty_exceptions_enable=False
+)
 app.add_typer(query_app, name="query")
 app.add_typer(dev_app, name="dev")  # k2.devservices: Kafka, registry, S3, PostgreSQL for development
 app.add_typer(api_key_app, name="api-key")  # k2.api.keys: keys of `k2 serve`
@@ -51,8 +67,45 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except K2Error as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    except Exception as exc:  # a bug: one line, the traceback to a file
+        _report_unexpected(exc)
+        raise typer.Exit(1) from None
+
+
+_MAX_MESSAGE_CHARS = 300
+
+
+def _report_unexpected(exc: BaseException) -> None:
+    """One line on stderr for an exception nothing handled; its plain traceback (no locals: fast
+    whatever the frames hold) goes to a file in the temp directory, named in the line (and in the
+    ``cli.unexpected_error`` event when services log JSON)."""
+    message = " ".join(str(exc).split())
+    if len(message) > _MAX_MESSAGE_CHARS:
+        message = message[: _MAX_MESSAGE_CHARS - 3] + "..."
+    path = Path(tempfile.gettempdir()) / f"k2-error-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.txt"
+    saved = ""
+    with contextlib.suppress(OSError):  # a read-only temp directory: the log event still says what failed
+        path.write_text("".join(traceback.format_exception(exc)))
+        saved = str(path)
+    if logs_json():  # for the log pipeline; a human console gets the one line below only
+        log.error("cli.unexpected_error", error_type=type(exc).__name__, error=message, traceback_file=saved or None)
+    where = f" (traceback in {saved})" if saved else ""
+    err.print(
+        f"[red]error:[/red] unexpected {type(exc).__name__}: {escape(message)}{escape(where)}",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+
+
+def main() -> None:
+    """The ``k2`` entry point: the typer app, with any exception a command let through reported in
+    one line (exit code 1) instead of a traceback."""
+    try:
+        app()
+    except Exception as exc:
+        _report_unexpected(exc)
+        sys.exit(1)
 
 
 @app.callback()
@@ -327,6 +380,7 @@ def emulator(
     """Serve Binance's stream protocol on a local WebSocket, replaying a recording."""
     from k2.emulator.recording import BUNDLED_BINANCE_TRADES
     from k2.emulator.server import Faults, ReplayConfig, serve_forever
+    from k2.services.lifecycle import run_until_signal
 
     configure_logging()
     with _errors():
@@ -343,7 +397,7 @@ def emulator(
                 adversarial_every=adversarial_every,
             ),
         )
-        asyncio.run(serve_forever(config, host, port))
+        asyncio.run(run_until_signal(lambda: serve_forever(config, host, port)))
 
 
 @app.command()
@@ -363,6 +417,50 @@ def capture(
         settings = _settings(symbols=symbols, max_connect_attempts=connect_attempts)
         written = asyncio.run(run_capture(settings, out_path, url=ws_url, max_frames=max_frames, duration_s=duration))
     out.print(f"captured {written} frames -> {out_path}")
+
+
+# --- lake upkeep (docs/lake.md) -----------------------------------------------------------------
+@app.command()
+def maintain(
+    warehouse: WarehouseOpt = None,
+    table: Annotated[
+        list[str] | None, typer.Option("--table", "-t", help="Table to maintain (repeatable; default: K2's tables).")
+    ] = None,
+    compact: Annotated[bool, typer.Option(help="Compact small data files.")] = True,
+    orphans: Annotated[bool, typer.Option(help="Delete orphan files older than --orphan-min-age.")] = True,
+    target_file_bytes: Annotated[int | None, typer.Option(help="Compaction target file size.")] = None,
+    orphan_min_age: Annotated[float | None, typer.Option(help="Orphan safety age in seconds.")] = None,
+    snapshot_grace: Annotated[
+        float | None, typer.Option(help="Seconds a replaced snapshot is kept for running readers.")
+    ] = None,
+    retention_days: Annotated[
+        int | None, typer.Option(help="Drop whole days older than this from the tables maintained.")
+    ] = None,
+    fmt: FormatOpt = "table",
+    pause_before_commit: Annotated[Path | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Compact small files, expire snapshots, sweep orphan files, apply retention; print each table's health."""
+    from k2.services.maintain import pause_until_removed, report_rows, run_maintain, with_policy
+
+    with _errors():
+        settings = with_policy(
+            _settings(warehouse=warehouse), table, compact=compact, remove_orphans=orphans,
+            target_file_bytes=target_file_bytes, orphan_min_age_s=orphan_min_age, snapshot_grace_s=snapshot_grace,
+            retention_days=retention_days,
+        )  # fmt: skip
+        hook = (lambda: pause_until_removed(pause_before_commit)) if pause_before_commit else None
+        reports = run_maintain(settings, table, before_commit=hook)
+    rows = report_rows(reports)
+    if fmt == "table" and rows:  # one field per line, one column per table (like `k2 quality`)
+        fields = [k for k in rows[0] if k != "table"]
+        print_arrow(pa.table({"field": fields} | {r["table"]: [str(r[f]) for f in fields] for r in rows}), fmt)
+    else:
+        print_arrow(pa.Table.from_pylist(rows) if rows else pa.table({"table": pa.array([], pa.string())}), fmt)
+    for report in reports:
+        for step, error in report.errors.items():
+            err.print(f"[red]error:[/red] {report.table}: {step}: {error}", highlight=False, soft_wrap=True)
+    if any(report.errors for report in reports):
+        raise typer.Exit(1)
 
 
 # --- observability ------------------------------------------------------------------------------
@@ -506,4 +604,4 @@ def quality(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

@@ -110,6 +110,40 @@ class S3Settings(_Section):
         return props
 
 
+class MaintenanceSettings(_Section):
+    """Table upkeep: compaction, snapshot retention, orphan sweep, data retention (docs/lake.md).
+
+    `k2 maintain` runs it once; `k2 run` and `k2 consume` run it every ``interval_s`` on a
+    background thread (``schedule``).
+    """
+
+    schedule: bool = True
+    interval_s: float = Field(default=600.0, gt=0)
+    # Compaction: per partition, data files smaller than 3/4 of the target are rewritten into files
+    # of about the target size (sorted) once at least `compact_min_files` of them exist.
+    compact: bool = True
+    target_file_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    compact_min_files: int = Field(default=5, ge=2)
+    # Time rule of snapshot expiry: the parent of a commit that removed data files (compaction,
+    # retention) is kept this long after it, so queries planned before it keep reading.
+    snapshot_grace_s: float = Field(default=600.0, ge=0)
+    # Orphan sweep: unreferenced files under a table's location older than this are deleted.
+    remove_orphans: bool = True
+    orphan_min_age_s: float = Field(default=86_400.0, ge=0)
+    # Data retention, off by default: table name -> days of data to keep (whole days, UTC).
+    retention_days: dict[str, int] = Field(default_factory=dict)
+    # Attempts per maintenance commit when other writers commit meanwhile (optimistic concurrency).
+    commit_attempts: int = Field(default=10, ge=1)
+
+    @field_validator("retention_days")
+    @classmethod
+    def _positive_days(cls, value: dict[str, int]) -> dict[str, int]:
+        for table, days in value.items():
+            if days < 1:
+                raise ValueError(f"retention of {table!r} must be at least 1 day, not {days}")
+        return value
+
+
 class LakeSettings(_Section):
     """The Iceberg warehouse."""
 
@@ -128,6 +162,7 @@ class LakeSettings(_Section):
     keep_snapshots: int = Field(default=20, ge=1)
     maintenance_every_commits: int = Field(default=10, ge=1)
     commit_retries: int = Field(default=5, ge=0)
+    maintenance: MaintenanceSettings = MaintenanceSettings()
 
     # Distributed mode: an object-store warehouse such as "s3://k2/warehouse" (overrides `warehouse`
     # for table data; the quarantine stays in the local `warehouse` directory) and its S3 settings.

@@ -14,7 +14,8 @@
     ├── LakeError                    Iceberg catalog/table/writer failures
     │   └── CommitConflict           another writer committed first (retryable: reload and retry)
     ├── QueryError                   a query that cannot run
-    │   └── ReadOnlyViolation        SQL that would write, attach or reach outside the warehouse
+    │   ├── ReadOnlyViolation        SQL that would write, attach or reach outside the warehouse
+    │   └── SnapshotExpired          files of the snapshot a query holds were removed by maintenance (retryable)
     ├── ApiError                     the REST API refused a request (k2.client): auth, limits, bad input
     ├── ScrapeError                  a process's /metrics endpoint could not be read (`k2 status`)
     ├── BusError                     Kafka / schema-registry failures
@@ -95,6 +96,13 @@ class ApiError(K2Error):
         self.code = code
         self.retry_after_s = retry_after_s
         self.retryable = status in (429, 503)
+
+
+class SnapshotExpired(QueryError):
+    """Files of the snapshot a query planned or read were removed by table maintenance (expiry after a
+    compaction or retention); the query returned nothing. Retry: it plans against the current snapshot."""
+
+    retryable = True
 
 
 class ScrapeError(K2Error):

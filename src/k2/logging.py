@@ -82,6 +82,12 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "console") -> None:
     )
 
 
+def logs_json() -> bool:
+    """Whether log events are rendered as JSON lines (services) rather than for a human console."""
+    processors = structlog.get_config()["processors"]
+    return bool(processors) and isinstance(processors[-1], structlog.processors.JSONRenderer)
+
+
 def get_logger(name: str, **context: Any) -> Any:
     """A bound structlog logger named after its module, with optional bound context.
 

@@ -91,9 +91,78 @@ LAKE_COMMIT_CONFLICTS = Counter(
 )
 LAKE_MAINTENANCE_SECONDS = Histogram(
     "k2_lake_maintenance_duration_seconds",
-    "Wall time of table maintenance operations run by the writer.",
+    "Wall time of table maintenance operations (expire_snapshots, merge_manifests, compact, retention, "
+    "remove_orphans), run by the writer, `k2 maintain` or the scheduled maintenance.",
     ["table", "operation"],
     buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+# --- lake health (exported by the scheduled maintenance of `k2 run` / `k2 consume`) ---------------
+LAKE_DATA_FILES = Gauge(
+    "k2_lake_data_files",
+    "Live data files in the table's current snapshot.",
+    ["table"],
+    registry=REGISTRY,
+)
+LAKE_SMALL_FILES = Gauge(
+    "k2_lake_small_data_files",
+    "Live data files below the compaction threshold (3/4 of lake.maintenance.target_file_bytes).",
+    ["table"],
+    registry=REGISTRY,
+)
+LAKE_PARTITIONS = Gauge(
+    "k2_lake_partitions",
+    "Partitions holding live data files.",
+    ["table"],
+    registry=REGISTRY,
+)
+LAKE_PARTITION_MAX_FILES = Gauge(
+    "k2_lake_partition_max_files",
+    "Live data files in the table's fullest partition.",
+    ["table"],
+    registry=REGISTRY,
+)
+LAKE_FILE_AVG_BYTES = Gauge(
+    "k2_lake_data_file_avg_bytes",
+    "Average size of the table's live data files.",
+    ["table"],
+    registry=REGISTRY,
+)
+LAKE_SNAPSHOTS = Gauge(
+    "k2_lake_retained_snapshots",
+    "Snapshots the table's metadata retains.",
+    ["table"],
+    registry=REGISTRY,
+)
+LAKE_ORPHAN_BYTES = Gauge(
+    "k2_lake_orphan_bytes",
+    "Unreferenced files under the table's location left by the last orphan sweep (younger than its safety age).",
+    ["table"],
+    registry=REGISTRY,
+)
+LAKE_LAST_MAINTENANCE = Gauge(
+    "k2_lake_last_maintenance_timestamp_seconds",
+    "Wall-clock time the last maintenance run of the table finished (Unix seconds).",
+    ["table"],
+    registry=REGISTRY,
+)
+LAKE_MAINTENANCE_FAILURES = Counter(
+    "k2_lake_maintenance_failures_total",
+    "Maintenance operations that failed (the table is unchanged by them; the next run tries again).",
+    ["table", "operation"],
+    registry=REGISTRY,
+)
+LAKE_COMPACTED_FILES = Counter(
+    "k2_lake_compacted_files_total",
+    "Small data files replaced by compaction.",
+    ["table"],
+    registry=REGISTRY,
+)
+LAKE_ORPHANS_DELETED = Counter(
+    "k2_lake_orphan_files_deleted_total",
+    "Orphan files (unreferenced, older than the safety age) deleted by the sweep.",
+    ["table"],
     registry=REGISTRY,
 )
 

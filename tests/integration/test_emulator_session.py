@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import socket
 import ssl
@@ -10,8 +11,10 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection, serve
 
 from k2.config import SourceSettings
@@ -21,7 +24,7 @@ from k2.emulator.server import BinanceEmulator, ReplayConfig
 from k2.errors import ExchangeUnreachable
 from k2.metrics import REGISTRY
 from k2.sources import RawFrame
-from k2.sources.session import WebSocketSession
+from k2.sources.session import CONTROL_MESSAGE_INTERVAL_S, WebSocketSession
 from tests.conftest import binance_parser, eventually_async
 
 pytestmark = pytest.mark.integration
@@ -158,7 +161,10 @@ def test_connection_is_replaced_when_it_reaches_max_age(tmp_path: Path) -> None:
     got, stats = asyncio.run(main())
     reasons = stats["reconnects_by_reason"]
     assert isinstance(reasons, dict)
-    assert reasons["max_age"] >= 2
+    # The replay cannot deliver its 60 frames in less than 1.5 s, and the first connection's 0.4 s
+    # expiry is due long before the last frame: at least one replacement on any machine (a busy one
+    # may delay reconnections and so see fewer than the ~3 of a quiet one).
+    assert reasons["max_age"] >= 1
     assert reasons["dropped"] == reasons["error"] == 0
     assert stats["connections"] == reasons["max_age"] + 1
     assert _reconnects("max_age") - max_age_before == reasons["max_age"]
@@ -194,30 +200,41 @@ def test_server_pings_are_answered_while_the_session_runs() -> None:
     assert stats["reconnects"] == 0
 
 
-def test_subscribe_messages_are_paced_under_the_incoming_limit() -> None:
+def test_subscribe_messages_are_paced_under_the_incoming_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session spaces its control messages CONTROL_MESSAGE_INTERVAL_S apart (4/s, under Binance's 5/s),
+    measured where they leave the client: a busy machine only widens the gaps there, whereas arrival
+    times at the server can bunch up (that limit itself is enforced by the emulator, see
+    tests/unit/emulator/test_server.py)."""
     streams = ["btcusdt@trade", "ethusdt@trade", *(f"x{i}usdt@trade" for i in range(6))]
     messages = [f'{{"method":"SUBSCRIBE","params":["{s}"],"id":{i}}}' for i, s in enumerate(streams, 1)]
+    sent: list[float] = []
+    send = ClientConnection.send
 
-    async def main() -> tuple[list[bytes], int, float]:
-        async with BinanceEmulator(ReplayConfig(max_client_messages_per_s=5, speed=1.0)) as emu:
+    async def timed_send(self: ClientConnection, message: Any, *args: Any, **kwargs: Any) -> None:
+        if message in messages:
+            sent.append(time.monotonic())
+        await send(self, message, *args, **kwargs)
+
+    monkeypatch.setattr(ClientConnection, "send", timed_send)
+
+    async def main() -> list[bytes]:
+        async with BinanceEmulator(ReplayConfig(max_client_messages_per_s=1_000, speed=1.0)) as emu:
             session = WebSocketSession(emu.url + "/ws", venue="binance", settings=FAST, subscribe_messages=messages)
             acks: list[bytes] = []
-            times: list[float] = []
 
             async def sink(frame: RawFrame) -> None:
                 if frame.payload.startswith(b'{"result"'):
                     acks.append(frame.payload)
-                    times.append(time.monotonic())
                     if len(acks) == len(messages):
                         session.stop()
 
             await asyncio.wait_for(session.run(sink), 20)
-            return acks, emu.rate_limited, times[-1] - times[0]
+            return acks
 
-    acks, rate_limited, span = asyncio.run(main())
+    acks = asyncio.run(main())
     assert acks == [f'{{"result":null,"id":{i}}}'.encode() for i in range(1, 9)]
-    assert rate_limited == 0
-    assert span >= 7 * 0.25 - 0.05
+    assert len(sent) == len(messages)
+    assert all(b - a >= CONTROL_MESSAGE_INTERVAL_S - 1e-3 for a, b in itertools.pairwise(sent))
 
 
 def test_stop_from_another_thread(bundled_frames: list[RawFrame]) -> None:

@@ -315,7 +315,7 @@ def test_status_shows_live_figures_during_the_demo(tmp_path: Path) -> None:
             "--warehouse",
             str(tmp_path / "demo"),
             "--speed",
-            "100",
+            "5",  # ~130 s of replay: the figures below are read while it runs, then SIGTERM ends it
             "--metrics-port",
             str(port),
         ],
@@ -341,6 +341,7 @@ def test_status_shows_live_figures_during_the_demo(tmp_path: Path) -> None:
         rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in result.output.splitlines()]
         (binance,) = [r for r in rows if r[:2] == ["binance", "connected"]]
         assert float(binance[3].replace(",", "")) > 0, result.output  # frames/s while the replay runs
+        demo.send_signal(signal.SIGTERM)  # the demo stops early, commits what it received, and sums up
         out, _ = demo.communicate(timeout=120)
     finally:
         if demo.poll() is None:
@@ -348,3 +349,4 @@ def test_status_shows_live_figures_during_the_demo(tmp_path: Path) -> None:
             demo.wait()
     assert demo.returncode == 0, out.decode()[-3000:]
     assert f"Prometheus metrics on {url}" in out.decode()
+    assert "Rows per symbol" in out.decode()

@@ -222,8 +222,9 @@ def test_prometheus_holds_exactly_the_kafka_figures(kafka_stack: KafkaStack) -> 
 
 
 def test_alerts_on_the_kafka_stack(kafka_stack: KafkaStack) -> None:
-    """The dead letters put K2DeadLettersIncreasing in pending (it fires after 5 minutes); lag,
-    commit-error and process alerts stay inactive."""
+    """The dead letters make K2DeadLettersIncreasing active (pending, firing once they are 5 minutes
+    old: which one depends on how long the tests before this one took); lag, commit-error and
+    process alerts stay inactive."""
 
     def rules_with_dead_letter_alert() -> dict[str, Any]:
         # Rules are evaluated every second: wait (bounded) for the evaluation that sees the dead letters.
@@ -237,7 +238,7 @@ def test_alerts_on_the_kafka_stack(kafka_stack: KafkaStack) -> None:
     active = {name for name, r in rules.items() if r["state"] != "inactive"}
     assert not active & {"K2ProcessDown", "K2ConsumerLagGrowing", "K2CommitErrors", "K2ProducerDeliveryFailures"}
     (alert,) = rules["K2DeadLettersIncreasing"]["alerts"]
-    assert alert["state"] == "pending"
+    assert alert["state"] in ("pending", "firing")
     assert alert["labels"] == {
         "alertname": "K2DeadLettersIncreasing",
         "severity": "warning",

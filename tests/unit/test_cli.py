@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
+import threading
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from k2.cli import app
+from k2.config import LakeSettings
 from k2.emulator.server import EmulatorThread, ReplayConfig
+from k2.lake.catalog import load_or_create_table, open_catalog
+from k2.schema.kinds import RecordKind
+from tests.conftest import eventually
 
 runner = CliRunner()
 
@@ -89,14 +97,83 @@ def test_run_against_an_unreachable_exchange_fails_with_one_line(tmp_path: Path)
     assert "127.0.0.1" in errors[0]
 
 
-def test_run_streams_from_a_compatible_url(tmp_path: Path) -> None:
+def _committed(warehouse: Path) -> int:
+    if not (warehouse / "catalog.db").exists():
+        return 0
+    lake = LakeSettings(warehouse=warehouse)
+    snapshot = load_or_create_table(open_catalog(lake), lake, RecordKind.TRADES).current_snapshot()
+    return 0 if snapshot is None else int(snapshot.summary.additional_properties.get("total-records", 0))  # type: ignore[union-attr]
+
+
+def test_run_streams_from_a_compatible_url_until_interrupted(tmp_path: Path) -> None:
+    """`k2 run` runs until a signal (here SIGINT, sent once every trade is committed), then exits 0."""
+    warehouse = tmp_path / "w"
     with EmulatorThread(ReplayConfig(speed=None)) as emu:
-        result = runner.invoke(
-            app,
-            ["run", "--ws-url", emu.url, "--sample", "--duration", "4", "--warehouse", str(tmp_path / "w")],
-        )
+
+        def interrupt_once_committed() -> None:
+            try:
+                eventually(lambda: emu.finished and _committed(warehouse) >= 34_419, timeout=120, interval=0.2)
+            finally:
+                os.kill(os.getpid(), signal.SIGINT)  # caught by `k2 run`'s handler: a clean stop
+
+        thread = threading.Thread(target=interrupt_once_committed)
+        thread.start()
+        result = runner.invoke(app, ["run", "--ws-url", emu.url, "--sample", "--warehouse", str(warehouse)])
+        thread.join()
     assert result.exit_code == 0, result.output
     assert "34419 frames, 34419 trades, 0 rejected, 34419 rows" in result.output
+
+
+READ_COMMANDS = [
+    ["query", "trades"],
+    ["query", "ohlcv", "--symbol", "BTCUSDT"],
+    ["query", "vwap", "--symbol", "BTCUSDT"],
+    ["query", "sql", "SELECT count(*) FROM trades"],
+    ["quality"],
+]
+
+
+@pytest.mark.parametrize("command", READ_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_read_commands_on_a_missing_warehouse_say_so_and_create_nothing(tmp_path: Path, command: list[str]) -> None:
+    missing = tmp_path / "no-such-warehouse"
+    result = runner.invoke(app, [*command, "--warehouse", str(missing)])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == [
+        f"error: no K2 table in {missing}: there is no catalog there (check --warehouse)"
+    ]
+    assert not missing.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", READ_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_read_commands_on_a_warehouse_without_the_table_say_so_and_create_nothing(
+    tmp_path: Path, command: list[str]
+) -> None:
+    lake = LakeSettings(warehouse=tmp_path / "w")
+    open_catalog(lake).engine.dispose()  # a catalog with K2's namespace, but no table
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = runner.invoke(app, [*command, "--warehouse", str(lake.warehouse)])
+    assert result.exit_code == 1, result.output
+    want = f"error: no table market_data.trades in {lake.warehouse}: nothing was written there (check --warehouse)"
+    assert result.output.splitlines() == [want]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_an_unexpected_error_is_one_line_naming_the_saved_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def buggy(*args: object, **kwargs: object) -> None:
+        raise KeyError("a [bracketed] key")
+
+    monkeypatch.setattr("k2.services.quality_report.quality_report", buggy)
+    result = runner.invoke(app, ["quality", "--warehouse", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.splitlines()
+    match = re.fullmatch(r"error: unexpected KeyError: '?a \[bracketed\] key'? \(traceback in (\S+)\)", line)
+    assert match is not None, line
+    saved = Path(match.group(1))
+    assert saved.read_text().rstrip().endswith("KeyError: 'a [bracketed] key'")
+    saved.unlink()
 
 
 def test_invalid_symbols_are_a_config_error(tmp_path: Path) -> None:

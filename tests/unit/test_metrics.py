@@ -87,7 +87,9 @@ def test_metric_names_follow_the_conventions() -> None:
         full = metric._name
         assert full.startswith("k2_"), name
         if metric._type != "counter":  # counters always expose <name>_total
-            assert full.endswith(("_seconds", "_bytes", "_rows", "_connected")), full
+            assert full.endswith(
+                ("_seconds", "_bytes", "_rows", "_connected", "_files", "_partitions", "_snapshots")
+            ), full
         assert "trade_id" not in metric._labelnames and "message_id" not in metric._labelnames
 
 

@@ -23,7 +23,16 @@ from k2.metrics import (
     WS_MESSAGES,
     serve_metrics,
 )
-from k2.services.status import FeedStatus, SymbolStatus, TableStatus, build_report, parse_exposition, render, scrape
+from k2.services.status import (
+    FeedStatus,
+    HealthStatus,
+    SymbolStatus,
+    TableStatus,
+    build_report,
+    parse_exposition,
+    render,
+    scrape,
+)
 
 T0 = 1_723_161_600.0  # 2024-08-09 00:00:00 UTC
 
@@ -139,6 +148,39 @@ def test_render_shows_every_section() -> None:
     assert "quality_events_total kind=GAP,venue=binance 3 0.0" in lines
     assert "backfill_gaps_total outcome=resolved,venue=binance 2 0.0" in lines
     assert "k2_producer_queue_messages 17 -" in lines
+
+
+HEALTH = f"""# TYPE k2_lake_data_files gauge
+k2_lake_data_files{{table="market_data.trades"}} 1200
+# TYPE k2_lake_small_data_files gauge
+k2_lake_small_data_files{{table="market_data.trades"}} 1190
+# TYPE k2_lake_partitions gauge
+k2_lake_partitions{{table="market_data.trades"}} 3
+# TYPE k2_lake_partition_max_files gauge
+k2_lake_partition_max_files{{table="market_data.trades"}} 900
+# TYPE k2_lake_data_file_avg_bytes gauge
+k2_lake_data_file_avg_bytes{{table="market_data.trades"}} 3145728
+# TYPE k2_lake_retained_snapshots gauge
+k2_lake_retained_snapshots{{table="market_data.trades"}} 21
+# TYPE k2_lake_orphan_bytes gauge
+k2_lake_orphan_bytes{{table="market_data.trades"}} 2048
+# TYPE k2_lake_last_maintenance_timestamp_seconds gauge
+k2_lake_last_maintenance_timestamp_seconds{{table="market_data.trades"}} {T0 - 60}
+"""
+
+
+def test_lake_health_has_its_own_section() -> None:
+    report = build_report(parse_exposition(HEALTH, url="u", at=T0))
+    assert report.health == [
+        HealthStatus(
+            "market_data.trades", 1200, 1190, 3, 900, 3145728, 21, 2048, datetime(2024, 8, 8, 23, 59, tzinfo=UTC)
+        )
+    ]
+    assert report.other == []  # not repeated among the other series
+    console = Console(record=True, width=160, color_system=None)
+    console.print(render(report))
+    lines = {" ".join(line.replace("│", " ").split()) for line in console.export_text().splitlines()}
+    assert "market_data.trades 1,200 1,190 3 900 3.0 MiB 21 2.0 KiB 2024-08-08 23:59:00" in lines
 
 
 def test_not_an_exposition_page_is_a_scrape_error() -> None:

@@ -7,12 +7,16 @@ reordering from retries), compression, and the Java client's ``murmur2`` partiti
 delivery reports) until it has drained to half, which suspends the caller and so the WebSocket
 source: backpressure, never a drop. Every delivery report is counted
 (``k2_producer_messages_total{result}``); a message that could not be delivered within
-``kafka.delivery_timeout_ms`` (after librdkafka's retries) is counted as failed and logged.
+``kafka.delivery_timeout_ms`` (after librdkafka's retries) is counted as failed and logged, and,
+with ``keep_failed``, kept (:meth:`BatchProducer.take_failed`) so that its sender can find out
+whether the broker holds it after all ("possibly persisted") and send it again if not: `k2 ingest`
+re-opens such trades as a gap (see :mod:`k2.bus.redelivery`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +51,18 @@ def producer_config(kafka: KafkaSettings, client_id: str) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class FailedDelivery:
+    """A message librdkafka gave up on: its value, its partition (-1: never assigned, so never sent)
+    and when the failure was reported (wall clock, ms). librdkafka reports no create time for a
+    failed message, but it was produced at most ``delivery_timeout_ms`` before the report: any copy
+    the broker persisted carries a create time after ``reported_ms - delivery_timeout_ms``."""
+
+    value: bytes
+    partition: int
+    reported_ms: int
+
+
 @dataclass
 class ProducerStats:
     produced: int = 0
@@ -69,9 +85,13 @@ class BatchProducer:
         *,
         client_id: str = "k2-ingest",
         overrides: Mapping[str, Any] | None = None,
+        keep_failed: bool = False,
     ) -> None:
         self.topic = topic
         self.stats = ProducerStats()
+        self._keep_failed = keep_failed
+        self._failed: list[FailedDelivery] = []
+        self._failing: set[int] = set()  # partitions with a failure not followed by a delivery yet
         self._encoder = encoder
         self._queue_limit = kafka.producer_queue_messages
         self._reported = ProducerStats()
@@ -128,12 +148,35 @@ class BatchProducer:
     def queued(self) -> int:
         return len(self._producer)
 
+    def take_failed(self) -> list[FailedDelivery]:
+        """The failed messages kept since the last call (``keep_failed``), oldest first."""
+        failed, self._failed = self._failed, []
+        return failed
+
+    @property
+    def settled(self) -> bool:
+        """Whether every partition that saw a failure has since delivered a later message (or nothing
+        is queued or in flight at all): the idempotent producer then never persists a failed message
+        later, so what the topic holds of them now is final."""
+        return not self._failing or len(self._producer) == 0
+
     # --- reports ------------------------------------------------------------------------------------
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        partition = msg.partition()
         if err is None:
             self.stats.delivered += 1
+            if self._failing:
+                self._failing.discard(partition if partition is not None else -1)
             return
         self.stats.failed += 1
+        if partition is not None and partition >= 0:
+            self._failing.add(partition)
+        if self._keep_failed:
+            value = msg.value()
+            if value is not None:
+                self._failed.append(
+                    FailedDelivery(value, -1 if partition is None else partition, time.time_ns() // 10**6)
+                )
         self._limited.warning(
             "producer.delivery_failed",
             err.name(),

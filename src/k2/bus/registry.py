@@ -73,8 +73,10 @@ class SchemaRegistry:
                 return True
             raise BusError(f"schema registry compatibility check failed for {subject!r}: {exc}") from exc
 
-    def fetch(self, schema_id: int) -> dict[str, Any]:
-        """The Avro schema registered under ``schema_id``; :class:`KeyError` when there is none."""
+    def fetch(self, schema_id: int) -> Any:
+        """The Avro schema (parsed JSON) registered under ``schema_id``: :class:`KeyError` when there is
+        none, :class:`ValueError` when it is not an Avro schema. Not necessarily a record: the
+        ``"string"`` schema commonly registered for keys is valid here (the decoder rejects it)."""
         try:
             schema = self._call("get schema", self._client.get_schema, schema_id)
         except SchemaRegistryError as exc:
@@ -82,9 +84,8 @@ class SchemaRegistry:
                 raise KeyError(schema_id) from exc
             raise BusError(f"schema registry failed to return schema {schema_id}: {exc}") from exc
         if schema.schema_type not in (None, "AVRO"):
-            raise KeyError(schema_id)
-        parsed: dict[str, Any] = json.loads(schema.schema_str)
-        return parsed
+            raise ValueError(f"a {schema.schema_type} schema, not Avro")
+        return json.loads(schema.schema_str)  # a JSONDecodeError is a ValueError too
 
     def close(self) -> None:
         self._client.close()

@@ -25,7 +25,9 @@ from typing import Any
 import fastavro
 import numpy as np
 import pyarrow as pa
+from fastavro.read import SchemaResolutionError
 
+from k2.errors import K2Error
 from k2.schema import to_arrow, to_avro
 from k2.schema.model import (
     BooleanType,
@@ -51,6 +53,12 @@ class WireFormatError(ValueError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason  # small fixed set: a metric label and a DLQ header
+
+
+def _short(value: object, limit: int = 200) -> str:
+    """At most ``limit`` characters of ``value``'s text (fastavro puts whole schemas in its messages)."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def frame(schema_id: int, body: bytes) -> bytes:
@@ -228,13 +236,19 @@ class AvroDecoder:
     """Decodes framed values to canonical Arrow batches of ``record`` (any canonical record schema),
     resolving each writer schema (by id) to it.
 
-    ``fetch_schema(id)`` returns the writer schema (Avro JSON as a dict) registered under that id; it
-    is called once per id. It raises :class:`KeyError` for an unknown id (those messages are
-    rejected) and a :class:`~k2.errors.K2Error` when the registry cannot be reached (propagated: the
-    caller retries, nothing is dead-lettered for an outage).
+    ``fetch_schema(id)`` returns the writer schema (Avro JSON) registered under that id; it is called
+    once per id. It raises :class:`KeyError` for an unknown id and a
+    :class:`~k2.errors.K2Error` when the registry cannot be reached (propagated: the caller retries,
+    nothing is dead-lettered for an outage); anything else it raises, or returns, that is not a
+    usable record schema makes the id's messages :class:`WireFormatError` ``incompatible_schema``.
+    What an id decodes to, or why it cannot, is cached: a registered schema never changes.
+
+    No input makes :meth:`decode` raise anything but a registry outage: a bad message is reported
+    with a reason (a dead letter for `k2 consume`, skipped by `k2 ingest`'s tail read), so no message
+    can stop a consumer on every restart.
     """
 
-    def __init__(self, record: RecordSchema, fetch_schema: Callable[[int], dict[str, Any]]) -> None:
+    def __init__(self, record: RecordSchema, fetch_schema: Callable[[int], Any]) -> None:
         self.record = record
         self.arrow_schema = to_arrow(record)
         self._reader_json = to_avro(record)
@@ -242,31 +256,51 @@ class AvroDecoder:
         self._decimals = _decimal_fields(self._reader_json)
         self._fetch = fetch_schema
         self._reader_form = fastavro.schema.to_parsing_canonical_form(self._reader)
-        self._writers: dict[int, tuple[Any, Any]] = {}
+        self._writers: dict[int, tuple[Any, Any] | WireFormatError] = {}
         self.fetches = 0
 
     def _writer(self, schema_id: int) -> tuple[Any, Any]:
-        """(parsed writer schema, reader schema or None when no resolution is needed), cached per id."""
+        """(parsed writer schema, reader schema or None when no resolution is needed), cached per id;
+        :class:`WireFormatError` (cached too) when the id has no usable record schema."""
         cached = self._writers.get(schema_id)
         if cached is None:
             self.fetches += 1
             try:
-                writer_json = self._fetch(schema_id)
-            except KeyError:
-                raise WireFormatError("unknown_schema", f"schema id {schema_id} is not in the registry") from None
-            for name, spec in _decimal_fields(writer_json).items():
-                if name in self._decimals and spec != self._decimals[name]:
-                    raise WireFormatError(
-                        "incompatible_schema",
-                        f"field {name!r} is decimal{spec} in schema {schema_id}, expected {self._decimals[name]}",
-                    )
-            try:
-                parsed = fastavro.parse_schema(raw_schema(writer_json))
-            except Exception as exc:  # fastavro raises several types for bad schemas
-                raise WireFormatError("incompatible_schema", f"schema {schema_id} is not usable: {exc}") from exc
-            same = fastavro.schema.to_parsing_canonical_form(parsed) == self._reader_form
-            cached = self._writers[schema_id] = (parsed, None if same else self._reader)
+                cached = self._resolve(schema_id)
+            except WireFormatError as exc:
+                cached = exc
+            self._writers[schema_id] = cached
+        if isinstance(cached, WireFormatError):
+            raise cached
         return cached
+
+    def _resolve(self, schema_id: int) -> tuple[Any, Any]:
+        try:
+            writer_json = self._fetch(schema_id)
+        except KeyError:
+            raise WireFormatError("unknown_schema", f"schema id {schema_id} is not in the registry") from None
+        except K2Error:
+            raise  # the registry is unreachable: not the message's fault
+        except Exception as exc:  # a schema the registry holds but that cannot be read
+            raise WireFormatError("incompatible_schema", f"schema {schema_id} cannot be read: {exc}") from exc
+        if not isinstance(writer_json, dict) or writer_json.get("type") != "record":
+            kind = writer_json.get("type") if isinstance(writer_json, dict) else writer_json
+            raise WireFormatError(
+                "incompatible_schema", f"schema {schema_id} is a {_short(kind)} schema, not a {self.record.name} record"
+            )
+        try:
+            writer_decimals = _decimal_fields(writer_json)
+            parsed = fastavro.parse_schema(raw_schema(writer_json))
+        except Exception as exc:  # fastavro raises several types for bad schemas
+            raise WireFormatError("incompatible_schema", f"schema {schema_id} is not usable: {exc}") from exc
+        for name, spec in writer_decimals.items():
+            if name in self._decimals and spec != self._decimals[name]:
+                raise WireFormatError(
+                    "incompatible_schema",
+                    f"field {name!r} is decimal{spec} in schema {schema_id}, expected {self._decimals[name]}",
+                )
+        same = fastavro.schema.to_parsing_canonical_form(parsed) == self._reader_form
+        return parsed, None if same else self._reader
 
     def decode_one(self, value: bytes | None) -> dict[str, Any]:
         """One value to a dict in the raw form (decimal bytes, timestamp longs)."""
@@ -277,11 +311,17 @@ class AvroDecoder:
         fo.seek(HEADER_SIZE)
         try:
             record = fastavro.schemaless_reader(fo, writer, reader)
+        except SchemaResolutionError as exc:  # e.g. another record type, an enum symbol the reader lacks
+            name = writer.get("name", "?") if isinstance(writer, dict) else "?"
+            raise WireFormatError(
+                "incompatible_schema",
+                f"schema {schema_id} ({name}) does not resolve to {self.record.name}: {_short(exc)}",
+            ) from exc
         except Exception as exc:  # truncated or corrupt bodies raise EOFError, ValueError, ...
-            raise WireFormatError("undecodable", f"{type(exc).__name__}: {exc}") from exc
+            raise WireFormatError("undecodable", f"{type(exc).__name__}: {_short(exc)}") from exc
         if fo.tell() != len(value):
             raise WireFormatError("undecodable", f"{len(value) - fo.tell()} trailing bytes after the record")
-        if not isinstance(record, dict):  # pragma: no cover - the reader schema is a record
+        if not isinstance(record, dict):  # pragma: no cover - the writer schema is a record
             raise WireFormatError("undecodable", "not a record")
         return record
 
@@ -298,30 +338,31 @@ class AvroDecoder:
                 except WireFormatError as exc:
                     errors.append((i, exc))
             batch = self.to_batch(rows)
-        if batch is None:  # a decimal out of range somewhere: find it row by row
+        if isinstance(batch, str):  # a value the column cannot hold (a decimal out of range): find it row by row
             good: list[dict[str, Any]] = []
             good_idx: list[int] = []
             for row, i in zip(rows, indices, strict=True):
-                if self.to_batch([row]) is None:
-                    errors.append((i, WireFormatError("invalid_value", "decimal value exceeds the column precision")))
+                problem = self.to_batch([row])
+                if isinstance(problem, str):
+                    errors.append((i, WireFormatError("invalid_value", problem)))
                 else:
                     good.append(row)
                     good_idx.append(i)
             rows, indices = good, good_idx
             batch = self.to_batch(rows)
-            assert batch is not None
+            assert not isinstance(batch, str)
             errors.sort(key=lambda e: e[0])
         return DecodeResult(batch, indices, errors)
 
-    def to_batch(self, rows: list[dict[str, Any]]) -> pa.RecordBatch | None:
-        """Raw dicts to a canonical batch (None when a decimal exceeds its precision)."""
+    def to_batch(self, rows: list[dict[str, Any]]) -> pa.RecordBatch | str:
+        """Raw dicts to a canonical batch, or why a value does not fit its column."""
         arrays = []
         for f, arrow_field in zip(self.record.fields, self.arrow_schema, strict=True):
             values = [r[f.name] for r in rows]
             try:
                 arrays.append(_raw_to_column(values, f.type, arrow_field.type))
-            except ValueError:
-                return None
+            except (ValueError, TypeError, pa.ArrowException) as exc:
+                return f"field {f.name!r}: {_short(exc)}"
         return pa.RecordBatch.from_arrays(arrays, schema=self.arrow_schema)
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +44,7 @@ class Tail:
     offsets: np.ndarray  # int64, aligned with ``rows``
     whole: frozenset[int]  # partitions read from offset 0: everything ever written to them is here
     topic_partitions: frozenset[int] = frozenset()  # every partition of the topic
+    skipped: Mapping[str, int] = field(default_factory=dict)  # undecodable messages left out, by reason
 
 
 def read_tail(
@@ -54,13 +56,16 @@ def read_tail(
     further: Callable[[Tail], Collection[int]] | None = None,
     limit: int | None = None,
     timeout_s: float = 60.0,
+    since_ms: int | None = None,
 ) -> Tail:
-    """Up to ``max_messages`` of each partition's newest messages, decoded with ``decoder``.
+    """Up to ``max_messages`` of each partition's newest messages, decoded with ``decoder``; with
+    ``since_ms``, instead every message from each partition's first one timestamped at or after it
+    (Kafka's time index: a message produced then, if the broker holds it, is in what is read).
 
     With ``further``: while ``further(tail)`` names partitions, read further back in those (each
     step four times the window so far), up to ``limit`` messages per partition (``max_messages``
     when None) or their first offset. Every message is read and decoded once; each step has its
-    own ``timeout_s``.
+    own ``timeout_s``. Undecodable messages are skipped and counted by reason (``Tail.skipped``).
     """
     consumer = Consumer(
         {
@@ -93,7 +98,10 @@ def read_tail(
             p: _watermarks(consumer, TopicPartition(topic, p), left) for p in sorted(metadata.topics[topic].partitions)
         }
         window, cap = max_messages, max(max_messages, limit or max_messages)
-        starts = {p: max(low, high - window) for p, (low, high) in bounds.items()}
+        if since_ms is None:
+            starts = {p: max(low, high - window) for p, (low, high) in bounds.items()}
+        else:
+            starts = {p: _offset_at(consumer, topic, p, since_ms, bounds[p], left) for p in bounds}
         chunks = [_read(consumer, topic, decoder, {p: (starts[p], high) for p, (_, high) in bounds.items()}, left)]
         tail = _tail(chunks, starts)
         wanted = set(further(tail)) if further is not None else set()
@@ -115,11 +123,24 @@ def read_tail(
         consumer.close()
 
 
+def _offset_at(
+    consumer: Consumer, topic: str, partition: int, since_ms: int, bounds: tuple[int, int], left: Callable[[], float]
+) -> int:
+    """The offset of ``partition``'s first message timestamped at or after ``since_ms`` (its high
+    watermark when none is that recent)."""
+    low, high = bounds
+    (found,) = consumer.offsets_for_times([TopicPartition(topic, partition, since_ms)], timeout=left())
+    if found.error is not None:
+        raise BusError(f"cannot find the offsets of {topic}[{partition}] at {since_ms} ms: {found.error}")
+    return high if found.offset < 0 else max(low, found.offset)  # -1: nothing that recent
+
+
 @dataclass(frozen=True)
 class _Chunk:
     rows: pa.Table
     partitions: np.ndarray
     offsets: np.ndarray
+    skipped: Counter[str]
 
 
 def _tail(chunks: list[_Chunk], starts: dict[int, int]) -> Tail:
@@ -129,6 +150,7 @@ def _tail(chunks: list[_Chunk], starts: dict[int, int]) -> Tail:
         np.concatenate([c.offsets for c in chunks]),
         frozenset(p for p, start in starts.items() if start == 0),
         frozenset(starts),
+        dict(sum((c.skipped for c in chunks), Counter())),
     )
 
 
@@ -165,9 +187,14 @@ def _read(
         consumer.unassign()
     result = decoder.decode(values)
     kept = np.asarray([where[i] for i in result.indices], dtype=np.int64).reshape(-1, 2)
-    if result.errors:
-        log.info("bus.tail_undecodable", topic=topic, skipped=len(result.errors))
-    return _Chunk(pa.Table.from_batches([result.batch]), kept[:, 0].astype(np.int32), kept[:, 1])
+    skipped = Counter(error.reason for _, error in result.errors)
+    if skipped:
+        first = result.errors[0]
+        log.warning(
+            "bus.tail_skipped", topic=topic, skipped=dict(skipped), partition=where[first[0]][0],
+            offset=where[first[0]][1], error=str(first[1]),
+        )  # fmt: skip
+    return _Chunk(pa.Table.from_batches([result.batch]), kept[:, 0].astype(np.int32), kept[:, 1], skipped)
 
 
 def _watermarks(consumer: Consumer, tp: TopicPartition, left: Callable[[], float]) -> tuple[int, int]:

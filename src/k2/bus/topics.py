@@ -1,7 +1,8 @@
 """Topic and subject naming: ``market.<asset_class>.<data_type>.<exchange>``, one topic per venue and type.
 
-Each venue has a trades topic (``market.crypto.trades.binance``) and a quality-events topic
-(``market.crypto.quality_events.binance``: gaps, duplicates, anomalies seen by `k2 ingest`).
+Each venue has a topic per record kind it publishes (``market.crypto.trades.binance``,
+``market.crypto.quotes.binance``) and a quality-events topic (``market.crypto.quality_events.binance``:
+gaps, duplicates, anomalies seen by `k2 ingest`).
 Symbols are message keys (per-symbol ordering), never part of a topic name. The value schema is
 registered under the Confluent ``TopicNameStrategy`` subject ``<topic>-value``; undecodable messages
 go to ``<topic><dlq_suffix>`` (``.dlq`` by default).
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 
 from k2.errors import ConfigError
+from k2.schema.kinds import RecordKind, spec
 
 _PART = re.compile(r"^[a-z0-9_]+$")
 
@@ -25,6 +27,11 @@ def topic_name(asset_class: str, data_type: str, exchange: str) -> str:
         if not _PART.match(part):
             raise ConfigError(f"invalid topic name part {part!r}: use letters, digits and _ only")
     return "market." + ".".join(parts)
+
+
+def kind_topic(asset_class: str, kind: RecordKind | str, venue: str) -> str:
+    """A venue's topic of a record kind: ``market.crypto.quotes.binance`` (k2.schema.kinds)."""
+    return topic_name(asset_class, spec(kind).topic_part, venue)
 
 
 def trades_topic(asset_class: str, venue: str) -> str:

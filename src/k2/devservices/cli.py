@@ -1,4 +1,4 @@
-"""``k2 dev up|down|status|env``: the distributed-mode services for development (see docs/distributed.md)."""
+"""``k2 dev up|restart|down|status|env``: the distributed-mode services for development (docs/distributed.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from rich.console import Console
 from k2.errors import DevServiceError, K2Error
 from k2.logging import configure_logging
 
-dev_app = typer.Typer(help="Run Kafka, Apicurio Registry, s3proxy and PostgreSQL locally.", no_args_is_help=True)
+dev_app = typer.Typer(
+    help="Run Kafka, Apicurio Registry, s3proxy and PostgreSQL locally.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 
 out = Console()
 err = Console(stderr=True)
@@ -52,20 +56,20 @@ def up(
 
 @dev_app.command()
 def fetch(
-    services: Annotated[str, typer.Option(help="Comma-separated: kafka,registry,s3,postgres.")] = (
-        "kafka,registry,s3,postgres"
-    ),
+    services: Annotated[
+        str, typer.Option(help="Comma-separated: kafka,registry,s3,postgres,spark (spark: the Spark tests' jars).")
+    ] = "kafka,registry,s3,postgres,spark",
 ) -> None:
     """Download the services into ~/.m2 and ~/.cache/k2 (and PostgreSQL via apt-get) without starting them."""
     configure_logging(level="WARNING")
-    from k2.devservices.stack import SERVICES
+    from k2.devservices.stack import FETCHABLE
     from k2.devservices.stack import fetch as fetch_services
 
     names = tuple(s.strip() for s in services.split(",") if s.strip())
     try:
-        unknown = sorted(set(names) - set(SERVICES))
+        unknown = sorted(set(names) - set(FETCHABLE))
         if unknown:
-            raise DevServiceError(f"unknown service(s) {unknown}: choose from {', '.join(SERVICES)}")
+            raise DevServiceError(f"unknown service(s) {unknown}: choose from {', '.join(FETCHABLE)}")
         timings = fetch_services(names)
     except K2Error as exc:
         raise _fail(exc) from None
@@ -90,7 +94,7 @@ def down(root: RootOpt = None) -> None:
 
 @dev_app.command()
 def status(root: RootOpt = None) -> None:
-    """Show whether each service of the running stack is up (exit code 1 if any is down)."""
+    """Show whether each service of the stack answers on its port (exit code 1 if any is down)."""
     from k2.devservices.stack import read_state
     from k2.devservices.stack import status as stack_status
 
@@ -101,9 +105,27 @@ def status(root: RootOpt = None) -> None:
     except K2Error as exc:
         raise _fail(exc) from None
     for name, state in states.items():
-        out.print(f"{name:<9} {state:<5} {endpoints[name]}", highlight=False, soft_wrap=True)
-    if any(state != "up" for state in states.values()):
+        note = f"  ({state.note})" if state.note else ""
+        out.print(f"{name:<9} {state.state:<5} {endpoints[name]}{note}", highlight=False, soft_wrap=True)
+    if any(state.state != "up" for state in states.values()):
         raise typer.Exit(1)
+
+
+@dev_app.command()
+def restart(
+    service: Annotated[str, typer.Argument(help="kafka, registry, s3 or postgres.")],
+    root: RootOpt = None,
+) -> None:
+    """Restart one service of the running stack, keeping its data, ports and credentials."""
+    configure_logging(level="WARNING")
+    from k2.devservices.stack import DevStack
+
+    try:
+        stack = DevStack.from_state(_root(root))
+        seconds = stack.restart(service)
+    except K2Error as exc:
+        raise _fail(exc) from None
+    out.print(f"{service:<9} up in {seconds:5.1f}s  {stack.endpoints()[service]}", highlight=False, soft_wrap=True)
 
 
 @dev_app.command()

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from k2.errors import DevServiceError
 from k2.logging import get_logger
@@ -126,6 +126,43 @@ def port_open(port: int, host: str = HOST) -> bool:
         return False
 
 
+def listening_pids(port: int) -> list[int]:
+    """The processes listening on TCP ``port`` (Linux: ``/proc/net/tcp*`` and every ``/proc/<pid>/fd``
+    this user may read); empty elsewhere or when nothing listens."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    if not inodes:
+        return []
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with suppress(OSError):
+            if any(os.readlink(fd) in wanted for fd in (proc / "fd").iterdir()):
+                pids.append(int(proc.name))
+    return sorted(pids)
+
+
+def process_mentions(pid: int, marker: str) -> bool:
+    """Whether process ``pid`` names ``marker`` (a path) in its command line or works in it: how a
+    service of a dev stack is recognised even when it was restarted by hand (another pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    return marker in cmdline or cwd == marker or cwd.startswith(marker.rstrip("/") + "/")
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -154,21 +191,21 @@ class ManagedProcess:
         self.log_path = log_path
         self.stop_signal = stop_signal
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log: IO[bytes] = log_path.open("ab")
         extra: dict[str, Any] = {}
         if user is not None:
             extra = {"user": user, "group": user, "extra_groups": []}
-        self.popen = subprocess.Popen(  # noqa: S603
-            list(cmd),
-            cwd=cwd,
-            env={**os.environ, **(env or {})},
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,
-            **extra,
-        )
+        with log_path.open("ab") as log_file:  # the child keeps its own copy of the descriptor
+            self.popen = subprocess.Popen(  # noqa: S603
+                list(cmd),
+                cwd=cwd,
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if die_with_parent else None,
+                **extra,
+            )
         log.info("service_process_started", service=name, pid=self.popen.pid, log=str(log_path))
 
     @property
@@ -200,7 +237,6 @@ class ManagedProcess:
             except subprocess.TimeoutExpired:
                 log.warning("service_stop_timeout", service=self.name, pid=self.pid, timeout_s=timeout_s)
                 self.kill()
-        self._log.close()
         log.info("service_process_stopped", service=self.name, pid=self.pid, returncode=self.popen.returncode)
 
     def kill(self) -> None:
@@ -208,7 +244,6 @@ class ManagedProcess:
         with _ignore_gone():
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait(10)
-        self._log.close()
 
 
 def _ignore_gone() -> suppress:

@@ -100,13 +100,17 @@ class PostgresServer:
 
         return make_conninfo(host=HOST, port=self.port, user=user, password=password, dbname=dbname, connect_timeout=2)
 
-    def start(self, timeout_s: float = 60.0) -> None:
+    def start(self, timeout_s: float = 60.0, *, reuse: bool = False) -> None:
+        """Create the cluster and start it; with ``reuse``, start the cluster already in the data
+        directory (a restart: its role and database exist, with this server's credentials)."""
         bindir = postgres_bindir(install=self.install)
         superuser_password = secrets.token_hex(16)
         fresh = not (self.data_dir / "PG_VERSION").exists()
+        if reuse and fresh:
+            raise DevServiceError(f"no PostgreSQL cluster to restart in {self.data_dir}")
         if fresh:
             self._initdb(bindir, superuser_password)
-        elif self._user is not None:
+        elif not reuse:
             raise DevServiceError(f"{self.data_dir} exists from an earlier run; remove it or use another workdir")
         self.workdir.mkdir(parents=True, exist_ok=True)
         settings = {
@@ -128,8 +132,12 @@ class PostgresServer:
             stop_signal=signal.SIGINT,  # "fast" shutdown
             die_with_parent=self.die_with_parent,
         )
+        c = self.credentials
+        user, password, database = (
+            ("postgres", superuser_password, "postgres") if fresh else (c.user, c.password, c.database)
+        )
         waited = wait_until(
-            lambda: self._can_connect("postgres", superuser_password, "postgres"),
+            lambda: self._can_connect(user, password, database),
             what=f"PostgreSQL on {HOST}:{self.port}",
             timeout_s=timeout_s,
             process=self.process,

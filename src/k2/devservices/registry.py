@@ -1,7 +1,9 @@
-"""Apicurio Registry 3.x (in-memory storage), used through its Confluent-compatible API ``/apis/ccompat/v7``.
+"""Apicurio Registry 3.x, used through its Confluent-compatible API ``/apis/ccompat/v7``.
 
 The ``io.apicurio:apicurio-registry-app:<version>:tar.gz:all`` distribution from Maven Central is
-unpacked once into ``~/.cache/k2`` and run with local Java (a Quarkus application).
+unpacked once into ``~/.cache/k2`` and run with local Java (a Quarkus application). Its storage is
+its built-in H2 database: in memory by default (tests), or in files under ``workdir`` with
+``persistent=True`` (``k2 dev``), so that a restarted registry keeps every schema and id.
 """
 
 from __future__ import annotations
@@ -68,12 +70,19 @@ class ApicurioRegistry:
     """One Apicurio Registry on 127.0.0.1; :attr:`url` is the Confluent-compatible base URL."""
 
     def __init__(
-        self, workdir: Path, *, port: int | None = None, version: str = APICURIO_VERSION, die_with_parent: bool = True
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        version: str = APICURIO_VERSION,
+        die_with_parent: bool = True,
+        persistent: bool = False,
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.version = version
         self.die_with_parent = die_with_parent
+        self.persistent = persistent
         self.process: ManagedProcess | None = None
 
     @property
@@ -88,6 +97,8 @@ class ApicurioRegistry:
             f"-Dquarkus.http.port={self.port}",
             "-Dquarkus.http.access-log.enabled=false",
         ]
+        if self.persistent:  # H2 in files instead of memory (the same driver, shipped with the registry)
+            props.append(f"-Dapicurio.datasource.url=jdbc:h2:file:{self.workdir.resolve() / 'db' / 'registry'}")
         self.process = ManagedProcess(
             "apicurio-registry",
             [java(), *JVM_OPTS, *props, "-jar", str(jar)],

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from k2.config import K2Settings
 from k2.feed.quotes import QuoteCompleteness
@@ -239,4 +238,4 @@ def recovered_sequences(properties: Mapping[RecordKind, Mapping[str, str]], venu
     return out
 
 
-__all__ = ["FeedStart", "VenueFeed", "pc", "platform_sequence_property", "recovered_sequences"]
+__all__ = ["FeedStart", "VenueFeed", "platform_sequence_property", "recovered_sequences"]

@@ -219,6 +219,7 @@ class FeedRunner:
             self._ready.clear()
             for feed, backlog in zip(self.feeds, self._backlogs, strict=True):
                 await self._step(feed, backlog.take())
+            await self.sink.tick()
             await self._maybe_flush()
             for backlog in self._backlogs:
                 backlog.release()

@@ -60,6 +60,9 @@ class Sink:
         """A flush is still in flight (the runner waits for it before stopping)."""
         return False
 
+    async def tick(self) -> None:
+        """Housekeeping once per runner loop (e.g. serving a producer's delivery reports)."""
+
     async def flush(self, checkpoint: Checkpoint, *, wait: bool) -> None:
         """Start making everything added so far durable, with ``checkpoint``. At most one flush is in
         flight: when one still is, ``wait=False`` returns at once (the rows stay for the next flush)

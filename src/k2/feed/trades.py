@@ -326,6 +326,18 @@ class TradeCompleteness:
         self.backfilling += 1
         self._queue.put_nowait(job)
 
+    def reopen(self, symbol: str, ids: np.ndarray, trade_times_us: np.ndarray, now_us: int) -> int:
+        """Trades accepted here whose delivery failed and that storage does not hold (`k2 ingest`
+        checks its topic first): re-opened as gaps, recorded OPEN and queued for backfill like any
+        confirmed gap (:meth:`SequenceTracker.reopen`). Returns the number of ids re-opened."""
+        key = StreamKey(self.exchange, symbol, self.stream)
+        gaps = self.tracker.reopen(key, ids, trade_times_us, now_us)
+        for gap in gaps:
+            self._record(gap_row(gap, EventStatus.OPEN, now_us, 0, "delivery to Kafka failed"))
+            if self.settings.quality.backfill:
+                self._enqueue(_Job(gap))
+        return sum(gap.count for gap in gaps)
+
     @property
     def has_events(self) -> bool:
         """Events waiting to be committed."""

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.exceptions import (
+    NamespaceAlreadyExistsError,
+    NoSuchNamespaceError,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+)
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import SortField, SortOrder
@@ -54,14 +60,20 @@ def relax_s3_checksums() -> None:
         os.environ.setdefault(key, value)
 
 
-def open_catalog(lake: LakeSettings, **extra: Any) -> Catalog:
+def open_catalog(lake: LakeSettings, *, create: bool = True, **extra: Any) -> Catalog:
     """Open (creating if needed) the SQL catalog named in the settings.
 
     Embedded: SQLite + local directory. Distributed: ``lake.catalog_uri`` (e.g. PostgreSQL) and
     ``lake.warehouse_uri`` (``s3://...``) with ``lake.s3`` giving the endpoint and credentials.
+    ``create=False`` (read commands) creates nothing, not even the warehouse directory: a missing
+    embedded catalog is :class:`~k2.errors.LakeError` naming the warehouse.
     """
     if lake.catalog_uri is None:
+        if not create and not (lake.warehouse / "catalog.db").is_file():
+            raise LakeError(f"no K2 table in {lake.warehouse}: there is no catalog there (check --warehouse)")
         lake.warehouse.mkdir(parents=True, exist_ok=True)
+    if not create:
+        extra = {"init_catalog_tables": "false", **extra}
     if lake.warehouse_uri:
         warehouse = lake.warehouse_uri
     else:
@@ -72,13 +84,42 @@ def open_catalog(lake: LakeSettings, **extra: Any) -> Catalog:
         if lake.s3.endpoint:
             relax_s3_checksums()
     props.update(extra)
+    for attempt in range(1, _OPEN_ATTEMPTS + 1):
+        try:
+            catalog = SqlCatalog(lake.catalog_name, uri=lake.resolved_catalog_uri, warehouse=warehouse, **props)
+            if create:
+                with contextlib.suppress(NamespaceAlreadyExistsError):
+                    catalog.create_namespace(lake.namespace)
+            return catalog
+        except Exception as exc:  # sqlalchemy / driver errors: translate at the edge
+            # Two processes (or threads) opening a new SQLite catalog together race to create its
+            # tables ("already exists", "UNIQUE constraint"): the loser finds them on the next try.
+            if attempt == _OPEN_ATTEMPTS or not _lost_creation_race(exc):
+                raise LakeError(f"cannot open catalog {lake.catalog_name!r}: {exc}") from exc
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_OPEN_ATTEMPTS = 5
+
+
+def _lost_creation_race(exc: Exception) -> bool:
+    text = str(exc)
+    return "already exists" in text or "UNIQUE constraint" in text
+
+
+def load_existing_table(catalog: Catalog, lake: LakeSettings, name: str) -> Table:
+    """A table that must exist already (read commands create nothing): :class:`~k2.errors.LakeError`
+    naming the table and the warehouse when it does not."""
+    identifier = (lake.namespace, name)
     try:
-        catalog = SqlCatalog(lake.catalog_name, uri=lake.resolved_catalog_uri, warehouse=warehouse, **props)
-    except Exception as exc:  # sqlalchemy / driver errors: translate at the edge
-        raise LakeError(f"cannot open catalog {lake.catalog_name!r}: {exc}") from exc
-    with contextlib.suppress(NamespaceAlreadyExistsError):
-        catalog.create_namespace(lake.namespace)
-    return catalog
+        return catalog.load_table(identifier)
+    except (NoSuchTableError, NoSuchNamespaceError):
+        problem = "nothing was written there"
+    except Exception as exc:  # e.g. a catalog database without the catalog's own tables
+        problem = f"the catalog cannot list it: {type(exc).__name__}"
+    where = lake.warehouse_uri or str(lake.warehouse)
+    raise LakeError(f"no table {'.'.join(identifier)} in {where}: {problem} (check --warehouse)")
 
 
 def table_name(lake: LakeSettings, kind: RecordKind | str) -> str:

@@ -1,29 +1,35 @@
-"""Table maintenance: expire snapshots (and the files only they referenced), merge manifests, stats.
+"""Table maintenance: snapshot expiry (and the files only expired snapshots referenced), manifest
+merging, the summary properties every maintenance snapshot carries forward, and metadata stats.
 
-The writer runs :func:`expire_snapshots` every few commits so the table's metadata stays bounded:
-a pyiceberg commit re-reads and re-writes the whole ``metadata.json``, whose size grows with every
-retained snapshot, and scan planning reads every manifest. ``k2 maintain`` calls the same functions.
+The writer runs :func:`expire_snapshots` and :func:`merge_manifests` every few commits so the table's
+metadata stays bounded: a pyiceberg commit re-reads and re-writes the whole ``metadata.json``, whose
+size grows with every retained snapshot, and scan planning reads every manifest. ``k2 maintain``
+and the scheduled maintenance (:mod:`k2.lake.upkeep`) call the same functions.
 
-Safety: only files that no *retained* snapshot references are deleted, so a reader holding any of the
-newest ``keep`` snapshots still finds every file it needs. Old ``metadata.json`` versions are removed
-by pyiceberg itself (``write.metadata.delete-after-commit.enabled``, verified in the tests).
+Which snapshots are kept (docs/lake.md, "Retention and readers"):
+
+- **count**: the newest ``keep`` snapshots, and every branch or tag head;
+- **time**: the parent of every commit that *removed* data files (compaction, retention, a delete)
+  for ``grace_s`` after that commit, because it is the last snapshot that references the removed
+  files: a query that planned before the commit keeps reading them for that long.
+
+Only files that no retained snapshot references are deleted. Old ``metadata.json`` versions are
+removed by pyiceberg itself (``write.metadata.delete-after-commit.enabled``, verified in the tests).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.io import FileIO
 from pyiceberg.manifest import ManifestFile
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.table.snapshots import Operation, Snapshot
 
 from k2.errors import CommitConflict, LakeError
-from k2.logging import get_logger
+from k2.lake.files import delete_paths, local_dir
 
 ICEBERG_SUMMARY_KEYS = frozenset(
     {
@@ -57,7 +63,27 @@ ICEBERG_SUMMARY_KEYS = frozenset(
 """Summary keys Iceberg itself writes; caller-supplied snapshot properties may not use them."""
 
 MAINTENANCE_OPERATION_KEY = "k2.operation"
-"""Summary key marking a snapshot that K2 maintenance produced (value: ``merge-manifests``)."""
+"""Summary key marking a snapshot that K2 maintenance produced (``merge-manifests``, ``compact``, ``retention``)."""
+
+
+def carried_properties(snapshot: Snapshot | None, operation: str) -> dict[str, str]:
+    """The custom summary properties of ``snapshot`` (Kafka offsets, the platform sequence, any
+    other writer's state), for a maintenance snapshot committed on top of it, marked ``operation``.
+
+    A maintenance commit changes no rows, so "the newest snapshot's properties" must stay true:
+    readers such as the Kafka consumer look at the head first. Always computed against the parent
+    the commit is built on (again on every retry), so a carried value can never be stale.
+    """
+    summary = snapshot.summary if snapshot is not None else None
+    props = summary.additional_properties if summary is not None else {}
+    carried = {k: v for k, v in props.items() if not is_reserved(k) and k != MAINTENANCE_OPERATION_KEY}
+    carried[MAINTENANCE_OPERATION_KEY] = operation
+    return carried
+
+
+def is_reserved(key: str) -> bool:
+    """True for summary keys Iceberg writes itself."""
+    return key in ICEBERG_SUMMARY_KEYS or key.startswith("partitions.")
 
 
 @dataclass(frozen=True)
@@ -88,13 +114,6 @@ class TableStats:
         }
 
 
-def _local_dir(location: str) -> Path | None:
-    parsed = urlparse(location)
-    if parsed.scheme in ("", "file"):
-        return Path(parsed.path)
-    return None
-
-
 def table_stats(table: Table) -> TableStats:
     """Snapshot, manifest, data-file and metadata-file counts of ``table`` as loaded."""
     snapshot = table.current_snapshot()
@@ -103,7 +122,7 @@ def table_stats(table: Table) -> TableStats:
     data_files = int(summary["total-data-files"] or 0) if summary else 0
     records = int(summary["total-records"] or 0) if summary else 0
     on_disk: int | None = None
-    meta_dir = _local_dir(table.metadata_location)
+    meta_dir = local_dir(table.metadata_location)
     if meta_dir is not None and meta_dir.parent.is_dir():
         on_disk = sum(1 for _ in meta_dir.parent.glob("*.metadata.json"))
     return TableStats(
@@ -114,33 +133,6 @@ def table_stats(table: Table) -> TableStats:
         metadata_log_entries=len(table.metadata.metadata_log),
         metadata_files_on_disk=on_disk,
     )
-
-
-def delete_paths(io: FileIO, paths: Iterable[str]) -> int:
-    """Delete files, ignoring ones already gone; returns how many were deleted."""
-    deleted = 0
-    for path in paths:
-        try:
-            io.delete(path)
-            deleted += 1
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            get_logger(__name__).warning("lake.delete_failed", path=path, error=str(exc))
-    return deleted
-
-
-def drop_unused_manifests(table: Table, written: Iterable[str], snapshot_id: int) -> int:
-    """Delete manifests a commit wrote but its snapshot does not list.
-
-    A merging append first writes a manifest for the new files and then merges it into a bigger
-    one; pyiceberg 0.12 leaves the first behind, unreferenced by any snapshot.
-    """
-    snapshot = table.snapshot_by_id(snapshot_id)
-    if snapshot is None:
-        return 0
-    listed = {m.manifest_path for m in snapshot.manifests(table.io)}
-    return delete_paths(table.io, [path for path in written if path not in listed])
 
 
 def _manifests_of(table: Table, snapshots: Iterable[Snapshot]) -> dict[str, ManifestFile]:
@@ -160,18 +152,33 @@ def _entry_paths(table: Table, manifests: Iterable[ManifestFile], *, live_only: 
     return paths
 
 
-def _only_appends(table: Table, expired: list[Snapshot]) -> bool:
-    """True when no data file can have become unreferenced: every snapshot is an append and every
-    expired one is an ancestor of the current snapshot (no rollback, no side branch)."""
-    if any(s.summary is None or s.summary.operation != Operation.APPEND for s in table.metadata.snapshots):
-        return False
-    ancestors: set[int] = set()
-    snapshot = table.current_snapshot()
-    while snapshot is not None:
-        ancestors.add(snapshot.snapshot_id)
-        parent = snapshot.parent_snapshot_id
-        snapshot = table.metadata.snapshot_by_id(parent) if parent is not None else None
-    return all(s.snapshot_id in ancestors for s in expired)
+def _is_append(snapshot: Snapshot) -> bool:
+    return snapshot.summary is not None and snapshot.summary.operation == Operation.APPEND
+
+
+def _covered(expired: list[Snapshot], retained_ids: set[int], all_snapshots: list[Snapshot]) -> bool:
+    """True when every expired snapshot reaches a retained one through appends only: each of its
+    data files is then still live in that retained snapshot, so no data file can become unreferenced
+    and only manifest lists and manifests need to be compared (no manifest is read)."""
+    children: dict[int, list[Snapshot]] = {}
+    for snapshot in all_snapshots:
+        if snapshot.parent_snapshot_id is not None:
+            children.setdefault(snapshot.parent_snapshot_id, []).append(snapshot)
+    for start in expired:
+        frontier, seen, reached = [start.snapshot_id], set(), False
+        while frontier and not reached:
+            current = frontier.pop()
+            for child in children.get(current, []):
+                if child.snapshot_id in seen or not _is_append(child):
+                    continue
+                seen.add(child.snapshot_id)
+                if child.snapshot_id in retained_ids:
+                    reached = True
+                    break
+                frontier.append(child.snapshot_id)
+        if not reached:
+            return False
+    return True
 
 
 def _unreferenced_files(table: Table, expired: list[Snapshot], retained: list[Snapshot]) -> list[str]:
@@ -181,18 +188,32 @@ def _unreferenced_files(table: Table, expired: list[Snapshot], retained: list[Sn
     gone = [m for path, m in old.items() if path not in kept]
     files = [s.manifest_list for s in expired]
     files.extend(m.manifest_path for m in gone)
-    if gone and not _only_appends(table, expired):
+    retained_ids = {s.snapshot_id for s in retained}
+    if gone and not _covered(expired, retained_ids, list(table.metadata.snapshots)):
         files.extend(
             sorted(_entry_paths(table, gone, live_only=False) - _entry_paths(table, kept.values(), live_only=True))
         )
     return files
 
 
-def expire_snapshots(table: Table, keep: int, *, delete_files: bool = True) -> ExpireResult:
-    """Expire all but the newest ``keep`` snapshots (branch and tag heads are always kept), then
-    delete the manifest lists, manifests and data files that only expired snapshots referenced.
+def held_by_grace(snapshots: Iterable[Snapshot], grace_s: float, now_ms: int) -> set[int]:
+    """Snapshots kept by the time rule: the parent of every non-append commit of the last ``grace_s``."""
+    cutoff = now_ms - int(grace_s * 1000)
+    return {
+        s.parent_snapshot_id
+        for s in snapshots
+        if s.parent_snapshot_id is not None and not _is_append(s) and s.timestamp_ms > cutoff
+    }
 
-    ``table`` is refreshed first and updated in place by the commit.
+
+def expire_snapshots(
+    table: Table, keep: int, *, grace_s: float = 0.0, now_ms: int | None = None, delete_files: bool = True
+) -> ExpireResult:
+    """Expire every snapshot that neither rule keeps (see the module docstring), then delete the
+    manifest lists, manifests and data files that only expired snapshots referenced.
+
+    ``table`` is refreshed first and updated in place by the commit. A commit conflict (another
+    process changed the table meanwhile) is :class:`~k2.errors.CommitConflict`: refresh and retry.
     """
     if keep < 1:
         raise LakeError(f"keep must be at least 1, not {keep}")
@@ -201,9 +222,11 @@ def expire_snapshots(table: Table, keep: int, *, delete_files: bool = True) -> E
     except Exception as exc:
         raise LakeError(f"cannot reload table {table.name()}: {exc}") from exc
     metadata = table.metadata
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     protected = {ref.snapshot_id for ref in metadata.refs.values()}
     newest_first = sorted(metadata.snapshots, key=lambda s: (s.sequence_number or 0, s.timestamp_ms), reverse=True)
     keep_ids = {s.snapshot_id for s in newest_first[:keep]} | protected
+    keep_ids |= held_by_grace(metadata.snapshots, grace_s, now_ms)
     expired = [s for s in newest_first if s.snapshot_id not in keep_ids]
     if not expired:
         return ExpireResult((), ())
@@ -221,44 +244,44 @@ def expire_snapshots(table: Table, keep: int, *, delete_files: bool = True) -> E
 
 
 def manifest_merge_threshold(table: Table) -> int:
-    """Manifest count above which :func:`merge_manifests` is worth running.
-
-    With ``commit.manifest-merge.enabled`` appends merge by themselves once ``min-count-to-merge``
-    manifests pile up, so only a count well above that means something is off.
-    """
+    """Manifest count above which :func:`merge_manifests` runs: the table's
+    ``commit.manifest.min-count-to-merge`` (K2's writer appends without merging, see its docstring)."""
     props = table.metadata.properties
-    min_count = int(
-        props.get(TableProperties.MANIFEST_MIN_MERGE_COUNT, TableProperties.MANIFEST_MIN_MERGE_COUNT_DEFAULT)
-    )
-    merging = props.get(TableProperties.MANIFEST_MERGE_ENABLED, "false").lower() == "true"
-    return 2 * min_count if merging else min_count
+    return int(props.get(TableProperties.MANIFEST_MIN_MERGE_COUNT, TableProperties.MANIFEST_MIN_MERGE_COUNT_DEFAULT))
+
+
+_FORCED_MERGE: Mapping[str, str] = {
+    TableProperties.MANIFEST_MERGE_ENABLED: "true",
+    TableProperties.MANIFEST_MIN_MERGE_COUNT: "2",
+}
 
 
 def merge_manifests(table: Table) -> int | None:
     """Rewrite the current snapshot's manifests into as few as the target size allows.
 
-    pyiceberg 0.12 has no rewrite-manifests action, so this commits an append of no files with
-    merging forced on. The new snapshot carries the previous snapshot's custom properties (e.g. the
-    committed Kafka offsets) forward and is marked ``k2.operation = merge-manifests``. Returns the
-    new snapshot id, or None when there was nothing to merge.
+    pyiceberg has no rewrite-manifests action, so this commits a merging append of no files, with
+    merging forced on through the table's own properties *inside the same transaction* (set, used
+    by the append, then restored before the one commit: the table's properties end unchanged). The
+    new snapshot carries the previous snapshot's custom properties (e.g. the committed Kafka
+    offsets) forward and is marked ``k2.operation = merge-manifests``. Returns the new snapshot id,
+    or None when there was nothing to merge.
     """
     snapshot = table.current_snapshot()
     if snapshot is None or len(snapshot.manifests(table.io)) < 2:
         return None
-    carried = {
-        k: v
-        for k, v in (snapshot.summary.additional_properties if snapshot.summary else {}).items()
-        if k not in ICEBERG_SUMMARY_KEYS and not k.startswith("partitions.") and k != MAINTENANCE_OPERATION_KEY
-    }
-    carried[MAINTENANCE_OPERATION_KEY] = "merge-manifests"
+    props = table.metadata.properties
+    restore = {k: props[k] for k in _FORCED_MERGE if k in props}
+    unset = [k for k in _FORCED_MERGE if k not in props]
     tx = table.transaction()
-    producer = tx.update_snapshot(snapshot_properties=carried).merge_append()
-    producer._merge_enabled = True
-    producer._min_count_to_merge = 2
+    tx.set_properties(dict(_FORCED_MERGE))
+    producer = tx.update_snapshot(snapshot_properties=carried_properties(snapshot, "merge-manifests")).merge_append()
+    producer.commit()
+    if restore:
+        tx.set_properties(restore)
+    if unset:
+        tx.remove_properties(*unset)
     try:
-        producer.commit()
         tx.commit_transaction()
     except CommitFailedException as exc:
         raise CommitConflict(f"merging manifests of {table.name()} conflicted: {exc}") from exc
-    drop_unused_manifests(table, producer._written_manifests, producer.snapshot_id)
     return int(producer.snapshot_id)

@@ -3,14 +3,17 @@
 Each :meth:`TableWriter.append` validates the batch against the table's schema (exact decimals, no
 floats), sorts it by the table's sort order (pyiceberg does not apply sort orders on write), writes
 the Parquet data files once with K2's per-column encodings (:mod:`k2.lake.datafiles`), and
-commits them in one snapshot that also carries the caller's ``snapshot_properties`` (e.g. Kafka
-offsets). When another writer committed first, the table is reloaded and the *same* data files are
-committed again on top of the new head, up to ``lake.commit_retries`` times with jittered backoff;
-then :class:`~k2.errors.CommitConflict`.
+commits them in one snapshot (a fast append: one new manifest, nothing merged, nothing left behind)
+that also carries the caller's ``snapshot_properties`` (e.g. Kafka offsets). When another writer
+committed first, the table is reloaded and the *same* data files are committed again on top of the
+new head, up to ``lake.commit_retries`` times with jittered backoff; then :class:`~k2.errors.CommitConflict`.
 
-Every ``lake.maintenance_every_commits`` commits the writer runs :meth:`TableWriter.maintain`
-(expire snapshots beyond ``lake.keep_snapshots`` and delete the files only they referenced), so the
-cost of a commit stays flat as the table ages. docs/lake.md has the measurements.
+Every ``lake.maintenance_every_commits`` commits the writer runs :meth:`TableWriter.maintain`:
+expire snapshots (``lake.keep_snapshots``, and ``lake.maintenance.snapshot_grace_s`` after a
+compaction) and delete the files only they referenced, and merge the manifests once more than
+``commit.manifest.min-count-to-merge`` piled up, so the cost of a commit stays flat as the table
+ages. docs/lake.md has the measurements. Compaction, the orphan sweep and data retention are
+heavier and run elsewhere (:mod:`k2.lake.upkeep`).
 
 K2 owns the retry policy: tables are created with ``commit.retry.num-retries = 0`` so pyiceberg
 does not retry silently underneath (see ``k2.lake.catalog.TABLE_PROPERTIES``).
@@ -31,13 +34,12 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
-from pyiceberg.table.sorting import SortDirection
-from pyiceberg.transforms import IdentityTransform
 
 from k2.config import LakeSettings
 from k2.errors import CommitConflict, LakeError
 from k2.lake import maintenance
-from k2.lake.datafiles import write_data_files
+from k2.lake.datafiles import sort_keys, write_data_files
+from k2.lake.files import delete_paths
 from k2.logging import get_logger
 from k2.metrics import (
     LAKE_BATCH_ROWS,
@@ -130,7 +132,7 @@ class TableWriter:
         self._last_snapshot_id: int | None = None
         self._expected_schema = self._table.schema().as_arrow()
         self._schema_id = self._table.metadata.current_schema_id
-        self._sort_keys = self._sort_keys_of(self._table)
+        self._sort_keys = sort_keys(self._table.metadata)
 
     # --- public API ---------------------------------------------------------------------------------
     @property
@@ -209,7 +211,7 @@ class TableWriter:
         for key, value in out.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise LakeError(f"snapshot properties must be str -> str, got {key!r}: {value!r}")
-            if key in maintenance.ICEBERG_SUMMARY_KEYS or key.startswith("partitions."):
+            if maintenance.is_reserved(key):
                 raise LakeError(f"snapshot property {key!r} is reserved by Iceberg")
         return out
 
@@ -234,28 +236,16 @@ class TableWriter:
         if problems:
             raise LakeError(f"batch does not match the schema of table {self._name}: " + "; ".join(problems))
 
-    @staticmethod
-    def _sort_keys_of(table: Table) -> list[tuple[str, str]]:
-        keys: list[tuple[str, str]] = []
-        schema = table.schema()
-        for field in table.sort_order().fields:
-            if not isinstance(field.transform, IdentityTransform):
-                raise LakeError(f"sort order field {field} is not an identity transform: not supported")
-            order = "ascending" if field.direction == SortDirection.ASC else "descending"
-            keys.append((schema.find_column_name(field.source_id) or "", order))
-        return keys
-
     # --- commit -------------------------------------------------------------------------------------
     def _write_files(self, arrow: pa.Table) -> list[DataFile]:
         return write_data_files(self._table.metadata, self._table.io, arrow)
 
     def _commit_once(self, files: list[DataFile], props: dict[str, str]) -> int:
         tx = self._table.transaction()
-        with tx.update_snapshot(snapshot_properties=props).merge_append() as producer:
+        with tx.update_snapshot(snapshot_properties=props).fast_append() as producer:
             for data_file in files:
                 producer.append_data_file(data_file)
         tx.commit_transaction()
-        maintenance.drop_unused_manifests(self._table, producer._written_manifests, producer.snapshot_id)
         return int(producer.snapshot_id)
 
     def _commit_with_retry(self, arrow: pa.Table, props: dict[str, str]) -> tuple[int, int]:
@@ -271,7 +261,7 @@ class TableWriter:
                 self._conflicts += 1
                 LAKE_COMMIT_CONFLICTS.labels(table=self._name).inc()
                 if attempt > self._lake.commit_retries:
-                    maintenance.delete_paths(self._table.io, [f.file_path for f in files])
+                    delete_paths(self._table.io, [f.file_path for f in files])
                     self._refresh()  # so that the caller's next attempt starts from the new head
                     raise CommitConflict(
                         f"commit to {self._name} still conflicted after {attempt} attempts: {exc}"
@@ -282,7 +272,7 @@ class TableWriter:
                 self._refresh()
                 if self._table.metadata.default_spec_id != spec_id:
                     # The partition spec changed underneath: the files must be written again.
-                    maintenance.delete_paths(self._table.io, [f.file_path for f in files])
+                    delete_paths(self._table.io, [f.file_path for f in files])
                     files = self._write_files(arrow)
                     spec_id = self._table.metadata.default_spec_id
             except LakeError:
@@ -318,7 +308,9 @@ class TableWriter:
 
     def _run_maintenance(self) -> None:
         with LAKE_MAINTENANCE_SECONDS.labels(table=self._name, operation="expire_snapshots").time():
-            result = maintenance.expire_snapshots(self._table, keep=self._lake.keep_snapshots)
+            result = maintenance.expire_snapshots(
+                self._table, keep=self._lake.keep_snapshots, grace_s=self._lake.maintenance.snapshot_grace_s
+            )
         if result.expired:
             self._log.debug(
                 "lake.snapshots_expired", expired=len(result.expired), files_deleted=len(result.deleted_files)

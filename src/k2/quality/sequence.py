@@ -28,7 +28,9 @@ A gap stays *pending* for a grace period (a reordered frame may still fill it); 
 Rows fetched by backfill go through :meth:`accept_backfill`, which keeps only ids still missing:
 the same state deduplicates live delivery, reconnect overlap, replays and backfill. After a restart
 :meth:`restore` puts back the state a commit recorded (:meth:`export`, encoded by
-:mod:`k2.quality.state`), or :meth:`seed` rebuilds it from stored ids. Nothing here reads a clock.
+:mod:`k2.quality.state`), or :meth:`seed` rebuilds it from stored ids.
+Ids accepted here whose trip to storage failed afterwards (a Kafka delivery that timed out) are
+made holes again by :meth:`reopen`. Nothing here reads a clock.
 """
 
 from __future__ import annotations
@@ -373,6 +375,44 @@ class SequenceTracker:
                 lo, hi = parts[0].lo, parts[-1].hi
                 out.append(Gap(key, lo, hi, parts[0].since_us, parts[0].trade_time_us, gid))
         return out
+
+    def reopen(
+        self, key: StreamKey, ids: Sequence[int] | np.ndarray, trade_times_us: Sequence[int] | np.ndarray, now_us: int
+    ) -> list[Gap]:
+        """Ids this tracker accepted that never reached storage (their delivery failed: `k2 ingest`
+        checks the topic first) become holes again, confirmed at once: one gap per run of
+        consecutive ids (dated by its first trade), returned for the caller to record and backfill.
+
+        Ids above the high-water mark or already in a hole are left alone: nothing to re-open. The
+        gap id is the one a restart would give the same hole (:func:`gap_id`, from its last id).
+        """
+        state = self._states.get(key)
+        if state is None or state.high is None:
+            return []
+        arr = np.asarray(ids, dtype=np.int64)
+        times = np.asarray(trade_times_us, dtype=np.int64)
+        arr, first = np.unique(arr, return_index=True)
+        times = times[first]
+        holes = state.holes
+        held = np.fromiter(
+            (x <= state.high and not self._in_hole(state, x) for x in arr.tolist()), dtype=bool, count=arr.size
+        )
+        arr, times = arr[held], times[held]
+        gaps: list[Gap] = []
+        if arr.size == 0:
+            return gaps
+        starts = np.flatnonzero(np.diff(arr, prepend=arr[:1] - 2) != 1)  # the first id of each consecutive run
+        for start, end in zip(starts.tolist(), [*starts.tolist()[1:], arr.size], strict=True):
+            lo, hi, t = int(arr[start]), int(arr[end - 1]), int(times[start])
+            hole = _Hole(lo, hi, now_us, t, gap_id(key, hi), HoleState.CONFIRMED)
+            holes.insert(bisect.bisect_right(holes, lo, key=lambda h: h.lo), hole)
+            gaps.append(Gap(key, lo, hi, now_us, t, hole.gap_id))
+        return gaps
+
+    @staticmethod
+    def _in_hole(state: _State, x: int) -> bool:
+        i = bisect.bisect_right(state.holes, x, key=lambda h: h.lo) - 1
+        return i >= 0 and state.holes[i].hi >= x
 
     def accept_backfill(self, key: StreamKey, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Keep-mask for ids fetched by backfill: True only for ids still missing (and now taken)."""

@@ -29,8 +29,8 @@ from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
 
 from k2.config import K2Settings, LakeSettings
-from k2.errors import K2Error, QueryError, ReadOnlyViolation
-from k2.lake.catalog import load_or_create_table, open_catalog, table_identifier
+from k2.errors import K2Error, QueryError, ReadOnlyViolation, SnapshotExpired
+from k2.lake.catalog import load_existing_table, load_or_create_table, open_catalog, table_identifier
 from k2.logging import get_logger
 from k2.metrics import QUERY_SECONDS
 from k2.query import exact, quotes, sql
@@ -158,7 +158,12 @@ class QueryEngine:
 
     @classmethod
     def from_settings(cls, settings: K2Settings) -> QueryEngine:
-        return cls(open_catalog(settings.lake), settings.lake)
+        """An engine on the configured warehouse, whose trades table must exist: reading creates
+        nothing (:class:`~k2.errors.LakeError` naming the warehouse otherwise)."""
+        lake = settings.lake
+        catalog = open_catalog(lake, create=False)
+        load_existing_table(catalog, lake, lake.trades_table)
+        return cls(catalog, lake)
 
     def close(self) -> None:
         with self._lock:
@@ -317,16 +322,22 @@ class QueryEngine:
         if not isinstance(query, str):
             raise QueryError("query must be a string")
         with self._timed("sql"):
-            self._maybe_refresh()
             with self._lock:
                 text = sql.check_read_only(self._con, query)
-                self.ensure_views()
-                try:
-                    table = sql.run(self._con, text, params)
-                except duckdb.PermissionException as exc:
-                    raise ReadOnlyViolation(f"refused: {exc}") from exc
-                except (duckdb.Error, TypeError, ValueError) as exc:
-                    raise QueryError(f"query failed: {exc}") from exc
+
+            def attempt() -> pa.Table:
+                with self._lock:
+                    self.ensure_views()
+                    try:
+                        return sql.run(self._con, text, params)
+                    except duckdb.PermissionException as exc:
+                        raise ReadOnlyViolation(f"refused: {exc}") from exc
+                    except duckdb.IOException:
+                        raise
+                    except (duckdb.Error, TypeError, ValueError) as exc:
+                        raise QueryError(f"query failed: {exc}") from exc
+
+            table = self._retrying(attempt)
         return QueryResult(table)
 
     # --- quotes ---------------------------------------------------------------------------------------
@@ -485,17 +496,22 @@ class QueryEngine:
         return table
 
     def _retrying(self, attempt: Callable[[], T]) -> T:
-        """Run ``attempt`` (which plans and queries); if a planned file vanished, refresh and retry once."""
+        """Run ``attempt`` (which plans and queries); if a planned file vanished (table maintenance
+        removed the files of the snapshot this engine held), refresh and retry once on the current
+        snapshot. A second failure is :class:`SnapshotExpired`: a clear error, never partial rows."""
         self._maybe_refresh()
         try:
             return attempt()
-        except duckdb.IOException as exc:
+        except (duckdb.IOException, SnapshotExpired) as exc:
             log.warning("query.file_missing", table=self._name, error=str(exc))
             self.refresh()
             try:
                 return attempt()
             except duckdb.IOException as again:
-                raise QueryError(f"cannot read the table's data files: {again}") from again
+                raise SnapshotExpired(
+                    f"cannot read the data files of {self._name}: removed while this query read them (table "
+                    f"maintenance expired its snapshot) or lost: {again}; retry the query"
+                ) from again
 
     def _aggregate(
         self, flt: ScanFilter, *, bucketed: bool, width_us: int = 0
@@ -529,6 +545,8 @@ class QueryEngine:
                     sql.create_view(
                         self._con, kind.value, () if plan is None else plan.files, to_arrow(spec(kind).record)
                     )
+                except duckdb.IOException:
+                    raise  # a planned file is gone: the caller refreshes and retries (see _retrying)
                 except duckdb.Error as exc:
                     raise QueryError(f"cannot create the {kind.value} view: {exc}") from exc
                 self._views[kind] = snapshot

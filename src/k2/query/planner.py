@@ -28,7 +28,7 @@ from pyiceberg.expressions import (
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
-from k2.errors import QueryError
+from k2.errors import QueryError, SnapshotExpired
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -237,6 +237,11 @@ class Planner:
             return ScanPlan(None, flt, (), 0, 0, 0, 0, 0, None, None, None, None, (), frozenset(flt.predicates()))
         try:
             tasks = list(table.scan(row_filter=flt.row_filter(), snapshot_id=snapshot_id).plan_files())
+        except FileNotFoundError as exc:  # a manifest list or manifest of an expired snapshot
+            raise SnapshotExpired(
+                f"snapshot {snapshot_id} of {'.'.join(table.name())} was expired by table maintenance while "
+                f"this query planned it ({exc}); retry against the current snapshot"
+            ) from exc
         except Exception as exc:  # pyiceberg / IO errors: translate at the edge
             raise QueryError(f"cannot plan the scan: {exc}") from exc
         files: list[str] = []

@@ -17,6 +17,7 @@ from k2.feed.capture import RawFeed, RecordingSink
 from k2.feed.runner import FeedRunner
 from k2.logging import get_logger
 from k2.schema.kinds import RecordKind
+from k2.services.lifecycle import stop_on_signals
 from k2.sources import load_venue
 from k2.sources.session import WebSocketSession
 
@@ -50,7 +51,8 @@ async def capture(
     log.info("capture.start", venue=venue.name, symbols=list(source.symbols), out=str(out))
     timer = asyncio.get_running_loop().call_later(duration_s, runner.stop) if duration_s is not None else None
     try:
-        await runner.run()
+        with stop_on_signals(runner.stop, asyncio.get_running_loop()):  # a signal ends the recording cleanly
+            await runner.run()
     finally:
         if timer is not None:
             timer.cancel()

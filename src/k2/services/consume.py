@@ -4,20 +4,20 @@ Composition only: topics checked (created when missing), registry client, decode
 writer (with the writer's own commit retry off: :class:`~k2.bus.consumer.IcebergConsumer` retries
 itself, re-fencing and re-merging offsets on every attempt), then the consumer loop.
 
-Two streams by default, each its own :class:`IcebergConsumer` with its own group and table: the
-venue's trades topic into the trades table (group ``kafka.consumer_group``, the main thread) and its
+One stream per record kind, each its own :class:`IcebergConsumer` with its own group and table,
+looked up in :mod:`k2.schema.kinds`: the venue's trades topic into the trades table (group
+``kafka.consumer_group``, the main thread), and on threads of their own its quotes topic into the
+quotes table (group ``<consumer_group>.quotes``) when ``source.kinds`` has quotes, and its
 quality-events topic (what `k2 ingest` observed: gaps, duplicates, anomalies) into the
-quality-events table (group ``<consumer_group>.quality``, a second thread; a few messages a minute).
+quality-events table (group ``<consumer_group>.quality``; a few messages a minute).
 """
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 from pyiceberg.catalog import Catalog
@@ -27,51 +27,48 @@ from k2.bus.admin import admin_client, ensure_topics, topic_specs
 from k2.bus.consumer import ConsumerStats, IcebergConsumer
 from k2.bus.registry import SchemaRegistry
 from k2.bus.serde import AvroDecoder
-from k2.bus.topics import dlq_topic, quality_events_topic, trades_topic
+from k2.bus.topics import dlq_topic, kind_topic
 from k2.config import K2Settings, LakeSettings
 from k2.errors import LakeError
-from k2.lake.catalog import load_or_create_table, open_catalog
+from k2.lake.catalog import load_or_create_table, open_catalog, table_name
 from k2.lake.writer import TableWriter
 from k2.logging import get_logger
 from k2.metrics import serve_metrics
-from k2.schema import TRADE
-from k2.schema.kinds import RecordKind
-from k2.schema.model import RecordSchema
-from k2.schema.quality_event import QUALITY_EVENT
+from k2.schema.kinds import RecordKind, spec
+from k2.services.lifecycle import stop_on_signals
+from k2.services.maintain import scheduled_maintenance
 
 log = get_logger(__name__)
 
 
-def default_topics(settings: K2Settings) -> list[str]:
-    """The trades topic of the configured venue."""
-    return [trades_topic(settings.kafka.asset_class, settings.source.venue)]
+def default_topics(settings: K2Settings, kind: RecordKind = RecordKind.TRADES) -> list[str]:
+    """The configured venue's topic of ``kind``."""
+    return [kind_topic(settings.kafka.asset_class, kind, settings.source.venue)]
+
+
+_GROUP_SUFFIX = {RecordKind.TRADES: "", RecordKind.QUOTES: ".quotes", RecordKind.QUALITY_EVENTS: ".quality"}
 
 
 @dataclass(frozen=True)
 class _Stream:
     """What one :class:`IcebergConsumer` moves: its group, default topics, and the table it writes."""
 
+    kind: RecordKind
     group: str
     topics: list[str]
     table: str
     create_table: Callable[[Catalog], Table]
 
 
-def _stream(settings: K2Settings, record: RecordSchema) -> _Stream:
-    """Trades, or quality events (their own group and table, the venue's quality-events topic)."""
+def _stream(settings: K2Settings, kind: RecordKind) -> _Stream:
+    """The consumer of ``kind``: its own group (``<consumer_group><suffix>``), topic and table."""
     kafka, lake = settings.kafka, settings.lake
-    if record.name == QUALITY_EVENT.name:
-        return _Stream(
-            f"{kafka.consumer_group}.quality",
-            [quality_events_topic(kafka.asset_class, settings.source.venue)],
-            lake.events_table,
-            lambda catalog: load_or_create_table(catalog, settings.lake, RecordKind.QUALITY_EVENTS),
-        )
     return _Stream(
-        kafka.consumer_group,
-        default_topics(settings),
-        lake.trades_table,
-        lambda catalog: load_or_create_table(catalog, lake, RecordKind.TRADES),
+        kind,
+        kafka.consumer_group + _GROUP_SUFFIX[kind],
+        default_topics(settings, kind),
+        table_name(lake, kind),
+        lambda catalog: load_or_create_table(catalog, lake, kind),
     )
 
 
@@ -95,13 +92,13 @@ def build_consumer(
     settings: K2Settings,
     topics: Sequence[str] | None = None,
     *,
-    record: RecordSchema = TRADE,
+    kind: RecordKind = RecordKind.TRADES,
     client_id: str = "k2-consume",
     overrides: Mapping[str, Any] | None = None,
 ) -> tuple[IcebergConsumer, SchemaRegistry]:
-    """An :class:`IcebergConsumer` of ``record`` rows from ``topics`` (default: the configured venue's
-    trades topic, or its quality-events topic for :data:`QUALITY_EVENT`) into that record's table."""
-    stream = _stream(settings, record)
+    """An :class:`IcebergConsumer` of ``kind`` rows from ``topics`` (default: the configured venue's
+    topic of that kind) into that kind's table."""
+    stream = _stream(settings, kind)
     kafka = settings.kafka.model_copy(update={"consumer_group": stream.group})
     names = list(topics or stream.topics)
     admin = admin_client(kafka.bootstrap_servers)
@@ -111,7 +108,7 @@ def build_consumer(
     catalog = _open_table(lake, stream)
     writer = TableWriter(catalog, (lake.namespace, stream.table), lake)
     registry = SchemaRegistry(kafka.schema_registry_url)
-    decoder = AvroDecoder(record, registry.fetch)
+    decoder = AvroDecoder(spec(kind).record, registry.fetch)
     consumer = IcebergConsumer(
         kafka,
         names,
@@ -133,17 +130,21 @@ def run_consume(
     idle_exit_s: float | None = None,
     max_messages: int | None = None,
 ) -> ConsumerStats:
-    """Consume until SIGINT/SIGTERM (or a bound); every consumed message is committed exactly once.
+    """Consume until SIGINT/SIGTERM (a second signal ends the process at once, see
+    :func:`~k2.services.lifecycle.stop_on_signals`) or a bound; every consumed message is committed
+    exactly once.
 
-    With the default topics the quality-events stream runs alongside on a second thread (same
-    ``duration_s`` and ``idle_exit_s``; stopped when the trades consumer stops). Returns the trades
-    consumer's stats.
+    With the default topics the other kinds' streams (quotes when ``source.kinds`` has them, and
+    quality events) run alongside on threads of their own (same ``duration_s`` and ``idle_exit_s``;
+    stopped when the trades consumer stops). Returns the trades consumer's stats.
     """
     consumer, registry = build_consumer(settings, topics)
     side: list[tuple[IcebergConsumer, SchemaRegistry]] = []
+    others = [RecordKind(k) for k in settings.source.kinds if k != RecordKind.TRADES]
     try:
         if topics is None:
-            side.append(build_consumer(settings, record=QUALITY_EVENT, client_id="k2-consume-quality"))
+            for kind in (*others, RecordKind.QUALITY_EVENTS):
+                side.append(build_consumer(settings, kind=kind, client_id=f"k2-consume-{kind.value}"))
         if settings.metrics.port is not None:
             serve_metrics(settings.metrics.port, settings.metrics.host)
     except BaseException:
@@ -151,13 +152,11 @@ def run_consume(
         registry.close()
         raise
 
-    def _stop(signum: int, frame: FrameType | None) -> None:
+    def _stop() -> None:  # called in the signal handler: sets flags only
         consumer.stop()
         for other, _ in side:
             other.stop()
 
-    main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
     failures: list[BaseException] = []
 
     def _run_side(other: IcebergConsumer) -> None:
@@ -167,25 +166,29 @@ def run_consume(
             failures.append(exc)
             consumer.stop()
 
-    threads = [threading.Thread(target=_run_side, args=(other,), daemon=True) for other, _ in side]
-    for thread in threads:
-        thread.start()
     finished = False
-    try:
-        stats = consumer.run(duration_s=duration_s, idle_exit_s=idle_exit_s, max_messages=max_messages)
-        finished = True
-    finally:
-        for (other, other_registry), thread in zip(side, threads, strict=True):
-            if idle_exit_s is None or not finished:  # bounded runs wait for the side stream to go idle too
-                other.stop()
-            thread.join()
-            other_registry.close()
-            log.info("consume.quality_stopped", **other.stats.as_dict())
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        registry.close()
-        if failures and not finished:
-            log.error("consume.quality_failed", error=repr(failures[0]))  # the trades consumer's error is raised
+    kinds = [RecordKind.TRADES, *((*others, RecordKind.QUALITY_EVENTS) if side else ())]
+    upkeep = scheduled_maintenance(settings, [table_name(settings.lake, k) for k in kinds])
+    with stop_on_signals(_stop) as received:
+        threads = [threading.Thread(target=_run_side, args=(other,), daemon=True) for other, _ in side]
+        for thread in threads:
+            thread.start()
+        try:
+            with upkeep:  # off the commit path, docs/lake.md
+                stats = consumer.run(duration_s=duration_s, idle_exit_s=idle_exit_s, max_messages=max_messages)
+            finished = True
+        finally:
+            for (other, other_registry), thread in zip(side, threads, strict=True):
+                if idle_exit_s is None or not finished:  # bounded runs wait for the side stream to go idle too
+                    other.stop()
+                thread.join()
+                other_registry.close()
+                log.info("consume.side_stopped", **other.stats.as_dict())
+            registry.close()
+            if received:
+                log.info("consume.stopped_by_signal", signal=received[0].name)
+            if failures and not finished:
+                log.error("consume.side_failed", error=repr(failures[0]))  # the trades consumer's error is raised
     if failures:
         raise failures[0]
     return stats

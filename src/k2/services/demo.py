@@ -20,6 +20,7 @@ from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
 from k2.emulator.server import EmulatorThread, ReplayConfig
 from k2.metrics import serve_metrics
 from k2.query.engine import QueryEngine
+from k2.services.lifecycle import stop_on_signals
 from k2.services.pipeline import EmbeddedPipeline
 
 DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -33,16 +34,21 @@ def demo_settings(warehouse: Path) -> K2Settings:
 
 
 async def _stream(pipeline: EmbeddedPipeline, emulator: EmulatorThread, total: int, console: Console) -> None:
+    """Run the pipeline until the replay is received (or SIGINT/SIGTERM: it stops early, committing what
+    it received, and the summary follows), with a progress bar."""
     run = asyncio.create_task(pipeline.run())
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
+    with (
+        stop_on_signals(pipeline.stop, asyncio.get_running_loop()),
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as progress,
+    ):
         task = progress.add_task("trades received", total=total, detail="")
         while not run.done():
             stats = pipeline.stats

@@ -1,53 +1,51 @@
-"""`k2 ingest`: WebSocket sessions -> venue parser -> completeness -> Avro -> Kafka (distributed mode, producer side).
+"""`k2 ingest`: a venue's feed run into Kafka (distributed mode, producer side).
 
-The same sources, parser and completeness stage (:class:`~k2.services.intake.TradeIntake`) as the
-embedded pipeline; instead of Iceberg, canonical batches go to ``market.<asset_class>.trades.<venue>``
-keyed by symbol, and quality events (gaps OPEN/RESOLVED/UNRECOVERABLE, duplicates dropped,
-reorders, anomalies) to ``market.<asset_class>.quality_events.<venue>``, which `k2 consume` commits
-to the quality-events table. Gaps are backfilled over REST and the fetched trades produced to the
-trades topic like live ones. On start the sequence tracker is seeded from the newest messages of
-the trades topic (:func:`k2.bus.tail.read_tail`, read further back until every subscribed
-symbol's position is known), so the gap a restart leaves is found and backfilled, and trades
-already sent are dropped as duplicates (docs/quality.md).
-
-Backpressure runs end to end: a full producer queue suspends :meth:`BatchProducer.send`, which
-stops the parse loop, which (once the frame backlog is full) suspends the session's sink and so the
-socket reads. Rejected frames go to the quarantine as in embedded mode.
+Composition only: the venue's topics (one per record kind, ``market.<asset_class>.<kind>.<venue>``,
+plus its quality-events topic) checked or created, each kind's value schema registered, what the
+topics say the feed starts from (:func:`topic_start`: the trades topic read back until every
+subscribed symbol's position is known, gaps left OPEN in the events topic, the quotes' newest update
+ids), the :class:`~k2.feed.feed.VenueFeed` and the one :class:`~k2.feed.runner.FeedRunner` with a
+:class:`~k2.bus.sink.KafkaSink`. Gaps are backfilled over REST and the fetched trades produced like
+live ones; trades whose delivery fails while the process runs (Kafka down longer than
+``kafka.delivery_timeout_ms``) are re-opened as a gap once the topic shows it lacks them
+(:mod:`k2.bus.redelivery`). Backpressure runs end to end: a full producer queue suspends the sink,
+which stops the runner, which (once the frame backlog is full) stops reading the socket.
 
 ``platform_sequence`` starts at the wall-clock time in microseconds when the process starts and
-increases by one per record, so it keeps increasing across restarts as long as a process produces
-fewer than a million records per second on average.
+increases by one per record of a kind, so it keeps increasing across restarts as long as a process
+produces fewer than a million records of a kind per second on average.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-
 from k2.bus.admin import admin_client, ensure_topics, topic_specs
 from k2.bus.producer import BatchProducer
+from k2.bus.redelivery import Redelivery
 from k2.bus.registry import SchemaRegistry
 from k2.bus.serde import AvroDecoder, AvroEncoder
-from k2.bus.tail import read_tail
-from k2.bus.topics import dlq_topic, quality_events_topic, trades_topic, value_subject
+from k2.bus.sink import KafkaSink
+from k2.bus.tail import Tail, read_tail
+from k2.bus.topics import dlq_topic, kind_topic, value_subject
 from k2.config import K2Settings
+from k2.feed.feed import FeedStart, VenueFeed
+from k2.feed.runner import FeedRunner
+from k2.feed.trades import TradeCompleteness, topic_seed, unplaced
 from k2.lake.quarantine import Quarantine
 from k2.logging import get_logger
-from k2.quality.records import events_batch, open_gaps
-from k2.schema import TRADE
-from k2.schema.quality_event import QUALITY_EVENT
-from k2.services.completeness import Completeness, topic_seed, unplaced
-from k2.services.intake import TradeIntake
-from k2.services.lifecycle import FrameBacklog, open_sessions, run_until_stopped, supervise
-from k2.sources import load_adapter
+from k2.quality.records import open_gaps
+from k2.quality.sequence import StreamKey
+from k2.schema.kinds import RecordKind, spec
+from k2.services.lifecycle import run_until_stopped
+from k2.sources import load_venue
 from k2.sources.session import wall_clock_us
 from k2.sources.symbols import SymbolInfo
+from k2.sources.venue import Venue
 
 log = get_logger(__name__)
 
@@ -56,6 +54,7 @@ log = get_logger(__name__)
 class IngestStats:
     frames: int = 0
     trades: int = 0
+    quotes: int = 0
     rejected: int = 0
     backfilled: int = 0
     events: int = 0
@@ -66,6 +65,7 @@ class IngestStats:
         return {
             "frames": self.frames,
             "trades": self.trades,
+            "quotes": self.quotes,
             "rejected": self.rejected,
             "backfilled": self.backfilled,
             "events": self.events,
@@ -74,138 +74,155 @@ class IngestStats:
         }
 
 
+def topic_start(
+    settings: K2Settings, venue: Venue, kinds: tuple[RecordKind, ...], topics: Mapping[RecordKind, str],
+    registry: SchemaRegistry,
+) -> FeedStart:  # fmt: skip
+    """What ``venue``'s topics say its feed starts from (what this venue already sent)."""
+    kafka, quality = settings.kafka, settings.quality
+    now = wall_clock_us()
+    start = FeedStart(next_sequence=dict.fromkeys(kinds, now))
+
+    def tail(kind: RecordKind, **kwargs: Any) -> Tail:
+        decoder = AvroDecoder(spec(kind).record, registry.fetch)
+        return read_tail(kafka.bootstrap_servers, topics[kind], decoder, max_messages=quality.seed_messages, **kwargs)
+
+    if RecordKind.TRADES in kinds:
+        # Read back until every subscribed symbol's position is known, however quiet it has been.
+        sent = tail(
+            RecordKind.TRADES, further=functools.partial(unplaced, symbols=settings.source.symbols),
+            limit=quality.seed_max_messages,
+        )  # fmt: skip
+        start.trade_seed = topic_seed(sent)
+        start.open_gaps = open_gaps(tail(RecordKind.QUALITY_EVENTS).rows)
+    if RecordKind.QUOTES in kinds:
+        rows = tail(RecordKind.QUOTES).rows
+        if rows.num_rows:
+            highs = rows.group_by("symbol").aggregate([("source_sequence", "max")])
+            stream = venue.streams[RecordKind.QUOTES]
+            start.quote_state = {
+                StreamKey(venue.exchange, s, stream): int(h)
+                for s, h in zip(highs["symbol"].to_pylist(), highs["source_sequence_max"].to_pylist(), strict=True)
+                if h is not None
+            }
+    return start
+
+
 class IngestService:
-    """Streams one venue's trades into its Kafka topic."""
+    """Streams one venue's configured kinds into its Kafka topics."""
 
     def __init__(
         self,
         settings: K2Settings,
         *,
         ws_base_url: str | None = None,
+        rest_url: str | None = None,
         is_sample_data: bool = False,
         symbol_info: Mapping[str, SymbolInfo] | None = None,
+        kinds: tuple[RecordKind, ...] | None = None,
         parse_batch_frames: int = 5_000,
         parse_interval_s: float = 0.05,
         producer_overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
-        kafka = settings.kafka
-        self.is_sample_data = is_sample_data
-        self.adapter = load_adapter(
-            settings.source.venue, settings.source.symbols, symbol_info=symbol_info,
-            validation=settings.source.validation,
-        )  # fmt: skip
-        self.topic = trades_topic(kafka.asset_class, self.adapter.venue)
-        self.events_topic = quality_events_topic(kafka.asset_class, self.adapter.venue)
+        kafka, source = settings.kafka, settings.source
+        self.venue = load_venue(source.venue)
+        self.kinds = kinds if kinds is not None else tuple(RecordKind(k) for k in source.kinds)
+        all_kinds = (*self.kinds, RecordKind.QUALITY_EVENTS)
+        self.topics = {k: kind_topic(kafka.asset_class, k, self.venue.name) for k in all_kinds}
+        self.topic = self.topics.get(RecordKind.TRADES, "")
         admin = admin_client(kafka.bootstrap_servers)
-        for topic in (self.topic, self.events_topic):
+        for topic in self.topics.values():
             ensure_topics(admin, topic_specs(kafka, topic, dlq_topic(topic, kafka.dlq_suffix)))
         registry = SchemaRegistry(kafka.schema_registry_url)
         try:
-            schema_id = registry.register(value_subject(self.topic), TRADE)
-            events_schema_id = registry.register(value_subject(self.events_topic), QUALITY_EVENT)
-            # What this venue already sent: the tracker's seed (restart gaps, duplicates), and the gaps
-            # recorded OPEN whose RESOLVED row a crash may have lost.
-            # Read back until every subscribed symbol's position is known, however quiet it has been.
-            window = settings.quality.seed_messages
-            sent = read_tail(
-                kafka.bootstrap_servers, self.topic, AvroDecoder(TRADE, registry.fetch), max_messages=window,
-                further=functools.partial(unplaced, symbols=settings.source.symbols),
-                limit=settings.quality.seed_max_messages,
-            )  # fmt: skip
-            recorded = read_tail(
-                kafka.bootstrap_servers, self.events_topic, AvroDecoder(QUALITY_EVENT, registry.fetch),
-                max_messages=window,
-            )  # fmt: skip
+            schema_ids = {k: registry.register(value_subject(t), spec(k).record) for k, t in self.topics.items()}
+            start = topic_start(settings, self.venue, self.kinds, self.topics, registry)
         finally:
             registry.close()
-        self.producer = BatchProducer(kafka, self.topic, AvroEncoder(schema_id, TRADE), overrides=producer_overrides)
-        self.events_producer = BatchProducer(
-            kafka, self.events_topic, AvroEncoder(events_schema_id, QUALITY_EVENT),
-            client_id="k2-ingest-quality", overrides=producer_overrides,
+        producers = {
+            k: BatchProducer(
+                kafka,
+                self.topics[k],
+                AvroEncoder(schema_ids[k], spec(k).record),
+                client_id=f"k2-ingest-{k.value}",
+                overrides=producer_overrides,
+                keep_failed=k is RecordKind.TRADES,
+            )
+            for k in all_kinds
+        }
+        self.sink = KafkaSink(producers, close_timeout_s=kafka.delivery_timeout_ms / 1000 + 5)
+        self.quarantine = Quarantine(settings.lake.quarantine_dir, self.venue.name)
+        self.feed = VenueFeed(
+            self.venue, settings, symbols=source.symbols, kinds=self.kinds, rules=self.venue.rules(symbol_info),
+            quarantine=self.quarantine, start=start, is_sample_data=is_sample_data, ws_base_url=ws_base_url,
+            rest_url=rest_url,
         )  # fmt: skip
-        self.quarantine = Quarantine(settings.lake.quarantine_dir, self.adapter.venue)
-        seed = topic_seed(sent)
-        self.completeness = Completeness(
-            settings, exchange=self.adapter.exchange, venue=self.adapter.venue, is_sample_data=is_sample_data,
-            now_us=wall_clock_us(), seed=seed, symbol_info=symbol_info,
+        if self.feed.trades is not None:
+            self.sink.redelivery = Redelivery(
+                kafka, self.topics[RecordKind.TRADES], schema_ids[RecordKind.TRADES], self.feed.trades
+            )
+        self.urls = self.feed.urls
+        lake = settings.lake
+        self.runner = FeedRunner(
+            [self.feed], self.sink, flush_rows=lake.flush_rows, flush_seconds=lake.flush_seconds,
+            parse_batch_frames=parse_batch_frames, parse_interval_s=parse_interval_s,
         )  # fmt: skip
-        self.completeness.resolve_stored(open_gaps(recorded.rows), seed, wall_clock_us())
-        self.intake = TradeIntake(
-            self.adapter, self.quarantine, self.completeness,
-            next_sequence=wall_clock_us(), is_sample_data=is_sample_data,
-        )  # fmt: skip
-        self.stats = IngestStats()
-        self.urls, self._sessions = open_sessions(self.adapter, settings, ws_base_url)
-        self._parse_interval_s = parse_interval_s
-        self._backlog = FrameBacklog(parse_batch_frames, 4 * parse_batch_frames)
-        self._backfilled: list[pa.RecordBatch] = []
-        self._stopping = asyncio.Event()
+        self._started = time.monotonic()
 
-    def stop(self) -> None:
-        """Stop reading; everything already received is parsed, produced and flushed."""
-        self._stopping.set()
-        self._backlog.wake()
-        for session in self._sessions:
-            session.stop()
+    # --- what tests and the CLI look at ---------------------------------------------------------
+    @property
+    def producer(self) -> BatchProducer:
+        """The trades producer."""
+        return self.sink.producers[RecordKind.TRADES]
+
+    @property
+    def events_producer(self) -> BatchProducer:
+        return self.sink.producers[RecordKind.QUALITY_EVENTS]
+
+    @property
+    def completeness(self) -> TradeCompleteness:
+        if self.feed.trades is None:
+            raise ValueError("this ingest does not capture trades")
+        return self.feed.trades
+
+    @property
+    def stats(self) -> IngestStats:
+        feed = self.feed
+        trades = feed.trades.stats if feed.trades is not None else None
+        events = self.sink.producers[RecordKind.QUALITY_EVENTS].stats.produced
+        backfilled = trades.backfilled_rows if trades else 0
+        return IngestStats(
+            frames=feed.frames,
+            trades=feed.rows.get(RecordKind.TRADES.value, 0) - backfilled,
+            quotes=feed.rows.get(RecordKind.QUOTES.value, 0),
+            rejected=feed.rejected,
+            backfilled=backfilled,
+            events=events,
+            started_at=self._started,
+            producer=self.producer.stats.as_dict() if RecordKind.TRADES in self.sink.producers else {},
+        )
 
     def get_stats(self) -> dict[str, Any]:
         out = self.stats.as_dict()
-        out["backlog_frames"] = len(self._backlog)
-        out["quality"] = self.completeness.stats.as_dict()
+        out["backlog_frames"] = self.runner.backlog_frames()
+        out["quality"] = self.feed.trades.stats.as_dict() if self.feed.trades else {}
+        out["quote_quality"] = self.feed.quotes.stats.as_dict() if self.feed.quotes else {}
+        sink = self.sink.get_stats()
+        if "undelivered" in sink:
+            out["undelivered"] = sink["undelivered"]
         return out
 
+    def stop(self) -> None:
+        """Stop reading; everything already received is parsed, produced and flushed."""
+        self.runner.stop()
+
     async def run(self) -> IngestStats:
-        log.info("ingest.start", venue=self.adapter.venue, topic=self.topic, urls=self.urls)
-        backfill = None
-        if self.settings.quality.backfill:
-            backfill = functools.partial(self.completeness.run_backfill, self._backfilled.append)
-        try:
-            await supervise(self._sessions, self._backlog.sink, self._process_loop, self.stop, backfill)
-        finally:
-            timeout_s = self.settings.kafka.delivery_timeout_ms / 1000 + 5
-            await asyncio.to_thread(self.producer.close, timeout_s)
-            await asyncio.to_thread(self.events_producer.close, timeout_s)
-            self.stats.producer = self.producer.stats.as_dict()
-        log.info("ingest.stopped", topic=self.topic, **self.stats.as_dict())
-        return self.stats
-
-    async def _process_loop(self) -> None:
-        while True:
-            await self._backlog.wait(self._parse_interval_s)
-            await self._produce_pending()
-            self.completeness.tick(wall_clock_us())
-            await self._produce_backfilled()
-            await self._produce_events()  # after the trades they describe
-            self.producer.poll()
-            self.events_producer.poll()
-            self._backlog.release()
-            idle = not len(self._backlog) and not self._backfilled and not self.completeness.has_events
-            if self._stopping.is_set() and idle:
-                return
-
-    async def _produce_pending(self) -> None:
-        frames = self._backlog.take()
-        if not frames:
-            return
-        self.stats.frames += len(frames)
-        parsed = self.intake.parse(frames)
-        self.stats.rejected += parsed.rejected
-        if parsed.trades is not None:
-            self.stats.trades += parsed.trades.num_rows
-            await self.producer.send(parsed.trades)
-
-    async def _produce_backfilled(self) -> None:
-        while self._backfilled:
-            batch = self.intake.numbered(self._backfilled.pop(0))
-            self.stats.backfilled += batch.num_rows
-            await self.producer.send(batch)
-
-    async def _produce_events(self) -> None:
-        if self.completeness.has_events:
-            events = self.completeness.take_events()
-            self.stats.events += len(events)
-            await self.events_producer.send(events_batch(events))
+        log.info("ingest.start", venue=self.venue.name, topics=sorted(self.topics.values()), urls=self.urls)
+        await self.runner.run()
+        stats = self.stats
+        log.info("ingest.stopped", venue=self.venue.name, **stats.as_dict())
+        return stats
 
 
 async def run_ingest(
@@ -219,3 +236,6 @@ async def run_ingest(
     """Run the producer until SIGINT/SIGTERM or ``duration_s``; flush everything received."""
     service = IngestService(settings, ws_base_url=ws_base_url, is_sample_data=is_sample_data, symbol_info=symbol_info)
     return await run_until_stopped(service.run, service.stop, settings, duration_s)
+
+
+__all__ = ["IngestService", "IngestStats", "run_ingest", "topic_start"]

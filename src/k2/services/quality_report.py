@@ -9,10 +9,11 @@ import pyarrow as pa
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, GreaterThanOrEqual, LessThan
 
 from k2.config import K2Settings
-from k2.errors import ConfigError
-from k2.lake.catalog import load_or_create_table, open_catalog
+from k2.errors import ConfigError, LakeError
+from k2.lake.catalog import load_existing_table, open_catalog
 from k2.quality.report import build_report
-from k2.schema.kinds import RecordKind
+from k2.schema import to_arrow
+from k2.schema.quality_event import QUALITY_EVENT
 
 
 def parse_day(text: str | None) -> date | None:
@@ -43,15 +44,18 @@ def _filter(time_column: str, symbol: str | None, day: date | None) -> BooleanEx
 def quality_report(settings: K2Settings, *, symbol: str | None = None, day: date | None = None) -> pa.Table:
     """One row per (UTC day, exchange, symbol): trades, first/last id, expected vs stored, gaps
     found/backfilled/unrecoverable/open, duplicates dropped, out-of-order, resets, anomalies by kind."""
-    catalog = open_catalog(settings.lake)
-    trades = load_or_create_table(catalog, settings.lake, RecordKind.TRADES).scan(
+    lake = settings.lake
+    catalog = open_catalog(lake, create=False)  # a report creates nothing: no table there is an error
+    trades = load_existing_table(catalog, lake, lake.trades_table).scan(
         row_filter=_filter("timestamp", symbol, day),
         selected_fields=("exchange", "symbol", "timestamp", "source_sequence", "vendor_data"),
     )
-    events = load_or_create_table(catalog, settings.lake, RecordKind.QUALITY_EVENTS).scan(
-        row_filter=_filter("trade_time", symbol, day)
-    )
-    return build_report(trades.to_arrow(), events.to_arrow())
+    try:
+        events = load_existing_table(catalog, lake, lake.events_table)
+    except LakeError:  # trades written before the quality-events table existed: no event recorded
+        no_events = to_arrow(QUALITY_EVENT).empty_table()
+        return build_report(trades.to_arrow(), no_events)
+    return build_report(trades.to_arrow(), events.scan(row_filter=_filter("trade_time", symbol, day)).to_arrow())
 
 
 def quality_report_dicts(settings: K2Settings, **kwargs: Any) -> list[dict[str, Any]]:

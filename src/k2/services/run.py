@@ -7,6 +7,7 @@ import asyncio
 from k2.config import K2Settings
 from k2.logging import get_logger
 from k2.services.lifecycle import run_until_stopped
+from k2.services.maintain import k2_tables, scheduled_maintenance
 from k2.services.pipeline import EmbeddedPipeline, PipelineStats
 from k2.sources import load_venue
 from k2.sources.symbols import SymbolInfo
@@ -42,13 +43,14 @@ async def run_pipeline(
     """
     info = resolve_symbol_info(settings) if fetch_symbol_info else None
     pipeline = EmbeddedPipeline(settings, ws_base_url=ws_base_url, is_sample_data=is_sample_data, symbol_info=info)
-    if not serve:
-        return await run_until_stopped(pipeline.run, pipeline.stop, settings, duration_s)
-    from k2.services.serve import ApiServer
+    with scheduled_maintenance(settings, k2_tables(settings)):  # off the commit path, docs/lake.md
+        if not serve:
+            return await run_until_stopped(pipeline.run, pipeline.stop, settings, duration_s)
+        from k2.services.serve import ApiServer
 
-    api = ApiServer(settings, process_metrics=True)
-    await asyncio.to_thread(api.start)
-    try:
-        return await run_until_stopped(pipeline.run, pipeline.stop, settings, duration_s)
-    finally:
-        await asyncio.to_thread(api.stop)
+        api = ApiServer(settings, process_metrics=True)
+        await asyncio.to_thread(api.start)
+        try:
+            return await run_until_stopped(pipeline.run, pipeline.stop, settings, duration_s)
+        finally:
+            await asyncio.to_thread(api.stop)

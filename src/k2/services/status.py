@@ -5,8 +5,10 @@ time between them), so it works against every K2 process that serves metrics (`k
 `k2 demo --metrics-port`, `k2 ingest`, `k2 consume`) without any other API. Sections: feeds
 (connection state, frames/s, reconnects), symbols (newest exchange event time and its age),
 normalized records/s and rejections, lake tables (rows/s, commits, commit latency, last commit),
-sequence gaps and quality events, and every other ``k2_*`` series the process exports (Kafka
-producer/consumer, backfill, REST) by name.
+lake health (data files, small files, files per partition, average file size, snapshots, orphan
+bytes, last maintenance run: exported by the scheduled maintenance), sequence gaps and quality
+events, and every other ``k2_*`` series the process exports (Kafka producer/consumer, backfill,
+REST) by name.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ _KNOWN_PREFIXES = (
     "k2_lake_commit_duration_seconds",
     "k2_lake_last_commit_timestamp_seconds",
     "k2_lake_commit_conflicts_total",
+    "k2_lake_data_files",
+    "k2_lake_small_data_files",
+    "k2_lake_partitions",
+    "k2_lake_partition_max_files",
+    "k2_lake_data_file_avg_bytes",
+    "k2_lake_retained_snapshots",
+    "k2_lake_orphan_bytes",
+    "k2_lake_last_maintenance_timestamp_seconds",
     "k2_quality_events_total",
     "k2_backfill_gaps_total",
 )
@@ -121,6 +131,21 @@ class TableStatus:
 
 
 @dataclass(frozen=True)
+class HealthStatus:
+    """A table's health, as the scheduled maintenance last exported it (see k2.lake.health)."""
+
+    table: str
+    data_files: float
+    small_files: float | None
+    partitions: float | None
+    max_partition_files: float | None
+    avg_file_bytes: float | None
+    snapshots: float | None
+    orphan_bytes: float | None
+    last_maintenance: datetime | None
+
+
+@dataclass(frozen=True)
 class SeriesStatus:
     name: str
     labels: Labels
@@ -137,6 +162,7 @@ class StatusReport:
     records: list[SeriesStatus] = field(default_factory=list)
     rejected: list[SeriesStatus] = field(default_factory=list)
     tables: list[TableStatus] = field(default_factory=list)
+    health: list[HealthStatus] = field(default_factory=list)
     quality: list[SeriesStatus] = field(default_factory=list)
     other: list[SeriesStatus] = field(default_factory=list)
 
@@ -200,6 +226,24 @@ def build_report(current: Scrape, previous: Scrape | None = None) -> StatusRepor
             )
         )
 
+    health = []
+    for d, _, files in label_sets("k2_lake_data_files"):
+        table = d["table"]
+        last = current.total("k2_lake_last_maintenance_timestamp_seconds", table=table)
+        health.append(
+            HealthStatus(
+                table=table,
+                data_files=files,
+                small_files=current.total("k2_lake_small_data_files", table=table),
+                partitions=current.total("k2_lake_partitions", table=table),
+                max_partition_files=current.total("k2_lake_partition_max_files", table=table),
+                avg_file_bytes=current.total("k2_lake_data_file_avg_bytes", table=table),
+                snapshots=current.total("k2_lake_retained_snapshots", table=table),
+                orphan_bytes=current.total("k2_lake_orphan_bytes", table=table),
+                last_maintenance=datetime.fromtimestamp(last, tz=UTC) if last else None,
+            )
+        )
+
     def series(names: Iterable[str]) -> list[SeriesStatus]:
         return [
             SeriesStatus(name, labels, value, rate(name, labels) if name.endswith("_total") else None)
@@ -218,6 +262,7 @@ def build_report(current: Scrape, previous: Scrape | None = None) -> StatusRepor
         records=series(["k2_records_normalized_total"]),
         rejected=series(["k2_messages_rejected_total"]),
         tables=tables,
+        health=health,
         quality=series(["k2_quality_events_total", "k2_backfill_gaps_total"]),
         other=series(other_names),
     )
@@ -264,6 +309,25 @@ def render(report: StatusReport, error: str | None = None) -> RenderableType:
         )
     parts.append(tables)
 
+    if report.health:
+        health = _table(
+            "Lake health", "table", "files", "small", "partitions", "max/partition", "avg file", "snapshots",
+            "orphans", "last maintenance (UTC)",
+        )  # fmt: skip
+        for h in report.health:
+            health.add_row(
+                h.table,
+                _count(h.data_files),
+                _optional(h.small_files),
+                _optional(h.partitions),
+                _optional(h.max_partition_files),
+                "-" if h.avg_file_bytes is None else _bytes(h.avg_file_bytes),
+                _optional(h.snapshots),
+                "-" if h.orphan_bytes is None else _bytes(h.orphan_bytes),
+                "-" if h.last_maintenance is None else _time(h.last_maintenance),
+            )
+        parts.append(health)
+
     quality = _table("Gaps and quality events", "metric", "labels", "total", "per s")
     for item in report.quality:
         quality.add_row(item.name.removeprefix("k2_"), _labels(item.labels), _count(item.value), _rate(item.per_s))
@@ -290,6 +354,18 @@ def _labels(labels: Labels) -> str:
 
 def _count(value: float) -> str:
     return f"{value:,.0f}"
+
+
+def _optional(value: float | None) -> str:
+    return "-" if value is None else _count(value)
+
+
+def _bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _number(value: float) -> str:

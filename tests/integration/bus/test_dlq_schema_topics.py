@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pyarrow as pa
 import pytest
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 
 from k2.bus.admin import admin_client, ensure_topics, topic_specs
 from k2.bus.registry import SchemaRegistry
@@ -143,17 +145,36 @@ def test_existing_topics_that_differ_from_the_settings_are_refused(bus_settings:
     assert f"retention.ms={kafka.retention_ms}, configured 3600000" in message
 
 
-def test_processes_starting_together_may_all_create_the_topics(bus_settings: K2Settings) -> None:
-    """Consumers started at once race to create the topics: the losers' TOPIC_ALREADY_EXISTS is success."""
+class _RacingAdmin(AdminClient):  # type: ignore[misc]
+    """An admin client whose ``create_topics`` first waits for every other creator to get there: each
+    has then checked that the topics are missing, so all of them create them at once (the race of
+    processes started together, forced instead of hoped for)."""
+
+    def __init__(self, bootstrap_servers: str, barrier: threading.Barrier) -> None:
+        super().__init__({"bootstrap.servers": bootstrap_servers})
+        self._barrier = barrier
+
+    def create_topics(self, *args: Any, **kwargs: Any) -> Any:
+        self._barrier.wait(timeout=60)
+        return super().create_topics(*args, **kwargs)
+
+
+def test_processes_starting_together_all_create_the_topics_and_all_succeed(bus_settings: K2Settings) -> None:
+    """Creators that all found the topics missing all create them: the losers' TOPIC_ALREADY_EXISTS is
+    success, and the topics exist once, as configured."""
     kafka = bus_settings.kafka
     topic = f"market.{kafka.asset_class}.quality_events.binance"
+    specs = topic_specs(kafka, topic, dlq_topic(topic))
     barrier = threading.Barrier(4)
 
-    def start() -> list[str]:
-        admin = admin_client(kafka.bootstrap_servers)
-        barrier.wait()
-        return ensure_topics(admin, topic_specs(kafka, topic, dlq_topic(topic)))
+    def start(_: int) -> list[str]:
+        return ensure_topics(_RacingAdmin(kafka.bootstrap_servers, barrier), specs)
 
     with ThreadPoolExecutor(4) as pool:
-        attempts = list(pool.map(lambda _: start(), range(4)))  # each raised BusUnavailable before the fix
-    assert sum(topic in created for created in attempts) >= 2  # the race did happen
+        attempts = list(pool.map(start, range(4)))  # each raised BusUnavailable before the fix
+    # Every creator took the create path (the barrier let none through alone) and none failed.
+    assert attempts == [[topic, dlq_topic(topic)]] * 4
+    admin = admin_client(kafka.bootstrap_servers)
+    assert ensure_topics(admin, specs) == []  # now present, and as configured (TopicMismatch otherwise)
+    listed = admin.list_topics(timeout=10).topics
+    assert (len(listed[topic].partitions), len(listed[dlq_topic(topic)].partitions)) == (kafka.partitions, 1)

@@ -250,3 +250,55 @@ def test_quality_events_round_trip_with_the_same_encoder_and_decoder() -> None:
     decoded = AvroDecoder(QUALITY_EVENT, lambda _id: to_avro(QUALITY_EVENT)).decode(values)
     assert not decoded.errors
     assert decoded.batch.equals(batch)
+
+
+def test_ids_without_a_usable_record_schema_are_rejected_with_a_reason_and_remembered(trades: pa.RecordBatch) -> None:
+    """A message framed with the id of a registered non-record schema (the ``"string"`` schema commonly
+    registered for keys, a union), of another record type, of a schema the registry cannot give as
+    Avro, or of an unknown id, is a reported error, never an exception; each id is fetched once."""
+    from k2.schema.quality_event import QUALITY_EVENT
+
+    good = AvroEncoder(1, TRADE).encode(trades.slice(0, 2))
+    body = good[0][5:]
+    schemas: dict[int, Any] = {1: to_avro(TRADE), 2: "string", 3: ["null", "string"], 4: to_avro(QUALITY_EVENT)}
+    calls: list[int] = []
+
+    def fetch(schema_id: int) -> Any:
+        calls.append(schema_id)
+        if schema_id == 5:
+            raise ValueError("a PROTOBUF schema, not Avro")
+        return schemas[schema_id]
+
+    decoder = AvroDecoder(TRADE, fetch)
+    key_string = io.BytesIO()
+    fastavro.schemaless_writer(key_string, "string", "BTCUSDT")
+    values = [frame(2, key_string.getvalue()), frame(3, b"\x00"), frame(4, body), frame(5, body), frame(6, body)]
+    for _ in range(2):
+        result = decoder.decode([good[0], *values, good[1]])
+        assert result.indices == [0, 6]
+        assert result.batch.to_pylist() == trades.slice(0, 2).to_pylist()
+        assert [(i, e.reason) for i, e in result.errors] == [
+            (1, "incompatible_schema"),
+            (2, "incompatible_schema"),
+            (3, "incompatible_schema"),
+            (4, "incompatible_schema"),
+            (5, "unknown_schema"),
+        ]
+    messages = [str(e) for _, e in result.errors]
+    assert messages[0] == "schema 2 is a string schema, not a Trade record"
+    assert messages[1] == "schema 3 is a ['null', 'string'] schema, not a Trade record"
+    assert messages[2].startswith("schema 4 (k2.quality.QualityEvent) does not resolve to Trade: ")
+    assert len(messages[2]) < 400  # fastavro's message holds both schemas: cut short
+    assert messages[3] == "schema 5 cannot be read: a PROTOBUF schema, not Avro"
+    assert sorted(calls) == [1, 2, 3, 4, 5, 6]  # failures are cached like schemas
+
+
+def test_a_registry_outage_is_raised_not_reported(trades: pa.RecordBatch) -> None:
+    from k2.errors import BusUnavailable
+
+    def fetch(schema_id: int) -> Any:
+        raise BusUnavailable("registry down")
+
+    values = AvroEncoder(1, TRADE).encode(trades.slice(0, 1))
+    with pytest.raises(BusUnavailable):
+        AvroDecoder(TRADE, fetch).decode(values)

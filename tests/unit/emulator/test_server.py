@@ -192,23 +192,27 @@ def _paced_recording(path: Path, n: int, step_us: int) -> list[bytes]:
 
 @pytest.mark.parametrize(("speed", "span_s"), [(1.0, 1.0), (5.0, 0.2)])
 def test_speed_replays_at_the_recorded_pace_scaled(tmp_path: Path, speed: float, span_s: float) -> None:
+    """Frame i never arrives before i * step after the replay started. Measured from a time taken
+    before connecting (the replay's clock starts later), so a busy machine can only make frames
+    later, never make the check fail; how late they may be is a performance figure, not asserted."""
     expected = _paced_recording(tmp_path / "paced.jsonl.gz", 21, 50_000)  # 21 frames, 50 ms apart: 1 s
 
-    async def main() -> tuple[list[bytes], list[float]]:
+    async def main() -> tuple[list[bytes], float, list[float]]:
         config = ReplayConfig(recording=tmp_path / "paced.jsonl.gz", speed=speed)
-        async with BinanceEmulator(config) as emu, _connect(emu.url + BOTH) as ws:
-            got, times = [], []
-            for _ in expected:
-                got.append(await asyncio.wait_for(ws.recv(decode=False), 10))
-                times.append(time.monotonic())
-            return got, times
+        async with BinanceEmulator(config) as emu:
+            before = time.monotonic()
+            async with _connect(emu.url + BOTH) as ws:
+                got, times = [], []
+                for _ in expected:
+                    got.append(await asyncio.wait_for(ws.recv(decode=False), 10))
+                    times.append(time.monotonic())
+                return got, before, times
 
-    got, times = asyncio.run(main())
+    got, before, times = asyncio.run(main())
     assert got == expected
     step = span_s / 20
     for i, t in enumerate(times):
-        assert t - times[0] >= i * step - 0.01  # never early
-    assert times[-1] - times[0] < span_s + 2.0  # and not absurdly late (loose: shared CI machine)
+        assert t - before >= i * step - 1e-3  # never early (the emulator sends up to 0.5 ms ahead)
 
 
 def test_as_fast_as_possible_respects_backpressure() -> None:

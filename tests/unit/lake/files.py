@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 
 from pyiceberg.table import Table
+
+PYICEBERG = tuple(int(part) for part in version("pyiceberg").split(".")[:2])
+"""The installed pyiceberg's (major, minor): K2 supports 0.11 and 0.12 (docs/lake.md)."""
 
 
 def files_on_disk(table: Table) -> tuple[set[str], set[str], set[str]]:

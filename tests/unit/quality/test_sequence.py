@@ -224,3 +224,33 @@ def test_export_and_restore_keep_high_holes_and_gap_ids() -> None:
     ]
     assert observe(restarted, [5, 20, 3, 21]).keep.tolist() == [False, False, True, True]
     assert restarted.missing(KEY, 1, 25) == 2 + 4 + 9 + 4 and restarted.missing(KEY, 20, 21) == 0
+
+
+def test_reopen_turns_accepted_ids_into_confirmed_gaps_one_per_run() -> None:
+    """Ids whose delivery failed after the tracker accepted them: each run of consecutive ids becomes
+    a confirmed hole (a gap to backfill) with the id a restart would give it; ids not held (above
+    the high-water mark, already missing) are left alone; backfill then fills exactly those."""
+    key = StreamKey("BINANCE", "BTCUSDT")
+    tracker = SequenceTracker(grace_us=1_000)
+    ids = np.array([*range(100, 121), *range(125, 131)], dtype=np.int64)  # 121..124 missing: a pending hole
+    tracker.observe(key, ids, ids * 10, now_us=0)
+    failed = np.array([105, 106, 107, 110, 122, 129, 130, 131, 107], dtype=np.int64)
+    gaps = tracker.reopen(key, failed, failed * 10, now_us=500)
+    assert [(g.first_id, g.last_id, g.trade_time_us, g.detected_at_us) for g in gaps] == [
+        (105, 107, 1_050, 500),
+        (110, 110, 1_100, 500),
+        (129, 130, 1_290, 500),
+    ]
+    assert [g.gap_id for g in gaps] == [gap_id(key, 107), gap_id(key, 110), gap_id(key, 130)]
+    assert tracker.holes(key) == [
+        (105, 107, HoleState.CONFIRMED),
+        (110, 110, HoleState.CONFIRMED),
+        (121, 124, HoleState.PENDING),
+        (129, 130, HoleState.CONFIRMED),
+    ]
+    assert [(g.first_id, g.last_id) for g in tracker.due_gaps(2_000)] == [(121, 124)]  # reopened: not again
+    keep = tracker.accept_backfill(key, np.arange(105, 111))
+    assert keep.tolist() == [True, True, True, False, False, True]
+    assert tracker.missing_in(gaps[0]) == tracker.missing_in(gaps[1]) == 0
+    assert tracker.reopen(StreamKey("BINANCE", "ETHUSDT"), failed, failed, now_us=1) == []  # an unknown stream
+    assert tracker.reopen(key, np.array([], dtype=np.int64), np.array([], dtype=np.int64), now_us=1) == []

@@ -12,10 +12,12 @@ import pytest
 from pyiceberg.catalog import Catalog
 
 from k2.config import K2Settings, LakeSettings
-from k2.errors import QueryError
+from k2.errors import LakeError, QueryError
+from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.metrics import REGISTRY
 from k2.query import OHLCV_SCHEMA, QueryEngine, QueryResult, parse_interval
 from k2.schema import TRADE_ARROW_SCHEMA
+from k2.schema.kinds import RecordKind
 from tests.unit.query import reference as ref
 
 T0 = datetime(2024, 8, 8, 23, 54, tzinfo=UTC)  # the recording spans 23:54:15 .. 00:05:06 (next day)
@@ -242,6 +244,10 @@ def test_empty_table(empty_lake: tuple[Catalog, LakeSettings]) -> None:
 
 
 def test_from_settings(settings: K2Settings, recording: pa.Table) -> None:
+    with pytest.raises(LakeError, match=r"no K2 table in .*: there is no catalog there"):
+        QueryEngine.from_settings(settings)  # reading creates nothing
+    assert not settings.lake.warehouse.exists()
+    load_or_create_table(open_catalog(settings.lake), settings.lake, RecordKind.TRADES)
     with QueryEngine.from_settings(settings) as engine:
         assert engine.stats()["rows"] == 0
         engine.table.append(recording.slice(0, 10))

@@ -1,0 +1,148 @@
+"""`k2 maintain` and the maintenance scheduled inside `k2 run` / `k2 consume`.
+
+Composition only: open the catalog, run :func:`k2.lake.upkeep.maintain_table` per table. The
+scheduled form is a daemon thread with its own catalog connection, off the commit path: it exports
+the tables' health at start and after every run, and (``lake.maintenance.schedule``) runs the
+maintenance every ``lake.maintenance.interval_s``. Its commits race the process's own writer like
+any other process's would (optimistic concurrency, see :mod:`k2.lake.upkeep`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pyiceberg.catalog import Catalog
+
+from k2.config import K2Settings, load_settings
+from k2.errors import K2Error
+from k2.lake.catalog import open_catalog
+from k2.lake.compaction import small_file_bytes
+from k2.lake.health import table_health
+from k2.lake.upkeep import MaintenanceReport, export_health, maintain_table
+from k2.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def k2_tables(settings: K2Settings) -> list[str]:
+    """The tables K2 writes: trades and quality events."""
+    return [settings.lake.trades_table, settings.lake.events_table]
+
+
+def with_policy(
+    settings: K2Settings, tables: Sequence[str] | None, *, retention_days: int | None = None, **policy: Any
+) -> K2Settings:
+    """``settings`` with the non-None ``lake.maintenance`` fields of ``policy`` replaced (`k2 maintain`
+    options); ``retention_days`` applies to ``tables`` (default: K2's tables)."""
+    data = settings.model_dump()
+    data["lake"]["maintenance"].update({k: v for k, v in policy.items() if v is not None})
+    if retention_days is not None:
+        data["lake"]["maintenance"]["retention_days"] = {t: retention_days for t in (tables or k2_tables(settings))}
+    return load_settings(**data)
+
+
+def report_rows(reports: Sequence[MaintenanceReport]) -> list[dict[str, Any]]:
+    """One display row per table: health before -> after and what the run did."""
+    rows = []
+    for report in reports:
+        done = report.as_dict()
+        before, after = report.before, report.after or report.before
+        rows.append(
+            {
+                "table": report.table,
+                "files": f"{before.data_files} -> {after.data_files}",
+                "small files": f"{before.small_files} -> {after.small_files}",
+                "partitions": after.partitions,
+                "max files/partition": after.max_partition_files,
+                "avg file": f"{round(after.avg_file_bytes):,} B",
+                "snapshots": f"{before.snapshots} -> {after.snapshots}",
+                "compacted": done["compacted_files"],
+                "expired": done["expired_snapshots"],
+                "orphans deleted": done["orphans_deleted"],
+                "seconds": done["seconds"],
+            }
+        )
+    return rows
+
+
+def run_maintain(
+    settings: K2Settings, tables: Sequence[str] | None = None, *, before_commit: Callable[[], None] | None = None
+) -> list[MaintenanceReport]:
+    """One maintenance run of each of ``tables`` (default: K2's tables that exist)."""
+    lake = settings.lake
+    catalog = open_catalog(lake)
+    names = list(tables) if tables else [t for t in k2_tables(settings) if catalog.table_exists((lake.namespace, t))]
+    return [maintain_table(catalog, (lake.namespace, name), lake, before_commit=before_commit) for name in names]
+
+
+def pause_until_removed(marker: Path) -> None:
+    """Create ``marker`` and wait until someone deletes it (`k2 maintain --pause-before-commit`, hidden).
+
+    Makes "killed between writing the compacted files and committing them" a state a test can reach
+    deterministically: it waits for the marker, then kills the process.
+    """
+    marker.write_text("compaction files written, commit pending\n")
+    while marker.exists():
+        time.sleep(0.05)
+
+
+class ScheduledMaintenance:
+    """The background maintenance of a long-running process (see the module docstring)."""
+
+    def __init__(self, settings: K2Settings, tables: Sequence[str]) -> None:
+        self._settings = settings
+        self._tables = list(tables)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="k2-maintenance", daemon=True)
+        self.runs = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask the thread to stop and wait a little; a step cut short leaves only orphans (swept later)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        lake = self._settings.lake
+        policy = lake.maintenance
+        small = small_file_bytes(policy.target_file_bytes)
+        catalog: Catalog | None = None
+        first = True
+        while first or not self._stop.wait(policy.interval_s):
+            try:  # opened here, and again after a failure: the process may be creating it right now
+                catalog = catalog or open_catalog(lake)
+            except K2Error as exc:
+                log.warning("maintenance.catalog_unavailable", error=str(exc))
+                first = False
+                continue
+            for name in self._tables:
+                if self._stop.is_set():
+                    return
+                try:
+                    if policy.schedule and not first:
+                        maintain_table(catalog, (lake.namespace, name), lake)
+                    else:  # at start, or when only the health is wanted
+                        export_health(table_health(catalog.load_table((lake.namespace, name)), small))
+                except Exception as exc:  # never let the thread die: the next interval tries again
+                    log.warning("maintenance.failed", table=name, error=str(exc))
+            first = False
+            self.runs += 1
+
+
+@contextmanager
+def scheduled_maintenance(settings: K2Settings, tables: Sequence[str]) -> Iterator[ScheduledMaintenance]:
+    """Run :class:`ScheduledMaintenance` for the duration of the block."""
+    scheduler = ScheduledMaintenance(settings, tables)
+    scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        scheduler.stop()
