@@ -207,15 +207,17 @@ def test_prometheus_holds_exactly_the_kafka_figures(kafka_stack: KafkaStack) -> 
         for r in s.query("k2_consumer_dead_letters_total")
     }
     # every reason is exported from the start (0), so that increase() sees the first dead letter
+    quotes = topic.replace(".trades.", ".quotes.")
     assert dead == {(topic, reason): GARBAGE if reason == "not_framed" else 0 for reason in DEAD_LETTER_REASONS} | {
-        (quality, reason): 0
-        for reason in DEAD_LETTER_REASONS  # the quality-events stream of `k2 consume`
+        (side, reason): 0
+        for side in (quality, quotes)  # the quality-events and quotes streams of `k2 consume`
+        for reason in DEAD_LETTER_REASONS
     }
     assert s.value(f'k2_lake_rows_written_total{{job="k2-consume", table="{TABLE}"}}') == TOTAL_TRADES
     lag = {
         (r["metric"]["topic"], r["metric"]["partition"]): float(r["value"][1]) for r in s.query("k2_consumer_lag_rows")
     }
-    assert lag == {(t, str(p)): 0.0 for t in (topic, quality) for p in range(PARTITIONS)}
+    assert lag == {(t, str(p)): 0.0 for t in (topic, quality, quotes) for p in range(PARTITIONS)}
     assert s.value(f'k2_lake_commit_failures_total{{job="k2-consume", table="{TABLE}"}}') == 0
     kinds = {r["metric"]["kind"] for r in s.query('k2_query_duration_seconds_count{job="k2-query"} > 0')}
     assert kinds == {"trades", "ohlcv", "vwap", "sql"}

@@ -13,7 +13,7 @@ hostile or broken venue could send that once crashed K2 or were stored as good (
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -303,9 +303,11 @@ def _withheld(frames: Iterator[OutFrame], faults: Faults, injected: MutableMappi
         yield frame
 
 
-def routable_frames(recording: Iterable[RecordedFrame]) -> Iterator[OutFrame]:
-    """The recording's frames decoded for routing; frames with no stream are left out."""
-    return (f for f in map(decode_frame, recording) if f.stream is not None)
+def routable_frames(
+    recording: Iterable[RecordedFrame], route: Callable[[RecordedFrame], OutFrame] = decode_frame
+) -> Iterator[OutFrame]:
+    """The recording's frames routed (by the venue protocol's ``route``); frames with no stream are left out."""
+    return (f for f in map(route, recording) if f.stream is not None)
 
 
 def apply_faults(frames: Iterable[OutFrame], faults: Faults, injected: MutableMapping[str, int]) -> Iterator[OutFrame]:

@@ -1,8 +1,11 @@
-"""A local WebSocket server speaking Binance spot's stream protocol, replaying a recording.
+"""A local WebSocket server speaking a venue's stream protocol, replaying a recording.
 
-``/stream?streams=a@trade/b@trade`` sends the recorded combined envelopes byte for byte,
-``/ws/<stream>...`` only their ``data`` objects; SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS work on
-the socket; other paths get HTTP 404. One replay cursor is shared by all connections, and a frame
+The venue's own part (handshake, control messages, framing, REST) is its emulator protocol
+(:class:`k2.emulator.contract.EmulatorProtocol`; Binance's by default,
+:class:`k2.emulator.binance.BinanceProtocol`: ``/stream?streams=a@trade/b@trade`` sends the recorded
+combined envelopes byte for byte, ``/ws/<stream>...`` only their ``data`` objects, SUBSCRIBE /
+UNSUBSCRIBE / LIST_SUBSCRIPTIONS on the socket). A client receives only the streams it subscribed
+to. One replay cursor is shared by all connections, and a frame
 that could not be delivered waits for the next connection, so a client that reconnects after an
 injected disconnect carries on where the stream stopped. In *live* mode the cursor moves on at the
 replay pace whether anyone is connected or not, and a frame nobody received is gone from the
@@ -28,17 +31,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from k2.emulator.binance import BinanceProtocol
+from k2.emulator.contract import EmulatorProtocol
 from k2.emulator.faults import DISCONNECT, FRAME, INJECTED_KINDS, Faults, OutFrame, apply_faults, routable_frames
-from k2.emulator.protocol import (
-    MAX_STREAMS_PER_CONNECTION,
-    PathError,
-    decode_control,
-    error_reply,
-    parse_target,
-    result_reply,
-)
+from k2.emulator.protocol import PathError
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
-from k2.emulator.rest import RestEndpoints, RestResponse
+from k2.emulator.rest import RestResponse
 from k2.errors import ConfigError, RecordingError
 from k2.logging import get_logger
 
@@ -72,6 +70,7 @@ class ReplayConfig:
     # Stop the cursor before this recorded frame (1-based, delivered or missed) until release():
     # lets a test line something up with the stream without racing it.
     hold_at: int | None = None
+    protocol: EmulatorProtocol = field(default_factory=BinanceProtocol)  # the venue's (k2.emulator.contract)
 
     def __post_init__(self) -> None:
         if self.speed is not None and self.speed <= 0:
@@ -87,7 +86,7 @@ class ReplayConfig:
 @dataclass(eq=False)
 class _Client:
     ws: ServerConnection
-    combined: bool
+    framing: str  # the protocol's: how this client's frames look (Binance: combined or raw)
     streams: dict[str, None]  # insertion-ordered set
     recent: collections.deque[float]
 
@@ -128,7 +127,8 @@ class BinanceEmulator:
         self._released = asyncio.Event()
         if self.config.hold_at is None:
             self._released.set()
-        self.rest = RestEndpoints(self.config.recording, self.config.faults)
+        self.protocol = self.config.protocol
+        self.rest = self.protocol.rest(self.config.recording, self.config.faults)
         """The REST side (``/api/v3/...`` on the same port); ``rest.requests`` logs every request."""
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ class BinanceEmulator:
         self.port = self._server.sockets[0].getsockname()[1]
         if self.config.preload and self._decoded is None:
             self._decoded = await asyncio.to_thread(
-                lambda: list(routable_frames(read_recording(self.config.recording)))
+                lambda: list(routable_frames(read_recording(self.config.recording), self.protocol.route))
             )
         self._pump_task = asyncio.create_task(self._pump(), name="emulator-replay")
         log.info("emulator.started", url=self.url, recording=str(self.config.recording), speed=self.config.speed)
@@ -220,21 +220,21 @@ class BinanceEmulator:
 
     # --- connections --------------------------------------------------------------------------------
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        rest = self.rest.handle(request.path)
+        rest = None if self.rest is None else self.rest.handle(request.path)
         if rest is not None:
             if rest.delay_s:
                 await asyncio.sleep(rest.delay_s)
             return _http_response(rest)
         try:
-            parse_target(request.path)
+            self.protocol.open(request.path)
         except PathError as exc:
             return connection.respond(exc.status, exc.text)
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
-        combined, streams = parse_target(ws.request.path)
-        client = _Client(ws, combined, {}, collections.deque(maxlen=self.config.max_client_messages_per_s))
+        framing, streams = self.protocol.open(ws.request.path)
+        client = _Client(ws, framing, {}, collections.deque(maxlen=self.config.max_client_messages_per_s))
         self.connections += 1
         self._clients.add(client)
         self._subscribe(client, streams)
@@ -246,7 +246,11 @@ class BinanceEmulator:
                     log.info("emulator.rate_limited", limit=self.config.max_client_messages_per_s)
                     await ws.close(1008, "too many requests")
                     return
-                await ws.send(self._control(client, message))
+                answer = self.protocol.control(list(client.streams), message)
+                self._subscribe(client, list(answer.subscribe))
+                self._unsubscribe(client, list(answer.unsubscribe))
+                if answer.reply is not None:
+                    await ws.send(answer.reply)
         except ConnectionClosed:
             pass
         finally:
@@ -259,23 +263,6 @@ class BinanceEmulator:
         over = len(recent) == recent.maxlen and now - recent[0] < 1.0
         recent.append(now)
         return over
-
-    def _control(self, client: _Client, message: str | bytes) -> bytes:
-        """Answer one SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS request, as Binance does."""
-        req = decode_control(message)
-        if isinstance(req, bytes):
-            return req
-        if req.method == "SUBSCRIBE":
-            if len(client.streams) + len(req.params) > MAX_STREAMS_PER_CONNECTION:
-                return error_reply(2, "Invalid request: too many streams", req.id)
-            self._subscribe(client, req.params)
-            return result_reply(req.id)
-        if req.method == "UNSUBSCRIBE":
-            self._unsubscribe(client, req.params)
-            return result_reply(req.id)
-        if req.method == "LIST_SUBSCRIPTIONS":
-            return result_reply(req.id, list(client.streams))
-        return error_reply(2, f"Invalid request: unknown method {req.method!r}", req.id)
 
     def _subscribe(self, client: _Client, streams: list[str]) -> None:
         for stream in streams:
@@ -353,10 +340,10 @@ class BinanceEmulator:
         if self._decoded is not None:  # looping: later passes reuse the decoded recording
             frames: Iterable[OutFrame] = self._decoded
         elif self.config.loop:
-            self._decoded = list(routable_frames(read_recording(self.config.recording)))
+            self._decoded = list(routable_frames(read_recording(self.config.recording), self.protocol.route))
             frames = self._decoded
         else:
-            frames = routable_frames(read_recording(self.config.recording))
+            frames = routable_frames(read_recording(self.config.recording), self.protocol.route)
         source = apply_faults(frames, self.config.faults, self.injected)
         pending: collections.deque[OutFrame] = collections.deque()  # frames taken but not yet delivered
         t0: float | None = None
@@ -433,7 +420,7 @@ class BinanceEmulator:
                 entry = plan.get(client)
                 if entry is None:
                     entry = plan[client] = ([], [])
-                entry[0].append(out.combined if client.combined else out.raw)
+                entry[0].append(self.protocol.payload(out, client.framing))
                 entry[1].append(i)
         delivered = [False] * len(batch)
         sent = 0
@@ -588,6 +575,5 @@ __all__ = [
     "EmulatorThread",
     "Faults",
     "ReplayConfig",
-    "parse_target",
     "serve_forever",
 ]
