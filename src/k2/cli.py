@@ -11,31 +11,33 @@ exits at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import sys
-import tempfile
-import time
-import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
 import pyarrow as pa
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from k2.api.cli import api_key_app
+from k2.cliutil import (
+    FormatOpt,
+    KindsOpt,
+    SymbolsOpt,
+    VenueOpt,
+    WarehouseOpt,
+    cell,
+    err,
+    errors,
+    out,
+    print_arrow,
+    report_unexpected,
+    settings_from,
+)
 from k2.config import K2Settings, load_settings
 from k2.devservices.cli import dev_app
-from k2.errors import ConfigError, K2Error
-from k2.logging import configure_logging, get_logger, logs_json
+from k2.errors import ConfigError
+from k2.logging import configure_logging, get_logger
+from k2.query.cli import query_app
 
 log = get_logger(__name__)
 
@@ -46,56 +48,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,  # see the module docstring: one line, never a rendered traceback
 )
-query_app = typer.Typer(
-    help="Query the trades table (DuckDB over Iceberg).", no_args_is_help=True, pretty_exceptions_enable=False
-)
 app.add_typer(query_app, name="query")
 app.add_typer(dev_app, name="dev")  # k2.devservices: Kafka, registry, S3, PostgreSQL for development
 app.add_typer(api_key_app, name="api-key")  # k2.api.keys: keys of `k2 serve`
-
-out = Console()
-err = Console(stderr=True)
-
-SymbolsOpt = Annotated[
-    str | None, typer.Option("--symbols", "-s", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")
-]
-WarehouseOpt = Annotated[Path | None, typer.Option("--warehouse", "-w", help="Iceberg warehouse directory.")]
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except K2Error as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    except Exception as exc:  # a bug: one line, the traceback to a file
-        _report_unexpected(exc)
-        raise typer.Exit(1) from None
-
-
-_MAX_MESSAGE_CHARS = 300
-
-
-def _report_unexpected(exc: BaseException) -> None:
-    """One line on stderr for an exception nothing handled; its plain traceback (no locals: fast
-    whatever the frames hold) goes to a file in the temp directory, named in the line (and in the
-    ``cli.unexpected_error`` event when services log JSON)."""
-    message = " ".join(str(exc).split())
-    if len(message) > _MAX_MESSAGE_CHARS:
-        message = message[: _MAX_MESSAGE_CHARS - 3] + "..."
-    path = Path(tempfile.gettempdir()) / f"k2-error-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.txt"
-    saved = ""
-    with contextlib.suppress(OSError):  # a read-only temp directory: the log event still says what failed
-        path.write_text("".join(traceback.format_exception(exc)))
-        saved = str(path)
-    if logs_json():  # for the log pipeline; a human console gets the one line below only
-        log.error("cli.unexpected_error", error_type=type(exc).__name__, error=message, traceback_file=saved or None)
-    where = f" (traceback in {saved})" if saved else ""
-    err.print(
-        f"[red]error:[/red] unexpected {type(exc).__name__}: {escape(message)}{escape(where)}",
-        highlight=False, soft_wrap=True,
-    )  # fmt: skip
 
 
 def main() -> None:
@@ -104,7 +59,7 @@ def main() -> None:
     try:
         app()
     except Exception as exc:
-        _report_unexpected(exc)
+        report_unexpected(exc)
         sys.exit(1)
 
 
@@ -116,73 +71,11 @@ def _main() -> None:
 
 def _service_logging() -> None:
     """Service logging from settings: ``K2_LOG__FORMAT=json`` (set in the image) and ``K2_LOG__LEVEL``."""
-    with _errors():
+    with errors():
         log = load_settings().log
         if log.format not in ("json", "console") or log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"K2_LOG__FORMAT must be json or console and K2_LOG__LEVEL DEBUG..ERROR: {log}")
         configure_logging(log.level, "json" if log.format == "json" else "console")
-
-
-def _settings(*, symbols: str | None = None, warehouse: Path | None = None, **source: Any) -> K2Settings:
-    """Settings from env/file, with command-line options (non-None) taking precedence."""
-    data = load_settings().model_dump()
-    data["source"].update({k: v for k, v in source.items() if v is not None})
-    if symbols:
-        data["source"]["symbols"] = tuple(s for s in symbols.split(",") if s.strip())
-    if warehouse:
-        data["lake"]["warehouse"] = warehouse
-    return load_settings(**data)
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ConfigError(f"not an ISO-8601 time: {value!r}") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def print_arrow(table: pa.Table, fmt: str = "table", title: str | None = None) -> None:
-    """Print an Arrow table as a rich table, CSV or JSON lines (decimals printed exactly)."""
-    rows = table.to_pylist()
-    if fmt == "json":
-        for row in rows:
-            out.print_json(json.dumps(row, default=str))
-        return
-    if fmt == "csv":
-        import csv
-
-        writer = csv.writer(sys.stdout)
-        writer.writerow(table.column_names)
-        for row in rows:
-            writer.writerow([_cell(v) for v in row.values()])
-        return
-    view = Table(title=title, show_lines=False, caption="times in UTC" if _has_time(table) else None)
-    for name in table.column_names:
-        view.add_column(name, overflow="fold")
-    for row in rows:
-        view.add_row(*(_cell(v) for v in row.values()))
-    out.print(view)
-
-
-def _has_time(table: pa.Table) -> bool:
-    return any(pa.types.is_timestamp(f.type) for f in table.schema)
-
-
-def _cell(value: Any) -> str:
-    """Display form: exact decimals without padding zeros, UTC times without the offset noise."""
-    if value is None:
-        return ""
-    if isinstance(value, Decimal):
-        text = format(value, "f")
-        return text.rstrip("0").rstrip(".") if "." in text else text
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f").removesuffix(".000000")
-    if isinstance(value, list) and value and isinstance(value[0], tuple):
-        return json.dumps(dict(value))
-    return str(value)
 
 
 # --- pipeline commands --------------------------------------------------------------------------
@@ -190,7 +83,9 @@ def _cell(value: Any) -> str:
 def run(
     symbols: SymbolsOpt = None,
     warehouse: WarehouseOpt = None,
-    ws_url: Annotated[str | None, typer.Option(help="WebSocket base URL (default: Binance).")] = None,
+    venue: VenueOpt = None,
+    kinds: KindsOpt = None,
+    ws_url: Annotated[str | None, typer.Option(help="WebSocket base URL (default: the venue's).")] = None,
     rest_url: Annotated[
         str | None, typer.Option(help="REST base URL for exchangeInfo and gap backfill (the emulator's http:// URL).")
     ] = None,
@@ -204,14 +99,15 @@ def run(
         int | None, typer.Option("--serve", help="Also serve the REST API and dashboard on this port (k2 serve).")
     ] = None,
 ) -> None:
-    """Stream live trades into the local Iceberg warehouse (embedded mode, no broker)."""
+    """Stream live trades and quotes into the local Iceberg warehouse (embedded mode, no broker)."""
     from k2.services.run import run_pipeline
 
     _service_logging()
-    with _errors():
-        settings = _settings(
-            symbols=symbols, warehouse=warehouse, max_connect_attempts=connect_attempts, rest_url=rest_url
-        )
+    with errors():
+        settings = settings_from(
+            symbols=symbols, warehouse=warehouse, max_connect_attempts=connect_attempts, rest_url=rest_url,
+            venue=venue, kinds=_kinds(kinds),
+        )  # fmt: skip
         if metrics_port is not None:
             settings = settings.model_copy(
                 update={"metrics": settings.metrics.model_copy(update={"port": metrics_port})}
@@ -224,8 +120,8 @@ def run(
             )
         )
     out.print(
-        f"stopped: {stats.frames} frames, {stats.trades} trades, {stats.rejected} rejected, "
-        f"{stats.rows_committed} rows in {stats.commits} commits -> {settings.lake.warehouse}"
+        f"stopped: {stats.frames} frames, {stats.trades} trades, {stats.quotes} quotes, {stats.rejected} rejected, "
+        f"{stats.rows_committed + stats.quotes_committed} rows in {stats.commits} commits -> {settings.lake.warehouse}"
     )
 
 
@@ -241,7 +137,7 @@ def demo(
     from k2.services.demo import run_demo
 
     configure_logging(level="WARNING")
-    with _errors():
+    with errors():
         replay_speed = None if speed == "max" else _positive_float(speed)
         run_demo(warehouse, speed=replay_speed, console=out, print_table=print_arrow, metrics_port=metrics_port)
 
@@ -267,8 +163,8 @@ def serve_api(
     from k2.services.serve import serve
 
     _service_logging()
-    with _errors():
-        settings = _settings(warehouse=warehouse)
+    with errors():
+        settings = settings_from(warehouse=warehouse)
         update = {k: v for k, v in {"host": host, "port": port, "auth": auth}.items() if v is not None}
         if update:
             data = settings.model_dump()
@@ -277,91 +173,17 @@ def serve_api(
         serve(settings, on_ready=lambda url: out.print(f"serving {url}/v1 (dashboard: {url}/dashboard/)"))
 
 
-# --- query commands -----------------------------------------------------------------------------
-FormatOpt = Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")]
-
-
-def _engine(warehouse: Path | None) -> Any:
-    from k2.query.engine import QueryEngine
-
-    return QueryEngine.from_settings(_settings(warehouse=warehouse))
-
-
-@query_app.command("trades")
-def query_trades(
-    symbol: Annotated[str | None, typer.Option()] = None,
-    exchange: Annotated[str | None, typer.Option()] = None,
-    start: Annotated[str | None, typer.Option(help="ISO-8601 start (UTC if no offset).")] = None,
-    end: Annotated[str | None, typer.Option(help="ISO-8601 end, exclusive.")] = None,
-    limit: Annotated[int, typer.Option()] = 20,
-    warehouse: WarehouseOpt = None,
-    fmt: FormatOpt = "table",
-) -> None:
-    """Trades filtered by symbol, exchange and time range."""
-    with _errors():
-        result = _engine(warehouse).query_trades(
-            symbol=symbol,
-            exchange=exchange,
-            start_time=_parse_time(start),
-            end_time=_parse_time(end),
-            limit=limit,
-        )
-        columns = ["timestamp", "symbol", "trade_id", "side", "price", "quantity", "exchange"]
-        table = result.table if fmt != "table" else result.table.select(columns)
-        print_arrow(table, fmt, title=f"trades ({result.num_rows} rows)")
-
-
-@query_app.command("ohlcv")
-def query_ohlcv(
-    symbol: Annotated[str, typer.Option()],
-    interval: Annotated[str, typer.Option(help="Bar width: 1s, 1m, 5m, 1h, 1d, ...")] = "1m",
-    start: Annotated[str | None, typer.Option()] = None,
-    end: Annotated[str | None, typer.Option()] = None,
-    exchange: Annotated[str | None, typer.Option()] = None,
-    warehouse: WarehouseOpt = None,
-    fmt: FormatOpt = "table",
-) -> None:
-    """OHLCV bars (exact decimals) at any interval."""
-    with _errors():
-        result = _engine(warehouse).ohlcv(
-            symbol, interval, start_time=_parse_time(start), end_time=_parse_time(end), exchange=exchange
-        )
-        print_arrow(result.table, fmt, title=f"{symbol} {interval} bars")
-
-
-@query_app.command("vwap")
-def query_vwap(
-    symbol: Annotated[str, typer.Option()],
-    start: Annotated[str | None, typer.Option()] = None,
-    end: Annotated[str | None, typer.Option()] = None,
-    exchange: Annotated[str | None, typer.Option()] = None,
-    warehouse: WarehouseOpt = None,
-) -> None:
-    """Exact volume-weighted average price over a time range."""
-    with _errors():
-        value = _engine(warehouse).vwap(
-            symbol, start_time=_parse_time(start), end_time=_parse_time(end), exchange=exchange
-        )
-        out.print("no trades" if value is None else str(value))
-
-
-@query_app.command("sql")
-def query_sql(
-    query: Annotated[str, typer.Argument(help="A read-only SELECT over the view `trades`; use ? for parameters.")],
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Positional parameter (repeatable).")] = None,
-    warehouse: WarehouseOpt = None,
-    fmt: FormatOpt = "table",
-) -> None:
-    """Read-only SQL (DuckDB dialect) over the trades table."""
-    with _errors():
-        result = _engine(warehouse).sql(query, list(param or []))
-        print_arrow(result.table, fmt)
+def _kinds(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(k for k in text.split(",") if k.strip())
 
 
 # --- emulator & capture -------------------------------------------------------------------------
 @app.command()
 def emulator(
-    recording: Annotated[Path | None, typer.Option(help="Recording to replay (default: the bundled one).")] = None,
+    venue: Annotated[str, typer.Option(help="Whose protocol to speak (k2.sources.VENUES).")] = "binance",
+    recording: Annotated[
+        Path | None, typer.Option(help="Recording to replay (default: the venue's bundled one; Binance: the session).")
+    ] = None,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 9443,
     speed: Annotated[str, typer.Option(help="1 = recorded pace, N = N times faster, 'max' = as fast as read.")] = "1",
@@ -377,15 +199,19 @@ def emulator(
         int, typer.Option(help="Insert a hostile frame (absurd ids, times, prices, foreign streams) after every k-th.")
     ] = 0,
 ) -> None:
-    """Serve Binance's stream protocol on a local WebSocket, replaying a recording."""
-    from k2.emulator.recording import BUNDLED_BINANCE_TRADES
+    """Serve a venue's stream protocol on a local WebSocket, replaying a recording."""
+    from k2.emulator.recording import BUNDLED_BINANCE_SESSION
     from k2.emulator.server import Faults, ReplayConfig, serve_forever
     from k2.services.lifecycle import run_until_signal
+    from k2.sources import load_venue
 
     configure_logging()
-    with _errors():
+    with errors():
+        protocol = load_venue(venue).load("emulator")()
+        default = BUNDLED_BINANCE_SESSION if protocol.name == "binance" else protocol.default_recording
         config = ReplayConfig(
-            recording=recording or BUNDLED_BINANCE_TRADES,
+            protocol=protocol,
+            recording=recording or default,
             speed=None if speed == "max" else _positive_float(speed),
             loop=loop,
             live=live,
@@ -404,7 +230,9 @@ def emulator(
 def capture(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Recording to write (.jsonl.gz).")],
     symbols: SymbolsOpt = None,
-    ws_url: Annotated[str | None, typer.Option(help="WebSocket base URL (default: Binance).")] = None,
+    venue: VenueOpt = None,
+    kinds: KindsOpt = None,
+    ws_url: Annotated[str | None, typer.Option(help="WebSocket base URL (default: the venue's).")] = None,
     max_frames: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     connect_attempts: Annotated[int, typer.Option()] = 5,
@@ -413,8 +241,10 @@ def capture(
     from k2.services.capture import capture as run_capture
 
     configure_logging()
-    with _errors():
-        settings = _settings(symbols=symbols, max_connect_attempts=connect_attempts)
+    with errors():
+        settings = settings_from(
+            symbols=symbols, max_connect_attempts=connect_attempts, venue=venue, kinds=_kinds(kinds)
+        )
         written = asyncio.run(run_capture(settings, out_path, url=ws_url, max_frames=max_frames, duration_s=duration))
     out.print(f"captured {written} frames -> {out_path}")
 
@@ -442,9 +272,9 @@ def maintain(
     """Compact small files, expire snapshots, sweep orphan files, apply retention; print each table's health."""
     from k2.services.maintain import pause_until_removed, report_rows, run_maintain, with_policy
 
-    with _errors():
+    with errors():
         settings = with_policy(
-            _settings(warehouse=warehouse), table, compact=compact, remove_orphans=orphans,
+            settings_from(warehouse=warehouse), table, compact=compact, remove_orphans=orphans,
             target_file_bytes=target_file_bytes, orphan_min_age_s=orphan_min_age, snapshot_grace_s=snapshot_grace,
             retention_days=retention_days,
         )  # fmt: skip
@@ -476,7 +306,7 @@ def status(
     """Live view of a running K2 process (feeds, rates, freshness, commits) from its /metrics endpoint."""
     from k2.services.status import watch
 
-    with _errors():
+    with errors():
         if interval <= 0:
             raise ConfigError("--interval must be positive")
         watch(url or f"http://127.0.0.1:{port}/metrics", interval_s=interval, console=out, updates=count)
@@ -490,7 +320,7 @@ def metrics_doc(
     """Regenerate the metric reference in docs/operations.md from k2.metrics (--check: fail on drift)."""
     from k2.services.metrics_doc import update_operations_doc
 
-    with _errors():
+    with errors():
         changed = update_operations_doc(path, check=check)
     out.print(f"{path}: {'updated' if changed else 'up to date'}")
 
@@ -512,7 +342,9 @@ def _with_kafka(settings: K2Settings, metrics_port: int | None = None, **kafka: 
 @app.command()
 def ingest(
     symbols: SymbolsOpt = None,
-    ws_url: Annotated[str | None, typer.Option(help="WebSocket base URL (default: Binance).")] = None,
+    venue: VenueOpt = None,
+    kinds: KindsOpt = None,
+    ws_url: Annotated[str | None, typer.Option(help="WebSocket base URL (default: the venue's).")] = None,
     rest_url: Annotated[
         str | None, typer.Option(help="REST base URL for exchangeInfo and gap backfill (the emulator's http:// URL).")
     ] = None,
@@ -523,15 +355,21 @@ def ingest(
     sample: Annotated[bool, typer.Option(help="Mark rows is_sample_data (replays).")] = False,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics on this port.")] = None,
 ) -> None:
-    """Stream live trades into Kafka (Avro, Confluent wire format), keyed by symbol; gaps backfilled over REST,
-    duplicates dropped, quality events to the venue's quality_events topic."""
+    """Stream live trades and quotes into Kafka (Avro, Confluent wire format, a topic per kind), keyed by symbol;
+    gaps backfilled over REST, duplicates dropped, quality events to the venue's quality_events topic."""
     from k2.services.ingest import run_ingest
     from k2.services.run import resolve_symbol_info
 
     _service_logging()
-    with _errors():
+    with errors():
         settings = _with_kafka(
-            _settings(symbols=symbols, max_connect_attempts=connect_attempts, rest_url=rest_url),
+            settings_from(
+                symbols=symbols,
+                max_connect_attempts=connect_attempts,
+                rest_url=rest_url,
+                venue=venue,
+                kinds=_kinds(kinds),
+            ),
             metrics_port,
             bootstrap_servers=bootstrap_servers,
             schema_registry_url=schema_registry,
@@ -564,9 +402,9 @@ def consume(
     from k2.services.consume import run_consume
 
     _service_logging()
-    with _errors():
+    with errors():
         settings = _with_kafka(
-            _settings(warehouse=warehouse),
+            settings_from(warehouse=warehouse),
             metrics_port,
             bootstrap_servers=bootstrap_servers,
             schema_registry_url=schema_registry,
@@ -592,12 +430,12 @@ def quality(
     """Completeness and quality per symbol per day: ids expected vs stored, gaps, backfill, duplicates, anomalies."""
     from k2.services.quality_report import parse_day, quality_report
 
-    with _errors():
-        table = quality_report(_settings(warehouse=warehouse), symbol=symbol, day=parse_day(day))
+    with errors():
+        table = quality_report(settings_from(warehouse=warehouse), symbol=symbol, day=parse_day(day))
         if fmt == "table":  # many columns: one field per line, one column per symbol-day
             names = [f"{r['symbol']} {r['day']}" for r in table.select(["symbol", "day"]).to_pylist()]
             fields = [c for c in table.column_names if c not in ("symbol", "day")]
-            columns = {"field": fields} | {n: [_cell(v) for v in row] for n, row in zip(
+            columns = {"field": fields} | {n: [cell(v) for v in row] for n, row in zip(
                 names, zip(*(table.column(c).to_pylist() for c in fields), strict=True), strict=True)}  # fmt: skip
             table = pa.table(columns) if names else table
         print_arrow(table, fmt, title="quality report")

@@ -8,6 +8,8 @@ each, with exact values; a crossed quote the emulator injects is quarantined and
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 from collections import Counter
 from decimal import Decimal
@@ -15,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from k2.cli import app
 from k2.config import K2Settings
 from k2.emulator.faults import CROSSED_QUOTE, Faults
 from k2.emulator.recording import BUNDLED_BINANCE_SESSION, read_recording
@@ -176,3 +180,23 @@ def test_spread_statistics_are_exact_over_the_recorded_quotes(clean_session: K2S
         assert got["quotes"] == len(quotes)
         assert got["min_spread"] == min(spreads) and got["max_spread"] == max(spreads)
         assert got["mean_spread"] == (sum(spreads) / len(spreads)).quantize(Decimal("1e-12"))
+
+
+def test_the_cli_shows_quotes_spreads_and_trades_with_their_quote(clean_session: K2Settings) -> None:
+    warehouse = str(clean_session.lake.warehouse)
+    runner = CliRunner()
+    quotes = runner.invoke(
+        app, ["query", "quotes", "--symbol", "BTCUSDT", "--limit", "1", "-f", "csv", "-w", warehouse]
+    )
+    assert quotes.exit_code == 0, quotes.output
+    (row,) = list(csv.DictReader(io.StringIO(quotes.output)))
+    assert (row["source_sequence"], row["bid_price"], row["ask_size"]) == ("50093239212", "61837.63", "1.54698")
+    spread = runner.invoke(app, ["query", "spread", "-f", "csv", "-w", warehouse])
+    assert spread.exit_code == 0, spread.output
+    assert {r["symbol"]: int(r["quotes"]) for r in csv.DictReader(io.StringIO(spread.output))} == {
+        "BTCUSDT": 73_174, "ETHUSDT": 58_758
+    }  # fmt: skip
+    asof = runner.invoke(app, ["query", "asof", "--symbol", "BTCUSDT", "--limit", "1", "-f", "csv", "-w", warehouse])
+    assert asof.exit_code == 0, asof.output
+    (first,) = list(csv.DictReader(io.StringIO(asof.output)))
+    assert (first["trade_id"], first["bid_price"], first["ask_price"]) == ("3735683259", "61837.63", "61837.64")

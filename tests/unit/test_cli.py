@@ -121,7 +121,7 @@ def test_run_streams_from_a_compatible_url_until_interrupted(tmp_path: Path) -> 
         result = runner.invoke(app, ["run", "--ws-url", emu.url, "--sample", "--warehouse", str(warehouse)])
         thread.join()
     assert result.exit_code == 0, result.output
-    assert "34419 frames, 34419 trades, 0 rejected, 34419 rows" in result.output
+    assert "34419 frames, 34419 trades, 0 quotes, 0 rejected, 34419 rows" in " ".join(result.output.split())
 
 
 READ_COMMANDS = [
@@ -129,6 +129,9 @@ READ_COMMANDS = [
     ["query", "ohlcv", "--symbol", "BTCUSDT"],
     ["query", "vwap", "--symbol", "BTCUSDT"],
     ["query", "sql", "SELECT count(*) FROM trades"],
+    ["query", "quotes"],
+    ["query", "spread"],
+    ["query", "asof"],
     ["quality"],
 ]
 
