@@ -27,9 +27,10 @@ def demo_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     warehouse = tmp_path_factory.mktemp("demo") / "k2-demo"
     result = runner.invoke(app, ["demo", "--speed", "max", "--warehouse", str(warehouse)])
     assert result.exit_code == 0, result.output
-    assert "34,419 frames -> 34,419 rows committed" in result.output
-    assert "Rows per symbol" in result.output and "1-minute OHLCV" in result.output
-    assert "Query further" in result.output
+    text = " ".join(result.output.split())
+    assert "166,351 frames -> 34,419 trades and 131,932 quotes committed" in text
+    assert "Rows per symbol" in text and "1-minute OHLCV" in text and "Spread" in text
+    assert "first trades with the quote prevailing" in text and "Query further" in text
     return warehouse
 
 
