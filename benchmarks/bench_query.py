@@ -35,7 +35,7 @@ from k2.config import LakeSettings
 from k2.lake.catalog import open_catalog
 from k2.logging import configure_logging
 from k2.query import QueryEngine, exact, sql
-from k2.query.engine import bar_parameters
+from k2.query.bars import bar_parameters
 
 DAY = datetime(2024, 8, 9, tzinfo=UTC)  # a full day inside the 10M-row table
 HOUR = datetime(2024, 8, 9, 12, tzinfo=UTC)

@@ -52,7 +52,7 @@ from k2.api.streaming import Source
 from k2.api.workers import Worker
 from k2.errors import QueryError
 from k2.query import sql as query_sql
-from k2.query.engine import OHLCV_SCHEMA, parse_interval
+from k2.query.bars import OHLCV_SCHEMA, parse_interval
 
 TRADES = trades_series(Trade, TradePage)
 

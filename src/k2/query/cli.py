@@ -18,17 +18,24 @@ query_app = typer.Typer(
 )
 
 
+SymbolOpt = Annotated[str | None, typer.Option(help="The venue's symbol, e.g. BTCUSDT.")]
+ExchangeOpt = Annotated[str | None, typer.Option(help="The exchange, e.g. BINANCE.")]
+StartOpt = Annotated[str | None, typer.Option(help="ISO-8601 start, inclusive (UTC if no offset).")]
+EndOpt = Annotated[str | None, typer.Option(help="ISO-8601 end, exclusive.")]
+LimitOpt = Annotated[int, typer.Option(help="At most this many rows.")]
+
+
 def _engine(warehouse: Path | None) -> QueryEngine:
     return QueryEngine.from_settings(settings_from(warehouse=warehouse))
 
 
 @query_app.command("trades")
 def query_trades(
-    symbol: Annotated[str | None, typer.Option()] = None,
-    exchange: Annotated[str | None, typer.Option()] = None,
-    start: Annotated[str | None, typer.Option(help="ISO-8601 start (UTC if no offset).")] = None,
-    end: Annotated[str | None, typer.Option(help="ISO-8601 end, exclusive.")] = None,
-    limit: Annotated[int, typer.Option()] = 20,
+    symbol: SymbolOpt = None,
+    exchange: ExchangeOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    limit: LimitOpt = 20,
     warehouse: WarehouseOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
@@ -50,9 +57,9 @@ def query_trades(
 def query_ohlcv(
     symbol: Annotated[str, typer.Option()],
     interval: Annotated[str, typer.Option(help="Bar width: 1s, 1m, 5m, 1h, 1d, ...")] = "1m",
-    start: Annotated[str | None, typer.Option()] = None,
-    end: Annotated[str | None, typer.Option()] = None,
-    exchange: Annotated[str | None, typer.Option()] = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    exchange: ExchangeOpt = None,
     warehouse: WarehouseOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
@@ -67,9 +74,9 @@ def query_ohlcv(
 @query_app.command("vwap")
 def query_vwap(
     symbol: Annotated[str, typer.Option()],
-    start: Annotated[str | None, typer.Option()] = None,
-    end: Annotated[str | None, typer.Option()] = None,
-    exchange: Annotated[str | None, typer.Option()] = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    exchange: ExchangeOpt = None,
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Exact volume-weighted average price over a time range."""
@@ -97,11 +104,11 @@ def query_sql(
 
 @query_app.command("quotes")
 def query_quotes(
-    symbol: Annotated[str | None, typer.Option()] = None,
-    exchange: Annotated[str | None, typer.Option()] = None,
-    start: Annotated[str | None, typer.Option(help="ISO-8601 start of the receive time (UTC if no offset).")] = None,
-    end: Annotated[str | None, typer.Option(help="ISO-8601 end, exclusive.")] = None,
-    limit: Annotated[int, typer.Option()] = 20,
+    symbol: SymbolOpt = None,
+    exchange: ExchangeOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    limit: LimitOpt = 20,
     warehouse: WarehouseOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
@@ -117,10 +124,10 @@ def query_quotes(
 
 @query_app.command("spread")
 def query_spread(
-    symbol: Annotated[str | None, typer.Option()] = None,
-    exchange: Annotated[str | None, typer.Option()] = None,
-    start: Annotated[str | None, typer.Option(help="ISO-8601 start of the receive time.")] = None,
-    end: Annotated[str | None, typer.Option()] = None,
+    symbol: SymbolOpt = None,
+    exchange: ExchangeOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
     warehouse: WarehouseOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
@@ -134,11 +141,11 @@ def query_spread(
 
 @query_app.command("asof")
 def query_asof(
-    symbol: Annotated[str | None, typer.Option()] = None,
-    exchange: Annotated[str | None, typer.Option()] = None,
-    start: Annotated[str | None, typer.Option(help="ISO-8601 start of the trade time.")] = None,
-    end: Annotated[str | None, typer.Option()] = None,
-    limit: Annotated[int, typer.Option()] = 20,
+    symbol: SymbolOpt = None,
+    exchange: ExchangeOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    limit: LimitOpt = 20,
     tolerance: Annotated[float, typer.Option(help="Seconds a quote may be older than the trade.")] = 60.0,
     warehouse: WarehouseOpt = None,
     fmt: FormatOpt = "table",

@@ -12,7 +12,6 @@ with QueryError. ``start_time`` is inclusive, ``end_time`` exclusive. Results ca
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,9 +33,10 @@ from k2.lake.catalog import load_existing_table, load_or_create_table, open_cata
 from k2.logging import get_logger
 from k2.metrics import QUERY_SECONDS
 from k2.query import exact, quotes, sql
+from k2.query.bars import bar_parameters, ohlcv_table, parse_interval
 from k2.query.planner import CacheInfo, Planner, ScanFilter, ScanPlan, from_us, local_path, to_us
 from k2.query.result import QueryResult
-from k2.schema import PRICE_PRECISION, PRICE_SCALE, TRADE_ARROW_SCHEMA, to_arrow
+from k2.schema import TRADE_ARROW_SCHEMA, to_arrow
 from k2.schema.kinds import RecordKind, spec
 
 log = get_logger(__name__)
@@ -45,35 +45,6 @@ T = TypeVar("T")
 
 MAX_LIMIT = 1_000_000
 _OTHER_KINDS = (RecordKind.QUOTES, RecordKind.QUALITY_EVENTS)  # tables read when they exist
-_INTERVAL = re.compile(r"\s*(\d+)\s*(ms|s|m|h|d)\s*")
-_UNIT_US = {"ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
-MAX_INTERVAL = timedelta(days=366)
-
-_PRICE = pa.decimal128(PRICE_PRECISION, PRICE_SCALE)
-_UTC_US = pa.timestamp("us", tz="UTC")
-OHLCV_SCHEMA = pa.schema(
-    [
-        pa.field("bucket", _UTC_US, False),
-        pa.field("open", _PRICE, False),
-        pa.field("high", _PRICE, False),
-        pa.field("low", _PRICE, False),
-        pa.field("close", _PRICE, False),
-        pa.field("volume", _PRICE, False),
-        pa.field("trades", pa.int64(), False),
-        pa.field("vwap", _PRICE, True),  # null only when the bar's volume is zero
-    ]
-)
-
-
-def parse_interval(text: str) -> timedelta:
-    """A bar width such as ``250ms``, ``1s``, ``5m``, ``1h``, ``1d`` (1 ms up to 366 days)."""
-    match = _INTERVAL.fullmatch(text) if isinstance(text, str) else None
-    if match is None:
-        raise QueryError(f"invalid interval {text!r}: use <number><unit>, unit one of ms, s, m, h, d")
-    width = timedelta(microseconds=int(match[1]) * _UNIT_US[match[2]])
-    if not timedelta(0) < width <= MAX_INTERVAL:
-        raise QueryError(f"invalid interval {text!r}: must be between 1ms and 366d")
-    return width
 
 
 def _utc_us(value: datetime | None, name: str) -> int | None:
@@ -288,7 +259,7 @@ class QueryEngine:
         flt = make_filter(symbol, exchange, start_time, end_time)
         with self._timed("ohlcv"):
             raw, method = self._retrying(lambda: self._aggregate(flt, bucketed=True, width_us=width_us))
-            table = _ohlcv_table(raw, method)
+            table = ohlcv_table(raw, method)
         return QueryResult(table)
 
     def vwap(
@@ -353,22 +324,17 @@ class QueryEngine:
         ``ingestion_timestamp`` (Binance spot quotes carry no exchange time)."""
         _check_limit(limit)
         flt = make_filter(symbol, exchange, start_time, end_time, "ingestion_timestamp")
+
+        def build(plan: ScanPlan, where: str, params: dict[str, Any]) -> pa.Table:
+            params["limit"] = limit
+            if plan.rows > limit:
+                cutoff = self._run(quotes.quotes_cutoff_sql(where), params).column("cutoff")[0].as_py()
+                where += " AND ingestion_timestamp <= $cutoff"
+                params["cutoff"] = cutoff
+            return self._run(quotes.quotes_sql(where), params)
+
         with self._timed("quotes"):
-
-            def attempt() -> pa.Table:
-                planner = self._others[RecordKind.QUOTES]
-                plan = None if planner is None else planner.plan(flt)
-                if plan is None or not plan.files:
-                    return quotes.QUOTE_ARROW_SCHEMA.empty_table()
-                where, params = plan.sql_where()
-                params.update(files=list(plan.files), limit=limit)
-                if plan.rows > limit:
-                    cutoff = self._run(quotes.quotes_cutoff_sql(where), params).column("cutoff")[0].as_py()
-                    where += " AND ingestion_timestamp <= $cutoff"
-                    params["cutoff"] = cutoff
-                return self._run(quotes.quotes_sql(where), params)
-
-            table = self._retrying(attempt)
+            table = self._on_plan(RecordKind.QUOTES, flt, quotes.QUOTE_ARROW_SCHEMA, build)
         return QueryResult(table.cast(quotes.QUOTE_ARROW_SCHEMA))
 
     def spread(
@@ -381,18 +347,12 @@ class QueryEngine:
         """Spread statistics per exchange and symbol over the quotes received in the range
         (:data:`k2.query.quotes.SPREAD_SCHEMA`: min/max exact, means exact to 12 places)."""
         flt = make_filter(symbol, exchange, start_time, end_time, "ingestion_timestamp")
+
+        def build(plan: ScanPlan, where: str, params: dict[str, Any]) -> pa.Table:
+            return quotes.spread_table(self._run(quotes.spread_sql(where), params))
+
         with self._timed("spread"):
-
-            def attempt() -> pa.Table:
-                planner = self._others[RecordKind.QUOTES]
-                plan = None if planner is None else planner.plan(flt)
-                if plan is None or not plan.files:
-                    return quotes.SPREAD_SCHEMA.empty_table()
-                where, params = plan.sql_where()
-                params["files"] = list(plan.files)
-                return quotes.spread_table(self._run(quotes.spread_sql(where), params))
-
-            table = self._retrying(attempt)
+            table = self._on_plan(RecordKind.QUOTES, flt, quotes.SPREAD_SCHEMA, build)
         return QueryResult(table)
 
     def trades_with_quotes(
@@ -485,6 +445,25 @@ class QueryEngine:
             QUERY_SECONDS.labels(kind=kind).observe(seconds)
             log.debug("query.done", table=self._name, kind=kind, seconds=round(seconds, 6))
 
+    def _on_plan(
+        self, kind: RecordKind, flt: ScanFilter, empty: pa.Schema,
+        build: Callable[[ScanPlan, str, dict[str, Any]], pa.Table],
+    ) -> pa.Table:  # fmt: skip
+        """``build(plan, where, params)`` on the plan of ``flt`` over ``kind``'s table (``params`` holding
+        the filter's values and ``files``), retried once if a planned file vanished; an empty table of
+        ``empty`` when the table does not exist or the plan has no file."""
+
+        def attempt() -> pa.Table:
+            planner = self._planner if kind is RecordKind.TRADES else self._others[kind]
+            plan = None if planner is None else planner.plan(flt)
+            if plan is None or not plan.files:
+                return empty.empty_table()
+            where, params = plan.sql_where()
+            params["files"] = list(plan.files)
+            return build(plan, where, params)
+
+        return self._retrying(attempt)
+
     def _run(self, text: str, params: Mapping[str, Any]) -> pa.Table:
         with self._lock:
             try:
@@ -556,44 +535,3 @@ def namespace_directory(table: Table) -> str:
     """The local directory holding every K2 table of ``table``'s namespace (with a trailing ``/``):
     what the engine's DuckDB may read."""
     return local_path(table.location()).rstrip("/").rsplit("/", 1)[0] + "/"
-
-
-def bar_parameters(plan: ScanPlan, width_us: int) -> tuple[dict[str, int], bool]:
-    """Bucket and order-key parameters for :func:`k2.query.sql.aggregate_sql`, from plan metrics.
-
-    ``origin`` is a multiple of the width at or before every planned timestamp (so DuckDB's
-    truncating division floors). The order key is the compact BIGINT form when (largest offset of
-    a trade in its bucket) x (sequence span) provably fits 63 bits, else the HUGEINT form (False).
-    """
-    if plan.min_timestamp_us is not None:
-        origin = plan.min_timestamp_us // width_us * width_us
-    else:  # no metrics: an origin before any realistic timestamp (overflow raises, never wraps)
-        origin = -((1 << 62) // width_us + 1) * width_us
-    params = {"width": width_us, "origin": origin}
-    t1, s0, s1 = plan.max_timestamp_us, plan.min_sequence, plan.max_sequence
-    if t1 is None or s0 is None or s1 is None:
-        return params, False
-    offsets = min(width_us, t1 - origin + 1)  # (timestamp - bucket start) is below this
-    span = s1 - s0 + 1
-    if offsets * span >= 1 << 63:
-        return params, False
-    params.update(key_m=span, key_s0=s0)
-    return params, True
-
-
-def _ohlcv_table(raw: pa.Table, method: exact.NotionalMethod) -> pa.Table:
-    if raw.num_rows == 0:
-        return OHLCV_SCHEMA.empty_table()
-    notional, volume = sql.aggregate_sums(raw, method)
-    vwap = [exact.vwap_unscaled(n, v) for n, v in zip(notional, volume, strict=True)]
-    columns = {
-        "bucket": raw.column("bucket_us").cast(_UTC_US),
-        "open": raw.column("open"),
-        "high": raw.column("high"),
-        "low": raw.column("low"),
-        "close": raw.column("close"),
-        "volume": exact.decimal_array(volume, "volume"),
-        "trades": raw.column("trades"),
-        "vwap": exact.decimal_array(vwap, "vwap"),
-    }
-    return pa.table([columns[f.name] for f in OHLCV_SCHEMA], schema=OHLCV_SCHEMA)

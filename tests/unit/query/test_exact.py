@@ -18,7 +18,7 @@ from k2.config import LakeSettings
 from k2.errors import QueryError
 from k2.lake.catalog import load_or_create_table
 from k2.query import QueryEngine, exact, sql
-from k2.query.engine import bar_parameters
+from k2.query.bars import bar_parameters
 from k2.query.exact import LIMBS, NotionalMethod
 from k2.query.planner import ScanFilter, ScanPlan
 from k2.schema.kinds import RecordKind

@@ -175,17 +175,7 @@ class BinanceParser:
         if symbol is not None and t.s != symbol:
             _reject(out, frame, RejectReason.UNSUBSCRIBED, f"symbol {brief(t.s)} on the stream of {symbol}")
             return
-        fields.symbols.append(t.s)
-        fields.ids.append(t.t)
-        fields.trade_times.append(t.T)
-        fields.event_times.append(t.E)
-        fields.prices.append(t.p)
-        fields.quantities.append(t.q)
-        fields.buyer_is_maker.append(t.m)
-        fields.best_match.append(t.M)
-        fields.buyer_order_ids.append(t.b)
-        fields.seller_order_ids.append(t.a)
-        fields.frames.append(frame)
+        fields.add(frame, t.s, t.t, t.T, t.E, t.p, t.q, t.m, t.M, t.b, t.a)
 
     def _decode_book_ticker(
         self, frame: RawFrame, body: bytes | msgspec.Raw, symbol: str | None, tickers: list[wire.BookTicker],

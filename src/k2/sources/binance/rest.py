@@ -106,17 +106,7 @@ def parse_historical_trades(
             reason = RejectReason.MISSING_FIELD if "missing required field" in str(exc) else RejectReason.WRONG_TYPE
             out.rejected.append(Rejected(frame, reason, str(exc)))
             continue
-        fields.symbols.append(symbol)
-        fields.ids.append(r.id)
-        fields.trade_times.append(r.time)
-        fields.event_times.append(r.time)
-        fields.prices.append(r.price)
-        fields.quantities.append(r.qty)
-        fields.buyer_is_maker.append(r.isBuyerMaker)
-        fields.best_match.append(r.isBestMatch)
-        fields.buyer_order_ids.append(None)
-        fields.seller_order_ids.append(None)
-        fields.frames.append(frame)
+        fields.add(frame, symbol, r.id, r.time, r.time, r.price, r.qty, r.isBuyerMaker, r.isBestMatch)
         quote_qty.append(r.quoteQty)
     if not len(fields):
         return FetchedTrades(None, [], out)

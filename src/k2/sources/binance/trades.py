@@ -52,6 +52,24 @@ class TradeFields:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def add(
+        self, frame: RawFrame, symbol: str, trade_id: int, trade_time: int, event_time: int, price: str, quantity: str,
+        buyer_is_maker: bool, best_match: bool | None, buyer_order_id: int | None = None,
+        seller_order_id: int | None = None,
+    ) -> None:  # fmt: skip
+        """One decoded trade, as the wire had it."""
+        self.symbols.append(symbol)
+        self.ids.append(trade_id)
+        self.trade_times.append(trade_time)
+        self.event_times.append(event_time)
+        self.prices.append(price)
+        self.quantities.append(quantity)
+        self.buyer_is_maker.append(buyer_is_maker)
+        self.best_match.append(best_match)
+        self.buyer_order_ids.append(buyer_order_id)
+        self.seller_order_ids.append(seller_order_id)
+        self.frames.append(frame)
+
     def filtered(self, keep: Sequence[bool]) -> TradeFields:
         """Only the rows where ``keep`` is true."""
 
