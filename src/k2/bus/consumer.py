@@ -52,6 +52,7 @@ from k2.errors import BusError, CommitConflict, LakeError
 from k2.lake.writer import TableWriter
 from k2.logging import RateLimitedLogger, get_logger
 from k2.metrics import CONSUMER_DEAD_LETTERS, CONSUMER_LAG, CONSUMER_MESSAGES, LAKE_COMMIT_FAILURES
+from k2.stats import Counters
 
 log = get_logger(__name__)
 
@@ -103,7 +104,7 @@ class _Commit:
 
 
 @dataclass
-class ConsumerStats:
+class ConsumerStats(Counters):
     messages: int = 0
     rows_committed: int = 0
     commits: int = 0
@@ -113,9 +114,6 @@ class ConsumerStats:
     rebalances: int = 0
     first_message_at: float | None = None  # wall clock (Unix seconds), for rate measurements
     last_commit_at: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
 
 
 class IcebergConsumer:

@@ -29,6 +29,7 @@ from k2.config import KafkaSettings
 from k2.errors import BusError
 from k2.logging import RateLimitedLogger, get_logger
 from k2.metrics import PRODUCER_BACKPRESSURE, PRODUCER_MESSAGES, PRODUCER_QUEUE_MESSAGES
+from k2.stats import Counters
 
 log = get_logger(__name__)
 
@@ -64,14 +65,11 @@ class FailedDelivery:
 
 
 @dataclass
-class ProducerStats:
+class ProducerStats(Counters):
     produced: int = 0
     delivered: int = 0
     failed: int = 0
     backpressure_waits: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
 
 
 class BatchProducer:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +29,7 @@ from k2.quality.records import QualityEventRow, sequence_row
 from k2.quality.sequence import StreamKey
 from k2.schema.quality_event import EventKind, EventStatus
 from k2.sources.base import Rejected, RejectReason
+from k2.stats import Counters
 
 log = get_logger(__name__)
 
@@ -47,20 +47,12 @@ def decode_quote_state(text: str, exchange: str, stream: str) -> dict[StreamKey,
 
 
 @dataclass
-class QuoteStats:
+class QuoteStats(Counters):
     duplicates_dropped: int = 0
     out_of_order: int = 0
     crossed: int = 0
     stale: int = 0
     anomalies: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "duplicates_dropped": self.duplicates_dropped,
-            "out_of_order": self.out_of_order,
-            "crossed": self.crossed,
-            "stale": self.stale,
-        }
 
 
 class QuoteCompleteness:

@@ -33,6 +33,7 @@ from k2.logging import get_logger
 from k2.schema.kinds import RecordKind
 from k2.sources.base import RawFrame
 from k2.sources.session import WebSocketSession, wall_clock_us
+from k2.stats import Counters
 
 log = get_logger(__name__)
 
@@ -73,19 +74,11 @@ class Feed(Protocol):
 
 
 @dataclass
-class RunStats:
+class RunStats(Counters):
     frames: int = 0
     rows: dict[str, int] = field(default_factory=dict)  # kind -> rows handed to the sink (backfill included)
     flushes: int = 0
     started_at: float = field(default_factory=time.monotonic)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "frames": self.frames,
-            "rows": dict(self.rows),
-            "flushes": self.flushes,
-            "elapsed_s": round(time.monotonic() - self.started_at, 3),
-        }
 
 
 class FrameBacklog:

@@ -22,7 +22,6 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -40,12 +39,13 @@ from k2.quality.state import encode_state, state_property
 from k2.schema.quality_event import EventKind, EventStatus
 from k2.sources.base import Rejected, RejectReason
 from k2.sources.venue import FetchedTrades, TradeFetcher
+from k2.stats import Counters
 
 log = get_logger(__name__)
 
 
 @dataclass
-class CompletenessStats:
+class CompletenessStats(Counters):
     duplicates_dropped: int = 0
     out_of_order: int = 0
     resets: int = 0
@@ -54,18 +54,6 @@ class CompletenessStats:
     gaps_unrecoverable: int = 0
     backfilled_rows: int = 0
     anomalies: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "duplicates_dropped": self.duplicates_dropped,
-            "out_of_order": self.out_of_order,
-            "resets": self.resets,
-            "gaps_detected": self.gaps_detected,
-            "gaps_resolved": self.gaps_resolved,
-            "gaps_unrecoverable": self.gaps_unrecoverable,
-            "backfilled_rows": self.backfilled_rows,
-            "anomalies": dict(self.anomalies),
-        }
 
 
 def count_anomalies(venue: str, kind: EventKind, n: int, into: dict[str, int]) -> None:

@@ -221,23 +221,12 @@ class QueryEngine:
         """Trades in time order (then by the venue's sequence), at most ``limit`` (1..1,000,000)."""
         _check_limit(limit)
         flt = make_filter(symbol, exchange, start_time, end_time)
+
+        def build(plan: ScanPlan, where: str, params: dict[str, Any]) -> pa.Table:
+            return self._first_rows(plan, where, params, limit, '"timestamp"', sql.trades_sql)
+
         with self._timed("trades"):
-
-            def attempt() -> pa.Table:
-                plan = self._planner.plan(flt)
-                if not plan.files:
-                    return TRADE_ARROW_SCHEMA.empty_table()
-                where, params = plan.sql_where()
-                params.update(files=list(plan.files), limit=limit)
-                if plan.rows > limit:
-                    cutoff = self._run(sql.cutoff_sql(where), params).column("cutoff")[0].as_py()
-                    if cutoff is None:
-                        return TRADE_ARROW_SCHEMA.empty_table()
-                    where += ' AND "timestamp" <= $cutoff'
-                    params["cutoff"] = cutoff
-                return self._run(sql.trades_sql(where), params)
-
-            table = self._retrying(attempt)
+            table = self._on_plan(RecordKind.TRADES, flt, TRADE_ARROW_SCHEMA, build)
         return QueryResult(table.cast(TRADE_ARROW_SCHEMA))
 
     def ohlcv(
@@ -326,12 +315,7 @@ class QueryEngine:
         flt = make_filter(symbol, exchange, start_time, end_time, "ingestion_timestamp")
 
         def build(plan: ScanPlan, where: str, params: dict[str, Any]) -> pa.Table:
-            params["limit"] = limit
-            if plan.rows > limit:
-                cutoff = self._run(quotes.quotes_cutoff_sql(where), params).column("cutoff")[0].as_py()
-                where += " AND ingestion_timestamp <= $cutoff"
-                params["cutoff"] = cutoff
-            return self._run(quotes.quotes_sql(where), params)
+            return self._first_rows(plan, where, params, limit, "ingestion_timestamp", quotes.quotes_sql)
 
         with self._timed("quotes"):
             table = self._on_plan(RecordKind.QUOTES, flt, quotes.QUOTE_ARROW_SCHEMA, build)
@@ -463,6 +447,21 @@ class QueryEngine:
             return build(plan, where, params)
 
         return self._retrying(attempt)
+
+    def _first_rows(
+        self, plan: ScanPlan, where: str, params: dict[str, Any], limit: int, column: str,
+        select_sql: Callable[[str], str],
+    ) -> pa.Table:  # fmt: skip
+        """``select_sql(where)``: the first ``limit`` rows in ``column`` order. When the plan holds
+        more, first the ``column`` value of the ``limit``-th row, so the full-width query decodes
+        only rows at or before it."""
+        params["limit"] = limit
+        if plan.rows > limit:
+            cutoff = self._run(sql.cutoff_sql(where, column), params).column("cutoff")[0].as_py()
+            if cutoff is not None:
+                where += f" AND {column} <= $cutoff"
+                params["cutoff"] = cutoff
+        return self._run(select_sql(where), params)
 
     def _run(self, text: str, params: Mapping[str, Any]) -> pa.Table:
         with self._lock:

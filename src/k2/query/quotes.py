@@ -68,14 +68,6 @@ def quotes_sql(where: str) -> str:
     )
 
 
-def quotes_cutoff_sql(where: str) -> str:
-    """The receive time of the ``$limit``-th quote (see :func:`k2.query.sql.cutoff_sql`)."""
-    return (
-        "SELECT max(ingestion_timestamp) AS cutoff FROM (SELECT ingestion_timestamp FROM read_parquet($files) "  # noqa: S608
-        f"WHERE {where} ORDER BY ingestion_timestamp LIMIT $limit)"
-    )
-
-
 def spread_sql(where: str) -> str:
     return (
         "SELECT exchange, symbol, count(*)::BIGINT AS quotes, "  # noqa: S608

@@ -89,12 +89,13 @@ def run(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | Mapp
     return relation.to_arrow_table()
 
 
-def cutoff_sql(where: str) -> str:
-    """The timestamp of the ``$limit``-th trade: a cheap first step that reads one column, so the
-    full-width query only decodes rows at or before it (late materialisation by hand)."""
+def cutoff_sql(where: str, column: str) -> str:
+    """The ``column`` value of the ``$limit``-th row in ``column`` order: a cheap first step that
+    reads one column, so the full-width query only decodes rows at or before it (late
+    materialisation by hand). ``column`` is one of K2's own quoted column names, never input."""
     return (
-        'SELECT max("timestamp") AS cutoff FROM (SELECT "timestamp" FROM read_parquet($files) '  # noqa: S608
-        f'WHERE {where} ORDER BY "timestamp" LIMIT $limit)'
+        f"SELECT max({column}) AS cutoff FROM (SELECT {column} FROM read_parquet($files) "  # noqa: S608
+        f"WHERE {where} ORDER BY {column} LIMIT $limit)"
     )
 
 

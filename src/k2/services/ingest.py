@@ -46,12 +46,13 @@ from k2.sources import load_venue
 from k2.sources.session import wall_clock_us
 from k2.sources.symbols import SymbolInfo
 from k2.sources.venue import Venue
+from k2.stats import Counters
 
 log = get_logger(__name__)
 
 
 @dataclass
-class IngestStats:
+class IngestStats(Counters):
     frames: int = 0
     trades: int = 0
     quotes: int = 0
@@ -60,18 +61,6 @@ class IngestStats:
     events: int = 0
     started_at: float = field(default_factory=time.monotonic)
     producer: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "frames": self.frames,
-            "trades": self.trades,
-            "quotes": self.quotes,
-            "rejected": self.rejected,
-            "backfilled": self.backfilled,
-            "events": self.events,
-            "elapsed_s": round(time.monotonic() - self.started_at, 3),
-            **{f"producer_{k}": v for k, v in self.producer.items()},
-        }
 
 
 def topic_start(

@@ -31,12 +31,13 @@ from k2.schema.kinds import RecordKind
 from k2.sources import load_venue
 from k2.sources.symbols import SymbolInfo
 from k2.sources.venue import Venue
+from k2.stats import Counters
 
 log = get_logger(__name__)
 
 
 @dataclass
-class PipelineStats:
+class PipelineStats(Counters):
     """What a run did (a view over the feed, the runner and the sink)."""
 
     frames: int = 0
@@ -50,21 +51,6 @@ class PipelineStats:
     last_commit_at: datetime | None = None
     started_at: float = field(default_factory=time.monotonic)
     trades_by_symbol: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "frames": self.frames,
-            "trades": self.trades,
-            "quotes": self.quotes,
-            "rejected": self.rejected,
-            "rows_committed": self.rows_committed,
-            "quotes_committed": self.quotes_committed,
-            "commits": self.commits,
-            "commit_failures": self.commit_failures,
-            "last_commit_at": self.last_commit_at.isoformat() if self.last_commit_at else None,
-            "elapsed_s": round(time.monotonic() - self.started_at, 3),
-            "trades_by_symbol": dict(self.trades_by_symbol),
-        }
 
 
 def embedded_start(sink: IcebergSink, venue: Venue, kinds: tuple[RecordKind, ...], *, seed_ids: int) -> FeedStart:
