@@ -201,7 +201,8 @@ class K2Client:
         return None if value is None else Decimal(value)
 
     def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> QueryResult:
-        """A read-only SELECT over ``trades`` (cut at the service's row cap: see ``K2-Row-Cap``)."""
+        """A read-only SELECT over the views ``trades``, ``quotes`` and ``quality_events`` (cut at the
+        service's row cap: see ``K2-Row-Cap``)."""
         body: dict[str, Any] = {"query": query}
         if params is not None:
             body["params"] = list(params) if not isinstance(params, Mapping) else dict(params)

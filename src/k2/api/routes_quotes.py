@@ -29,6 +29,9 @@ from k2.query.quotes import BBO_SCHEMA, SPREAD_SCHEMA
 QUOTES = quotes_series(Quote, QuotePage)
 ASOF = trades_series(TradeWithQuote, TradeWithQuotePage, name="asof")
 
+# An as-of page is read into memory for the join (the other pages stream from DuckDB): at most this many trades.
+ASOF_MAX_PAGE = 100_000
+
 # The trade key (k2.api.series.TRADE_KEY) as an Arrow sort (nulls last): joined pages keep the page order.
 _TRADE_ORDER = [(c, "ascending") for c in ("timestamp", "exchange", "symbol", "source_sequence", "trade_id")]
 
@@ -95,7 +98,9 @@ def add_routes(router: APIRouter, max_rows: int) -> None:
         sel: SelectionDep,
         chosen: FormatDep,
         tolerance: ToleranceParam = "1m",
-        limit: Annotated[int, Query(ge=1, le=max_rows, description="Trades per page.")] = 1000,
+        limit: Annotated[
+            int, Query(ge=1, le=min(max_rows, ASOF_MAX_PAGE), description="Trades per page (read whole for the join).")
+        ] = 1000,
         cursor: CursorParam = None,
     ) -> Response:
         """The trades `GET /v1/trades` pages through (same selection, order and cursors), each with the

@@ -238,9 +238,11 @@ def test_empty_ranges_answer_no_rows(live_api: LiveApi) -> None:
     empty = {"symbol": "BTCUSDT", "start": "2024-08-09T00:00:00Z", "end": "2024-08-09T00:00:00Z"}
     with live_api.client(live_api.keys.read) as http:
         answers = {path: http.get(f"/v1/{path}", params=empty) for path in ("quotes", "spread", "bbo", "asof")}
+        too_large = http.get("/v1/asof", params={"limit": 100_001})  # an as-of page is joined in memory
     assert {p: (r.status_code, r.json()["data"]) for p, r in answers.items()} == {
         p: (200, []) for p in ("quotes", "spread", "bbo", "asof")
     }
+    assert too_large.status_code == 422 and too_large.json()["error"]["code"] == "invalid_request"
 
 
 def test_quote_routes_without_a_quotes_table(
