@@ -103,7 +103,7 @@ def add_routes(router: APIRouter, max_rows: int) -> None:
         ] = 1000,
         cursor: CursorParam = None,
     ) -> Response:
-        """The trades `GET /v1/trades` pages through (same selection, order and cursors), each with the
+        """The trades `GET /v1/trades` pages through (same selection and order; its own cursors), each with the
         last quote of its exchange and symbol that K2 received before it, if at most `tolerance` older
         (else null quote columns; backfilled trades never get one). The next page: `cursor=<next_cursor>`
         (also in the `K2-Next-Cursor` and `Link` headers)."""
