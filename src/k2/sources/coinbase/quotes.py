@@ -60,9 +60,9 @@ def _decimals(texts: list[str | None]) -> tuple[pa.Array, Mask]:
     return to_decimal(column, ok, DECIMAL), ok
 
 
-def ticker_batch(fields: TickerFields, out: ParsedBatch, *, window: TimeWindow, instruments: dict[str, Instrument]) -> (
-    pa.RecordBatch | None
-):  # fmt: skip
+def ticker_batch(
+    fields: TickerFields, out: ParsedBatch, *, window: TimeWindow, instruments: dict[str, Instrument]
+) -> pa.RecordBatch | None:
     """The canonical quotes (wire form) of ``fields``; rejects go to ``out``. None when none is left."""
     tickers, frames = fields.tickers, fields.frames
     n = len(tickers)
@@ -96,10 +96,11 @@ def ticker_batch(fields: TickerFields, out: ParsedBatch, *, window: TimeWindow, 
             detail = f"{name} {brief(getattr(t, name))} is not a decimal({PRICE_PRECISION},{PRICE_SCALE}) literal"
             out.rejected.append(Rejected(frames[i], RejectReason.INVALID_NUMBER, detail))
         elif not ok_range[i]:
-            bad = [f"{k}={brief(v)}" for k, v, ok in (("sequence", t.sequence, ok_seq[i]),
-                   ("trade_id", t.trade_id, ok_trade[i]), ("time", t.time, ok_time[i])) if not ok]  # fmt: skip
-            out.rejected.append(Rejected(frames[i], RejectReason.OUT_OF_RANGE, f"{' '.join(bad)} outside "
-                                         f"{window_text(window)}"))  # fmt: skip
+            checks = (("sequence", t.sequence, ok_seq[i]), ("trade_id", t.trade_id, ok_trade[i]),
+                      ("time", t.time, ok_time[i]))  # fmt: skip
+            bad = " ".join(f"{k}={brief(v)}" for k, v, ok in checks if not ok)
+            detail = f"{bad} outside {window_text(window)}"
+            out.rejected.append(Rejected(frames[i], RejectReason.OUT_OF_RANGE, detail))
         elif not ok_sign[i]:
             detail = (
                 f"bid={brief(t.best_bid)}x{brief(t.best_bid_size)} ask={brief(t.best_ask)}x{brief(t.best_ask_size)}"
