@@ -76,9 +76,10 @@ class ScopedS3(ArrowFSWrapper):  # type: ignore[misc]  # fsspec has no type hint
     """
 
     protocol = OBJECT_STORE_SCHEMES
+    cachable = False  # one per engine or pool, not kept in fsspec's instance cache
 
     def __init__(self, fs: Any, root: str) -> None:
-        super().__init__(fs, skip_instance_cache=True)
+        super().__init__(fs)
         self._root = self._strip_protocol(root).rstrip("/") + "/"
 
     def _checked(self, path: str) -> str:
