@@ -12,6 +12,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+from fsspec import AbstractFileSystem
 
 from k2.errors import QueryError, ReadOnlyViolation
 from k2.query.exact import LIMB_MASK, NotionalMethod, combine_limbs, unscaled_ints
@@ -26,14 +27,19 @@ TRADE_COLUMNS = ", ".join(quote_ident(f.name) for f in TRADE_ARROW_SCHEMA)
 
 
 def open_connection(
-    allowed_directory: str, *, memory_limit: str | None = None, threads: int | None = None
+    allowed_directory: str,
+    *,
+    filesystem: AbstractFileSystem | None = None,
+    memory_limit: str | None = None,
+    threads: int | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that can read files under ``allowed_directory`` and nothing else.
 
     External access is off (no other files, no network, no extension install/load, no Python
     object scans), the UTC time zone is fixed, and the configuration is locked so a statement
-    cannot undo any of it. ``memory_limit`` (e.g. ``"2GB"``) and ``threads`` bound the whole
-    database, including every ``cursor()`` of the connection (the REST API's workers).
+    cannot undo any of it. ``filesystem``: how an object-store directory (``s3://...``) is read
+    (:func:`k2.query.files.data_store`). ``memory_limit`` (e.g. ``"2GB"``) and ``threads`` bound
+    the whole database, including every ``cursor()`` of the connection (the REST API's workers).
     """
     con = duckdb.connect(
         ":memory:",
@@ -44,6 +50,8 @@ def open_connection(
         },
     )
     try:
+        if filesystem is not None:
+            con.register_filesystem(filesystem)
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET parquet_metadata_cache = true")  # data files are immutable
         con.execute("SET temp_directory = ''")  # no spilling, and no implicitly allowed temp dir
