@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from k2.api.workers import PoolBusy, QueryTimeout
-from k2.errors import ConfigError, K2Error, LakeError, QueryError, ReadOnlyViolation
+from k2.errors import ConfigError, K2Error, LakeError, QueryError, ReadOnlyViolation, SnapshotExpired
 from k2.logging import get_logger
 
 log = get_logger(__name__)
@@ -70,6 +70,8 @@ def from_error(exc: K2Error, redact: Redactor) -> Problem:
         return Problem(504, "query_timeout", text)
     if isinstance(exc, PoolBusy):
         return Problem(503, "busy", text, {"Retry-After": "1"})
+    if isinstance(exc, SnapshotExpired):  # maintenance removed files under the read: asking again plans anew
+        return Problem(503, "snapshot_expired", text, {"Retry-After": "0"})
     if isinstance(exc, QueryError | ConfigError):
         return Problem(400, "invalid_query", text)
     if isinstance(exc, LakeError):
