@@ -87,14 +87,20 @@ def test_mutated_real_messages_decode_exactly_as_fastavro_decodes_them(
     assert result.batch.num_rows > len(mixed) // 2  # ... and every real value between them decodes
 
 
-def test_invalid_utf8_is_the_message_error_and_its_neighbours_decode(session: dict[RecordKind, pa.RecordBatch]) -> None:
+@pytest.mark.parametrize(
+    "replacement",
+    [b"BI\xc3ANCE", b"BI\xc0\xafNCE", b"BI\xed\xa0\x80CE", b"B\xf4\x90\x80\x80CE", b"B\xf0\x9f\x98\x80CE"],
+    ids=["lone-lead-byte", "overlong", "surrogate", "beyond-U+10FFFF", "valid-emoji"],
+)
+def test_utf8_is_checked_as_python_checks_it(session: dict[RecordKind, pa.RecordBatch], replacement: bytes) -> None:
+    """Invalid UTF-8 is the message's error (as fastavro reports it), valid UTF-8 decodes; the neighbours decode."""
+    assert len(replacement) == len(b"BINANCE")  # the same length: only the text is wrong
     values = AvroEncoder(SCHEMA_ID, TRADE).encode(session[RecordKind.TRADES].slice(0, 3))
-    body = bytearray(values[1])
-    at = body.index(b"BINANCE")
-    body[at] = 0xC3  # a lead byte without its continuation
-    result = _both(TRADE, {SCHEMA_ID: to_avro(TRADE)}, [values[0], bytes(body), values[2]])
-    assert result.indices == [0, 2]
-    assert [e.reason for _, e in result.errors] == ["undecodable"]
+    body = values[1].replace(b"BINANCE", replacement, 1)
+    result = _both(TRADE, {SCHEMA_ID: to_avro(TRADE)}, [values[0], body, values[2]])
+    valid = replacement.startswith(b"B\xf0")
+    assert result.indices == ([0, 1, 2] if valid else [0, 2])
+    assert [e.reason for _, e in result.errors] == ([] if valid else ["undecodable"])
 
 
 def _write(writer: dict[str, Any], rows: list[dict[str, Any]], schema_id: int) -> list[bytes]:
