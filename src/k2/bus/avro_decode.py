@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from k2.schema.arrow import to_arrow
 from k2.schema.model import (
@@ -241,7 +242,7 @@ class _Optional(_Reader):
         valid = chunk["valid"][sel]
         if valid.all():
             return values
-        return pa.compute.if_else(pa.array(valid), values, pa.scalar(None, t))
+        return pc.if_else(pa.array(valid), values, pa.scalar(None, t))
 
 
 def _sub(chunk: Chunk, prefix: str) -> Chunk:

@@ -296,7 +296,7 @@ class AvroDecoder:
         """
         values = values if isinstance(values, list) else list(values)
         n = len(values)
-        present: list[bytes] = [b"" if v is None else v for v in values] if None in values else values  # type: ignore[assignment]
+        present = [b"" if v is None else v for v in values]
         sizes = np.fromiter(map(len, present), np.int64, n)
         buf = np.frombuffer(b"".join(present) + bytes(PADDING), np.uint8)
         ends = np.cumsum(sizes)
@@ -304,7 +304,8 @@ class AvroDecoder:
         framed = np.nonzero(sizes >= HEADER_SIZE)[0]
         framed = framed[buf[starts[framed]] == MAGIC]
         ids = np.full(n, -1, np.int64)
-        ids[framed] = buf[(starts[framed] + 1)[:, None] + np.arange(4)].astype(np.int64) @ (1 << np.arange(24, -8, -8))
+        id_bytes = buf[(starts[framed] + 1)[:, None] + np.arange(4)].astype(np.int64)  # 4 bytes, big-endian
+        ids[framed] = (id_bytes[:, 0] << 24) | (id_bytes[:, 1] << 16) | (id_bytes[:, 2] << 8) | id_bytes[:, 3]
         one_by_one = np.ones(n, bool)
         one_by_one[framed] = False
         batches: list[pa.RecordBatch] = []

@@ -24,9 +24,9 @@ from k2.bus.avro_decode import compile_plan
 from k2.bus.serde import AvroDecoder, AvroEncoder, DecodeResult, frame
 from k2.emulator.recording import BUNDLED_BINANCE_SESSION, read_recording
 from k2.feed.stamp import parse_canonical
-from k2.schema import TRADE, to_avro
+from k2.schema import TRADE, to_arrow, to_avro
 from k2.schema.kinds import RecordKind, spec
-from k2.schema.model import Field, MapType, RecordSchema, StringType
+from k2.schema.model import Field, ListType, LongType, MapType, RecordSchema, StringType
 from k2.schema.trade import TRADE_V3
 from k2.sources import RawFrame
 
@@ -229,3 +229,18 @@ def test_maps_written_in_several_blocks_or_sized_blocks_decode_exactly() -> None
     assert result.batch.column("tags").to_pylist() == [
         [("a", "1"), ("b", "2")], [("a", "1"), ("b", "2")], [("a", "1"), ("b", "2")], [("a", "2")], []
     ]  # fmt: skip
+
+
+def test_optional_maps_and_lists_round_trip_with_nulls_and_empties() -> None:
+    """Optional (union) maps and arrays: present, null and empty, encoded as fastavro encodes them."""
+    record = RecordSchema(
+        "Optional", "k2.test", 1, "optional containers",
+        (Field(1, "m", MapType(2, 3, StringType(), StringType()), "m", False),
+         Field(4, "l", ListType(5, LongType()), "l", False)),
+    )  # fmt: skip
+    rows = [{"m": [("a", "1"), ("é", "")], "l": [1, -2]}, {"m": None, "l": None}, {"m": [], "l": []}]
+    values = AvroEncoder(SCHEMA_ID, record).encode(pa.RecordBatch.from_pylist(rows, schema=to_arrow(record)))
+    expected = _write(to_avro(record), [{"m": {"a": "1", "é": ""}, "l": [1, -2]}, {"m": None, "l": None},
+                                        {"m": {}, "l": []}], SCHEMA_ID)  # fmt: skip
+    assert values == expected
+    assert _both(record, {SCHEMA_ID: to_avro(record)}, values).batch.to_pylist() == rows
