@@ -278,7 +278,7 @@ class QueryEngine:
         flt = make_filter(symbol, exchange, start_time, end_time)
         with self._timed("vwap"):
             raw, method = self._retrying(lambda: self._aggregate(flt, bucketed=False))
-            if raw.num_rows == 0 or raw.column("trades")[0].as_py() is None:
+            if raw.num_rows == 0 or not raw.column("trades")[0].as_py():
                 return None
             notional, volume = sql.aggregate_sums(raw, method)
             value = exact.vwap_unscaled(notional[0], volume[0])
