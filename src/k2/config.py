@@ -280,6 +280,8 @@ class ApiSettings(_Section):
     workers: int = Field(default=4, gt=0)  # queries running at once; more wait up to query_timeout_s
     duckdb_memory_limit: str = "2GB"  # for all of the service's queries together
     duckdb_threads: int | None = Field(default=None, gt=0)  # None: DuckDB's default (one per core)
+    # Aggregates (OHLCV, VWAP) kept per table snapshot for repeated requests (k2.query.cache); 0: off.
+    result_cache_mb: int = Field(default=64, ge=0)
 
 
 class K2Settings(BaseSettings):

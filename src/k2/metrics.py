@@ -175,6 +175,13 @@ QUERY_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
+QUERY_RESULT_CACHE = Counter(
+    "k2_query_result_cache_total",
+    "Aggregate (OHLCV, VWAP) lookups in the per-snapshot result cache, by outcome (hit, miss).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
 
 # --- bus: Kafka producer / consumer ---------------------------------------------------------------
 PRODUCER_MESSAGES = Counter(

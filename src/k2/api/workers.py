@@ -32,6 +32,7 @@ from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.logging import get_logger
 from k2.metrics import API_QUERIES, API_QUERIES_STOPPED
 from k2.query import files, sql
+from k2.query.cache import ResultCache
 from k2.query.engine import QueryEngine
 from k2.query.planner import ScanPlan
 from k2.schema.kinds import RecordKind
@@ -104,10 +105,12 @@ class WorkerPool:
             if isinstance(exc, K2Error) or not isinstance(exc, Exception):
                 raise
             raise QueryError(f"cannot load the trades table: {exc}") from exc
+        self.results = ResultCache(api.result_cache_mb * 1024 * 1024)  # shared by the workers
         self.workers: list[Worker] = []
         for _ in range(api.workers):
             cursor = self._base.cursor()
-            self.workers.append(Worker(QueryEngine(self.catalog, lake, connection=cursor), cursor, self.catalog))
+            engine = QueryEngine(self.catalog, lake, connection=cursor, results=self.results)
+            self.workers.append(Worker(engine, cursor, self.catalog))
         self._executor = ThreadPoolExecutor(max_workers=api.workers, thread_name_prefix="k2-api-query")
         self._idle: asyncio.Queue[Worker] | None = None
         self._lock = threading.Lock()

@@ -35,6 +35,7 @@ from k2.logging import get_logger
 from k2.metrics import QUERY_SECONDS
 from k2.query import exact, files, quotes, sql
 from k2.query.bars import bar_parameters, ohlcv_table, parse_interval
+from k2.query.cache import ResultCache
 from k2.query.planner import CacheInfo, Planner, ScanFilter, ScanPlan, from_us, to_us
 from k2.query.result import QueryResult
 from k2.schema import TRADE_ARROW_SCHEMA, to_arrow
@@ -102,6 +103,7 @@ class QueryEngine:
         refresh_interval_s: float | None = 1.0,
         plan_cache_size: int = 256,
         connection: duckdb.DuckDBPyConnection | None = None,
+        results: ResultCache | None = None,
     ) -> None:
         self._catalog = catalog
         self._lake = lake
@@ -130,6 +132,8 @@ class QueryEngine:
         self._views: dict[RecordKind, int | None] = {}  # kind -> the snapshot its view points at
         self._owned_catalog: Catalog | None = None  # closed with the engine (see from_settings)
         self._symbols: tuple[int | None, list[str]] | None = None
+        # Aggregates per snapshot (k2.query.cache), shared with other engines of the process if given.
+        self._results = results if results is not None else ResultCache(0)
 
     @classmethod
     def from_settings(cls, settings: K2Settings) -> QueryEngine:
@@ -509,6 +513,10 @@ class QueryEngine:
         method = exact.choose_method(plan.max_abs_price, plan.max_abs_quantity, len(plan.files), plan.max_file_rows)
         if not plan.files:
             return pa.table({"trades": pa.array([], pa.int64())}), method
+        key = ("aggregate", plan.snapshot_id, plan.files, flt, bucketed, width_us)
+        cached = self._results.get(key)
+        if cached is not None:
+            return cached, method
         where, params = plan.sql_where()
         params["files"] = list(plan.files)
         compact = False
@@ -518,7 +526,9 @@ class QueryEngine:
         if method.needs_row_numbers:
             params["chunk_rows"] = method.chunk_rows
         text = sql.aggregate_sql(where, method, bucketed=bucketed, compact_key=compact)
-        return self._run(text, params), method
+        result = self._run(text, params)
+        self._results.put(key, result)
+        return result, method
 
     def ensure_views(self) -> None:
         """Point this engine's (TEMP) views ``trades``, ``quotes`` and ``quality_events`` at their
