@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=500_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--in-process", action="store_true", help="emulator in a thread of this process")
+    parser.add_argument("--uvloop", action="store_true", help="run the session on uvloop's event loop")
     args = parser.parse_args()
     configure_logging(level="WARNING")
     config = ReplayConfig(speed=None, loop=True)
@@ -56,7 +57,12 @@ def main() -> None:
     for run in range(args.runs):
         runner = EmulatorThread(config) if args.in_process else EmulatorProcess(config)
         with runner:
-            rate, cpu_us = asyncio.run(receive(runner.url, args.frames))
+            if args.uvloop:
+                import uvloop
+
+                rate, cpu_us = uvloop.run(receive(runner.url, args.frames))
+            else:
+                rate, cpu_us = asyncio.run(receive(runner.url, args.frames))
         rates.append(rate)
         costs.append(cpu_us)
         print(f"run {run + 1}: {rate:,.0f} frames/s, receiving process CPU {cpu_us:.2f} µs/frame")

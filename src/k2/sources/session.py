@@ -302,6 +302,9 @@ class WebSocketSession:
             "enable_auto_pong": True,
             "max_frame_size": MAX_MESSAGE_BYTES,
             "logger_name": "session",
+            # asyncio's own transports and CPython's ssl module (TLS verified as everywhere else): picows'
+            # optional compiled transport (aiofastnet) measured no faster here (benchmarks/results/ws.md).
+            "use_aiofastnet": False,
         }
         if self._ssl is not None:
             kwargs["ssl_context"] = self._ssl

@@ -64,6 +64,7 @@ def test_connect_options() -> None:
     assert kwargs["enable_auto_ping"] is True
     assert (kwargs["auto_ping_idle_timeout"], kwargs["auto_ping_reply_timeout"]) == (PING_INTERVAL_S, PING_TIMEOUT_S)
     assert kwargs["enable_auto_pong"] is True
+    assert kwargs["use_aiofastnet"] is False  # CPython's ssl module does the TLS
     plain = WebSocketSession("ws://127.0.0.1:1/ws", venue="binance", settings=SourceSettings())
     assert "ssl_context" not in plain.connect_kwargs()
 
