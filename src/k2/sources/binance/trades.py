@@ -104,6 +104,8 @@ class CheckedTrades:
     def kept(self) -> CheckedTrades:
         """Only the rows that passed."""
         k = self.keep
+        if k.all():
+            return self
         mask = pa.array(k)
         return CheckedTrades(
             k[k], self.ids[k], self.trade_time[k], self.event_time[k], self.received[k],
