@@ -196,3 +196,38 @@ def test_a_sink_that_does_not_keep_up_stops_the_socket_being_read_and_loses_noth
     got, was_paused = asyncio.run(main())
     assert was_paused
     assert [f.payload for f in got] == [f.payload for f in bundled_frames]
+
+
+def _server_frame(opcode: int, payload: bytes) -> bytes:
+    """An unmasked, final server frame (RFC 6455 5.2), for payloads under 64 KiB."""
+    n = len(payload)
+    length = bytes([n]) if n < 126 else bytes([126]) + n.to_bytes(2, "big")
+    return bytes([0x80 | opcode]) + length + payload
+
+
+def test_a_frame_followed_by_a_ping_in_the_same_read_is_handed_over_without_waiting_for_more(
+    bundled_frames: list[RawFrame],
+) -> None:
+    """picows answers the ping itself and never shows it to the session: the frame before it must
+    still reach the sink at once, though nothing else arrives after it."""
+    payload = bundled_frames[0].payload
+
+    class FrameThenPing(WSListener):  # type: ignore[misc]
+        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+            if frame.msg_type == WSMsgType.TEXT:  # the subscription: the handshake is long done
+                # Both frames in one socket write, so that the client reads them together.
+                transport.underlying_transport.write(_server_frame(0x1, payload) + _server_frame(0x9, b"k2"))
+
+    async def main() -> list[bytes]:
+        server = await ws_create_server(lambda _: FrameThenPing(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        subscribe = ['{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1}']
+        session = WebSocketSession(
+            f"ws://127.0.0.1:{port}/ws", venue="binance", settings=FAST, subscribe_messages=subscribe
+        )
+        got: list[RawFrame] = []
+        await _run_until(session, got, 1)  # times out (30 s) if the frame waited for more data
+        server.close()
+        return [f.payload for f in got]
+
+    assert asyncio.run(main()) == [payload]

@@ -8,8 +8,8 @@ There is no task switch or future per frame, only one hand-off per batch. The se
 sink: a sink that suspends applies backpressure (past ``MAX_BUFFERED_FRAMES`` waiting, the socket
 is no longer read until the sink takes them).
 
-Receive time: the wall clock when the bytes holding a frame were read from the socket, taken once
-per read. Receive times of one session strictly increase (a frame read in the same microsecond as
+Receive time: the wall clock as picows hands the frame over, inside the read that brought it.
+Receive times of one session strictly increase (a frame read in the same microsecond as
 the one before is stamped one microsecond later), so ordering rows by receive time gives the wire
 order exactly: the trade-quote as-of join relies on it (docs/query.md).
 
@@ -128,7 +128,8 @@ class _Connection(WSListener):
     """One connection's receiving side, called by picows inside the transport's read callback.
 
     Data frames become :class:`RawFrame` in :attr:`frames` (fragmented messages are assembled);
-    :attr:`arrived` is set once per read, and on disconnect. Close frames are answered.
+    :attr:`arrived` is set when the first frame is waiting, and on disconnect: the session's receive
+    loop then runs once the current read has been processed. Close frames are answered.
     """
 
     def __init__(self, clock_us: Callable[[], int], last_us: int) -> None:
@@ -138,7 +139,6 @@ class _Connection(WSListener):
         self.transport: WSTransport | None = None
         self.last_us = last_us  # receive time of the newest frame (strictly increasing)
         self._clock_us = clock_us
-        self._read_us: int | None = None  # receive time of the read being processed
         self._parts: list[bytes] = []  # fragments of a message being assembled
         self._parts_bytes = 0
         self._paused = False
@@ -167,19 +167,17 @@ class _Connection(WSListener):
             payload = assembled
         else:  # pongs (pings are answered by picows)
             return
-        now = self._read_us
-        if now is None:
-            now = self._read_us = self._clock_us()
+        now = self._clock_us()
         if now <= self.last_us:
             now = self.last_us + 1
         self.last_us = now
-        self.frames.append(RawFrame(payload, now))
-        if frame.last_in_buffer:
-            self._read_us = None
+        frames = self.frames
+        frames.append(RawFrame(payload, now))
+        if len(frames) == 1:  # the receive loop runs once this read's callbacks are done, not per frame
             self.arrived.set()
-            if len(self.frames) >= MAX_BUFFERED_FRAMES and not self._paused:
-                self._paused = True
-                transport.underlying_transport.pause_reading()
+        elif len(frames) >= MAX_BUFFERED_FRAMES and not self._paused:
+            self._paused = True
+            transport.underlying_transport.pause_reading()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.disconnected = True
@@ -401,14 +399,8 @@ class WebSocketSession:
     # --- internals --------------------------------------------------------------------------------
     async def _connect(self, conn: _Connection) -> None:
         """Open the connection (TCP, TLS, WebSocket handshake) within ``open_timeout_s``."""
-        transport: WSTransport | None = None
-        try:
-            async with asyncio.timeout(self.settings.open_timeout_s):
-                transport, _ = await ws_connect(lambda: conn, self.url, **self.connect_kwargs())
-        except asyncio.CancelledError:
-            if transport is not None:
-                transport.disconnect(False)
-            raise
+        async with asyncio.timeout(self.settings.open_timeout_s):
+            await ws_connect(lambda: conn, self.url, **self.connect_kwargs())
 
     def _new_backoff(self) -> Iterator[float]:
         return backoff_delays(self.settings.reconnect_initial_s, self.settings.reconnect_max_s, self._rng)
