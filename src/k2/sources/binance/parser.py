@@ -13,7 +13,7 @@ or one control reply: nothing in a frame can make :meth:`BinanceParser.parse` ra
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import msgspec
 import pyarrow as pa
@@ -125,14 +125,15 @@ class BinanceParser:
         expected: dict[RecordKind, list[str]] = {}
         try:
             envelopes = [decode(frame.payload) for frame in frames]
-            routes = [streams.get(env.stream) for env in envelopes]
-            if None in routes:
+            routed = [streams.get(env.stream) for env in envelopes]
+            if None in routed:
                 return None
-            for kind in {route[0] for route in routes if route is not None}:
-                picked = [i for i, route in enumerate(routes) if route is not None and route[0] is kind]
+            routes = cast(list[tuple[RecordKind, str]], routed)
+            for kind in {route[0] for route in routes}:
+                picked = [i for i, route in enumerate(routes) if route[0] is kind]
                 bodies[kind] = [envelopes[i].data for i in picked]
                 owners[kind] = [frames[i] for i in picked]
-                expected[kind] = [routes[i][1] for i in picked]  # type: ignore[index]
+                expected[kind] = [routes[i][1] for i in picked]
             trade_list = _decode_all(wire.trades_decoder, bodies.get(RecordKind.TRADES, []))
             tickers = _decode_all(wire.book_tickers_decoder, bodies.get(RecordKind.QUOTES, []))
         except (msgspec.DecodeError, TypeError, RecursionError):  # ValidationError is a DecodeError
