@@ -65,7 +65,7 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "console") -> None:
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    for noisy in ("websockets", "httpx", "httpcore"):  # one line per frame / request at INFO
+    for noisy in ("websockets", "picows", "aiofastnet", "httpx", "httpcore"):  # a line per connection / request
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection, serve
 
 from k2.config import SourceSettings
@@ -59,9 +58,9 @@ def _closed_port() -> int:
 async def _collect(session: WebSocketSession, until: int) -> list[RawFrame]:
     got: list[RawFrame] = []
 
-    async def sink(frame: RawFrame) -> None:
-        got.append(frame)
-        if len(got) == until:
+    async def sink(frames: list[RawFrame]) -> None:
+        got.extend(frames)
+        if len(got) >= until:
             session.stop()
 
     await asyncio.wait_for(session.run(sink), 60)
@@ -80,11 +79,11 @@ def test_session_reconnects_after_injected_drops_and_loses_or_repeats_nothing(
             session = WebSocketSession(_url(emu.url), venue="binance", settings=FAST)
             got: list[RawFrame] = []
 
-            async def sink(frame: RawFrame) -> None:
-                got.append(frame)
-                if len(got) == 1:
+            async def sink(frames: list[RawFrame]) -> None:
+                if not got:
                     seen_connected.append(_connected())
-                if len(got) == TOTAL:
+                got.extend(frames)
+                if len(got) >= TOTAL:
                     session.stop()
 
             await asyncio.wait_for(session.run(sink), 60)
@@ -180,8 +179,8 @@ def test_server_pings_are_answered_while_the_session_runs() -> None:
             session = WebSocketSession(_url(emu.url), venue="binance", settings=FAST)
             frames: list[RawFrame] = []
 
-            async def sink(frame: RawFrame) -> None:
-                frames.append(frame)
+            async def sink(batch: list[RawFrame]) -> None:
+                frames.extend(batch)
 
             run = asyncio.create_task(session.run(sink))
 
@@ -208,25 +207,24 @@ def test_subscribe_messages_are_paced_under_the_incoming_limit(monkeypatch: pyte
     streams = ["btcusdt@trade", "ethusdt@trade", *(f"x{i}usdt@trade" for i in range(6))]
     messages = [f'{{"method":"SUBSCRIBE","params":["{s}"],"id":{i}}}' for i, s in enumerate(streams, 1)]
     sent: list[float] = []
-    send = ClientConnection.send
+    send = WebSocketSession._send
 
-    async def timed_send(self: ClientConnection, message: Any, *args: Any, **kwargs: Any) -> None:
+    def timed_send(self: WebSocketSession, conn: Any, message: str) -> bool:
         if message in messages:
             sent.append(time.monotonic())
-        await send(self, message, *args, **kwargs)
+        return send(self, conn, message)
 
-    monkeypatch.setattr(ClientConnection, "send", timed_send)
+    monkeypatch.setattr(WebSocketSession, "_send", timed_send)
 
     async def main() -> list[bytes]:
         async with BinanceEmulator(ReplayConfig(max_client_messages_per_s=1_000, speed=1.0)) as emu:
             session = WebSocketSession(emu.url + "/ws", venue="binance", settings=FAST, subscribe_messages=messages)
             acks: list[bytes] = []
 
-            async def sink(frame: RawFrame) -> None:
-                if frame.payload.startswith(b'{"result"'):
-                    acks.append(frame.payload)
-                    if len(acks) == len(messages):
-                        session.stop()
+            async def sink(frames: list[RawFrame]) -> None:
+                acks.extend(f.payload for f in frames if f.payload.startswith(b'{"result"'))
+                if len(acks) >= len(messages):
+                    session.stop()
 
             await asyncio.wait_for(session.run(sink), 20)
             return acks
@@ -243,9 +241,10 @@ def test_stop_from_another_thread(bundled_frames: list[RawFrame]) -> None:
             session = WebSocketSession(_url(emu.url), venue="binance", settings=FAST)
             got: list[RawFrame] = []
 
-            async def sink(frame: RawFrame) -> None:
-                got.append(frame)
-                if len(got) == 3:
+            async def sink(frames: list[RawFrame]) -> None:
+                before = len(got)
+                got.extend(frames)
+                if before < 3 <= len(got):
                     threading.Thread(target=session.stop).start()
 
             await asyncio.wait_for(session.run(sink), 20)

@@ -3,7 +3,7 @@
 ``k2 run`` (Iceberg sink), ``k2 ingest`` (Kafka sink) and ``k2 capture`` (recording sink) are this
 loop with a different :class:`~k2.feed.sink.Sink`::
 
-    sessions --frames--> backlog --(parse interval or a full batch)--> feed.parse (parser, quarantine,
+    sessions --batches of frames--> backlog --(parse interval or a full batch)--> feed.parse (parser, quarantine,
       completeness: dedup, gaps, checks; pipeline columns stamped)  --rows per kind--> sink.add
     backfill task --rows--> feed.backfilled() --> sink.add          feed.tick(now) --> quality events
     flush rule: sink.pending_rows >= flush_rows, or the oldest pending row older than flush_seconds,
@@ -84,9 +84,10 @@ class RunStats(Counters):
 class FrameBacklog:
     """Frames received but not parsed yet, per feed: the sessions' sink, with backpressure.
 
-    ``sink`` appends a frame and wakes the runner once ``batch_frames`` are waiting; when frames
-    waiting plus ``held()`` (the sink's pending rows) reach ``limit`` it suspends, which stops the
-    session reading its socket, until :meth:`release`.
+    ``sink`` takes a session's batch of frames (one hand-off per socket read, not one per frame) and
+    wakes the runner once ``batch_frames`` are waiting; when frames waiting plus ``held()`` (the
+    sink's pending rows) reach ``limit`` it suspends, which stops the session reading its socket,
+    until :meth:`release`.
     """
 
     def __init__(self, ready: asyncio.Event, batch_frames: int, limit: int, held: Callable[[], int]) -> None:
@@ -101,8 +102,12 @@ class FrameBacklog:
     def __len__(self) -> int:
         return len(self.frames)
 
-    async def sink(self, frame: RawFrame) -> None:
-        self.frames.append(frame)
+    async def sink(self, frames: list[RawFrame]) -> None:
+        """A session's batch of frames (every frame it read since it last handed some over)."""
+        if self.frames:
+            self.frames.extend(frames)
+        else:
+            self.frames = frames
         if len(self.frames) >= self._batch_frames:
             self._ready.set()
             if len(self.frames) + self._held() >= self._limit:

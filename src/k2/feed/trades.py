@@ -237,9 +237,10 @@ class TradeCompleteness:
         q = self.settings.quality
         symbols = batch.column("symbol")
         received = batch.column("ingestion_timestamp").cast(pa.int64()).to_numpy()
+        needed = batch.select(["source_sequence", "timestamp", "price"])  # not every column: filtered per symbol
         for symbol in pc.unique(symbols).to_pylist():
             mask = pc.equal(symbols, symbol)
-            part = batch.filter(mask)
+            part = needed.filter(mask)
             ids = part.column("source_sequence").to_numpy()
             times = part.column("timestamp").cast(pa.int64()).to_numpy()
             recv = received[np.flatnonzero(mask.to_numpy(zero_copy_only=False))]

@@ -159,8 +159,8 @@ class TableWriter:
             return CommitResult(snapshot.snapshot_id if snapshot else 0, 0, 0.0, 0)
         with self._lock:
             started = time.perf_counter()
-            if arrow.num_rows:
-                arrow = arrow.sort_by(self._sort_keys)
+            if arrow.num_rows:  # one chunk first: taking rows from many chunks costs a third more
+                arrow = arrow.combine_chunks().sort_by(self._sort_keys)
             snapshot_id, attempts = self._commit_with_retry(arrow, props)
             duration = time.perf_counter() - started
             self._commits += 1

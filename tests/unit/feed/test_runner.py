@@ -30,7 +30,7 @@ class _Session:
         for i in range(self.frames):
             if self._stopped.is_set():
                 break
-            await sink(RawFrame(b"%d" % i, i))
+            await sink([RawFrame(b"%d" % i, i)])  # a batch of one: the smallest a session hands over
             self.sent += 1
         self.all_sent.set()
         await self._stopped.wait()

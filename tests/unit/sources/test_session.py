@@ -15,6 +15,8 @@ from k2.errors import ConfigError
 from k2.sources.base import RawFrame
 from k2.sources.session import (
     MAX_MESSAGE_BYTES,
+    PING_INTERVAL_S,
+    PING_TIMEOUT_S,
     WebSocketSession,
     backoff_delays,
     ssl_context_for,
@@ -55,13 +57,16 @@ def test_connect_options() -> None:
         "wss://stream.binance.com:9443/ws", venue="binance", settings=SourceSettings(open_timeout_s=3)
     )
     kwargs = wss.connect_kwargs()
-    assert kwargs["ssl"].verify_mode == ssl.CERT_REQUIRED
-    assert kwargs["ssl"].check_hostname is True
-    assert kwargs["open_timeout"] == 3
-    assert kwargs["max_size"] == MAX_MESSAGE_BYTES
-    assert kwargs["compression"] is None
+    assert kwargs["ssl_context"].verify_mode == ssl.CERT_REQUIRED
+    assert kwargs["ssl_context"].check_hostname is True
+    assert kwargs["websocket_handshake_timeout"] == 3
+    assert kwargs["max_frame_size"] == MAX_MESSAGE_BYTES
+    assert kwargs["enable_auto_ping"] is True
+    assert (kwargs["auto_ping_idle_timeout"], kwargs["auto_ping_reply_timeout"]) == (PING_INTERVAL_S, PING_TIMEOUT_S)
+    assert kwargs["enable_auto_pong"] is True
+    assert kwargs["use_aiofastnet"] is False  # CPython's ssl module does the TLS
     plain = WebSocketSession("ws://127.0.0.1:1/ws", venue="binance", settings=SourceSettings())
-    assert "ssl" not in plain.connect_kwargs()
+    assert "ssl_context" not in plain.connect_kwargs()
 
 
 def test_initial_stats_and_stop_before_run() -> None:
@@ -82,7 +87,7 @@ def test_initial_stats_and_stop_before_run() -> None:
     assert session.stats == session.get_stats()
     session.stop()
 
-    async def sink(frame: RawFrame) -> None:
+    async def sink(frames: list[RawFrame]) -> None:
         raise AssertionError("no frame expected")
 
     asyncio.run(asyncio.wait_for(session.run(sink), 5))  # returns at once: stopped before it started

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from k2.schema import PRICE_PRECISION, PRICE_SCALE
 from k2.schema.kinds import RecordKind, wire_schema
 from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason
-from k2.sources.binance.wire import FIRST_ID
+from k2.sources.binance.wire import FIRST_ID, Trade
 from k2.sources.columns import UTC_US, ZERO, brief, by_symbol, empty_lists, exact_decimals, message_ids, to_mask
 from k2.sources.symbols import Instrument
 from k2.sources.validation import TimeWindow, int64_column, valid_ids, within_window
@@ -51,6 +51,15 @@ class TradeFields:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @classmethod
+    def of(cls, decoded: Sequence[Trade], frames: list[RawFrame]) -> TradeFields:
+        """Stream trades decoded together (one per frame), field by field."""
+        return cls(
+            [t.s for t in decoded], [t.t for t in decoded], [t.T for t in decoded], [t.E for t in decoded],
+            [t.p for t in decoded], [t.q for t in decoded], [t.m for t in decoded], [t.M for t in decoded],
+            [t.b for t in decoded], [t.a for t in decoded], frames,
+        )  # fmt: skip
 
     def add(
         self, frame: RawFrame, symbol: str, trade_id: int, trade_time: int, event_time: int, price: str, quantity: str,
@@ -95,6 +104,8 @@ class CheckedTrades:
     def kept(self) -> CheckedTrades:
         """Only the rows that passed."""
         k = self.keep
+        if k.all():
+            return self
         mask = pa.array(k)
         return CheckedTrades(
             k[k], self.ids[k], self.trade_time[k], self.event_time[k], self.received[k],

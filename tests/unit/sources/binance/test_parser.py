@@ -204,3 +204,48 @@ def test_registry_loads_venues_by_name_and_builds_parsers_for_a_subscription() -
 
 def test_fixture_files_exist() -> None:
     assert {Path(c["file"]).name for c in EXPECTED} <= {p.name for p in BINANCE.iterdir()}
+
+
+def _session_frames() -> list[RawFrame]:
+    from k2.emulator.recording import BUNDLED_BINANCE_SESSION, read_recording
+
+    return [RawFrame(f.frame.encode(), f.recv_us) for f in read_recording(BUNDLED_BINANCE_SESSION)]
+
+
+def test_a_clean_batch_parses_in_one_pass_exactly_as_frame_by_frame() -> None:
+    """The whole recorded session (trades and bookTicker interleaved; depth frames left out, as the
+    subscription has none): the one-pass path takes it, with the same rows as frame by frame."""
+    frames = [f for f in _session_frames() if b"@depth" not in f.payload[:40]]
+    parser = binance_parser(["BTCUSDT", "ETHUSDT"], kinds=(RecordKind.TRADES, RecordKind.QUOTES))
+    for start in range(0, len(frames), 20_000):
+        batch = frames[start : start + 20_000]
+        clean = parser._parse_clean(batch)
+        assert clean is not None
+        each = parser._parse_each(batch)
+        assert clean.rejected == each.rejected == [] and clean.control == each.control == 0
+        assert clean.records.keys() == each.records.keys() == {RecordKind.TRADES, RecordKind.QUOTES}
+        for kind in clean.records:
+            assert clean.records[kind].equals(each.records[kind]), kind
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        b'{"result":null,"id":1}',  # a control reply
+        b'{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate"}}',  # a stream not subscribed
+        b'{"stream":"btcusdt@trade","data":{"e":"trade"}}',  # a trade missing its fields
+        b'{"stream":"btcusdt@trade"}',  # no data
+        b'{"stream":"btcusdt@trade","data":[1,2]}',  # data not an object
+        b'{"stream":["btcusdt@trade"],"data":{}}',  # a stream name that is not a string
+        b"not json",
+    ],
+)
+def test_one_odd_frame_sends_the_batch_frame_by_frame_and_the_others_still_parse(
+    bundled_frames: list[RawFrame], odd: bytes
+) -> None:
+    parser = binance_parser(["BTCUSDT", "ETHUSDT"])
+    batch = [*bundled_frames[:50], RawFrame(odd, bundled_frames[50].received_at_us), *bundled_frames[50:100]]
+    assert parser._parse_clean(batch) is None
+    parsed = parser.parse(batch)
+    assert parsed.rows(RecordKind.TRADES) == 100
+    assert len(parsed.rejected) + parsed.control == 1
