@@ -9,18 +9,23 @@ Every bad-frame kind maps to the :class:`k2.sources.base.RejectReason` the Binan
 it (:data:`EXPECTED_REASON`), so tests can compare what was injected with what was quarantined. The
 six :data:`MALFORMED_KINDS` are named after their reason; the :data:`ADVERSARIAL_KINDS` are values a
 hostile or broken venue could send that once crashed K2 or were stored as good (issue 9).
+
+Which frames carry trades or quotes, and how a bad frame is made from a real one, is the venue's
+(:class:`BadFrames`, part of every emulator protocol); :data:`BINANCE_FRAMES` is Binance's, the default.
+Another venue names its own adversarial kinds (:func:`expected_reasons` gives the whole mapping).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from k2.emulator.recording import RecordedFrame
 from k2.errors import ConfigError
+from k2.schema.kinds import RecordKind
 from k2.sources.base import RejectReason
 
 FRAME = "frame"
@@ -199,6 +204,49 @@ def decode_frame(recorded: RecordedFrame) -> OutFrame:
     return OutFrame(None, text, text, recorded.recv_us)
 
 
+class BadFrames(Protocol):
+    """A venue's part of fault injection: which recorded frames carry trades or quotes, and how a bad
+    frame of each kind is built from a real one (its reason: :func:`expected_reasons`)."""
+
+    adversarial_kinds: Mapping[str, RejectReason]  # the kinds ``adversarial_every`` cycles through, in order
+
+    def record_kind(self, out: OutFrame) -> RecordKind | None:
+        """The kind of record a routed frame carries (trades get malformed and adversarial frames
+        after them, quotes crossed ones); None for anything else."""
+        ...
+
+    def bad_frame(self, source: OutFrame, kind: str) -> OutFrame:
+        """A frame of ``kind`` built from ``source``, routed like it."""
+        ...
+
+
+class BinanceBadFrames:
+    """Binance's :class:`BadFrames`: ``@trade`` and ``@bookTicker`` streams, :func:`bad_frame`."""
+
+    adversarial_kinds: Mapping[str, RejectReason] = ADVERSARIAL_KINDS
+
+    def record_kind(self, out: OutFrame) -> RecordKind | None:
+        stream = out.stream or ""
+        if stream.endswith("@trade"):
+            return RecordKind.TRADES
+        return RecordKind.QUOTES if stream.endswith("@bookTicker") else None
+
+    def bad_frame(self, source: OutFrame, kind: str) -> OutFrame:
+        return bad_frame(source, kind)
+
+
+BINANCE_FRAMES = BinanceBadFrames()
+
+
+def expected_reasons(venue: BadFrames) -> dict[str, RejectReason]:
+    """Every bad-frame kind ``venue`` makes and the reason its parser must quarantine it with."""
+    return {
+        **{kind: RejectReason(kind) for kind in MALFORMED_KINDS},
+        **venue.adversarial_kinds,
+        CROSSED_QUOTE: RejectReason.CROSSED_BOOK,
+    }
+
+
 def bad_frame(source: OutFrame, kind: str) -> OutFrame:
     """A frame of ``kind`` (a key of :data:`EXPECTED_REASON`) built from a real frame's data.
 
@@ -310,11 +358,16 @@ def routable_frames(
     return (f for f in map(route, recording) if f.stream is not None)
 
 
-def apply_faults(frames: Iterable[OutFrame], faults: Faults, injected: MutableMapping[str, int]) -> Iterator[OutFrame]:
+def apply_faults(
+    frames: Iterable[OutFrame],
+    faults: Faults,
+    injected: MutableMapping[str, int],
+    venue: BadFrames = BINANCE_FRAMES,
+) -> Iterator[OutFrame]:
     """``frames`` with faults applied; ``injected`` is updated lazily, as frames are taken.
 
     Positions count recorded frames in recording order; duplicates and bad frames follow the
-    recorded frame they were made from.
+    recorded frame they were made from (by ``venue``, the emulator protocol's :class:`BadFrames`).
     """
     source: Iterator[OutFrame] = iter(frames)
     if faults.withhold:
@@ -327,30 +380,35 @@ def apply_faults(frames: Iterable[OutFrame], faults: Faults, injected: MutableMa
     if not dup and not bad and not hostile and not crossed:
         yield from source
         return
-    adversarial = tuple(ADVERSARIAL_KINDS)
-    trades = quotes = 0  # positions among the trade frames and among the bookTicker frames
+    adversarial = tuple(venue.adversarial_kinds)
+    trades = quotes = 0  # positions among the trade frames and among the quote frames
     for position, frame in enumerate(source, 1):
         yield frame
         if dup and position % dup == 0:
             _count(injected, DUPLICATE)
             yield OutFrame(frame.stream, frame.combined, frame.raw, frame.recv_us, DUPLICATE)
-        stream = frame.stream or ""
-        if stream.endswith("@trade"):
+        kind_of = venue.record_kind(frame) if frame.stream is not None else None
+        if kind_of is RecordKind.TRADES:
             trades += 1
             for every, kinds in ((bad, MALFORMED_KINDS), (hostile, adversarial)):
                 if every and trades % every == 0:
                     kind = kinds[(trades // every - 1) % len(kinds)]
                     _count(injected, kind)
-                    yield bad_frame(frame, kind)
-        elif stream.endswith("@bookTicker"):
+                    yield venue.bad_frame(frame, kind)
+        elif kind_of is RecordKind.QUOTES:
             quotes += 1
             if crossed and quotes % crossed == 0:
                 _count(injected, CROSSED_QUOTE)
-                yield bad_frame(frame, CROSSED_QUOTE)
+                yield venue.bad_frame(frame, CROSSED_QUOTE)
 
 
 def replay_frames(
-    recording: Iterable[RecordedFrame], faults: Faults, injected: MutableMapping[str, int]
+    recording: Iterable[RecordedFrame],
+    faults: Faults,
+    injected: MutableMapping[str, int],
+    route: Callable[[RecordedFrame], OutFrame] = decode_frame,
+    venue: BadFrames = BINANCE_FRAMES,
 ) -> Iterator[OutFrame]:
-    """The frames to send for one pass over a recording: routable frames, faults applied."""
-    return apply_faults(routable_frames(recording), faults, injected)
+    """The frames to send for one pass over a recording: routable frames (by ``route``), faults applied
+    (bad frames by ``venue``); Binance's by default."""
+    return apply_faults(routable_frames(recording, route), faults, injected, venue)

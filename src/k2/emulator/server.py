@@ -32,7 +32,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from k2.emulator.binance import BinanceProtocol
-from k2.emulator.contract import EmulatorProtocol
+from k2.emulator.contract import EmulatorProtocol, RestSide
 from k2.emulator.faults import DISCONNECT, FRAME, INJECTED_KINDS, Faults, OutFrame, apply_faults, routable_frames
 from k2.emulator.protocol import PathError
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
@@ -89,6 +89,7 @@ class _Client:
     framing: str  # the protocol's: how this client's frames look (Binance: combined or raw)
     streams: dict[str, None]  # insertion-ordered set
     recent: collections.deque[float]
+    last_sent: float = 0.0  # monotonic time of the last frame written to it (heartbeats go to idle ones)
 
 
 class BinanceEmulator:
@@ -96,8 +97,9 @@ class BinanceEmulator:
 
     Counters for tests: ``replayed`` (recorded frames delivered: the cursor), ``missed`` (recorded
     frames due that no client received: unsubscribed streams, and in live mode no client),
-    ``frames_sent`` (all frames written to clients, duplicates and bad frames included, per
-    connection), ``connections``, ``disconnects_injected``, ``rate_limited``, ``replays_completed``
+    ``frames_sent`` (all stream frames written to clients, duplicates and bad frames included, per
+    connection), ``control_sent`` (the protocol's own frames: greetings, replies to control messages,
+    heartbeats), ``connections``, ``disconnects_injected``, ``rate_limited``, ``replays_completed``
     and ``injected`` (by kind).
     """
 
@@ -110,6 +112,7 @@ class BinanceEmulator:
         self.replayed = 0
         self.missed = 0
         self.frames_sent = 0
+        self.control_sent = 0
         self.connections = 0
         self.disconnects_injected = 0
         self.rate_limited = 0
@@ -117,6 +120,7 @@ class BinanceEmulator:
         self.injected: dict[str, int] = dict.fromkeys(INJECTED_KINDS, 0)
         self._server: Server | None = None
         self._pump_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self._clients: set[_Client] = set()
         self._subs: dict[str, tuple[_Client, ...]] = {}
         self._subscribed_changed = asyncio.Event()
@@ -128,8 +132,8 @@ class BinanceEmulator:
         if self.config.hold_at is None:
             self._released.set()
         self.protocol = self.config.protocol
-        self.rest = self.protocol.rest(self.config.recording, self.config.faults)
-        """The REST side (``/api/v3/...`` on the same port); ``rest.requests`` logs every request."""
+        self.rest: RestSide | None = self.protocol.rest(self.config.recording, self.config.faults)
+        """The REST side (e.g. ``/api/v3/...`` on the same port); ``rest.requests`` logs every request."""
 
     # --- lifecycle --------------------------------------------------------------------------------
     @property
@@ -170,13 +174,16 @@ class BinanceEmulator:
                 lambda: list(routable_frames(read_recording(self.config.recording), self.protocol.route))
             )
         self._pump_task = asyncio.create_task(self._pump(), name="emulator-replay")
+        if self.protocol.heartbeat is not None:
+            self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="emulator-heartbeats")
         log.info("emulator.started", url=self.url, recording=str(self.config.recording), speed=self.config.speed)
         return self.url
 
     async def close(self) -> None:
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            await asyncio.gather(self._pump_task, return_exceptions=True)
+        for task in (self._pump_task, self._heartbeat_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -209,6 +216,7 @@ class BinanceEmulator:
             "replayed": self.replayed,
             "missed": self.missed,
             "frames_sent": self.frames_sent,
+            "control_sent": self.control_sent,
             "connections": self.connections,
             "open_connections": len(self._clients),
             "disconnects_injected": self.disconnects_injected,
@@ -236,10 +244,11 @@ class BinanceEmulator:
         framing, streams = self.protocol.open(ws.request.path)
         client = _Client(ws, framing, {}, collections.deque(maxlen=self.config.max_client_messages_per_s))
         self.connections += 1
-        self._clients.add(client)
-        self._subscribe(client, streams)
-        log.debug("emulator.connected", path=ws.request.path, streams=len(streams))
         try:
+            await self._send_control(client, self.protocol.greeting())  # before any stream frame
+            self._clients.add(client)
+            self._subscribe(client, streams)
+            log.debug("emulator.connected", path=ws.request.path, streams=len(streams))
             async for message in ws:
                 if self._over_limit(client):
                     self.rate_limited += 1
@@ -249,12 +258,33 @@ class BinanceEmulator:
                 answer = self.protocol.control(list(client.streams), message)
                 self._subscribe(client, list(answer.subscribe))
                 self._unsubscribe(client, list(answer.unsubscribe))
-                if answer.reply is not None:
-                    await ws.send(answer.reply)
+                replies = [answer.reply] if answer.reply is not None else []
+                await self._send_control(client, [*replies, *answer.more])
         except ConnectionClosed:
             pass
         finally:
             self._forget(client)
+
+    async def _send_control(self, client: _Client, payloads: list[bytes]) -> None:
+        """The protocol's own frames (greeting, replies, heartbeats), counted in ``control_sent``."""
+        for payload in payloads:
+            await client.ws.send(payload, text=True)
+            client.last_sent = time.monotonic()
+            self.control_sent += 1
+
+    async def _heartbeats(self) -> None:
+        """Every ``heartbeat_interval_s``, the protocol's heartbeat to each subscribed connection that
+        was sent nothing for that long (Kraken: "in the absence of any other channel updates")."""
+        heartbeat, interval = self.protocol.heartbeat, self.protocol.heartbeat_interval_s
+        assert heartbeat is not None and interval > 0
+        while True:
+            await asyncio.sleep(interval / 4)
+            now = time.monotonic()
+            for client in [c for c in self._clients if c.streams and now - c.last_sent >= interval]:
+                try:
+                    await self._send_control(client, [heartbeat])
+                except ConnectionClosed:
+                    self._forget(client)
 
     def _over_limit(self, client: _Client) -> bool:
         """Binance's incoming limit: more than N messages within one second disconnects."""
@@ -344,7 +374,7 @@ class BinanceEmulator:
             frames = self._decoded
         else:
             frames = routable_frames(read_recording(self.config.recording), self.protocol.route)
-        source = apply_faults(frames, self.config.faults, self.injected)
+        source = apply_faults(frames, self.config.faults, self.injected, self.protocol)
         pending: collections.deque[OutFrame] = collections.deque()  # frames taken but not yet delivered
         t0: float | None = None
         r0 = 0
@@ -457,6 +487,7 @@ class BinanceEmulator:
         except ConnectionClosed:
             self._forget(client)
             return False
+        client.last_sent = time.monotonic()
         return True
 
 
