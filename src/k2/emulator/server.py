@@ -507,7 +507,7 @@ def _http_response(rest: RestResponse) -> Response:
 async def serve_forever(config: ReplayConfig, host: str = "127.0.0.1", port: int = 9443) -> None:
     """Run an emulator until cancelled (the ``k2 emulator`` command), logging its URL."""
     async with BinanceEmulator(config, host, port) as emu:
-        log.info("emulator.listening", url=emu.url, example=f"{emu.url}/stream?streams=btcusdt@trade/ethusdt@trade")
+        log.info("emulator.listening", url=emu.url, venue=config.protocol.name)
         await asyncio.Event().wait()
 
 
