@@ -292,6 +292,25 @@ def test_malformed_and_hostile_messages_are_quarantined_with_their_reason(tmp_pa
     assert pipeline.get_stats()["quality"]["gaps_detected"] == 0
 
 
+def test_a_restart_gap_is_found_from_the_table_and_backfilled(tmp_path: Path) -> None:
+    """Run 1 stops after message 200; the feed moves on while K2 is down; run 2 sees message 301 on: the
+    trades of messages 201-300 are one gap, found from the table's recorded state, backfilled over REST."""
+    settings = kraken_settings(tmp_path)
+    _embedded(settings, Faults(withhold=((201, len(FRAMES)),)))
+    first = {int(r["trade_id"]) for r in trade_rows(settings)}
+    down = {t["trade_id"] for f in FRAMES[200:300] for t in _loads(f.raw)["data"]}
+    assert first and max(first) < min(down)
+
+    pipeline, _ = _embedded(settings, Faults(withhold=((1, 300),)))
+    assert_exactly_the_recording(trade_rows(settings), down)
+    events = gap_events(settings)
+    assert [(e["first_id"], e["last_id"], e["status"]) for e in events] == [
+        (min(down), max(down), "OPEN"),
+        (min(down), max(down), "RESOLVED"),
+    ]
+    assert pipeline.get_stats()["quality"]["duplicates_dropped"] == 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
