@@ -8,7 +8,7 @@
   the clock): ``subscribe`` / ``unsubscribe`` with ``params.channel`` and ``params.symbol`` get one
   reply per symbol, ``{"method": "subscribe", "req_id": 1, "result": {"channel": "trade", "snapshot":
   true, "symbol": "BTC/USD"}, "success": true, ...}``, or ``success: false`` with an ``error``: a pair
-  AssetPairs does not list ``Currency pair not supported``, a second subscription ``Already
+  neither the bundled AssetPairs nor the recording has ``Currency pair not supported``, a second subscription ``Already
   subscribed``, an unsubscription of nothing ``Subscription Not Found``, a private channel Kraken's
   "Private data and trading are unavailable on this endpoint. Try ws-auth.kraken.com", anything
   else ``Unsupported event``. ``ping`` gets ``pong`` (``ping`` with ``params``: Kraken's
@@ -33,11 +33,11 @@ from typing import Any
 import msgspec
 
 from k2.emulator.contract import ControlAnswer
-from k2.emulator.faults import Faults, OutFrame
+from k2.emulator.faults import Faults, OutFrame, routable_frames
 from k2.emulator.kraken_faults import ADVERSARIAL_KINDS, bad_frame
 from k2.emulator.kraken_rest import KrakenRestEndpoints
 from k2.emulator.protocol import PathError
-from k2.emulator.recording import BUNDLED_DIR, RecordedFrame
+from k2.emulator.recording import BUNDLED_DIR, RecordedFrame, read_recording
 from k2.schema.kinds import RecordKind
 from k2.sources.base import RejectReason
 from k2.sources.kraken.asset_pairs import bundled_pairs
@@ -119,6 +119,8 @@ class KrakenProtocol:
     heartbeat: bytes | None = HEARTBEAT
     heartbeat_interval_s = 1.0
     adversarial_kinds: Mapping[str, RejectReason] = ADVERSARIAL_KINDS
+    _recording: Path | None = None  # set by rest(): its symbols may be subscribed even if AssetPairs lacks them
+    _recorded: frozenset[str] | None = None
 
     def open(self, target: str) -> tuple[str, list[str]]:
         if urllib.parse.urlsplit(target).path.rstrip("/") != WS_PATH:
@@ -161,7 +163,7 @@ class KrakenProtocol:
         for symbol in dict.fromkeys(params.symbol):
             stream = f"{params.channel}:{symbol}"
             error = None
-            if symbol not in _listed():
+            if symbol not in _listed() and symbol not in self._recorded_symbols():
                 error = "Currency pair not supported"
             elif subscribe and stream in subscribed:
                 error = "Already subscribed"
@@ -185,6 +187,13 @@ class KrakenProtocol:
             unsubscribe=() if subscribe else streams,
         )  # fmt: skip
 
+    def _recorded_symbols(self) -> frozenset[str]:
+        """The symbols of the recording being served (read once, when a pair AssetPairs lacks is asked for)."""
+        if self._recorded is None:
+            frames = [] if self._recording is None else routable_frames(read_recording(self._recording), route)
+            self._recorded = frozenset(f.stream.partition(":")[2] for f in frames if f.stream is not None)
+        return self._recorded
+
     def route(self, recorded: RecordedFrame) -> OutFrame:
         return route(recorded)
 
@@ -201,6 +210,7 @@ class KrakenProtocol:
         return bad_frame(source, kind)
 
     def rest(self, recording: Path, faults: Faults) -> KrakenRestEndpoints:
+        self._recording, self._recorded = recording, None
         return KrakenRestEndpoints(recording, faults)
 
 

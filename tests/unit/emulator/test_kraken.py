@@ -9,6 +9,7 @@ import gzip
 import json
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from k2.emulator.kraken_faults import ADVERSARIAL_KINDS
 from k2.emulator.kraken_recording import render
 from k2.emulator.kraken_rest import KrakenRestEndpoints
 from k2.emulator.protocol import PathError
-from k2.emulator.recording import RecordedFrame, read_recording
+from k2.emulator.recording import RecordedFrame, RecordingWriter, read_recording
 from k2.emulator.server import BinanceEmulator, ReplayConfig
 from k2.schema.kinds import RecordKind
 from k2.sources import RawFrame
@@ -147,6 +148,19 @@ def test_one_reply_per_symbol_and_the_subscription_errors() -> None:
     for garbage in ("not json", '{"params":{}}', '{"method":"subscribe","params":{"channel":"trade"}}'):
         reply = PROTOCOL.control([], garbage).reply
         assert reply is not None and json.loads(reply)["error"] == "Unsupported event"
+
+
+def test_a_pair_of_the_recording_may_be_subscribed_though_the_bundled_asset_pairs_lacks_it(tmp_path: Path) -> None:
+    """A capture of a pair listed after 2021 (here: a real message with its symbol renamed) is served."""
+    recording = tmp_path / "newer.jsonl"
+    with RecordingWriter(recording) as writer:
+        writer.write(SNIPPETS["trade_update"].replace("BTC/USD", "PYUSD/USD"), 1_716_813_792_000_000)
+    protocol = KrakenProtocol()
+    request = json.dumps({"method": "subscribe", "params": {"channel": "trade", "symbol": ["PYUSD/USD"]}})
+    assert json.loads(protocol.control([], request).reply or b"{}")["error"] == "Currency pair not supported"
+    protocol.rest(recording, Faults())  # the server hands the protocol its recording
+    answer = protocol.control([], request)
+    assert answer.subscribe == ("trade:PYUSD/USD",) and json.loads(answer.reply or b"{}")["success"] is True
 
 
 # --- bad frames ----------------------------------------------------------------------------------------------
