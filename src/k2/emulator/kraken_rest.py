@@ -39,7 +39,7 @@ from k2.emulator.recording import read_recording
 from k2.emulator.rest import RestRequest, RestResponse
 from k2.sources.kraken.asset_pairs import BUNDLED_ASSET_PAIRS
 from k2.sources.kraken.rest import ASSET_PAIRS_PATH, MAX_COUNT, TRADES_PATH
-from k2.sources.kraken.symbols import v2_symbol
+from k2.sources.kraken.symbols import KrakenSymbols, v2_symbol
 from k2.sources.kraken.values import json_scalar_text, rfc3339_us
 from k2.sources.kraken.wire import TRADE_CHANNEL, Trade
 
@@ -163,7 +163,7 @@ class KrakenRestEndpoints:
             return RestResponse(200, _JSON, BUNDLED_ASSET_PAIRS.read_bytes()), ""
         if path != TRADES_PATH:
             return _error(200, "EGeneral:Unknown method"), "EGeneral:Unknown method"
-        symbol = self._spellings.get(query.get("pair", "").upper())
+        symbol = self._symbol(query.get("pair", "").upper())
         if symbol is None:
             error = "EQuery:Unknown asset pair" if query.get("pair") else "EGeneral:Invalid arguments"
             return _error(200, error), error
@@ -185,6 +185,16 @@ class KrakenRestEndpoints:
                 return RestResponse(200, right.headers, empty), ""
             return RestResponse(right.status, right.headers, right.body, delay_s=value), ""  # REST_SLOW
         return self._trades(symbol, query)
+
+    def _symbol(self, pair: str) -> str | None:
+        """The v2 symbol of a REST ``pair``: an AssetPairs spelling, or a pair only the recording has
+        (its v2 symbol, or its assets run together in Kraken's legacy codes, as K2 asks for it)."""
+        if pair in self._spellings:
+            return self._spellings[pair]
+        for symbol in self._index():
+            if pair in (symbol, KrakenSymbols({}).rest_pair(symbol)):
+                return symbol
+        return None
 
     def _take_token(self, symbol: str, now: float) -> bool:
         """Kraken's public limit, per pair: a token bucket (``requests_per_s``, ``burst``)."""

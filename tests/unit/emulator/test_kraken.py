@@ -161,6 +161,9 @@ def test_a_pair_of_the_recording_may_be_subscribed_though_the_bundled_asset_pair
     protocol.rest(recording, Faults())  # the server hands the protocol its recording
     answer = protocol.control([], request)
     assert answer.subscribe == ("trade:PYUSD/USD",) and json.loads(answer.reply or b"{}")["success"] is True
+    rest = protocol.rest(recording, Faults())
+    page = _get(rest, "/0/public/Trades?pair=PYUSDUSD&since=0")  # the REST pair K2 asks for it
+    assert [row[6] for row in page["result"]["PYUSDUSD"]] == [70635299, 70635300]
 
 
 # --- bad frames ----------------------------------------------------------------------------------------------
