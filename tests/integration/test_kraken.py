@@ -38,7 +38,7 @@ from k2.query.engine import QueryEngine
 from k2.schema.kinds import RecordKind
 from k2.services.pipeline import EmbeddedPipeline
 from k2.services.quality_report import quality_report_dicts
-from k2.sources.kraken.values import rfc3339_us
+from k2.sources.timestamps import parse_us
 from tests.conftest import eventually, eventually_async
 from tests.pacing import assert_paced
 
@@ -210,7 +210,7 @@ def assert_exactly_the_recording(rows: list[dict[str, Any]], backfilled: set[int
         assert (r["symbol"], r["exchange"], r["currency"]) == ("BTC/USDT", "KRAKEN", "USDT")
         assert (r["price"], r["quantity"]) == (t["price"], t["qty"])
         assert r["side"] == t["side"].upper() and r["source_sequence"] == t["trade_id"]
-        assert int(r["timestamp"].timestamp() * 1_000_000) == rfc3339_us(t["timestamp"])
+        assert int(r["timestamp"].timestamp() * 1_000_000) == parse_us(t["timestamp"])
         vendor = dict(r["vendor_data"])
         assert vendor["ord_type"] == t["ord_type"] and vendor["quote_asset"] == "USDT"
     assert {int(r["trade_id"]) for r in rows if dict(r["vendor_data"]).get("backfilled") == "true"} == backfilled

@@ -88,16 +88,18 @@ class WorkerPool:
 
     def __init__(self, settings: K2Settings, catalog: Catalog | None = None) -> None:
         api, lake = settings.api, settings.lake
+        self._owns_catalog = catalog is None
         self.catalog = catalog or open_catalog(lake)
         try:
             table = load_or_create_table(self.catalog, lake, RecordKind.TRADES)
-        except K2Error:
-            raise
-        except Exception as exc:
+            self._base = sql.open_connection(
+                namespace_directory(table), memory_limit=api.duckdb_memory_limit, threads=api.duckdb_threads
+            )
+        except BaseException as exc:
+            self._close_catalog()
+            if isinstance(exc, K2Error) or not isinstance(exc, Exception):
+                raise
             raise QueryError(f"cannot load the trades table: {exc}") from exc
-        self._base = sql.open_connection(
-            namespace_directory(table), memory_limit=api.duckdb_memory_limit, threads=api.duckdb_threads
-        )
         self.workers: list[Worker] = []
         for _ in range(api.workers):
             cursor = self._base.cursor()
@@ -164,3 +166,11 @@ class WorkerPool:
         for worker in self.workers:
             worker.engine.close()
         self._base.close()
+        self._close_catalog()
+
+    def _close_catalog(self) -> None:
+        """Close the catalog's database connections (a SQL catalog's pool: PostgreSQL, SQLite) if this
+        pool opened the catalog."""
+        engine = getattr(self.catalog, "engine", None) if self._owns_catalog else None
+        if engine is not None:
+            engine.dispose()

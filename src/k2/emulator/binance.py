@@ -13,6 +13,7 @@ entry's ``emulator`` (``k2.sources.binance.VENUE``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from k2.emulator.contract import ControlAnswer
@@ -35,8 +36,8 @@ class BinanceProtocol(BinanceBadFrames):
     name = "binance"
     default_recording: Path = BUNDLED_BINANCE_TRADES
     max_client_messages_per_s = 5
-    heartbeat: bytes | None = None  # Binance keeps connections alive with WebSocket pings only
-    heartbeat_interval_s = 0.0
+    example_target = "/stream?streams=btcusdt@trade/ethusdt@trade"
+    heartbeat_interval_s: float | None = None  # Binance keeps connections alive with WebSocket pings only
 
     def open(self, target: str) -> tuple[str, list[str]]:
         """(framing, streams to start with) of a handshake target; :class:`PathError` to refuse it.
@@ -45,6 +46,9 @@ class BinanceProtocol(BinanceBadFrames):
         return ("combined" if combined else "raw"), streams
 
     def greeting(self) -> list[bytes]:
+        return []
+
+    def heartbeat(self, streams: Sequence[str], idle_s: float, now_us: int) -> list[bytes]:
         return []
 
     def control(self, subscribed: list[str], message: str | bytes) -> ControlAnswer:

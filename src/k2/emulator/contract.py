@@ -1,17 +1,32 @@
 """What a venue's emulator protocol provides (the ``emulator`` of a :class:`k2.sources.venue.Venue`).
 
 The server (:mod:`k2.emulator.server`) owns everything venue-neutral: the replay cursor and pace,
-clients and their subscriptions, fault injection, disconnects, backpressure, and the timing of
-greetings and heartbeats. A protocol says what is the venue's own: how a handshake target
-subscribes, what a new connection is greeted with, how control messages are answered (one or more
-replies), the heartbeat an idle subscribed connection gets, which stream each recorded frame
-belongs to and how it is framed for a client, how bad frames are made from real ones
-(:class:`k2.emulator.faults.BadFrames`), and the REST side. Binance's is
-:class:`k2.emulator.binance.BinanceProtocol`, Kraken's :class:`k2.emulator.kraken.KrakenProtocol`.
+clients and their subscriptions, fault injection, disconnects, backpressure, the incoming-message
+limit, and *when* greetings, replies and heartbeats are sent (and counting them in
+``control_sent``). A protocol says what is the venue's own, and every member is required (a venue
+without one of them says so with an empty value: Binance greets with nothing and sends no heartbeat):
+
+* the handshake: which targets open a connection, with which framing and streams (:meth:`open`),
+  and what a new connection receives first (:meth:`greeting`);
+* control messages: each is answered with a :class:`ControlAnswer` (one reply or several, and the
+  streams it subscribes or unsubscribes); ``max_client_messages_per_s`` is the rate beyond which
+  the venue closes the connection;
+* heartbeats: every ``heartbeat_interval_s`` (None: never) the server asks :meth:`heartbeat` what
+  one client gets now, given its streams and how long it was sent no stream frame (Coinbase: one
+  message per ``heartbeat:<product>`` stream, always; Kraken: one ``heartbeat`` when idle);
+* recorded frames: which stream each belongs to (:meth:`route`) and its bytes for a client
+  (:meth:`payload`);
+* bad frames (:class:`k2.emulator.faults.BadFrames`): which frames carry trades or quotes, how a bad
+  frame of each kind is made from a real one, the venue's adversarial kinds;
+* the REST side on the same port (:meth:`rest`, a :class:`RestSide`).
+
+Binance's is :class:`k2.emulator.binance.BinanceProtocol`, Coinbase's
+:class:`k2.emulator.coinbase.CoinbaseProtocol`, Kraken's :class:`k2.emulator.kraken.KrakenProtocol`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,30 +38,31 @@ from k2.emulator.rest import RestRequest, RestResponse
 
 @dataclass(frozen=True, slots=True)
 class ControlAnswer:
-    """What the server does with one client message: reply (``reply``, then each of ``more``), and
-    change the client's subscription."""
+    """What the server does with one client message: change the client's subscription, then send
+    ``reply`` and each of ``more`` (Kraken acknowledges a subscribe once per symbol)."""
 
     reply: bytes | None
     subscribe: tuple[str, ...] = ()
     unsubscribe: tuple[str, ...] = ()
-    more: tuple[bytes, ...] = ()  # further replies (Kraken acknowledges a subscribe once per symbol)
+    more: tuple[bytes, ...] = ()
 
 
 class RestSide(Protocol):
-    """A venue's REST endpoints, served on the WebSocket's port."""
+    """A venue's REST endpoints, served on the emulator's port (plain HTTP requests)."""
 
-    requests: list[RestRequest]  # every request, for tests to check a client's pacing
+    requests: list[RestRequest]  # every request answered, in order (tests check a client's pacing)
 
     def handle(self, target: str) -> RestResponse | None:
-        """The answer to ``GET target``; None when ``target`` is not one of its paths."""
+        """The response to ``GET target``, or None when ``target`` is not one of its paths."""
         ...
 
 
 class EmulatorProtocol(BadFrames, Protocol):
     name: str
     default_recording: Path
-    heartbeat: bytes | None  # sent to a subscribed connection idle for heartbeat_interval_s; None: never
-    heartbeat_interval_s: float
+    example_target: str  # a handshake target the ``k2 emulator`` log shows (Binance: /stream?streams=...)
+    max_client_messages_per_s: int  # more client messages within one second: the connection is closed
+    heartbeat_interval_s: float | None  # how often heartbeat() is asked, per connection; None: never
 
     def open(self, target: str) -> tuple[str, list[str]]:
         """(framing, streams subscribed from the start) of a handshake target; raise
@@ -54,10 +70,15 @@ class EmulatorProtocol(BadFrames, Protocol):
         ...
 
     def greeting(self) -> list[bytes]:
-        """Frames a new connection receives first (Kraken: its ``status``); Binance: none."""
+        """Frames a new connection receives before anything else (Kraken: its ``status``)."""
         ...
 
     def control(self, subscribed: list[str], message: str | bytes) -> ControlAnswer: ...
+
+    def heartbeat(self, streams: Sequence[str], idle_s: float, now_us: int) -> list[bytes]:
+        """What a connection subscribed to ``streams``, sent no stream frame for ``idle_s`` seconds,
+        receives at ``now_us`` (UTC µs) without a recorded frame; ``[]``: nothing."""
+        ...
 
     def route(self, recorded: RecordedFrame) -> OutFrame:
         """The recorded frame with the stream it belongs to (``stream=None``: never sent)."""

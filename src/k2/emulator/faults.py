@@ -5,15 +5,14 @@ combined-stream and the raw form, plus its stream name) and applies :class:`Faul
 swapped neighbours and bad frames built from the real frame they follow. Disconnects are applied by
 the server, which knows when a frame has been sent. Everything here is pure: no sockets, no clock.
 
-Every bad-frame kind maps to the :class:`k2.sources.base.RejectReason` the Binance parser must give
-it (:data:`EXPECTED_REASON`), so tests can compare what was injected with what was quarantined. The
-six :data:`MALFORMED_KINDS` are named after their reason; the :data:`ADVERSARIAL_KINDS` are values a
-hostile or broken venue could send that once crashed K2 or were stored as good (issue 9).
-
-Which frames carry trades or quotes, and how a bad frame is made from a real one, is the venue's
-(:class:`BadFrames`, part of every emulator protocol); :data:`BINANCE_FRAMES` is Binance's, the default.
-Another venue names its own adversarial kinds (:func:`expected_reasons` gives the whole mapping).
-"""
+Which frames carry trades or quotes, and how a bad frame is made from a real one, is the venue's:
+:class:`BadFrames`, part of every emulator protocol (:data:`BINANCE_FRAMES` is Binance's, the
+default here). Every bad-frame kind maps to the :class:`k2.sources.base.RejectReason` the venue's
+parser must give it (:func:`expected_reasons`), so tests can compare what was injected with what was
+quarantined. The six :data:`MALFORMED_KINDS` are named after their reason and shared by all venues;
+the adversarial kinds are values a hostile or broken venue could send that once crashed K2 or were
+stored as good (issue 9): Binance's :data:`ADVERSARIAL_KINDS` (Coinbase makes the same kinds in its
+own form), or a venue's own (Kraken's)."""
 
 from __future__ import annotations
 
@@ -69,14 +68,15 @@ ADVERSARIAL_KINDS: dict[str, RejectReason] = {
 }
 """Adversarial kinds ``adversarial_every`` cycles through, in order, with the reason the parser must give."""
 
-CROSSED_QUOTE = "crossed_quote"  # a bookTicker with its bid and ask swapped: bid > ask
+CROSSED_QUOTE = "crossed_quote"  # a quote with its bid and ask swapped: bid > ask
 
 EXPECTED_REASON: dict[str, RejectReason] = {
     **{kind: RejectReason(kind) for kind in MALFORMED_KINDS},
     **ADVERSARIAL_KINDS,
     CROSSED_QUOTE: RejectReason.CROSSED_BOOK,
 }
-"""Every bad-frame kind and the reason the Binance parser must quarantine it with."""
+"""Every bad-frame kind of a venue whose adversarial kinds are :data:`ADVERSARIAL_KINDS` (Binance, Coinbase) and
+the reason its parser must quarantine it with: ``expected_reasons(BINANCE_FRAMES)``."""
 
 FOREIGN_PREFIX = "XK2"
 """Prefix making the symbol of an ``unsubscribed_stream`` / ``stream_symbol_mismatch`` frame foreign
@@ -103,14 +103,15 @@ class Faults:
     * ``reorder_every``: swap the k-th recorded frame with the one after it (k, 2k, ...).
     * ``malformed_every``: after every k-th recorded *trade* frame, insert a bad frame built from it,
       cycling through :data:`MALFORMED_KINDS` (trades only: the kinds mutate trade fields).
-    * ``adversarial_every``: the same with :data:`ADVERSARIAL_KINDS` (after the malformed one when
-      both fall on a frame). Each is sent on the connection subscribed to the real frame's stream,
-      even when its content names a foreign stream or symbol.
-    * ``crossed_every``: after every k-th recorded ``bookTicker`` frame, insert a copy with its bid and
+    * ``adversarial_every``: the same with the venue's ``BadFrames.adversarial_kinds`` (Binance's
+      :data:`ADVERSARIAL_KINDS`), after the malformed one when both fall on a frame. Each is sent on
+      the connection subscribed to the real frame's stream, even when its content names a foreign
+      stream or symbol.
+    * ``crossed_every``: after every k-th recorded quote frame, insert a copy with its bid and
       ask swapped (a crossed book, :data:`CROSSED_QUOTE`).
     * ``withhold``: ``(start, count)`` ranges of recorded frames (1-based positions) never sent on the
       WebSocket; the REST endpoints still serve their trades (a gap that backfill can close).
-    * ``rest_errors``: answers given, in order, to the first ``historicalTrades`` requests instead
+    * ``rest_errors``: answers given, in order, to the first trade-page requests instead
       of the right one: ``(status, retry_after_s)`` for an HTTP error (e.g. ``((429, 1.0), (503,
       0.5))``), or one of :data:`REST_FAULT_KINDS` with a number: ``("bad_body", 0)`` a 200 whose
       JSON is cut in half, ``("empty_page", 0)`` a 200 with ``[]``, ``("slow", s)`` the right answer
@@ -387,7 +388,7 @@ def apply_faults(
         if dup and position % dup == 0:
             _count(injected, DUPLICATE)
             yield OutFrame(frame.stream, frame.combined, frame.raw, frame.recv_us, DUPLICATE)
-        kind_of = venue.record_kind(frame) if frame.stream is not None else None
+        kind_of = venue.record_kind(frame)
         if kind_of is RecordKind.TRADES:
             trades += 1
             for every, kinds in ((bad, MALFORMED_KINDS), (hostile, adversarial)):

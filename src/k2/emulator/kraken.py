@@ -15,9 +15,11 @@
   ``Unsupported field: 'params' for the given msg type: ping``).
 * Streams are ``<channel>:<symbol>`` (``trade:BTC/USDT``, ``ticker:BTC/USD``); each recorded frame is
   routed by its channel and its first element's symbol and sent byte for byte.
-* A subscribed connection that was sent nothing for a second gets ``{"channel":"heartbeat"}``.
+* A subscribed connection that was sent no channel update for a second gets ``{"channel":"heartbeat"}``
+  (:meth:`KrakenProtocol.heartbeat`, asked every second).
 * Not emulated: the trade snapshot a real subscribe answers with (the recording's first trade message
-  per pair is a snapshot; it is not re-sent on a later subscribe), book channels, the message-rate limit.
+  per pair is a snapshot; it is not re-sent on a later subscribe), book channels, Kraken's "dynamic"
+  message-rate limit (the emulator closes a connection beyond 5 client messages a second).
 * REST on the same port: :class:`k2.emulator.kraken_rest.KrakenRestEndpoints`.
 """
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -41,8 +43,8 @@ from k2.emulator.recording import BUNDLED_DIR, RecordedFrame, read_recording
 from k2.schema.kinds import RecordKind
 from k2.sources.base import RejectReason
 from k2.sources.kraken.asset_pairs import bundled_pairs
-from k2.sources.kraken.values import us_to_rfc3339
 from k2.sources.kraken.wire import HEARTBEAT_CHANNEL, TICKER_CHANNEL, TRADE_CHANNEL, WS_PATH
+from k2.sources.timestamps import format_us
 
 BUNDLED_KRAKEN = BUNDLED_DIR / "kraken_v2_btcusdt_trades_2025-11-10_btcusd_ticker_2024-05.jsonl.gz"
 """1,000 real Kraken trades (BTC/USDT, rendered from a REST page) and 2 real v2 tickers (BTC/USD)."""
@@ -53,6 +55,7 @@ STATUS = (
 )
 """A real v2 status message (kraken-async-rs, 2024-05; tests/fixtures/kraken/README.md)."""
 HEARTBEAT = b'{"channel":"%s"}' % HEARTBEAT_CHANNEL.encode()
+HEARTBEAT_AFTER_S = 1.0  # Kraken: a heartbeat "approximately once per second in the absence of other updates"
 DATA_CHANNELS = frozenset({TRADE_CHANNEL, TICKER_CHANNEL})
 PUBLIC_CHANNELS = frozenset({TRADE_CHANNEL, TICKER_CHANNEL, "book", "ohlc", "instrument"})
 PRIVATE_CHANNELS = frozenset({"executions", "balances", "level3"})
@@ -108,7 +111,7 @@ def _listed() -> frozenset[str]:
 
 
 def _now_text() -> str:
-    return us_to_rfc3339(time.time_ns() // 1000)
+    return format_us(time.time_ns() // 1000)
 
 
 class KrakenProtocol:
@@ -116,8 +119,11 @@ class KrakenProtocol:
 
     name = "kraken"
     default_recording: Path = BUNDLED_KRAKEN
-    heartbeat: bytes | None = HEARTBEAT
-    heartbeat_interval_s = 1.0
+    example_target = WS_PATH
+    # Kraken's message rate is "dynamic" (it answers "Exceeded msg rate"); the emulator closes beyond this,
+    # above the 4 a second K2 sends at most (k2.sources.kraken.wire.MAX_CONTROL_MESSAGES_PER_SECOND).
+    max_client_messages_per_s = 5
+    heartbeat_interval_s: float | None = HEARTBEAT_AFTER_S
     adversarial_kinds: Mapping[str, RejectReason] = ADVERSARIAL_KINDS
     _recording: Path | None = None  # set by rest(): its symbols may be subscribed even if AssetPairs lacks them
     _recorded: frozenset[str] | None = None
@@ -129,6 +135,11 @@ class KrakenProtocol:
 
     def greeting(self) -> list[bytes]:
         return [STATUS]
+
+    def heartbeat(self, streams: Sequence[str], idle_s: float, now_us: int) -> list[bytes]:
+        """``{"channel":"heartbeat"}`` to a subscribed connection sent nothing for a second ("in the absence
+        of any other channel updates", Kraken's documentation)."""
+        return [HEARTBEAT] if streams and idle_s >= HEARTBEAT_AFTER_S else []
 
     def control(self, subscribed: list[str], message: str | bytes) -> ControlAnswer:
         time_in = _now_text()

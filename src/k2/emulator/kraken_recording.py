@@ -32,7 +32,8 @@ from pathlib import Path
 import msgspec
 
 from k2.emulator.recording import RecordedFrame, RecordingWriter
-from k2.sources.kraken.values import json_scalar_text, seconds_us, us_to_rfc3339
+from k2.sources.kraken.values import json_scalar_text, seconds_us
+from k2.sources.timestamps import format_us
 
 SNAPSHOT_TRADES = 50
 TICKER_SNIPPETS = ("ticker_snapshot", "ticker_update")
@@ -61,7 +62,7 @@ def _trade(row: list[msgspec.Raw], symbol: str) -> tuple[str, str, int]:
     assert time_us is not None
     element = (
         f'{{"symbol":{json.dumps(symbol)},"side":"{_SIDES[side]}","price":{price},"qty":{qty},'
-        f'"ord_type":"{_ORDER_TYPES[order]}","trade_id":{trade_id},"timestamp":"{us_to_rfc3339(time_us)}"}}'
+        f'"ord_type":"{_ORDER_TYPES[order]}","trade_id":{trade_id},"timestamp":"{format_us(time_us)}"}}'
     )
     return element, time_text, time_us
 

@@ -40,8 +40,9 @@ from k2.emulator.rest import RestRequest, RestResponse
 from k2.sources.kraken.asset_pairs import BUNDLED_ASSET_PAIRS
 from k2.sources.kraken.rest import ASSET_PAIRS_PATH, MAX_COUNT, TRADES_PATH
 from k2.sources.kraken.symbols import KrakenSymbols, v2_symbol
-from k2.sources.kraken.values import json_scalar_text, rfc3339_us
+from k2.sources.kraken.values import json_scalar_text
 from k2.sources.kraken.wire import TRADE_CHANNEL, Trade
+from k2.sources.timestamps import parse_us
 
 PUBLIC_PREFIX = "/0/public/"
 RATE_LIMIT_ERROR = "EAPI:Rate limit exceeded"
@@ -133,7 +134,7 @@ class KrakenRestEndpoints:
                 if message.channel != TRADE_CHANNEL:
                     continue
                 for t in message.data:
-                    time_us = rfc3339_us(t.timestamp)
+                    time_us = parse_us(t.timestamp)
                     if time_us is not None:
                         trades.setdefault(t.symbol, {})[t.trade_id] = (time_us, t)
             self._books = {}

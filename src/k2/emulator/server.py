@@ -1,14 +1,11 @@
 """A local WebSocket server speaking a venue's stream protocol, replaying a recording.
 
-The venue's own part (handshake, control messages, framing, REST) is its emulator protocol
-(:class:`k2.emulator.contract.EmulatorProtocol`; Binance's by default,
-:class:`k2.emulator.binance.BinanceProtocol`: ``/stream?streams=a@trade/b@trade`` sends the recorded
-combined envelopes byte for byte, ``/ws/<stream>...`` only their ``data`` objects, SUBSCRIBE /
-UNSUBSCRIBE / LIST_SUBSCRIPTIONS on the socket). A client receives only the streams it subscribed
-to. One replay cursor is shared by all connections, and a frame
-that could not be delivered waits for the next connection, so a client that reconnects after an
-injected disconnect carries on where the stream stopped. In *live* mode the cursor moves on at the
-replay pace whether anyone is connected or not, and a frame nobody received is gone from the
+The venue's own part (handshake, greeting, control replies, heartbeats, framing, bad frames, REST) is
+its emulator protocol (:class:`k2.emulator.contract.EmulatorProtocol`; Binance's by default). A
+client receives only the streams it subscribed to. One replay cursor is shared by all connections,
+and a frame that could not be delivered waits for the next connection, so a client that reconnects
+after an injected disconnect carries on where the stream stopped. In *live* mode the cursor moves on
+at the replay pace whether anyone is connected or not, and a frame nobody received is gone from the
 stream (the REST side still serves it), as on a real venue. See docs/emulator.md.
 """
 
@@ -48,7 +45,7 @@ _BATCH = 128  # frames framed into one socket write
 
 @dataclass(frozen=True, slots=True)
 class ReplayConfig:
-    """How to replay: which recording, how fast, which faults, and the Binance limits to enforce.
+    """How to replay: which recording, how fast, which faults, in which venue's protocol.
 
     ``speed=None`` sends as fast as clients read (write backpressure applies), ``1.0`` at the
     recorded pace (from the ``recv_us`` deltas), ``N`` N times faster. The replay starts when
@@ -63,7 +60,7 @@ class ReplayConfig:
     faults: Faults = field(default_factory=Faults)
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 60.0
-    max_client_messages_per_s: int = 5
+    max_client_messages_per_s: int | None = None  # None: the protocol's own limit
     min_clients: int = 1
     preload: bool = False  # decode the whole recording before listening (benchmarks measure the client)
     live: bool = False
@@ -79,7 +76,7 @@ class ReplayConfig:
             raise ConfigError("live mode needs a pace: give a speed")
         if self.min_clients < 1:
             raise ConfigError("min_clients must be >= 1")
-        if self.max_client_messages_per_s < 1:
+        if self.max_client_messages_per_s is not None and self.max_client_messages_per_s < 1:
             raise ConfigError("max_client_messages_per_s must be >= 1")
 
 
@@ -89,7 +86,8 @@ class _Client:
     framing: str  # the protocol's: how this client's frames look (Binance: combined or raw)
     streams: dict[str, None]  # insertion-ordered set
     recent: collections.deque[float]
-    last_sent: float = 0.0  # monotonic time of the last frame written to it (heartbeats go to idle ones)
+    # monotonic time of the last replayed frame written to it, or of its connection (heartbeat()'s idle_s)
+    last_frame: float = field(default_factory=time.monotonic)
 
 
 class BinanceEmulator:
@@ -97,8 +95,8 @@ class BinanceEmulator:
 
     Counters for tests: ``replayed`` (recorded frames delivered: the cursor), ``missed`` (recorded
     frames due that no client received: unsubscribed streams, and in live mode no client),
-    ``frames_sent`` (all stream frames written to clients, duplicates and bad frames included, per
-    connection), ``control_sent`` (the protocol's own frames: greetings, replies to control messages,
+    ``frames_sent`` (all replayed frames written to clients, duplicates and bad frames included, per
+    connection), ``control_sent`` (frames the protocol made up: greetings, replies to control messages,
     heartbeats), ``connections``, ``disconnects_injected``, ``rate_limited``, ``replays_completed``
     and ``injected`` (by kind).
     """
@@ -120,7 +118,6 @@ class BinanceEmulator:
         self.injected: dict[str, int] = dict.fromkeys(INJECTED_KINDS, 0)
         self._server: Server | None = None
         self._pump_task: asyncio.Task[None] | None = None
-        self._heartbeat_task: asyncio.Task[None] | None = None
         self._clients: set[_Client] = set()
         self._subs: dict[str, tuple[_Client, ...]] = {}
         self._subscribed_changed = asyncio.Event()
@@ -132,6 +129,7 @@ class BinanceEmulator:
         if self.config.hold_at is None:
             self._released.set()
         self.protocol = self.config.protocol
+        self._client_messages_per_s = self.config.max_client_messages_per_s or self.protocol.max_client_messages_per_s
         self.rest: RestSide | None = self.protocol.rest(self.config.recording, self.config.faults)
         """The REST side (e.g. ``/api/v3/...`` on the same port); ``rest.requests`` logs every request."""
 
@@ -174,16 +172,13 @@ class BinanceEmulator:
                 lambda: list(routable_frames(read_recording(self.config.recording), self.protocol.route))
             )
         self._pump_task = asyncio.create_task(self._pump(), name="emulator-replay")
-        if self.protocol.heartbeat is not None:
-            self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="emulator-heartbeats")
         log.info("emulator.started", url=self.url, recording=str(self.config.recording), speed=self.config.speed)
         return self.url
 
     async def close(self) -> None:
-        for task in (self._pump_task, self._heartbeat_task):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            await asyncio.gather(self._pump_task, return_exceptions=True)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -242,52 +237,57 @@ class BinanceEmulator:
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         framing, streams = self.protocol.open(ws.request.path)
-        client = _Client(ws, framing, {}, collections.deque(maxlen=self.config.max_client_messages_per_s))
+        client = _Client(ws, framing, {}, collections.deque(maxlen=self._client_messages_per_s))
         self.connections += 1
+        interval_s = self.protocol.heartbeat_interval_s
+        beats = None
         try:
-            await self._send_control(client, self.protocol.greeting())  # before any stream frame
+            if not await self._send_control(client, self.protocol.greeting()):  # before any stream frame
+                return
             self._clients.add(client)
             self._subscribe(client, streams)
             log.debug("emulator.connected", path=ws.request.path, streams=len(streams))
+            if interval_s is not None:
+                beats = asyncio.create_task(self._heartbeats(client, interval_s), name="emulator-heartbeats")
             async for message in ws:
                 if self._over_limit(client):
                     self.rate_limited += 1
-                    log.info("emulator.rate_limited", limit=self.config.max_client_messages_per_s)
+                    log.info("emulator.rate_limited", limit=self._client_messages_per_s)
                     await ws.close(1008, "too many requests")
                     return
                 answer = self.protocol.control(list(client.streams), message)
                 self._subscribe(client, list(answer.subscribe))
                 self._unsubscribe(client, list(answer.unsubscribe))
-                replies = [answer.reply] if answer.reply is not None else []
-                await self._send_control(client, [*replies, *answer.more])
+                await self._send_control(client, [r for r in (answer.reply, *answer.more) if r is not None])
         except ConnectionClosed:
             pass
         finally:
+            if beats is not None:
+                beats.cancel()
             self._forget(client)
 
-    async def _send_control(self, client: _Client, payloads: list[bytes]) -> None:
-        """The protocol's own frames (greeting, replies, heartbeats), counted in ``control_sent``."""
-        for payload in payloads:
-            await client.ws.send(payload, text=True)
-            client.last_sent = time.monotonic()
-            self.control_sent += 1
+    async def _send_control(self, client: _Client, payloads: list[bytes]) -> bool:
+        """The protocol's own frames (greeting, replies, heartbeats), counted in ``control_sent``;
+        False when the connection is gone."""
+        if not payloads:
+            return True
+        if not await self._write(client, payloads):
+            return False
+        self.control_sent += len(payloads)
+        return True
 
-    async def _heartbeats(self) -> None:
-        """Every ``heartbeat_interval_s``, the protocol's heartbeat to each subscribed connection that
-        was sent nothing for that long (Kraken: "in the absence of any other channel updates")."""
-        heartbeat, interval = self.protocol.heartbeat, self.protocol.heartbeat_interval_s
-        assert heartbeat is not None and interval > 0
+    async def _heartbeats(self, client: _Client, interval_s: float) -> None:
+        """Every ``interval_s`` while the connection lasts: what the protocol's ``heartbeat`` gives it."""
         while True:
-            await asyncio.sleep(interval / 4)
-            now = time.monotonic()
-            for client in [c for c in self._clients if c.streams and now - c.last_sent >= interval]:
-                try:
-                    await self._send_control(client, [heartbeat])
-                except ConnectionClosed:
-                    self._forget(client)
+            await asyncio.sleep(interval_s)
+            idle_s = time.monotonic() - client.last_frame
+            beats = self.protocol.heartbeat(list(client.streams), idle_s, time.time_ns() // 1000)
+            if not await self._send_control(client, beats):
+                return
 
     def _over_limit(self, client: _Client) -> bool:
-        """Binance's incoming limit: more than N messages within one second disconnects."""
+        """The venue's incoming limit: more than ``max_client_messages_per_s`` messages within one second
+        close the connection (1008)."""
         now = time.monotonic()
         recent = client.recent
         over = len(recent) == recent.maxlen and now - recent[0] < 1.0
@@ -456,6 +456,7 @@ class BinanceEmulator:
         sent = 0
         for client, (payloads, indexes) in plan.items():
             if await self._write(client, payloads):
+                client.last_frame = time.monotonic()
                 sent += len(payloads)
                 for i in indexes:
                     delivered[i] = True
@@ -487,7 +488,6 @@ class BinanceEmulator:
         except ConnectionClosed:
             self._forget(client)
             return False
-        client.last_sent = time.monotonic()
         return True
 
 
@@ -507,7 +507,8 @@ def _http_response(rest: RestResponse) -> Response:
 async def serve_forever(config: ReplayConfig, host: str = "127.0.0.1", port: int = 9443) -> None:
     """Run an emulator until cancelled (the ``k2 emulator`` command), logging its URL."""
     async with BinanceEmulator(config, host, port) as emu:
-        log.info("emulator.listening", url=emu.url, venue=config.protocol.name)
+        example = emu.url + emu.protocol.example_target
+        log.info("emulator.listening", url=emu.url, venue=emu.protocol.name, example=example)
         await asyncio.Event().wait()
 
 
@@ -601,10 +602,4 @@ class EmulatorThread:
             await self.emulator.close()
 
 
-__all__ = [
-    "BinanceEmulator",
-    "EmulatorThread",
-    "Faults",
-    "ReplayConfig",
-    "serve_forever",
-]
+__all__ = ["BinanceEmulator", "EmulatorThread", "Faults", "ReplayConfig", "serve_forever"]

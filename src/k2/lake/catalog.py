@@ -15,6 +15,7 @@ from typing import Any
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import (
+    CommitFailedException,
     NamespaceAlreadyExistsError,
     NoSuchNamespaceError,
     NoSuchTableError,
@@ -29,6 +30,7 @@ from k2.config import LakeSettings
 from k2.errors import LakeError
 from k2.schema import to_iceberg
 from k2.schema.kinds import RecordKind, spec
+from k2.schema.model import RecordSchema
 
 # Table properties K2 sets on every table it creates (see docs/lake.md for the measurements).
 TABLE_PROPERTIES: dict[str, str] = {
@@ -159,7 +161,7 @@ def load_or_create_table(catalog: Catalog, lake: LakeSettings, kind: RecordKind 
     s = spec(kind)
     identifier = table_identifier(lake, s.kind)
     try:
-        return catalog.load_table(identifier)
+        return relax_to_canonical(catalog.load_table(identifier), s.record)
     except NoSuchTableError:
         pass
     properties = {**TABLE_PROPERTIES, "k2.record": s.record.name, "k2.schema-version": str(s.record.version)}
@@ -173,3 +175,30 @@ def load_or_create_table(catalog: Catalog, lake: LakeSettings, kind: RecordKind 
         )
     except TableAlreadyExistsError:  # another process created it first
         return catalog.load_table(identifier)
+
+
+def relax_to_canonical(table: Table, record: RecordSchema, attempts: int = 3) -> Table:
+    """``table`` with every column the canonical ``record`` declares optional made optional too.
+
+    The one schema change K2 applies to existing tables by itself: a newer canonical version may
+    relax a required field (Quote v2's ``bid_size``/``ask_size``), and an Iceberg table created
+    with the older version must accept the rows' nulls. Required -> optional is always a safe
+    Iceberg evolution; nothing else (new or retyped columns) is done here. Several processes may
+    open the table at once: a lost commit reloads and checks again.
+    """
+    optional = {f.name for f in record.fields if not f.required}
+    for attempt in range(attempts):
+        required = [f.name for f in table.schema().fields if f.required and f.name in optional]
+        if not required:
+            return table
+        try:
+            with table.update_schema() as update:
+                for name in required:
+                    update.make_column_optional(name)
+            with table.transaction() as tx:
+                tx.set_properties({"k2.schema-version": str(record.version)})
+        except CommitFailedException:
+            if attempt + 1 == attempts:
+                raise
+        table.refresh()
+    return table

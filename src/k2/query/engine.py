@@ -353,10 +353,16 @@ class QueryEngine:
         ``tolerance`` older (else null). Backfilled trades get no quote. See :mod:`k2.query.quotes`."""
         if not isinstance(tolerance, timedelta) or tolerance < timedelta(0):
             raise QueryError("tolerance must be a non-negative timedelta")
-        trades = self.query_trades(symbol, exchange, start_time, end_time, limit).table
+        return self.join_quotes(self.query_trades(symbol, exchange, start_time, end_time, limit).table, tolerance)
+
+    def join_quotes(self, trades: pa.Table, tolerance: timedelta = timedelta(minutes=1)) -> QueryResult:
+        """``trades`` (canonical trade rows, e.g. a page the REST API read) each with its prevailing
+        quote, as :meth:`trades_with_quotes` does; rows in time order."""
+        if not isinstance(tolerance, timedelta) or tolerance < timedelta(0):
+            raise QueryError("tolerance must be a non-negative timedelta")
         tolerance_us = tolerance // timedelta(microseconds=1)
         with self._timed("trades_with_quotes"):
-            table = self._retrying(lambda: self._as_of(trades, tolerance_us))
+            table = self._retrying(lambda: self._as_of(trades.cast(TRADE_ARROW_SCHEMA), tolerance_us))
         return QueryResult(table)
 
     def _as_of(self, trades: pa.Table, tolerance_us: int) -> pa.Table:

@@ -5,7 +5,7 @@ kind                canonical record  Iceberg table (default)  partition / sort 
 ==================  ================  ======================  ========================  ===============
 ``trades``          Trade v2          ``trades``              day(timestamp) /          consecutive ids
                                                               symbol, timestamp
-``quotes``          Quote v1          ``quotes``              day(ingestion_timestamp)  increasing ids
+``quotes``          Quote v2          ``quotes``              day(ingestion_timestamp)  increasing ids
                                                               / symbol, ingestion_ts
 ``quality_events``  QualityEvent v1   ``quality_events``      day(detected_at) /        none
                                                               symbol

@@ -271,6 +271,13 @@ def test_asset_pairs_and_other_paths() -> None:
     assert rest.handle("/v2") is None and rest.handle("/api/v3/ping") is None
 
 
+def test_a_heartbeat_goes_only_to_a_subscribed_connection_sent_no_update_for_a_second() -> None:
+    assert PROTOCOL.heartbeat_interval_s == 1.0
+    assert PROTOCOL.heartbeat(["trade:BTC/USD"], 1.0, 0) == [HEARTBEAT]
+    assert PROTOCOL.heartbeat(["trade:BTC/USD"], 0.4, 0) == []  # an update came within the second
+    assert PROTOCOL.heartbeat([], 5.0, 0) == []  # nothing subscribed
+
+
 # --- the server over a real WebSocket ----------------------------------------------------------------------------
 def test_a_client_is_greeted_acked_per_symbol_served_its_streams_and_heartbeats_when_idle() -> None:
     async def main() -> tuple[list[dict[str, Any]], dict[str, Any], BinanceEmulator]:

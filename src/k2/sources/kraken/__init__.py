@@ -2,7 +2,7 @@
 
 ===============  ===============================================================================
 ``wire``         wire messages (msgspec structs, Kraken's field names), URLs and limits
-``values``       numbers read from their JSON text (never a float), RFC 3339 and epoch-second times
+``values``       numbers read from their JSON text (never a float), epoch-second times
 ``parser``       :class:`KrakenParser`: frames routed on the channel to a kind's columns
 ``trades``       trade checks and canonical trade columns (WebSocket and REST)
 ``ticker``       ``ticker`` (``event_trigger: "bbo"``) -> canonical quotes

@@ -4,7 +4,8 @@ Every frame names its channel: ``trade`` goes to the trade columns (:mod:`k2.sou
 ``ticker`` to the quote columns (:mod:`k2.sources.kraken.ticker`). ``heartbeat``, ``status`` and replies
 to requests (``{"method": "subscribe", "success": true, ...}``, ``{"method": "pong", ...}``) count as
 control. A reply with ``success: false`` means part of the subscription is missing (an unknown pair, a
-refused parameter): it is quarantined ``unsubscribed`` with Kraken's error text, so it is seen. A
+refused parameter): it is quarantined ``venue_error`` with Kraken's error text, so it is seen (as a
+Coinbase ``error`` message is). A
 channel K2 does not subscribe (``book``, ``ohlc``, ...) or a symbol outside the subscription is
 quarantined ``unsubscribed``; an unknown channel or message type ``unknown_event``. A message is
 stored whole or quarantined whole. Nothing in a frame can make :meth:`KrakenParser.parse` raise.
@@ -24,7 +25,7 @@ from k2.sources.columns import brief
 from k2.sources.kraken import wire
 from k2.sources.kraken.ticker import QuoteFields, quote_batch
 from k2.sources.kraken.trades import TradeFields, time_windows, trade_batch
-from k2.sources.kraken.values import json_scalar_text, rfc3339_us
+from k2.sources.kraken.values import json_scalar_text
 from k2.sources.kraken.wire import (
     HEARTBEAT_CHANNEL,
     MAX_SYMBOLS_PER_CONNECTION,
@@ -38,6 +39,7 @@ from k2.sources.kraken.wire import (
     WS_PATH,
 )
 from k2.sources.symbols import Instrument
+from k2.sources.timestamps import parse_us
 from k2.sources.venue import SymbolRules
 
 STREAMS: Mapping[RecordKind, str] = {RecordKind.TRADES: TRADE_CHANNEL, RecordKind.QUOTES: TICKER_CHANNEL}
@@ -126,7 +128,7 @@ class KrakenParser:
                 return _reject(out, frame, RejectReason.WRONG_TYPE, "`method` must be a string, `success` a bool")
             if env.success is False:
                 detail = f"Kraken refused {brief(env.method)}: {brief(env.error)}"
-                return _reject(out, frame, RejectReason.UNSUBSCRIBED, detail)
+                return _reject(out, frame, RejectReason.VENUE_ERROR, detail)
             out.control += 1
             return None
         channel = env.channel
@@ -172,7 +174,7 @@ class KrakenParser:
         for t in elements:
             price, qty = json_scalar_text(bytes(t.price)), json_scalar_text(bytes(t.qty))
             side = SIDES.get(t.side)
-            time_us = rfc3339_us(t.timestamp)
+            time_us = parse_us(t.timestamp)
             problem = self._symbol_problem(t.symbol)
             if problem is None:
                 problem = _type_problem(price, qty, side, t.side, time_us, t.timestamp)
@@ -197,7 +199,7 @@ class KrakenParser:
         for t in elements:
             texts = [json_scalar_text(bytes(t.bid)), json_scalar_text(bytes(t.bid_qty)),
                      json_scalar_text(bytes(t.ask)), json_scalar_text(bytes(t.ask_qty))]  # fmt: skip
-            time_us = None if t.timestamp is None else rfc3339_us(t.timestamp)
+            time_us = None if t.timestamp is None else parse_us(t.timestamp)
             problem = self._symbol_problem(t.symbol)
             if problem is None and any(x is None for x in texts):
                 problem = (RejectReason.WRONG_TYPE, "bid, bid_qty, ask and ask_qty must be numbers")

@@ -22,7 +22,7 @@ from k2.errors import BackfillError
 from k2.quality.sequence import Gap, StreamKey
 from k2.sources.kraken.asset_pairs import kraken_rules
 from k2.sources.kraken.backfill import FIRST_LOOKBACK_S, KrakenTradeFetcher
-from k2.sources.kraken.values import rfc3339_us
+from k2.sources.timestamps import parse_us
 from k2.sources.venue import FetchedTrades
 from tests.pacing import assert_paced
 
@@ -37,7 +37,7 @@ def _trade_times() -> dict[int, int]:
         message = json.loads(frame.raw)
         if message["channel"] == "trade":
             for t in message["data"]:
-                out[t["trade_id"]] = rfc3339_us(t["timestamp"])
+                out[t["trade_id"]] = parse_us(t["timestamp"])
     return out
 
 

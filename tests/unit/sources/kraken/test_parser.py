@@ -236,8 +236,8 @@ def test_heartbeat_status_pong_and_acks_are_control() -> None:
         ),
     ],
 )  # fmt: skip
-def test_an_error_reply_is_quarantined_unsubscribed_with_krakens_text(name: str, detail: str) -> None:
-    assert _reject(SNIPPETS[name]) == (RejectReason.UNSUBSCRIBED, detail)
+def test_an_error_reply_is_quarantined_as_a_venue_error_with_krakens_text(name: str, detail: str) -> None:
+    assert _reject(SNIPPETS[name]) == (RejectReason.VENUE_ERROR, detail)
 
 
 def test_a_channel_never_subscribed_is_quarantined_unsubscribed() -> None:
