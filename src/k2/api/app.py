@@ -110,7 +110,8 @@ def create_app(settings: K2Settings, *, process_metrics: bool = False, pool: Wor
     store = KeyStore(keys_path(settings))
     guard = Guard(settings.api, store)
     pool = pool or WorkerPool(settings)
-    redact = Redactor([settings.lake.warehouse, settings.lake.resolved_catalog_uri.removeprefix("sqlite:///")])
+    lake = settings.lake
+    redact = Redactor([lake.warehouse, lake.resolved_catalog_uri.removeprefix("sqlite:///"), lake.warehouse_uri])
     svc = Service(settings, pool, guard, redact, process_metrics=process_metrics)
     if process_metrics:
         svc.extras["counters"] = ProcessCounters()

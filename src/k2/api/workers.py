@@ -27,12 +27,12 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 
 from k2.config import K2Settings
-from k2.errors import K2Error, QueryError, ReadOnlyViolation
+from k2.errors import K2Error, QueryError
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.logging import get_logger
 from k2.metrics import API_QUERIES, API_QUERIES_STOPPED
-from k2.query import sql
-from k2.query.engine import QueryEngine, namespace_directory
+from k2.query import files, sql
+from k2.query.engine import QueryEngine
 from k2.query.planner import ScanPlan
 from k2.schema.kinds import RecordKind
 
@@ -54,12 +54,13 @@ class Stopped(K2Error):
 
 
 def _translated(fn: Callable[[], T]) -> T:
-    """``fn()`` with DuckDB and Arrow errors raised as QueryError (ReadOnlyViolation when refused)."""
+    """``fn()`` with DuckDB and Arrow errors raised as QueryError (ReadOnlyViolation when refused,
+    SnapshotExpired when a data file vanished: :func:`k2.query.files.translate`)."""
     try:
         return fn()
-    except duckdb.PermissionException as exc:
-        raise ReadOnlyViolation(f"refused: {exc}") from exc
-    except (duckdb.Error, pa.ArrowException, OSError) as exc:
+    except duckdb.Error as exc:
+        raise files.translate(exc, "the table") from exc
+    except (pa.ArrowException, OSError) as exc:
         raise QueryError(f"query failed: {exc}") from exc
 
 
@@ -91,9 +92,12 @@ class WorkerPool:
         self._owns_catalog = catalog is None
         self.catalog = catalog or open_catalog(lake)
         try:
-            table = load_or_create_table(self.catalog, lake, RecordKind.TRADES)
+            store = files.data_store(load_or_create_table(self.catalog, lake, RecordKind.TRADES))
             self._base = sql.open_connection(
-                namespace_directory(table), memory_limit=api.duckdb_memory_limit, threads=api.duckdb_threads
+                store.root,
+                filesystem=store.filesystem,
+                memory_limit=api.duckdb_memory_limit,
+                threads=api.duckdb_threads,
             )
         except BaseException as exc:
             self._close_catalog()
