@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -31,7 +31,6 @@ from k2.emulator.faults import CROSSED_QUOTE, Faults, expected_reasons, replay_f
 from k2.emulator.kraken import BUNDLED_KRAKEN, STATUS, KrakenProtocol, route
 from k2.emulator.recording import read_recording
 from k2.emulator.server import BinanceEmulator, ReplayConfig
-from k2.feed.trades import TradeCompleteness
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.lake.quarantine import read_quarantine
 from k2.query.engine import QueryEngine
@@ -39,7 +38,9 @@ from k2.schema.kinds import RecordKind
 from k2.services.pipeline import EmbeddedPipeline
 from k2.services.quality_report import quality_report_dicts
 from k2.sources.timestamps import parse_us
-from tests.conftest import eventually, eventually_async
+from tests.conftest import eventually
+from tests.integration import venue_replay
+from tests.integration.venue_replay import S
 from tests.pacing import assert_paced
 
 pytestmark = pytest.mark.integration
@@ -127,56 +128,15 @@ def kraken_settings(tmp_path: Path, **quality: Any) -> K2Settings:
     )
 
 
-class Service(Protocol):
-    """What the embedded pipeline and `k2 ingest`'s service share for these tests."""
-
-    completeness: TradeCompleteness
-    stats: Any
-
-    async def run(self) -> Any: ...
-    def stop(self) -> None: ...
-    def get_stats(self) -> dict[str, Any]: ...
-
-
-S = TypeVar("S", bound=Service)
-
-
 async def run_settled(
     make: Callable[[K2Settings, str], S], settings: K2Settings, faults: Faults
 ) -> tuple[S, BinanceEmulator]:
-    """Replay the Kraken recording with ``faults`` into ``make(settings with the emulator's REST URL, ws url)``.
-
-    The replay is held until K2's two subscriptions are acknowledged (Kraken answers each channel's
-    subscribe on its own; a live venue's tickers sent in between would be missed, as they are on Kraken),
-    then runs until everything sent is handled and every gap is backfilled; then the service stops."""
+    """Replay the Kraken recording with ``faults`` into ``make(...)`` until it has settled (see
+    :func:`tests.integration.venue_replay.run_settled`). The replay is held until K2's two subscriptions are
+    acknowledged (its status and one ack per symbol: Kraken answers each channel's subscribe on its own; a live
+    venue's tickers sent in between would be missed, as they are on Kraken)."""
     config = ReplayConfig(recording=BUNDLED_KRAKEN, protocol=KrakenProtocol(), faults=faults, hold_at=1)
-    async with BinanceEmulator(config) as emu:
-        source = settings.source.model_copy(update={"rest_url": emu.http_url})
-        service = make(settings.model_copy(update={"source": source}), emu.url)
-        run = asyncio.create_task(service.run())
-
-        async def subscribed() -> bool:
-            assert not run.done(), "stopped early"
-            return emu.control_sent >= 1 + ACKS
-
-        await eventually_async(subscribed, timeout=30)
-        emu.release()
-        tracker = service.completeness.tracker
-
-        async def settled() -> bool:
-            assert not run.done(), "stopped early"
-            return (
-                emu.finished.is_set()
-                and service.stats.frames >= emu.frames_sent + emu.control_sent
-                and service.get_stats()["backlog_frames"] == 0
-                and service.completeness.backfilling == 0
-                and all(not tracker.holes(k) for k in tracker.streams())
-            )
-
-        await eventually_async(settled, timeout=180)
-        service.stop()
-        await run
-    return service, emu
+    return await venue_replay.run_settled(make, settings, config, subscribed_when_control_sent=1 + ACKS)
 
 
 def _embedded(settings: K2Settings, faults: Faults) -> tuple[EmbeddedPipeline, BinanceEmulator]:

@@ -39,7 +39,7 @@ from k2.emulator.recording import read_recording
 from k2.emulator.rest import RestRequest, RestResponse
 from k2.sources.kraken.asset_pairs import BUNDLED_ASSET_PAIRS
 from k2.sources.kraken.rest import ASSET_PAIRS_PATH, MAX_COUNT, TRADES_PATH
-from k2.sources.kraken.symbols import KrakenSymbols, v2_symbol
+from k2.sources.kraken.symbols import KrakenSymbols, asset_pairs
 from k2.sources.kraken.values import json_scalar_text
 from k2.sources.kraken.wire import TRADE_CHANNEL, Trade
 from k2.sources.timestamps import parse_us
@@ -58,15 +58,6 @@ class _TradeMessage(msgspec.Struct):
 
 
 _message_decoder = msgspec.json.Decoder(_TradeMessage)
-
-
-class _Pair(msgspec.Struct):
-    altname: str
-    wsname: str | None = None
-
-
-class _AssetPairs(msgspec.Struct):
-    result: dict[str, _Pair]
 
 
 @dataclass
@@ -113,13 +104,9 @@ class KrakenRestEndpoints:
 
     def __post_init__(self) -> None:
         self._errors_left = list(self.faults.rest_errors)
-        pairs = msgspec.json.decode(BUNDLED_ASSET_PAIRS.read_bytes(), type=_AssetPairs)
-        for key, pair in pairs.result.items():
-            if pair.wsname is not None:
-                symbol = v2_symbol(pair.wsname)
-                self._keys[symbol] = key
-                for spelling in (key, pair.altname, pair.wsname, symbol):
-                    self._spellings[spelling.upper()] = symbol
+        for pair in asset_pairs(BUNDLED_ASSET_PAIRS.read_bytes()):
+            self._keys[pair.symbol] = pair.key
+            self._spellings.update(dict.fromkeys(pair.spellings, pair.symbol))
 
     def _index(self) -> dict[str, _Book]:
         if self._books is None:

@@ -20,14 +20,15 @@ import msgspec
 from k2.config import ValidationSettings
 from k2.errors import ConfigError
 from k2.schema.kinds import RecordKind
-from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason
+from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason, decode_or_reject, not_an_object
 from k2.sources.columns import brief
 from k2.sources.kraken import wire
 from k2.sources.kraken.ticker import QuoteFields, quote_batch
-from k2.sources.kraken.trades import TradeFields, time_windows, trade_batch
+from k2.sources.kraken.trades import TradeFields, trade_batch
 from k2.sources.kraken.values import json_scalar_text
 from k2.sources.kraken.wire import (
     HEARTBEAT_CHANNEL,
+    LAUNCH_US,
     MAX_SYMBOLS_PER_CONNECTION,
     MESSAGE_TYPES,
     OTHER_CHANNELS,
@@ -40,6 +41,7 @@ from k2.sources.kraken.wire import (
 )
 from k2.sources.symbols import Instrument
 from k2.sources.timestamps import parse_us
+from k2.sources.validation import time_windows
 from k2.sources.venue import SymbolRules
 
 STREAMS: Mapping[RecordKind, str] = {RecordKind.TRADES: TRADE_CHANNEL, RecordKind.QUOTES: TICKER_CHANNEL}
@@ -71,8 +73,7 @@ class KrakenParser:
         if len(self.symbols) > MAX_SYMBOLS_PER_CONNECTION:
             raise ConfigError(f"kraken: at most {MAX_SYMBOLS_PER_CONNECTION} symbols on K2's one connection")
         self.instruments: dict[str, Instrument] = {s: rules.instrument(s) for s in self.symbols}
-        v = validation or ValidationSettings()
-        live, history = time_windows(v.max_future_s, v.max_age_s)
+        live, history = time_windows(LAUNCH_US, validation or ValidationSettings())
         self.live = history if is_sample_data else live  # a replayed recording is old by design
         self.history = history
 
@@ -117,12 +118,9 @@ class KrakenParser:
 
     def _route(self, frame: RawFrame, out: ParsedBatch) -> _Routed | None:
         """(kind, message type, data) of a data frame; None when it was rejected or was control."""
-        try:
-            env = wire.envelope_decoder.decode(frame.payload)
-        except msgspec.ValidationError as exc:
-            return _reject(out, frame, RejectReason.WRONG_TYPE, f"not a JSON object: {exc}")
-        except (msgspec.DecodeError, RecursionError) as exc:  # msgspec's depth limit is a RecursionError
-            return _reject(out, frame, RejectReason.MALFORMED_JSON, str(exc))
+        env = decode_or_reject(wire.envelope_decoder, frame.payload, frame, out, not_an_object)
+        if env is None:
+            return None
         if env.method is not None:  # a reply to a request
             if not isinstance(env.method, str) or not isinstance(env.success, bool | None):
                 return _reject(out, frame, RejectReason.WRONG_TYPE, "`method` must be a string, `success` a bool")
@@ -158,13 +156,8 @@ class KrakenParser:
     def _decode_trades(
         self, frame: RawFrame, message_type: str, data: msgspec.Raw, fields: TradeFields, out: ParsedBatch
     ) -> None:
-        try:
-            elements = wire.trades_decoder.decode(data)
-        except msgspec.ValidationError as exc:
-            _reject(out, frame, *_why_not(exc))
-            return
-        except (msgspec.DecodeError, RecursionError) as exc:
-            _reject(out, frame, RejectReason.MALFORMED_JSON, str(exc))
+        elements = decode_or_reject(wire.trades_decoder, data, frame, out)
+        if elements is None:
             return
         if not elements:  # a snapshot of a pair with no trades yet: nothing to store
             out.control += 1
@@ -184,13 +177,8 @@ class KrakenParser:
     def _decode_tickers(
         self, frame: RawFrame, message_type: str, data: msgspec.Raw, fields: QuoteFields, out: ParsedBatch
     ) -> None:
-        try:
-            elements = wire.tickers_decoder.decode(data)
-        except msgspec.ValidationError as exc:
-            _reject(out, frame, *_why_not(exc))
-            return
-        except (msgspec.DecodeError, RecursionError) as exc:
-            _reject(out, frame, RejectReason.MALFORMED_JSON, str(exc))
+        elements = decode_or_reject(wire.tickers_decoder, data, frame, out)
+        if elements is None:
             return
         if not elements:
             out.control += 1
@@ -234,12 +222,6 @@ def _vendor_text(raw: bytes) -> str | None:
         return None
     text = json_scalar_text(raw)
     return text if text is not None else raw.decode("utf-8", "replace")
-
-
-def _why_not(error: msgspec.ValidationError) -> tuple[RejectReason, str]:
-    """The reason ``data`` failed to decode: a missing field, else a wrong type (incl. ``data`` not a list)."""
-    text = str(error)
-    return (RejectReason.MISSING_FIELD if "missing required field" in text else RejectReason.WRONG_TYPE), text
 
 
 def _reject(out: ParsedBatch, frame: RawFrame, reason: RejectReason, detail: str) -> _Routed | None:

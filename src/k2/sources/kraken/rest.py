@@ -31,9 +31,11 @@ from k2.config import ValidationSettings
 from k2.errors import SourceError
 from k2.sources.base import ParsedBatch, RawFrame, RejectReason
 from k2.sources.columns import brief
-from k2.sources.kraken.trades import TradeFields, time_windows, trade_batch
+from k2.sources.kraken.trades import TradeFields, trade_batch
 from k2.sources.kraken.values import json_scalar_text, seconds_us
+from k2.sources.kraken.wire import LAUNCH_US
 from k2.sources.symbols import Instrument
+from k2.sources.validation import time_windows
 from k2.sources.venue import FetchedTrades
 
 TRADES_PATH = "/0/public/Trades"
@@ -153,8 +155,7 @@ def _parse_rows(
         time_us = seconds_us(time_text)
         fields.add(group, symbol, trade_id, time_us or 0, price, qty, side, True,
                    (ord_type, misc, time_text, "true"), problem)  # fmt: skip
-    v = validation or ValidationSettings()
-    _, history = time_windows(v.max_future_s, v.max_age_s)
+    _, history = time_windows(LAUNCH_US, validation or ValidationSettings())
     batch, ids = trade_batch(fields, out, live=history, history=history, instruments={symbol: instrument})
     return FetchedTrades(batch, ids, out)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import msgspec
 
@@ -41,23 +42,39 @@ def v2_symbol(wsname: str) -> str:
     return f"{ISO_CODES.get(base, base)}/{ISO_CODES.get(quote, quote)}"
 
 
-def parse_asset_pairs(payload: bytes) -> dict[str, SymbolInfo]:
-    """Every spelling of every pair K2 can subscribe (those with a ``wsname``) -> its v2 symbol and assets:
-    ``{"XXBTZUSD": SymbolInfo("BTC/USD", "BTC", "USD"), "XBTUSD": ..., "XBT/USD": ..., "BTC/USD": ...}``.
+@dataclass(frozen=True, slots=True)
+class AssetPair:
+    """One pair of an AssetPairs answer: its key, its v2 symbol, and all its spellings (upper case)."""
 
-    Raises ``msgspec`` errors on a body that is not an AssetPairs answer, ValueError on an error answer."""
+    key: str  # XXBTZUSD
+    symbol: str  # BTC/USD
+    spellings: tuple[str, ...]  # XXBTZUSD, XBTUSD, XBT/USD, BTC/USD
+
+
+def asset_pairs(payload: bytes) -> list[AssetPair]:
+    """The pairs of an AssetPairs answer that K2 can subscribe (those with a ``wsname``; dark-pool pairs,
+    ``.d``, have no WebSocket market). Raises ``msgspec`` errors on a body that is not an AssetPairs
+    answer, ValueError on an error answer."""
     pairs = msgspec.json.decode(payload, type=_AssetPairs)
     if pairs.error:
         raise ValueError(f"AssetPairs answered {pairs.error}")
-    out: dict[str, SymbolInfo] = {}
+    out = []
     for key, pair in pairs.result.items():
-        if pair.wsname is None:  # dark-pool pairs (".d") have no WebSocket market
-            continue
-        symbol = v2_symbol(pair.wsname)
-        base, _, quote = symbol.partition("/")
-        info = SymbolInfo(symbol, base, quote)
-        for spelling in (key, pair.altname, pair.wsname, symbol):
-            out[spelling.upper()] = info
+        if pair.wsname is not None:
+            symbol = v2_symbol(pair.wsname)
+            spellings = tuple(dict.fromkeys(s.upper() for s in (key, pair.altname, pair.wsname, symbol)))
+            out.append(AssetPair(key, symbol, spellings))
+    return out
+
+
+def parse_asset_pairs(payload: bytes) -> dict[str, SymbolInfo]:
+    """Every spelling of every pair K2 can subscribe -> its v2 symbol and assets:
+    ``{"XXBTZUSD": SymbolInfo("BTC/USD", "BTC", "USD"), "XBTUSD": ..., "XBT/USD": ..., "BTC/USD": ...}``.
+    Raises as :func:`asset_pairs` does."""
+    out: dict[str, SymbolInfo] = {}
+    for pair in asset_pairs(payload):
+        base, _, quote = pair.symbol.partition("/")
+        out.update(dict.fromkeys(pair.spellings, SymbolInfo(pair.symbol, base, quote)))
     return out
 
 

@@ -34,7 +34,7 @@ from k2.sources.columns import (
     message_ids,
     to_mask,
 )
-from k2.sources.kraken.wire import FIRST_ID, LAUNCH_US
+from k2.sources.kraken.wire import FIRST_ID
 from k2.sources.symbols import Instrument
 from k2.sources.validation import TimeWindow, int64_column, valid_ids, within_window
 
@@ -87,13 +87,6 @@ class TradeFields:
         self.problems.append(problem)
         for values, value in zip(self.vendor, vendor, strict=True):
             values.append(value)
-
-
-def time_windows(max_future_s: float, max_age_s: float | None) -> tuple[TimeWindow, TimeWindow]:
-    """(live, history) windows: snapshot trades, REST pages and replayed recordings are old by design."""
-    future_us = int(max_future_s * 1e6)
-    max_age = None if max_age_s is None else int(max_age_s * 1e6)
-    return TimeWindow(LAUNCH_US, future_us, max_age), TimeWindow(LAUNCH_US, future_us)
 
 
 def trade_batch(
