@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -32,7 +32,6 @@ from k2.emulator.coinbase import CoinbaseProtocol
 from k2.emulator.faults import EXPECTED_REASON, FRAME, Faults, routable_frames
 from k2.emulator.recording import BUNDLED_COINBASE_SESSION, read_recording
 from k2.emulator.server import BinanceEmulator, ReplayConfig
-from k2.feed.trades import TradeCompleteness
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.lake.quarantine import read_quarantine
 from k2.query.engine import QueryEngine
@@ -40,7 +39,9 @@ from k2.schema.kinds import RecordKind
 from k2.services.pipeline import EmbeddedPipeline
 from k2.services.quality_report import quality_report_dicts
 from k2.sources.timestamps import parse_us
-from tests.conftest import eventually, eventually_async
+from tests.conftest import eventually
+from tests.integration import venue_replay
+from tests.integration.venue_replay import S
 from tests.pacing import assert_paced
 
 pytestmark = pytest.mark.integration
@@ -107,42 +108,14 @@ def settings_for(tmp_path: Path, **quality: Any) -> K2Settings:
     )  # fmt: skip
 
 
-class _Service(Protocol):
-    completeness: TradeCompleteness
-    stats: Any
-
-    async def run(self) -> Any: ...
-    def stop(self) -> None: ...
-    def get_stats(self) -> dict[str, Any]: ...
-
-
-S = TypeVar("S", bound=_Service)
-
-
-async def run_settled(make: Callable[[K2Settings, str], S], settings: K2Settings, faults: Faults) -> tuple[S, Any]:
-    """Replay the session with ``faults`` into ``make(settings with the emulator's REST URL, ws url)`` until
-    everything sent (data, acks, heartbeats) is handled and no id is missing; then stop it."""
+async def run_settled(
+    make: Callable[[K2Settings, str], S], settings: K2Settings, faults: Faults
+) -> tuple[S, BinanceEmulator]:
+    """Replay the session with ``faults`` into ``make(...)``, as fast as it reads, until it has settled
+    (everything sent, data, acks and heartbeats, handled and no id missing; see
+    :func:`tests.integration.venue_replay.run_settled`)."""
     config = ReplayConfig(protocol=CoinbaseProtocol(), recording=BUNDLED_COINBASE_SESSION, speed=None, faults=faults)
-    async with BinanceEmulator(config) as emu:
-        source = settings.source.model_copy(update={"rest_url": emu.http_url})
-        service = make(settings.model_copy(update={"source": source}), emu.url)
-        run = asyncio.create_task(service.run())
-        tracker = service.completeness.tracker
-
-        async def settled() -> bool:
-            assert not run.done(), "stopped early"
-            return (
-                emu.finished.is_set()
-                and service.stats.frames >= emu.frames_sent + emu.control_sent
-                and service.get_stats()["backlog_frames"] == 0
-                and service.completeness.backfilling == 0
-                and all(not tracker.holes(k) for k in tracker.streams())
-            )
-
-        await eventually_async(settled, timeout=120)
-        service.stop()
-        await run
-    return service, emu
+    return await venue_replay.run_settled(make, settings, config, timeout_s=120)
 
 
 def expected_faults(faults: Faults) -> dict[str, Counter[str]]:
@@ -266,6 +239,7 @@ def test_faults_are_repaired_and_the_tables_hold_exactly_the_recording(tmp_path:
     )
 
     # REST: the injected 429 and 503 first, then one page per gap, each asking exactly its ids, paced.
+    assert emu.rest is not None
     requests = emu.rest.requests
     assert [r.status for r in requests] == [429, 503] + [200] * 5
     pages = {(r.path, r.query["after"], r.query["limit"]) for r in requests[2:]}

@@ -13,10 +13,11 @@ entry's ``emulator`` (``k2.sources.binance.VENUE``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from k2.emulator.contract import ControlAnswer
-from k2.emulator.faults import Faults, OutFrame, decode_frame
+from k2.emulator.faults import BinanceBadFrames, Faults, OutFrame, decode_frame
 from k2.emulator.protocol import (
     MAX_STREAMS_PER_CONNECTION,
     decode_control,
@@ -28,19 +29,27 @@ from k2.emulator.recording import BUNDLED_BINANCE_TRADES, RecordedFrame
 from k2.emulator.rest import RestEndpoints
 
 
-class BinanceProtocol:
-    """Binance spot's WebSocket (and backfill REST) protocol (:class:`k2.emulator.contract.EmulatorProtocol`)."""
+class BinanceProtocol(BinanceBadFrames):
+    """Binance spot's WebSocket (and backfill REST) protocol (:class:`k2.emulator.contract.EmulatorProtocol`);
+    its bad frames are :class:`k2.emulator.faults.BinanceBadFrames`."""
 
     name = "binance"
     default_recording: Path = BUNDLED_BINANCE_TRADES
     max_client_messages_per_s = 5
     example_target = "/stream?streams=btcusdt@trade/ethusdt@trade"
+    heartbeat_interval_s: float | None = None  # Binance keeps connections alive with WebSocket pings only
 
     def open(self, target: str) -> tuple[str, list[str]]:
         """(framing, streams to start with) of a handshake target; :class:`PathError` to refuse it.
         Framing ``combined`` sends the recorded envelopes, ``raw`` their ``data`` objects."""
         combined, streams = parse_target(target)
         return ("combined" if combined else "raw"), streams
+
+    def greeting(self) -> list[bytes]:
+        return []
+
+    def heartbeat(self, streams: Sequence[str], idle_s: float, now_us: int) -> list[bytes]:
+        return []
 
     def control(self, subscribed: list[str], message: str | bytes) -> ControlAnswer:
         """Answer one SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS request, as Binance does."""

@@ -14,11 +14,12 @@ entry's ``emulator`` (``k2.sources.coinbase.VENUE``).
 * Streams are ``<channel>:<product>`` (``matches:SKL-USD``): a recorded ``match``/``last_match`` goes
   to ``matches``, ``ticker`` to ``ticker``, ``snapshot``/``l2update`` to ``level2``; recorded
   ``subscriptions`` acks are never replayed (the protocol answers the client's own subscribe).
-* Heartbeats (:class:`k2.emulator.contract.Heartbeats`): once a second, for each ``heartbeat:<product>``
-  a client holds, ``{"type":"heartbeat","sequence":...,"last_trade_id":...,"product_id":...,"time":...}``
+* Heartbeats (:meth:`CoinbaseProtocol.heartbeat`): once a second, for each ``heartbeat:<product>``
+  a client holds, busy or idle, ``{"type":"heartbeat","sequence":...,"last_trade_id":...,"product_id":...,"time":...}``
   with the product's last sequence and trade id sent so far.
-* Faults (:class:`k2.emulator.faults.FrameFaults`): ``match`` frames are trades and ``ticker`` frames
-  quotes; bad frames are the real message with one field mutated (:func:`bad_frame`).
+* Faults (:class:`k2.emulator.faults.BadFrames`): ``match`` frames are trades and ``ticker`` frames
+  quotes; bad frames are the real message with one field mutated (:func:`bad_frame`), the adversarial
+  kinds Binance's (:data:`k2.emulator.faults.ADVERSARIAL_KINDS`) in Coinbase's form.
 * REST on the same port: ``/products/{id}/trades`` (:class:`k2.emulator.coinbase_rest.CoinbaseRest`).
 
 Not emulated: the ``last_match`` Coinbase sends again on every subscribe (a recording holds the one of
@@ -27,6 +28,7 @@ its own subscription), and the 10-subscriptions-per-product-and-channel cap.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +36,11 @@ import msgspec
 
 from k2.emulator.coinbase_rest import CoinbaseRest
 from k2.emulator.contract import ControlAnswer
-from k2.emulator.faults import CROSSED_QUOTE, FOREIGN_PREFIX, Faults, OutFrame
+from k2.emulator.faults import ADVERSARIAL_KINDS, CROSSED_QUOTE, FOREIGN_PREFIX, Faults, OutFrame
 from k2.emulator.protocol import PathError
 from k2.emulator.recording import BUNDLED_COINBASE_SESSION, RecordedFrame
 from k2.schema.kinds import RecordKind
+from k2.sources.base import RejectReason
 from k2.sources.coinbase.wire import CHANNEL_OF_TYPE, CLIENT_MESSAGES_PER_S, HEARTBEAT, MATCHES, TICKER
 from k2.sources.timestamps import format_us, parse_us
 
@@ -102,8 +105,10 @@ class CoinbaseProtocol:
 
     name = "coinbase"
     default_recording: Path = BUNDLED_COINBASE_SESSION
-    heartbeat_interval_s = 1.0
+    example_target = "/"
+    heartbeat_interval_s: float | None = 1.0
     max_client_messages_per_s = CLIENT_MESSAGES_PER_S  # Coinbase's 100 a second (the server closes beyond)
+    adversarial_kinds: Mapping[str, RejectReason] = ADVERSARIAL_KINDS  # Binance's kinds, in Coinbase's form
 
     def __init__(self) -> None:
         self._last_sequence: dict[str, int] = {}
@@ -113,6 +118,9 @@ class CoinbaseProtocol:
         if target.split("?", 1)[0] not in ("", "/"):
             raise PathError(404, "Not Found\n")
         return "json", []
+
+    def greeting(self) -> list[bytes]:
+        return []  # nothing until the client subscribes
 
     def control(self, subscribed: list[str], message: str | bytes) -> ControlAnswer:
         """Answer one subscribe / unsubscribe as Coinbase does: the new subscription list, or an error."""
@@ -173,16 +181,18 @@ class CoinbaseProtocol:
                 self._last_trade_id[product] = max(head.trade_id, self._last_trade_id.get(product, 0))
         return out.raw
 
-    def heartbeat(self, stream: str, now_us: int) -> bytes | None:
-        channel, _, product = stream.partition(":")
-        if channel != HEARTBEAT:
-            return None
+    def heartbeat(self, streams: Sequence[str], idle_s: float, now_us: int) -> list[bytes]:
+        """One ``heartbeat`` per ``heartbeat:<product>`` stream, busy or idle, as Coinbase sends them."""
+        products = [p for c, _, p in (s.partition(":") for s in streams) if c == HEARTBEAT]
+        return [self._heartbeat(product, format_us(now_us)) for product in products]
+
+    def _heartbeat(self, product: str, time_text: str) -> bytes:
         return _encode(
             {"type": "heartbeat", "sequence": self._last_sequence.get(product, 0),
-             "last_trade_id": self._last_trade_id.get(product, 0), "product_id": product, "time": format_us(now_us)}
+             "last_trade_id": self._last_trade_id.get(product, 0), "product_id": product, "time": time_text}
         )  # fmt: skip
 
-    # --- faults (k2.emulator.faults.FrameFaults) --------------------------------------------------
+    # --- faults (k2.emulator.faults.BadFrames) --------------------------------------------------
     def record_kind(self, out: OutFrame) -> RecordKind | None:
         channel = (out.stream or "").partition(":")[0]
         return RecordKind.TRADES if channel == MATCHES else RecordKind.QUOTES if channel == TICKER else None

@@ -5,19 +5,20 @@ combined-stream and the raw form, plus its stream name) and applies :class:`Faul
 swapped neighbours and bad frames built from the real frame they follow. Disconnects are applied by
 the server, which knows when a frame has been sent. Everything here is pure: no sockets, no clock.
 
-Every bad-frame kind maps to the :class:`k2.sources.base.RejectReason` a venue's parser must give
-it (:data:`EXPECTED_REASON`), so tests can compare what was injected with what was quarantined. The
-six :data:`MALFORMED_KINDS` are named after their reason; the :data:`ADVERSARIAL_KINDS` are values a
-hostile or broken venue could send that once crashed K2 or were stored as good (issue 9). Which
-frames are trades or quotes, and how a bad frame is built from a real one, is the venue's
-(:class:`FrameFaults`; Binance's by default: :data:`BINANCE_FRAMES`).
-"""
+Which frames carry trades or quotes, and how a bad frame is made from a real one, is the venue's:
+:class:`BadFrames`, part of every emulator protocol (:data:`BINANCE_FRAMES` is Binance's, the
+default here). Every bad-frame kind maps to the :class:`k2.sources.base.RejectReason` the venue's
+parser must give it (:func:`expected_reasons`), so tests can compare what was injected with what was
+quarantined. The six :data:`MALFORMED_KINDS` are named after their reason and shared by all venues;
+the adversarial kinds are values a hostile or broken venue could send that once crashed K2 or were
+stored as good (issue 9): Binance's :data:`ADVERSARIAL_KINDS` (Coinbase makes the same kinds in its
+own form), or a venue's own (Kraken's)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import msgspec
 
@@ -67,14 +68,15 @@ ADVERSARIAL_KINDS: dict[str, RejectReason] = {
 }
 """Adversarial kinds ``adversarial_every`` cycles through, in order, with the reason the parser must give."""
 
-CROSSED_QUOTE = "crossed_quote"  # a bookTicker with its bid and ask swapped: bid > ask
+CROSSED_QUOTE = "crossed_quote"  # a quote with its bid and ask swapped: bid > ask
 
 EXPECTED_REASON: dict[str, RejectReason] = {
     **{kind: RejectReason(kind) for kind in MALFORMED_KINDS},
     **ADVERSARIAL_KINDS,
     CROSSED_QUOTE: RejectReason.CROSSED_BOOK,
 }
-"""Every bad-frame kind and the reason a venue's parser must quarantine it with."""
+"""Every bad-frame kind of a venue whose adversarial kinds are :data:`ADVERSARIAL_KINDS` (Binance, Coinbase) and
+the reason its parser must quarantine it with: ``expected_reasons(BINANCE_FRAMES)``."""
 
 FOREIGN_PREFIX = "XK2"
 """Prefix making the symbol of an ``unsubscribed_stream`` / ``stream_symbol_mismatch`` frame foreign
@@ -101,14 +103,15 @@ class Faults:
     * ``reorder_every``: swap the k-th recorded frame with the one after it (k, 2k, ...).
     * ``malformed_every``: after every k-th recorded *trade* frame, insert a bad frame built from it,
       cycling through :data:`MALFORMED_KINDS` (trades only: the kinds mutate trade fields).
-    * ``adversarial_every``: the same with :data:`ADVERSARIAL_KINDS` (after the malformed one when
-      both fall on a frame). Each is sent on the connection subscribed to the real frame's stream,
-      even when its content names a foreign stream or symbol.
-    * ``crossed_every``: after every k-th recorded ``bookTicker`` frame, insert a copy with its bid and
+    * ``adversarial_every``: the same with the venue's ``BadFrames.adversarial_kinds`` (Binance's
+      :data:`ADVERSARIAL_KINDS`), after the malformed one when both fall on a frame. Each is sent on
+      the connection subscribed to the real frame's stream, even when its content names a foreign
+      stream or symbol.
+    * ``crossed_every``: after every k-th recorded quote frame, insert a copy with its bid and
       ask swapped (a crossed book, :data:`CROSSED_QUOTE`).
     * ``withhold``: ``(start, count)`` ranges of recorded frames (1-based positions) never sent on the
       WebSocket; the REST endpoints still serve their trades (a gap that backfill can close).
-    * ``rest_errors``: answers given, in order, to the first ``historicalTrades`` requests instead
+    * ``rest_errors``: answers given, in order, to the first trade-page requests instead
       of the right one: ``(status, retry_after_s)`` for an HTTP error (e.g. ``((429, 1.0), (503,
       0.5))``), or one of :data:`REST_FAULT_KINDS` with a number: ``("bad_body", 0)`` a 200 whose
       JSON is cut in half, ``("empty_page", 0)`` a 200 with ``[]``, ``("slow", s)`` the right answer
@@ -168,21 +171,6 @@ class OutFrame:
     kind: str = FRAME  # FRAME, DUPLICATE or a key of EXPECTED_REASON
 
 
-@runtime_checkable
-class FrameFaults(Protocol):
-    """A venue's side of frame faults (an emulator protocol may provide it; Binance's is the default).
-
-    ``record_kind``: the record kind a routed frame carries (None: neither trades nor quotes), so that
-    ``malformed_every``/``adversarial_every`` count trade frames and ``crossed_every`` quote frames.
-    ``bad_frame``: a frame of ``kind`` (a key of :data:`EXPECTED_REASON`) made from a real one, which
-    that venue's parser must quarantine with ``EXPECTED_REASON[kind]``; routed like ``source``.
-    """
-
-    def record_kind(self, out: OutFrame) -> RecordKind | None: ...
-
-    def bad_frame(self, source: OutFrame, kind: str) -> OutFrame: ...
-
-
 class _Envelope(msgspec.Struct):
     stream: str | None = None
     data: msgspec.Raw = msgspec.Raw(b"")
@@ -215,6 +203,49 @@ def decode_frame(recorded: RecordedFrame) -> OutFrame:
         stream = f"{env.s.lower()}@{env.e}"
         return OutFrame(stream, _wrap(stream, text), text, recorded.recv_us)
     return OutFrame(None, text, text, recorded.recv_us)
+
+
+class BadFrames(Protocol):
+    """A venue's part of fault injection: which recorded frames carry trades or quotes, and how a bad
+    frame of each kind is built from a real one (its reason: :func:`expected_reasons`)."""
+
+    adversarial_kinds: Mapping[str, RejectReason]  # the kinds ``adversarial_every`` cycles through, in order
+
+    def record_kind(self, out: OutFrame) -> RecordKind | None:
+        """The kind of record a routed frame carries (trades get malformed and adversarial frames
+        after them, quotes crossed ones); None for anything else."""
+        ...
+
+    def bad_frame(self, source: OutFrame, kind: str) -> OutFrame:
+        """A frame of ``kind`` built from ``source``, routed like it."""
+        ...
+
+
+class BinanceBadFrames:
+    """Binance's :class:`BadFrames`: ``@trade`` and ``@bookTicker`` streams, :func:`bad_frame`."""
+
+    adversarial_kinds: Mapping[str, RejectReason] = ADVERSARIAL_KINDS
+
+    def record_kind(self, out: OutFrame) -> RecordKind | None:
+        stream = out.stream or ""
+        if stream.endswith("@trade"):
+            return RecordKind.TRADES
+        return RecordKind.QUOTES if stream.endswith("@bookTicker") else None
+
+    def bad_frame(self, source: OutFrame, kind: str) -> OutFrame:
+        return bad_frame(source, kind)
+
+
+BINANCE_FRAMES = BinanceBadFrames()
+
+
+def expected_reasons(venue: BadFrames) -> dict[str, RejectReason]:
+    """Every bad-frame kind ``venue`` makes and the reason its parser must quarantine it with."""
+    return {
+        **{kind: RejectReason(kind) for kind in MALFORMED_KINDS},
+        **venue.adversarial_kinds,
+        CROSSED_QUOTE: RejectReason.CROSSED_BOOK,
+    }
 
 
 def bad_frame(source: OutFrame, kind: str) -> OutFrame:
@@ -290,24 +321,6 @@ def _mutate(data: dict[str, Any], kind: str) -> None:
     data.update(changes[kind])
 
 
-class _BinanceFrames:
-    """Binance's frames: ``<symbol>@trade`` and ``<symbol>@bookTicker`` streams, :func:`bad_frame`."""
-
-    def record_kind(self, out: OutFrame) -> RecordKind | None:
-        stream = out.stream or ""
-        if stream.endswith("@trade"):
-            return RecordKind.TRADES
-        if stream.endswith("@bookTicker"):
-            return RecordKind.QUOTES
-        return None
-
-    def bad_frame(self, source: OutFrame, kind: str) -> OutFrame:
-        return bad_frame(source, kind)
-
-
-BINANCE_FRAMES: FrameFaults = _BinanceFrames()
-
-
 def _count(injected: MutableMapping[str, int], kind: str) -> None:
     injected[kind] = injected.get(kind, 0) + 1
 
@@ -350,12 +363,12 @@ def apply_faults(
     frames: Iterable[OutFrame],
     faults: Faults,
     injected: MutableMapping[str, int],
-    venue: FrameFaults = BINANCE_FRAMES,
+    venue: BadFrames = BINANCE_FRAMES,
 ) -> Iterator[OutFrame]:
     """``frames`` with faults applied; ``injected`` is updated lazily, as frames are taken.
 
     Positions count recorded frames in recording order; duplicates and bad frames follow the
-    recorded frame they were made from (``venue`` tells trades and quotes apart and builds them).
+    recorded frame they were made from (by ``venue``, the emulator protocol's :class:`BadFrames`).
     """
     source: Iterator[OutFrame] = iter(frames)
     if faults.withhold:
@@ -368,22 +381,22 @@ def apply_faults(
     if not dup and not bad and not hostile and not crossed:
         yield from source
         return
-    adversarial = tuple(ADVERSARIAL_KINDS)
-    trades = quotes = 0  # positions among the trade frames and among the bookTicker frames
+    adversarial = tuple(venue.adversarial_kinds)
+    trades = quotes = 0  # positions among the trade frames and among the quote frames
     for position, frame in enumerate(source, 1):
         yield frame
         if dup and position % dup == 0:
             _count(injected, DUPLICATE)
             yield OutFrame(frame.stream, frame.combined, frame.raw, frame.recv_us, DUPLICATE)
-        record = venue.record_kind(frame) if frame.kind == FRAME else None
-        if record is RecordKind.TRADES:
+        kind_of = venue.record_kind(frame)
+        if kind_of is RecordKind.TRADES:
             trades += 1
             for every, kinds in ((bad, MALFORMED_KINDS), (hostile, adversarial)):
                 if every and trades % every == 0:
                     kind = kinds[(trades // every - 1) % len(kinds)]
                     _count(injected, kind)
                     yield venue.bad_frame(frame, kind)
-        elif record is RecordKind.QUOTES:
+        elif kind_of is RecordKind.QUOTES:
             quotes += 1
             if crossed and quotes % crossed == 0:
                 _count(injected, CROSSED_QUOTE)
@@ -395,7 +408,8 @@ def replay_frames(
     faults: Faults,
     injected: MutableMapping[str, int],
     route: Callable[[RecordedFrame], OutFrame] = decode_frame,
-    venue: FrameFaults = BINANCE_FRAMES,
+    venue: BadFrames = BINANCE_FRAMES,
 ) -> Iterator[OutFrame]:
-    """The frames to send for one pass over a recording: routable frames, faults applied."""
+    """The frames to send for one pass over a recording: routable frames (by ``route``), faults applied
+    (bad frames by ``venue``); Binance's by default."""
     return apply_faults(routable_frames(recording, route), faults, injected, venue)

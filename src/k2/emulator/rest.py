@@ -65,13 +65,15 @@ _env_decoder = msgspec.json.Decoder(_Env)
 
 @dataclass(frozen=True, slots=True)
 class RestRequest:
-    """One request as the emulator saw it (monotonic time, path, query, status, weight counted)."""
+    """One request as the emulator saw it (monotonic time, path, query, status, weight counted, and the
+    venue's error text when it answered one inside a 200 body, as Kraken does)."""
 
     at: float
     path: str
     query: dict[str, str]
     status: int
     weight: int
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,11 @@
 """A local WebSocket server speaking a venue's stream protocol, replaying a recording.
 
-The venue's own part (handshake, control messages, framing, REST) is its emulator protocol
-(:class:`k2.emulator.contract.EmulatorProtocol`; Binance's by default,
-:class:`k2.emulator.binance.BinanceProtocol`: ``/stream?streams=a@trade/b@trade`` sends the recorded
-combined envelopes byte for byte, ``/ws/<stream>...`` only their ``data`` objects, SUBSCRIBE /
-UNSUBSCRIBE / LIST_SUBSCRIPTIONS on the socket). A client receives only the streams it subscribed
-to. One replay cursor is shared by all connections, and a frame
-that could not be delivered waits for the next connection, so a client that reconnects after an
-injected disconnect carries on where the stream stopped. In *live* mode the cursor moves on at the
-replay pace whether anyone is connected or not, and a frame nobody received is gone from the
+The venue's own part (handshake, greeting, control replies, heartbeats, framing, bad frames, REST) is
+its emulator protocol (:class:`k2.emulator.contract.EmulatorProtocol`; Binance's by default). A
+client receives only the streams it subscribed to. One replay cursor is shared by all connections,
+and a frame that could not be delivered waits for the next connection, so a client that reconnects
+after an injected disconnect carries on where the stream stopped. In *live* mode the cursor moves on
+at the replay pace whether anyone is connected or not, and a frame nobody received is gone from the
 stream (the REST side still serves it), as on a real venue. See docs/emulator.md.
 """
 
@@ -32,18 +29,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from k2.emulator.binance import BinanceProtocol
-from k2.emulator.contract import EmulatorProtocol, Heartbeats, RestSide
-from k2.emulator.faults import (
-    BINANCE_FRAMES,
-    DISCONNECT,
-    FRAME,
-    INJECTED_KINDS,
-    Faults,
-    FrameFaults,
-    OutFrame,
-    apply_faults,
-    routable_frames,
-)
+from k2.emulator.contract import EmulatorProtocol, RestSide
+from k2.emulator.faults import DISCONNECT, FRAME, INJECTED_KINDS, Faults, OutFrame, apply_faults, routable_frames
 from k2.emulator.protocol import PathError
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
 from k2.emulator.rest import RestResponse
@@ -58,7 +45,7 @@ _BATCH = 128  # frames framed into one socket write
 
 @dataclass(frozen=True, slots=True)
 class ReplayConfig:
-    """How to replay: which recording, how fast, which faults, and the Binance limits to enforce.
+    """How to replay: which recording, how fast, which faults, in which venue's protocol.
 
     ``speed=None`` sends as fast as clients read (write backpressure applies), ``1.0`` at the
     recorded pace (from the ``recv_us`` deltas), ``N`` N times faster. The replay starts when
@@ -73,7 +60,7 @@ class ReplayConfig:
     faults: Faults = field(default_factory=Faults)
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 60.0
-    max_client_messages_per_s: int | None = None  # None: the protocol's (``max_client_messages_per_s``, else 5)
+    max_client_messages_per_s: int | None = None  # None: the protocol's own limit
     min_clients: int = 1
     preload: bool = False  # decode the whole recording before listening (benchmarks measure the client)
     live: bool = False
@@ -99,6 +86,8 @@ class _Client:
     framing: str  # the protocol's: how this client's frames look (Binance: combined or raw)
     streams: dict[str, None]  # insertion-ordered set
     recent: collections.deque[float]
+    # monotonic time of the last replayed frame written to it, or of its connection (heartbeat()'s idle_s)
+    last_frame: float = field(default_factory=time.monotonic)
 
 
 class BinanceEmulator:
@@ -107,7 +96,7 @@ class BinanceEmulator:
     Counters for tests: ``replayed`` (recorded frames delivered: the cursor), ``missed`` (recorded
     frames due that no client received: unsubscribed streams, and in live mode no client),
     ``frames_sent`` (all replayed frames written to clients, duplicates and bad frames included, per
-    connection), ``control_sent`` (frames the protocol made up: replies to control messages and
+    connection), ``control_sent`` (frames the protocol made up: greetings, replies to control messages,
     heartbeats), ``connections``, ``disconnects_injected``, ``rate_limited``, ``replays_completed``
     and ``injected`` (by kind).
     """
@@ -140,9 +129,7 @@ class BinanceEmulator:
         if self.config.hold_at is None:
             self._released.set()
         self.protocol = self.config.protocol
-        self._frame_faults: FrameFaults = self.protocol if isinstance(self.protocol, FrameFaults) else BINANCE_FRAMES
-        protocol_limit: int = getattr(self.protocol, "max_client_messages_per_s", 5)
-        self._client_messages_per_s = self.config.max_client_messages_per_s or protocol_limit
+        self._client_messages_per_s = self.config.max_client_messages_per_s or self.protocol.max_client_messages_per_s
         self.rest: RestSide | None = self.protocol.rest(self.config.recording, self.config.faults)
         """The REST side (e.g. ``/api/v3/...`` on the same port); ``rest.requests`` logs every request."""
 
@@ -252,13 +239,16 @@ class BinanceEmulator:
         framing, streams = self.protocol.open(ws.request.path)
         client = _Client(ws, framing, {}, collections.deque(maxlen=self._client_messages_per_s))
         self.connections += 1
-        self._clients.add(client)
-        self._subscribe(client, streams)
-        log.debug("emulator.connected", path=ws.request.path, streams=len(streams))
+        interval_s = self.protocol.heartbeat_interval_s
         beats = None
-        if isinstance(self.protocol, Heartbeats):
-            beats = asyncio.create_task(self._heartbeats(client, self.protocol), name="emulator-heartbeats")
         try:
+            if not await self._send_control(client, self.protocol.greeting()):  # before any stream frame
+                return
+            self._clients.add(client)
+            self._subscribe(client, streams)
+            log.debug("emulator.connected", path=ws.request.path, streams=len(streams))
+            if interval_s is not None:
+                beats = asyncio.create_task(self._heartbeats(client, interval_s), name="emulator-heartbeats")
             async for message in ws:
                 if self._over_limit(client):
                     self.rate_limited += 1
@@ -268,9 +258,7 @@ class BinanceEmulator:
                 answer = self.protocol.control(list(client.streams), message)
                 self._subscribe(client, list(answer.subscribe))
                 self._unsubscribe(client, list(answer.unsubscribe))
-                if answer.reply is not None:
-                    await ws.send(answer.reply)
-                    self.control_sent += 1
+                await self._send_control(client, [r for r in (answer.reply, *answer.more) if r is not None])
         except ConnectionClosed:
             pass
         finally:
@@ -278,17 +266,28 @@ class BinanceEmulator:
                 beats.cancel()
             self._forget(client)
 
-    async def _heartbeats(self, client: _Client, protocol: Heartbeats) -> None:
-        """Every ``heartbeat_interval_s``: the protocol's message for each stream ``client`` has."""
-        while client in self._clients:
-            await asyncio.sleep(protocol.heartbeat_interval_s)
-            now_us = time.time_ns() // 1000
-            payloads = [p for s in list(client.streams) if (p := protocol.heartbeat(s, now_us)) is not None]
-            if payloads and await self._write(client, payloads):
-                self.control_sent += len(payloads)
+    async def _send_control(self, client: _Client, payloads: list[bytes]) -> bool:
+        """The protocol's own frames (greeting, replies, heartbeats), counted in ``control_sent``;
+        False when the connection is gone."""
+        if not payloads:
+            return True
+        if not await self._write(client, payloads):
+            return False
+        self.control_sent += len(payloads)
+        return True
+
+    async def _heartbeats(self, client: _Client, interval_s: float) -> None:
+        """Every ``interval_s`` while the connection lasts: what the protocol's ``heartbeat`` gives it."""
+        while True:
+            await asyncio.sleep(interval_s)
+            idle_s = time.monotonic() - client.last_frame
+            beats = self.protocol.heartbeat(list(client.streams), idle_s, time.time_ns() // 1000)
+            if not await self._send_control(client, beats):
+                return
 
     def _over_limit(self, client: _Client) -> bool:
-        """Binance's incoming limit: more than N messages within one second disconnects."""
+        """The venue's incoming limit: more than ``max_client_messages_per_s`` messages within one second
+        close the connection (1008)."""
         now = time.monotonic()
         recent = client.recent
         over = len(recent) == recent.maxlen and now - recent[0] < 1.0
@@ -375,7 +374,7 @@ class BinanceEmulator:
             frames = self._decoded
         else:
             frames = routable_frames(read_recording(self.config.recording), self.protocol.route)
-        source = apply_faults(frames, self.config.faults, self.injected, self._frame_faults)
+        source = apply_faults(frames, self.config.faults, self.injected, self.protocol)
         pending: collections.deque[OutFrame] = collections.deque()  # frames taken but not yet delivered
         t0: float | None = None
         r0 = 0
@@ -457,6 +456,7 @@ class BinanceEmulator:
         sent = 0
         for client, (payloads, indexes) in plan.items():
             if await self._write(client, payloads):
+                client.last_frame = time.monotonic()
                 sent += len(payloads)
                 for i in indexes:
                     delivered[i] = True
@@ -507,7 +507,7 @@ def _http_response(rest: RestResponse) -> Response:
 async def serve_forever(config: ReplayConfig, host: str = "127.0.0.1", port: int = 9443) -> None:
     """Run an emulator until cancelled (the ``k2 emulator`` command), logging its URL."""
     async with BinanceEmulator(config, host, port) as emu:
-        example = emu.url + getattr(emu.protocol, "example_target", "")  # a protocol may name a sample target
+        example = emu.url + emu.protocol.example_target
         log.info("emulator.listening", url=emu.url, venue=emu.protocol.name, example=example)
         await asyncio.Event().wait()
 
@@ -602,10 +602,4 @@ class EmulatorThread:
             await self.emulator.close()
 
 
-__all__ = [
-    "BinanceEmulator",
-    "EmulatorThread",
-    "Faults",
-    "ReplayConfig",
-    "serve_forever",
-]
+__all__ = ["BinanceEmulator", "EmulatorThread", "Faults", "ReplayConfig", "serve_forever"]

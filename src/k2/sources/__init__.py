@@ -17,6 +17,7 @@ from k2.sources.venue import Venue, VenueParser
 VENUES: dict[str, str] = {
     "binance": "k2.sources.binance:VENUE",
     "coinbase": "k2.sources.coinbase:VENUE",
+    "kraken": "k2.sources.kraken:VENUE",
 }
 """Venue name -> ``module:attribute`` of its :class:`Venue`."""
 

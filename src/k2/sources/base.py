@@ -10,9 +10,12 @@ receive time comes in with each frame.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
+import msgspec
 import pyarrow as pa
 
 from k2.schema.kinds import RecordKind
@@ -59,3 +62,36 @@ class ParsedBatch:
     def rows(self, kind: RecordKind) -> int:
         batch = self.records.get(kind)
         return 0 if batch is None else batch.num_rows
+
+
+T = TypeVar("T")
+
+
+def field_problem(error: msgspec.ValidationError) -> tuple[RejectReason, str]:
+    """The reason JSON failed to decode as a venue's struct: a missing field, else a wrong type."""
+    text = str(error)
+    return (RejectReason.MISSING_FIELD if "missing required field" in text else RejectReason.WRONG_TYPE), text
+
+
+def not_an_object(error: msgspec.ValidationError) -> tuple[RejectReason, str]:
+    """The reason a frame failed to decode as a venue's envelope (every field optional): not a JSON object."""
+    return RejectReason.WRONG_TYPE, f"not a JSON object: {error}"
+
+
+def decode_or_reject(
+    decoder: msgspec.json.Decoder[T],
+    data: bytes | msgspec.Raw,
+    frame: RawFrame,
+    out: ParsedBatch,
+    why: Callable[[msgspec.ValidationError], tuple[RejectReason, str]] = field_problem,
+) -> T | None:
+    """``data`` (``frame``'s payload or part of it) decoded, or None with ``frame`` rejected: JSON of
+    another shape with the reason ``why`` gives, anything else ``malformed_json`` (msgspec's depth limit
+    is a RecursionError). So every venue parser treats undecodable input alike and never raises."""
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        out.rejected.append(Rejected(frame, *why(exc)))
+    except (msgspec.DecodeError, RecursionError) as exc:
+        out.rejected.append(Rejected(frame, RejectReason.MALFORMED_JSON, str(exc)))
+    return None

@@ -8,7 +8,10 @@ until it has passed. Over any interval ``T`` the weight spent is at most ``burst
 other rate-limit statuses, e.g. Binance's 418) and 5xx are retried after ``Retry-After`` (or a
 capped backoff), and so are network errors, timeouts and a 200 answer that ``accept`` refuses with a
 :class:`~k2.errors.SourceError` (a broken body, an empty page where trades must exist); other
-statuses fail with :class:`~k2.errors.BackfillError`. TLS is verified against certifi's CA bundle.
+statuses fail with :class:`~k2.errors.BackfillError`. A venue that reports errors inside a 200 body
+(Kraken's ``error`` array) has ``accept`` raise :class:`~k2.errors.RateLimited` (every request pauses
+for its ``retry_after_s``, like a 429) or :class:`~k2.errors.BackfillError` (the request itself is
+wrong: not retried). TLS is verified against certifi's CA bundle.
 """
 
 from __future__ import annotations
@@ -145,13 +148,25 @@ class RestClient:
                 continue
             status = response.status_code
             if status == 200:
-                REST_REQUESTS.labels(venue=self.venue, status="2xx").inc()
                 try:
-                    return accept(Page(response.content, self.clock_us()))
+                    result = accept(Page(response.content, self.clock_us()))
+                except RateLimited as exc:  # a venue that says "too many requests" in a 200 body (Kraken)
+                    REST_REQUESTS.labels(venue=self.venue, status="429").inc()
+                    self.limiter.pause(exc.retry_after_s)
+                    last_problem = str(exc)
+                    self.retries += 1
+                    log.warning("backfill.rate_limited", status=status, retry_after_s=exc.retry_after_s, path=path)
+                    continue
+                except BackfillError:  # the venue refused the request itself: asking again cannot help
+                    REST_REQUESTS.labels(venue=self.venue, status="4xx").inc()
+                    raise
                 except SourceError as exc:  # a 200 whose body is broken or short: transient on a venue
+                    REST_REQUESTS.labels(venue=self.venue, status="2xx").inc()
                     last_problem = f"bad answer from {path}: {exc}"
                     await self._backoff(attempt, last_problem)
                     continue
+                REST_REQUESTS.labels(venue=self.venue, status="2xx").inc()
+                return result
             if status in self.rate_limit_statuses:
                 REST_REQUESTS.labels(venue=self.venue, status="429").inc()
                 delay = _retry_after(response, attempt)

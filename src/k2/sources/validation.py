@@ -10,7 +10,8 @@ only a hostile frame carries.
 * Integers: JSON decoders such as msgspec return integers of any size, so a column is first fitted
   into int64 (:func:`int64_column`), then range-checked (ids: :func:`valid_ids`).
 * Times: :class:`TimeWindow` bounds a venue time by an absolute floor (the venue's launch), the
-  frame's receive time plus a tolerance, and, for live data, a maximum age (:func:`within_window`).
+  frame's receive time plus a tolerance, and, for live data, a maximum age (:func:`within_window`;
+  every venue's two windows: :func:`time_windows`).
 * Decimals: :func:`exact_decimal_mask` accepts only plain ASCII decimal text that fits
   ``decimal(precision, scale)`` exactly; :func:`to_decimal` then casts with no possible failure.
 """
@@ -25,6 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from k2.config import ValidationSettings
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -67,6 +70,14 @@ class TimeWindow:
     earliest_us: int
     max_future_us: int
     max_age_us: int | None = None
+
+
+def time_windows(earliest_us: int, validation: ValidationSettings) -> tuple[TimeWindow, TimeWindow]:
+    """(live, history) windows of a venue that opened at ``earliest_us``: live frames must be recent
+    (``validation.max_age_s``), history (replayed recordings, REST pages, snapshots) is old by design."""
+    future_us = int(validation.max_future_s * 1e6)
+    max_age = None if validation.max_age_s is None else int(validation.max_age_s * 1e6)
+    return TimeWindow(earliest_us, future_us, max_age), TimeWindow(earliest_us, future_us)
 
 
 def within_window(times: Int64s, fits: Mask, received_us: Int64s, window: TimeWindow, unit_us: int = 1) -> Mask:

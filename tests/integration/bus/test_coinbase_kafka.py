@@ -91,4 +91,4 @@ def test_faults_are_repaired_through_kafka_and_both_tables_hold_exactly_the_reco
     for kind, n in bad.items():
         want[EXPECTED_REASON[kind].value] += n
     assert Counter(r["reason"] for r in read_quarantine(Path(settings.lake.quarantine_dir))) == want
-    assert [r.status for r in emu.rest.requests] == [429, 503] + [200] * 5
+    assert emu.rest is not None and [r.status for r in emu.rest.requests] == [429, 503] + [200] * 5

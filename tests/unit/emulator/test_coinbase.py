@@ -143,6 +143,17 @@ async def _next_reply(ws: ClientConnection) -> dict[str, Any]:
                 return message
 
 
+def test_a_heartbeat_goes_per_heartbeat_stream_busy_or_idle() -> None:
+    protocol = CoinbaseProtocol()
+    beats = protocol.heartbeat(["matches:SKL-USD", "heartbeat:SKL-USD", "heartbeat:NU-GBP"], 0.0, 1_618_677_817_056_746)
+    assert [json.loads(b) for b in beats] == [
+        {"type": "heartbeat", "sequence": 0, "last_trade_id": 0, "product_id": product,
+         "time": "2021-04-17T16:43:37.056746Z"}
+        for product in ("SKL-USD", "NU-GBP")
+    ]  # fmt: skip
+    assert protocol.heartbeat(["matches:SKL-USD"], 10.0, 0) == []
+
+
 def test_heartbeats_come_per_subscribed_product_with_its_last_sequence_and_trade_id() -> None:
     async def main() -> tuple[list[dict[str, Any]], dict[str, Any]]:
         async with BinanceEmulator(_config()) as emu, _connect(emu.url) as ws:

@@ -27,7 +27,7 @@ from k2.sources.binance import book_ticker, trades, wire
 from k2.sources.binance.wire import BOOK_TICKER_STREAM, LAUNCH_US, MAX_STREAMS_PER_CONNECTION, TRADE_STREAM
 from k2.sources.columns import brief, map_from_columns
 from k2.sources.symbols import Instrument
-from k2.sources.validation import TimeWindow
+from k2.sources.validation import time_windows
 from k2.sources.venue import SymbolRules
 
 _Routed = tuple[RecordKind, bytes | msgspec.Raw, str | None]  # kind, body, the symbol the body must carry
@@ -47,13 +47,6 @@ _STREAM_VENDOR_KEYS = (
     "buyer_order_id",
     "seller_order_id",
 )
-
-
-def time_windows(validation: ValidationSettings) -> tuple[TimeWindow, TimeWindow]:
-    """(live, replay) windows: replayed recordings and REST pages are old by design (no maximum age)."""
-    future_us = int(validation.max_future_s * 1e6)
-    max_age = None if validation.max_age_s is None else int(validation.max_age_s * 1e6)
-    return TimeWindow(LAUNCH_US, future_us, max_age), TimeWindow(LAUNCH_US, future_us)
 
 
 class BinanceParser:
@@ -84,7 +77,7 @@ class BinanceParser:
         # Combined-stream name -> (kind, the symbol its frames must carry); raw events are matched by symbol.
         self._streams = {f"{s.lower()}@{STREAMS[k]}": (k, s) for s in self.symbols for k in self.kinds}
         self._raw_trade_symbols = frozenset(self.symbols) if RecordKind.TRADES in self.kinds else frozenset()
-        live, replay = time_windows(validation or ValidationSettings())
+        live, replay = time_windows(LAUNCH_US, validation or ValidationSettings())
         self.window = replay if is_sample_data else live
 
     # --- connection -------------------------------------------------------------------------------

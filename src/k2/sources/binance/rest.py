@@ -26,9 +26,10 @@ from k2.errors import SourceError
 from k2.schema import PRICE_PRECISION, PRICE_SCALE
 from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason
 from k2.sources.binance import trades
-from k2.sources.binance.parser import time_windows
+from k2.sources.binance.wire import LAUNCH_US
 from k2.sources.columns import exact_decimals, map_from_columns
 from k2.sources.symbols import Instrument
+from k2.sources.validation import time_windows
 from k2.sources.venue import FetchedTrades
 
 HISTORICAL_TRADES_PATH = "/api/v3/historicalTrades"
@@ -119,7 +120,7 @@ def parse_historical_trades(
         quote_qty = [q for q, ok in zip(quote_qty, quote_ok.tolist(), strict=True) if ok]
         if not len(fields):
             return FetchedTrades(None, [], out)
-    _, replay = time_windows(validation or ValidationSettings())
+    _, replay = time_windows(LAUNCH_US, validation or ValidationSettings())
     checked = trades.check_trades(fields, out, window=replay, unit_us=1000)
     if not checked.keep.any():
         return FetchedTrades(None, [], out)

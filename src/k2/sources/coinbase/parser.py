@@ -28,12 +28,13 @@ import pyarrow as pa
 from k2.config import ValidationSettings
 from k2.errors import ConfigError
 from k2.schema.kinds import RecordKind
-from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason
+from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason, decode_or_reject, not_an_object
 from k2.sources.coinbase import quotes, trades, wire
-from k2.sources.coinbase.wire import CHANNEL_OF_TYPE, HEARTBEAT, MATCHES, MAX_PRODUCTS_PER_CONNECTION, TICKER
+from k2.sources.coinbase.wire import CHANNEL_OF_TYPE, HEARTBEAT, LAUNCH_US, MATCHES, MAX_PRODUCTS_PER_CONNECTION, TICKER
 from k2.sources.columns import brief, map_from_columns
 from k2.sources.symbols import Instrument
 from k2.sources.timestamps import parse_us
+from k2.sources.validation import time_windows
 from k2.sources.venue import SymbolRules
 
 STREAMS: Mapping[RecordKind, str] = {RecordKind.TRADES: MATCHES, RecordKind.QUOTES: TICKER}
@@ -73,7 +74,7 @@ class CoinbaseParser:
         self.instruments: dict[str, Instrument] = {s: rules.instrument(s) for s in self.symbols}
         self.channels: tuple[str, ...] = (*(STREAMS[k] for k in self.kinds), HEARTBEAT)
         self._products = frozenset(self.symbols)
-        live, replay = trades.time_windows(validation or ValidationSettings())
+        live, replay = time_windows(LAUNCH_US, validation or ValidationSettings())
         self.window = replay if is_sample_data else live
 
     # --- connection -------------------------------------------------------------------------------
@@ -109,12 +110,9 @@ class CoinbaseParser:
 
     def _route(self, frame: RawFrame, out: ParsedBatch) -> str | None:
         """The subscribed data channel a frame belongs to; None when it was rejected or a control reply."""
-        try:
-            head = wire.head_decoder.decode(frame.payload)
-        except msgspec.ValidationError as exc:
-            return _reject(out, frame, RejectReason.WRONG_TYPE, f"not a JSON object: {exc}")
-        except (msgspec.DecodeError, RecursionError) as exc:  # msgspec's depth limit is a RecursionError
-            return _reject(out, frame, RejectReason.MALFORMED_JSON, str(exc))
+        head = decode_or_reject(wire.head_decoder, frame.payload, frame, out, not_an_object)
+        if head is None:
+            return None
         kind = head.type
         if kind is None:
             return _reject(out, frame, RejectReason.MISSING_FIELD, "no message `type`")
@@ -147,13 +145,8 @@ class CoinbaseParser:
     def _decode_match(
         self, frame: RawFrame, fields: trades.TradeFields, extras: list[wire.Match], out: ParsedBatch
     ) -> None:
-        try:
-            m = wire.match_decoder.decode(frame.payload)
-        except msgspec.ValidationError as exc:
-            _reject(out, frame, *_why(exc))
-            return
-        except (msgspec.DecodeError, RecursionError) as exc:  # pragma: no cover - the router decoded it
-            _reject(out, frame, RejectReason.MALFORMED_JSON, str(exc))
+        m = decode_or_reject(wire.match_decoder, frame.payload, frame, out)
+        if m is None:
             return
         time_us = parse_us(m.time)
         if time_us is None:
@@ -163,13 +156,8 @@ class CoinbaseParser:
         extras.append(m)
 
     def _decode_ticker(self, frame: RawFrame, fields: quotes.TickerFields, out: ParsedBatch) -> None:
-        try:
-            t = wire.ticker_decoder.decode(frame.payload)
-        except msgspec.ValidationError as exc:
-            _reject(out, frame, *_why(exc))
-            return
-        except (msgspec.DecodeError, RecursionError) as exc:  # pragma: no cover - the router decoded it
-            _reject(out, frame, RejectReason.MALFORMED_JSON, str(exc))
+        t = decode_or_reject(wire.ticker_decoder, frame.payload, frame, out)
+        if t is None:
             return
         time_us = None if t.time is None else parse_us(t.time)
         if t.time is not None and time_us is None:
@@ -205,9 +193,3 @@ def _reject(out: ParsedBatch, frame: RawFrame, reason: RejectReason, detail: str
     """Record a reject; returns None, so that ``return _reject(...)`` ends a branch."""
     out.rejected.append(Rejected(frame, reason, detail))
     return None
-
-
-def _why(error: msgspec.ValidationError) -> tuple[RejectReason, str]:
-    """The reason a routed message failed to decode as its struct: a missing or a mistyped field."""
-    text = str(error)
-    return (RejectReason.MISSING_FIELD if "missing required field" in text else RejectReason.WRONG_TYPE), text

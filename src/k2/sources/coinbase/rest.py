@@ -25,12 +25,13 @@ import pyarrow as pa
 
 from k2.config import ValidationSettings
 from k2.errors import SourceError
-from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason
+from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason, decode_or_reject
 from k2.sources.coinbase import trades
-from k2.sources.coinbase.wire import RestTrade
+from k2.sources.coinbase.wire import LAUNCH_US, RestTrade
 from k2.sources.columns import brief, map_from_columns
 from k2.sources.symbols import Instrument
 from k2.sources.timestamps import parse_us
+from k2.sources.validation import time_windows
 from k2.sources.venue import FetchedTrades
 
 TRADES_PATH = "/products/{product_id}/trades"
@@ -76,11 +77,8 @@ def parse_trades_page(
     fields = trades.TradeFields()
     for raw in reversed(decode_page(payload)):  # the venue sends newest first; K2 stores in id order
         frame = RawFrame(bytes(raw), received_at_us)
-        try:
-            r = _trade_decoder.decode(raw)
-        except (msgspec.DecodeError, RecursionError) as exc:
-            reason = RejectReason.MISSING_FIELD if "missing required field" in str(exc) else RejectReason.WRONG_TYPE
-            out.rejected.append(Rejected(frame, reason, str(exc)))
+        r = decode_or_reject(_trade_decoder, raw, frame, out)  # a missing or a mistyped field
+        if r is None:
             continue
         time_us = parse_us(r.time)
         if time_us is None:
@@ -90,7 +88,7 @@ def parse_trades_page(
         fields.add(frame, product_id, r.trade_id, time_us, r.time, r.price, r.size, r.side)
     if not len(fields):
         return FetchedTrades(None, [], out)
-    _, replay = trades.time_windows(validation or ValidationSettings())
+    _, replay = time_windows(LAUNCH_US, validation or ValidationSettings())
     checked = trades.check_trades(fields, out, window=replay)
     if not checked.keep.any():
         return FetchedTrades(None, [], out)

@@ -21,11 +21,10 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from k2.config import ValidationSettings
 from k2.schema import PRICE_PRECISION, PRICE_SCALE
 from k2.schema.kinds import RecordKind, wire_schema
 from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason
-from k2.sources.coinbase.wire import FIRST_ID, LAUNCH_US
+from k2.sources.coinbase.wire import FIRST_ID
 from k2.sources.columns import UTC_US, ZERO, brief, by_symbol, empty_lists, exact_decimals, message_ids, to_mask
 from k2.sources.symbols import Instrument
 from k2.sources.validation import TimeWindow, int64_column, valid_ids, within_window
@@ -35,13 +34,6 @@ ASSET_CLASS = "crypto"
 
 Int64s = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
-
-
-def time_windows(validation: ValidationSettings) -> tuple[TimeWindow, TimeWindow]:
-    """(live, replay) windows: replayed recordings and REST pages are old by design (no maximum age)."""
-    future_us = int(validation.max_future_s * 1e6)
-    max_age = None if validation.max_age_s is None else int(validation.max_age_s * 1e6)
-    return TimeWindow(LAUNCH_US, future_us, max_age), TimeWindow(LAUNCH_US, future_us)
 
 
 @dataclass
