@@ -20,24 +20,25 @@ from k2.config import K2Settings
 from k2.lake.catalog import table_identifier
 from k2.quality.records import QUALITY_EVENT_ARROW_SCHEMA
 from k2.quality.report import COUNT_COLUMNS, build_report_from_counts, gap_states
+from k2.query.sql import TRADES_SOURCE
 from k2.schema.kinds import RecordKind
 
 _INSTRUMENTS_SQL = (
-    'SELECT exchange, symbol, count(*) AS trades, min("timestamp") AS first_trade, max("timestamp") AS last_trade '
-    "FROM read_parquet($files) GROUP BY ALL ORDER BY exchange, symbol"
+    'SELECT exchange, symbol, count(*) AS trades, min("timestamp") AS first_trade, max("timestamp") AS last_trade '  # noqa: S608
+    f"FROM {TRADES_SOURCE} GROUP BY ALL ORDER BY exchange, symbol"
 )
 _FEEDS_SQL = (
-    'SELECT exchange, symbol, max("timestamp") AS last_trade, max(ingestion_timestamp) AS last_ingested, '
+    'SELECT exchange, symbol, max("timestamp") AS last_trade, max(ingestion_timestamp) AS last_ingested, '  # noqa: S608
     "count(*) FILTER (WHERE ingestion_timestamp >= $since) AS trades_last_minute "
-    "FROM read_parquet($files) GROUP BY ALL ORDER BY exchange, symbol"
+    f"FROM {TRADES_SOURCE} GROUP BY ALL ORDER BY exchange, symbol"
 )
 # The trade half of the quality report (k2.quality.report.COUNT_COLUMNS), aggregated by DuckDB over
 # the planned files instead of materialising the trades.
 _COUNTS_SQL = (
-    'SELECT CAST("timestamp" AS DATE) AS day, exchange, symbol, count(*) AS trades, '
+    'SELECT CAST("timestamp" AS DATE) AS day, exchange, symbol, count(*) AS trades, '  # noqa: S608
     "min(source_sequence) AS first_id, max(source_sequence) AS last_id, "
     "count(*) FILTER (WHERE vendor_data['backfilled'] = 'true') AS backfilled_trades "
-    "FROM read_parquet($files) WHERE {where} GROUP BY ALL"
+    f"FROM {TRADES_SOURCE} WHERE {{where}} GROUP BY ALL"
 )
 
 

@@ -209,7 +209,7 @@ def open_page(
     if plan.rows > limit:  # metadata says the page may not hold everything: find its last row
         aliases = ", ".join(f"{p.expr} AS k{i}" for i, p in enumerate(series.key))
         bound_sql = (
-            f"SELECT {aliases} FROM read_parquet($files) WHERE {where} "  # noqa: S608 - code constants
+            f"SELECT {aliases} FROM {sql.TRADES_SOURCE} WHERE {where} "  # noqa: S608 - code constants
             f"ORDER BY {order} LIMIT 2 OFFSET $offset"
         )
         rows = worker.con.execute(bound_sql, {**params, "offset": limit - 1}).fetchall()
@@ -220,7 +220,7 @@ def open_page(
             if len(rows) == 2:
                 next_key = tuple(rows[0])
     columns = json_projection(series.schema) if json_rows else ", ".join(sql.quote_ident(f.name) for f in series.schema)
-    text = f"SELECT {columns} FROM read_parquet($files) WHERE {where} ORDER BY {order}"  # noqa: S608
+    text = f"SELECT {columns} FROM {sql.TRADES_SOURCE} WHERE {where} ORDER BY {order}"  # noqa: S608
     reader = worker.con.sql(text, params=params).to_arrow_reader(batch_rows)
     return Page(reader, next_key)
 
