@@ -434,18 +434,21 @@ def consume(
 @app.command()
 def quality(
     symbol: Annotated[str | None, typer.Option("--symbol", "-s", help="Only this symbol.")] = None,
+    exchange: Annotated[str | None, typer.Option(help="Only this venue's exchange, e.g. BINANCE.")] = None,
     day: Annotated[str | None, typer.Option(help="Only this UTC day, YYYY-MM-DD.")] = None,
     warehouse: WarehouseOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
-    """Completeness and quality per symbol per day: ids expected vs stored, gaps, backfill, duplicates, anomalies."""
+    """Completeness and quality per venue, symbol and day: ids expected vs stored, gaps, backfill, duplicates,
+    anomalies."""
     from k2.services.quality_report import parse_day, quality_report
 
     with errors():
-        table = quality_report(settings_from(warehouse=warehouse), symbol=symbol, day=parse_day(day))
-        if fmt == "table":  # many columns: one field per line, one column per symbol-day
-            names = [f"{r['symbol']} {r['day']}" for r in table.select(["symbol", "day"]).to_pylist()]
-            fields = [c for c in table.column_names if c not in ("symbol", "day")]
+        table = quality_report(settings_from(warehouse=warehouse), symbol=symbol, day=parse_day(day), exchange=exchange)
+        if fmt == "table":  # many columns: one field per line, one column per venue-symbol-day
+            keys = table.select(["exchange", "symbol", "day"]).to_pylist()
+            names = [f"{r['exchange']} {r['symbol']} {r['day']}" for r in keys]
+            fields = [c for c in table.column_names if c not in ("exchange", "symbol", "day")]
             columns = {"field": fields} | {n: [cell(v) for v in row] for n, row in zip(
                 names, zip(*(table.column(c).to_pylist() for c in fields), strict=True), strict=True)}  # fmt: skip
             table = pa.table(columns) if names else table

@@ -61,9 +61,12 @@ def feed_specs(
         else:
             shared = kinds if kinds is not None else tuple(RecordKind(k) for k in source.kinds)
             wanted, strict = tuple(shared), len(names) == 1
-        chosen = wanted if strict else tuple(k for k in wanted if k in venue.kinds)
+        chosen = tuple(k for k in wanted if k in venue.kinds)
+        served = ", ".join(k.value for k in venue.kinds)
+        if strict and chosen != wanted:
+            missing = ", ".join(k.value for k in wanted if k not in chosen)
+            raise ConfigError(f"{name} does not serve {missing} (it serves {served})")
         if not chosen:
-            served = ", ".join(k.value for k in venue.kinds)
             raise ConfigError(f"{name} serves none of {', '.join(k.value for k in wanted)} (it serves {served})")
         assert merged.symbols is not None  # filled from the section
         specs.append(
