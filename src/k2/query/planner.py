@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
 from urllib.parse import urlparse
@@ -30,7 +30,7 @@ from pyiceberg.expressions import (
     Or,
 )
 from pyiceberg.manifest import DataFile
-from pyiceberg.table import Table
+from pyiceberg.table import FileScanTask, Table
 
 from k2.errors import QueryError, SnapshotExpired
 
@@ -279,7 +279,7 @@ class Planner:
         if snapshot_id is None:
             return ScanPlan(None, flt, (), 0, 0, 0, 0, 0, None, None, None, None, (), frozenset(flt.predicates()))
         try:
-            tasks = list(table.scan(row_filter=flt.row_filter(self._columns), snapshot_id=snapshot_id).plan_files())
+            tasks = self._tasks(table, snapshot_id, flt)
         except FileNotFoundError as exc:  # a manifest list or manifest of an expired snapshot
             raise SnapshotExpired(
                 f"snapshot {snapshot_id} of {'.'.join(table.name())} was expired by table maintenance while "
@@ -347,6 +347,34 @@ class Planner:
             tuple(single),
             frozenset(implied),
         )
+
+    def _tasks(self, table: Table, snapshot_id: int, flt: ScanFilter) -> list[FileScanTask]:
+        """The files pyiceberg plans for ``flt``.
+
+        By instrument, on a table holding rows from before the ``instrument`` column: two passes, since
+        pyiceberg's metrics evaluator keeps every file without metrics for a column (it cannot tell a
+        file written before the column existed, whose rows all hold null there). Pass one plans by
+        ``instrument = X`` and keeps the files that have the column; pass two plans by the venue symbols
+        of old rows (``legacy``) and keeps the files that may hold null instruments. A file "has the
+        column" when its value counts name it: K2 records metrics for every column of its tables.
+        """
+
+        def scan(expr: BooleanExpression) -> list[FileScanTask]:
+            return list(table.scan(row_filter=expr, snapshot_id=snapshot_id).plan_files())
+
+        if flt.instrument is None or not flt.legacy or "instrument" not in self._columns:
+            return scan(flt.row_filter(self._columns))
+        field_id = self._instrument_id
+        new = [
+            t for t in scan(replace(flt, legacy=()).row_filter(self._columns))
+            if not t.file.value_counts or field_id in t.file.value_counts
+        ]  # fmt: skip
+        seen = {t.file.file_path for t in new}
+        old = [
+            t for t in scan(flt.row_filter(self._columns - {"instrument"}))
+            if t.file.file_path not in seen and (t.file.null_value_counts or {}).get(field_id) != 0
+        ]  # fmt: skip
+        return new + old
 
     def _time_id(self, flt: ScanFilter) -> int:
         field_id = self._time_ids.get(flt.time_column)

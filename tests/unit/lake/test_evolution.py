@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from pyiceberg.catalog import Catalog
+from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import index_by_id
 from pyiceberg.table import Table
 
@@ -36,12 +37,14 @@ def _as_v2(batch: pa.RecordBatch | pa.Table) -> pa.Table:
     return table.select(list(TRADE_V2.names)).cast(to_arrow(TRADE_V2))
 
 
-def _v2_table(catalog: Catalog, lake: LakeSettings, rows: pa.Table | None = None) -> Table:
+def _v2_table(
+    catalog: Catalog, lake: LakeSettings, rows: pa.Table | None = None, partition: PartitionSpec | None = None
+) -> Table:
     """The trades table exactly as K2 created it at trade v2 (and wrote ``rows`` to it)."""
     table = catalog.create_table(
         table_identifier(lake, RecordKind.TRADES),
         schema=to_iceberg(TRADE_V2),
-        partition_spec=partition_spec(RecordKind.TRADES),
+        partition_spec=partition or partition_spec(RecordKind.TRADES),
         sort_order=sort_order(RecordKind.TRADES),
         properties={**TABLE_PROPERTIES, "k2.record": "Trade", "k2.schema-version": "2"},
     )
