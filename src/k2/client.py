@@ -77,12 +77,14 @@ class K2Client:
         end: TimeArg = None,
         limit: int | None = None,
         page_size: int = 100_000,
+        instrument: str | None = None,
     ) -> QueryResult:
-        """Trades in time order; every page up to ``limit`` rows (all when None), as one table."""
+        """Trades in time order; every page up to ``limit`` rows (all when None), as one table;
+        ``instrument`` (BTC/USDT): every venue's trades of it."""
         batches: list[pa.RecordBatch] = []
         schema: pa.Schema | None = None
         for page in self.iter_trade_pages(
-            symbol, exchange=exchange, start=start, end=end, page_size=page_size, limit=limit
+            symbol, exchange=exchange, start=start, end=end, page_size=page_size, limit=limit, instrument=instrument
         ):
             schema = page.schema
             batches.extend(page.to_batches())
@@ -99,6 +101,7 @@ class K2Client:
         end: TimeArg = None,
         page_size: int = 100_000,
         limit: int | None = None,
+        instrument: str | None = None,
     ) -> Iterator[pa.Table]:
         """Pages of trades (Arrow tables) following the service's cursors, at most ``limit`` rows."""
         cursor: str | None = None
@@ -106,8 +109,9 @@ class K2Client:
         while True:
             size = page_size if left is None else min(page_size, left)
             params = _params(
-                symbol=symbol, exchange=exchange, start=_time(start), end=_time(end), limit=size, cursor=cursor
-            )
+                symbol=symbol, exchange=exchange, start=_time(start), end=_time(end), limit=size, cursor=cursor,
+                instrument=instrument,
+            )  # fmt: skip
             response = self._get("/v1/trades", params)
             page = _arrow(response)
             yield page
@@ -119,20 +123,31 @@ class K2Client:
 
     def ohlcv(
         self,
-        symbol: str,
+        symbol: str | None = None,
         interval: str = "1m",
         *,
         exchange: str | None = None,
         start: TimeArg = None,
         end: TimeArg = None,
+        instrument: str | None = None,
     ) -> QueryResult:
-        params = _params(symbol=symbol, interval=interval, exchange=exchange, start=_time(start), end=_time(end))
+        """Bars of a symbol, or of an ``instrument`` per venue side by side (an ``exchange`` column)."""
+        params = _params(
+            symbol=symbol, interval=interval, exchange=exchange, start=_time(start), end=_time(end),
+            instrument=instrument,
+        )  # fmt: skip
         return QueryResult(_arrow(self._get("/v1/ohlcv", params)))
 
     def vwap(
-        self, symbol: str, *, exchange: str | None = None, start: TimeArg = None, end: TimeArg = None
+        self,
+        symbol: str | None = None,
+        *,
+        exchange: str | None = None,
+        start: TimeArg = None,
+        end: TimeArg = None,
+        instrument: str | None = None,
     ) -> Decimal | None:
-        params = _params(symbol=symbol, exchange=exchange, start=_time(start), end=_time(end))
+        params = _params(symbol=symbol, exchange=exchange, start=_time(start), end=_time(end), instrument=instrument)
         value = self._get("/v1/vwap", params, arrow=False).json()["vwap"]
         return None if value is None else Decimal(value)
 
@@ -144,12 +159,21 @@ class K2Client:
         response = self._request("POST", "/v1/sql", json=body, headers={"Accept": _ARROW})
         return QueryResult(_arrow(response))
 
-    def quality(self, symbol: str | None = None, day: date | str | None = None) -> QueryResult:
-        params = _params(symbol=symbol, day=None if day is None else str(day))
+    def quality(
+        self, symbol: str | None = None, day: date | str | None = None, *, instrument: str | None = None
+    ) -> QueryResult:
+        params = _params(symbol=symbol, day=None if day is None else str(day), instrument=instrument)
         return QueryResult(_arrow(self._get("/v1/quality", params)))
 
-    def gaps(self, symbol: str | None = None, day: date | str | None = None, status: str | None = None) -> QueryResult:
-        params = _params(symbol=symbol, day=None if day is None else str(day), status=status)
+    def gaps(
+        self,
+        symbol: str | None = None,
+        day: date | str | None = None,
+        status: str | None = None,
+        *,
+        instrument: str | None = None,
+    ) -> QueryResult:
+        params = _params(symbol=symbol, day=None if day is None else str(day), status=status, instrument=instrument)
         return QueryResult(_arrow(self._get("/v1/gaps", params)))
 
     # --- small JSON answers ---------------------------------------------------------------------

@@ -60,6 +60,9 @@ class Trade(_Model):
     platform_sequence: int
     vendor_data: dict[str, str]
     is_sample_data: bool
+    instrument: str | None = Field(
+        description="Canonical instrument BASE/QUOTE (e.g. BTC/USDT); null in trades stored before trade schema v3."
+    )
 
 
 class TradePage(_Model):
@@ -70,6 +73,9 @@ class TradePage(_Model):
 
 
 class Bar(_Model):
+    exchange: str | None = Field(
+        default=None, description="The venue: bars of an instrument come per venue, side by side (absent otherwise)."
+    )
     bucket: datetime = Field(description="Start of the bar (epoch-aligned), UTC.")
     open: DecimalText
     high: DecimalText
@@ -85,7 +91,8 @@ class BarList(_Model):
 
 
 class Vwap(_Model):
-    symbol: str
+    symbol: str | None
+    instrument: str | None = Field(description="The canonical instrument asked for (all its venues), or null.")
     exchange: str | None
     start: datetime | None
     end: datetime | None

@@ -32,14 +32,21 @@ _FEEDS_SQL = (
     "count(*) FILTER (WHERE ingestion_timestamp >= $since) AS trades_last_minute "
     f"FROM {TRADES_SOURCE} GROUP BY ALL ORDER BY exchange, symbol"
 )
+
+
 # The trade half of the quality report (k2.quality.report.COUNT_COLUMNS), aggregated by DuckDB over
 # the planned files instead of materialising the trades.
-_COUNTS_SQL = (
-    'SELECT CAST("timestamp" AS DATE) AS day, exchange, symbol, count(*) AS trades, '  # noqa: S608
-    "min(source_sequence) AS first_id, max(source_sequence) AS last_id, "
-    "count(*) FILTER (WHERE vendor_data['backfilled'] = 'true') AS backfilled_trades "
-    f"FROM {TRADES_SOURCE} WHERE {{where}} GROUP BY ALL"
-)
+def _counts_sql(where: str) -> str:
+    return (
+        'SELECT CAST("timestamp" AS DATE) AS day, exchange, symbol, count(*) AS trades, '  # noqa: S608
+        "min(source_sequence) AS first_id, max(source_sequence) AS last_id, "
+        "count(*) FILTER (WHERE vendor_data['backfilled'] = 'true') AS backfilled_trades "
+        f"FROM {TRADES_SOURCE} WHERE {where} GROUP BY ALL"
+    )
+
+
+def _pairs_sql(where: str) -> str:
+    return f"SELECT DISTINCT exchange, symbol FROM {TRADES_SOURCE} WHERE {where}"  # noqa: S608
 
 
 def instruments(worker: Worker) -> pa.Table:
@@ -77,8 +84,11 @@ def _pred(kind: Any, column: str, value: object) -> BooleanExpression:
     return cast(BooleanExpression, kind(column, value))  # pyiceberg predicates take (term, literal)
 
 
-def _events(worker: Worker, settings: K2Settings, symbol: str | None, day: date | None) -> pa.Table:
-    """Quality-event rows of the symbol/day (by the revealing trade's time); empty without a table."""
+def _events(
+    worker: Worker, settings: K2Settings, symbol: str | None, day: date | None, venues: set[str] | None = None
+) -> pa.Table:
+    """Quality-event rows of the symbol/day (by the revealing trade's time); empty without a table.
+    ``venues``: only these ``EXCHANGE:SYMBOL`` (an instrument's venue symbols)."""
     try:
         table = worker.catalog.load_table(table_identifier(settings.lake, RecordKind.QUALITY_EVENTS))
     except NoSuchTableError:
@@ -91,28 +101,61 @@ def _events(worker: Worker, settings: K2Settings, symbol: str | None, day: date 
         expr = And(expr, _pred(GreaterThanOrEqual, "trade_time", start.isoformat()))
         expr = And(expr, _pred(LessThan, "trade_time", end.isoformat()))
     result: pa.Table = table.scan(row_filter=expr).to_arrow()
+    if venues is not None:
+        keys = pc.binary_join_element_wise(
+            result["exchange"].cast(pa.string()), result["symbol"].cast(pa.string()), ":"
+        )
+        result = result.filter(pc.is_in(keys, value_set=pa.array(sorted(venues), pa.string())))
     return result
 
 
-def quality(worker: Worker, settings: K2Settings, symbol: str | None, day: date | None) -> pa.Table:
-    """One row per (day, exchange, symbol): expected vs stored, gaps by status, duplicates, anomalies."""
+def _venue_symbols(
+    worker: Worker, instrument: str | None, start: datetime | None, end: datetime | None
+) -> set[str] | None:
+    """``EXCHANGE:SYMBOL`` of the trades of ``instrument`` in the range (None: no instrument asked)."""
+    if instrument is None:
+        return None
+    plan = worker.engine.plan(None, None, start, end, instrument=instrument)
+    if not plan.files:
+        return set()
+    where, params = plan.sql_where()
+    params["files"] = list(plan.files)
+    rows = worker.con.sql(_pairs_sql(where), params=params).fetchall()
+    return {f"{exchange}:{symbol}" for exchange, symbol in rows}
+
+
+def quality(
+    worker: Worker, settings: K2Settings, symbol: str | None, day: date | None, instrument: str | None = None
+) -> pa.Table:
+    """One row per (day, exchange, symbol): expected vs stored, gaps by status, duplicates, anomalies;
+    ``instrument``: every venue's symbol of it."""
     start, end = _day_range(day)
-    plan = worker.engine.plan(symbol, None, start, end)
+    plan = worker.engine.plan(symbol, None, start, end, instrument=instrument)
     if plan.files:
         where, params = plan.sql_where()
         params["files"] = list(plan.files)
-        counts = worker.con.sql(_COUNTS_SQL.format(where=where), params=params).to_arrow_table()
+        counts = worker.con.sql(_counts_sql(where), params=params).to_arrow_table()
     else:
         counts = pa.table(
             {name: pa.array([], pa.date32() if name == "day" else pa.string()) for name in COUNT_COLUMNS[:3]}
             | {name: pa.array([], pa.int64()) for name in COUNT_COLUMNS[3:]}
         )
-    return build_report_from_counts(counts, _events(worker, settings, symbol, day))
+    venues = _venue_symbols(worker, instrument, start, end)
+    return build_report_from_counts(counts, _events(worker, settings, symbol, day, venues))
 
 
-def gaps(worker: Worker, settings: K2Settings, symbol: str | None, day: date | None, status: str | None) -> pa.Table:
-    """Every gap of the symbol/day in its current state (optionally only one status)."""
-    table = gap_states(_events(worker, settings, symbol, day))
+def gaps(
+    worker: Worker,
+    settings: K2Settings,
+    symbol: str | None,
+    day: date | None,
+    status: str | None,
+    instrument: str | None = None,
+) -> pa.Table:
+    """Every gap of the symbol/day (or of the instrument's venue symbols) in its current state
+    (optionally only one status)."""
+    start, end = _day_range(day)
+    table = gap_states(_events(worker, settings, symbol, day, _venue_symbols(worker, instrument, start, end)))
     if status is not None:
         table = table.filter(pc.equal(table["status"], status))
     return table

@@ -35,6 +35,7 @@ from k2.api.problems import Problem
 from k2.api.queries import gaps, instruments, quality
 from k2.api.security import require
 from k2.api.series import (
+    INSTRUMENT_PATTERN,
     JSON_ROW_SCHEMA,
     NAME_PATTERN,
     Page,
@@ -52,13 +53,20 @@ from k2.api.streaming import Source
 from k2.api.workers import Worker
 from k2.errors import QueryError
 from k2.query import sql as query_sql
-from k2.query.bars import OHLCV_SCHEMA, parse_interval
+from k2.query.bars import OHLCV_SCHEMA, VENUE_OHLCV_SCHEMA, parse_interval
 
 TRADES = trades_series(Trade, TradePage)
 
 SymbolParam = Annotated[str, Query(pattern=NAME_PATTERN, description="Exchange symbol, e.g. BTCUSDT.")]
 OptSymbol = Annotated[str | None, Query(pattern=NAME_PATTERN, description="Exchange symbol, e.g. BTCUSDT.")]
 OptExchange = Annotated[str | None, Query(pattern=NAME_PATTERN, description="Venue, e.g. BINANCE.")]
+OptInstrument = Annotated[
+    str | None,
+    Query(
+        pattern=INSTRUMENT_PATTERN,
+        description="Canonical instrument BASE/QUOTE, e.g. BTC/USDT: every venue's symbol of it (instead of symbol).",
+    ),
+]
 StartParam = Annotated[datetime | None, Query(description="Inclusive start, RFC 3339 (UTC when no offset is given).")]
 EndParam = Annotated[datetime | None, Query(description="Exclusive end, RFC 3339 (UTC when no offset is given).")]
 FormatParam = Annotated[
@@ -137,6 +145,7 @@ def series_route(router: APIRouter, series: Series, max_rows: int) -> None:
         request: Request,
         symbol: OptSymbol = None,
         exchange: OptExchange = None,
+        instrument: OptInstrument = None,
         start: StartParam = None,
         end: EndParam = None,
         limit: Annotated[int, Query(ge=1, le=max_rows, description="Rows per page.")] = 1000,
@@ -146,7 +155,7 @@ def series_route(router: APIRouter, series: Series, max_rows: int) -> None:
     ) -> Response:
         chosen = _format(fmt, accept)
         s, e, empty = _range(start, end)
-        flt = SeriesFilter(check_name(symbol, "symbol"), check_name(exchange, "exchange"), s, e)
+        flt = SeriesFilter(check_name(symbol, "symbol"), check_name(exchange, "exchange"), s, e, instrument)
         after = decode_cursor(series, cursor) if cursor else None
         batch_rows = BATCH_ROWS[chosen]
         headers: dict[str, str] = {}
@@ -199,31 +208,37 @@ def build_router(max_rows: int) -> APIRouter:
     )
     async def ohlcv(
         request: Request,
-        symbol: SymbolParam,
+        symbol: OptSymbol = None,
         interval: Annotated[
             str, Query(pattern=INTERVAL_PATTERN, description="Bar width: 250ms, 1s, 1m, 5m, 1h, 1d...")
         ] = "1m",
         exchange: OptExchange = None,
+        instrument: OptInstrument = None,
         start: StartParam = None,
         end: EndParam = None,
         fmt: FormatParam = None,
         accept: AcceptHeader = None,
     ) -> Response:
-        """Open/high/low/close, exact volume and VWAP per epoch-aligned bucket (docs/query.md)."""
+        """Open/high/low/close, exact volume and VWAP per epoch-aligned bucket (docs/query.md), of a symbol
+        or, with ``instrument``, per venue side by side (an ``exchange`` column, one row per bar per venue)."""
         chosen = _format(fmt, accept)
         s, e, empty = _range(start, end)
         name, venue = check_name(symbol, "symbol"), check_name(exchange, "exchange")
+        _symbol_or_instrument(name, instrument)
         parse_interval(interval)  # refused before borrowing a worker
+        schema = OHLCV_SCHEMA if instrument is None else VENUE_OHLCV_SCHEMA
 
         def open_source(worker: Worker) -> Source:
             if empty:
-                return Source(None, OHLCV_SCHEMA)
-            bars = worker.engine.ohlcv(name or "", interval, start_time=s, end_time=e, exchange=venue).table
+                return Source(None, schema)
+            bars = worker.engine.ohlcv(
+                name, interval, start_time=s, end_time=e, exchange=venue, instrument=instrument
+            ).table
             if bars.num_rows > max_rows:
                 raise QueryError(
                     f"{bars.num_rows} bars exceed the limit of {max_rows}: narrow the range or widen the interval"
                 )
-            return Source(_rows(bars, BATCH_ROWS[chosen]), OHLCV_SCHEMA)
+            return Source(_rows(bars, BATCH_ROWS[chosen]), schema)
 
         return await service(request).stream(open_source, encoder(chosen))
 
@@ -235,19 +250,23 @@ def build_router(max_rows: int) -> APIRouter:
     )
     async def vwap(
         request: Request,
-        symbol: SymbolParam,
+        symbol: OptSymbol = None,
         exchange: OptExchange = None,
+        instrument: OptInstrument = None,
         start: StartParam = None,
         end: EndParam = None,
     ) -> Vwap:
+        """Of a symbol, or of an instrument over every venue's trades of it (one venue with ``exchange``)."""
         s, e, empty = _range(start, end)
         name, venue = check_name(symbol, "symbol"), check_name(exchange, "exchange")
+        _symbol_or_instrument(name, instrument)
         value = None
         if not empty:
             value = await service(request).run(
-                lambda w: w.engine.vwap(name or "", start_time=s, end_time=e, exchange=venue)
+                lambda w: w.engine.vwap(name, start_time=s, end_time=e, exchange=venue, instrument=instrument)
             )
-        return Vwap(symbol=name or "", exchange=venue, start=s, end=e, vwap=_decimal_text(value))
+        canonical = None if instrument is None else instrument.upper()
+        return Vwap(symbol=name, instrument=canonical, exchange=venue, start=s, end=e, vwap=_decimal_text(value))
 
     @router.get(
         "/instruments",
@@ -316,13 +335,15 @@ def build_router(max_rows: int) -> APIRouter:
     async def quality_report(
         request: Request,
         symbol: OptSymbol = None,
+        instrument: OptInstrument = None,
         day: DayParam = None,
         fmt: FormatParam = None,
         accept: AcceptHeader = None,
     ) -> Response:
         """What `k2 quality` prints: ids expected vs trades stored, gaps found/backfilled/unrecoverable/open,
-        duplicates dropped, out-of-order arrivals, resets and anomalies (docs/quality.md)."""
-        return await _table_route(request, fmt, accept, lambda w, s: quality(w, s, check_name(symbol, "symbol"), day))
+        duplicates dropped, out-of-order arrivals, resets and anomalies (docs/quality.md); per venue."""
+        name = check_name(symbol, "symbol")
+        return await _table_route(request, fmt, accept, lambda w, s: quality(w, s, name, day, instrument))
 
     @router.get(
         "/gaps",
@@ -334,6 +355,7 @@ def build_router(max_rows: int) -> APIRouter:
     async def gap_list(
         request: Request,
         symbol: OptSymbol = None,
+        instrument: OptInstrument = None,
         day: DayParam = None,
         status: Annotated[Literal["OPEN", "RESOLVED", "UNRECOVERABLE"] | None, Query()] = None,
         fmt: FormatParam = None,
@@ -341,11 +363,15 @@ def build_router(max_rows: int) -> APIRouter:
     ) -> Response:
         """Each gap (ids missing between two received ids) as of now: OPEN, RESOLVED by backfill, or
         UNRECOVERABLE (with why), by the UTC day of the trade that revealed it."""
-        return await _table_route(
-            request, fmt, accept, lambda w, s: gaps(w, s, check_name(symbol, "symbol"), day, status)
-        )
+        name = check_name(symbol, "symbol")
+        return await _table_route(request, fmt, accept, lambda w, s: gaps(w, s, name, day, status, instrument))
 
     return router
+
+
+def _symbol_or_instrument(symbol: str | None, instrument: str | None) -> None:
+    if (symbol is None) == (instrument is None):
+        raise QueryError("give a symbol or an instrument (BASE/QUOTE), not both")
 
 
 async def _table_route(

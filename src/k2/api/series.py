@@ -44,6 +44,8 @@ from k2.schema import TRADE_ARROW_SCHEMA
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,39}$"
 """Symbols and exchanges: letters, digits and ``. _ : / -`` (BTCUSDT, BTC-USD, XBT/USD), 1-40 chars."""
+INSTRUMENT_PATTERN = r"^[A-Za-z0-9]{1,20}/[A-Za-z0-9]{1,20}$"
+"""Canonical instruments: BASE/QUOTE, letters and digits (BTC/USDT)."""
 _NAME = re.compile(NAME_PATTERN)
 _TEXT_KEY = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
 
@@ -62,6 +64,7 @@ class SeriesFilter:
     exchange: str | None
     start: datetime | None
     end: datetime | None
+    instrument: str | None = None  # canonical BASE/QUOTE: every venue's symbol of it
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class Series:
 
 
 def _plan_trades(worker: Worker, flt: SeriesFilter) -> ScanPlan:
-    return worker.engine.plan(flt.symbol, flt.exchange, flt.start, flt.end)
+    return worker.engine.plan(flt.symbol, flt.exchange, flt.start, flt.end, instrument=flt.instrument)
 
 
 _MAX_SEQUENCE = str(2**63 - 1)
@@ -195,7 +198,7 @@ def open_page(
         start = after[0]  # prune files before the cursor
         if flt.end is not None and start >= flt.end:
             return Page(None, None)
-    plan = series.plan(worker, SeriesFilter(flt.symbol, flt.exchange, start, flt.end))
+    plan = series.plan(worker, SeriesFilter(flt.symbol, flt.exchange, start, flt.end, flt.instrument))
     if not plan.files:
         return Page(None, None)
     where, params = plan.sql_where()

@@ -39,7 +39,8 @@ def fill_instruments(table: pa.Table) -> pa.Table:
     missing = pc.is_null(column)
     old = table.filter(missing).select(["exchange", "symbol"]).group_by(["exchange", "symbol"]).aggregate([])
     derived = instruments_of(zip(old["exchange"].to_pylist(), old["symbol"].to_pylist(), strict=True))
-    keys = pc.binary_join_element_wise(table.column("exchange"), table.column("symbol"), "\x00")
+    exchange, symbol = (table.column(c).cast(pa.string()) for c in ("exchange", "symbol"))
+    keys = pc.binary_join_element_wise(exchange, symbol, "\x00")
     names = {f"{e}\x00{s}": v for (e, s), v in derived.items()}
     lookup = pa.array(list(names), pa.string())
     values = pa.array(list(names.values()), pa.string())
