@@ -35,8 +35,9 @@ from k2.logging import get_logger
 from k2.metrics import QUERY_SECONDS
 from k2.query import exact, quotes, sql
 from k2.query.bars import bar_parameters, ohlcv_table, parse_interval
-from k2.query.instruments import fill_instruments, instrument_filter
-from k2.query.planner import CacheInfo, Planner, ScanFilter, ScanPlan, from_us, local_path, to_us
+from k2.query.filters import check_limit, make_filter
+from k2.query.instruments import fill_instruments
+from k2.query.planner import CacheInfo, Planner, ScanFilter, ScanPlan, from_us, local_path
 from k2.query.result import QueryResult
 from k2.schema import TRADE_ARROW_SCHEMA, to_arrow
 from k2.schema.kinds import RecordKind, spec
@@ -45,48 +46,7 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
-MAX_LIMIT = 1_000_000
 _OTHER_KINDS = (RecordKind.QUOTES, RecordKind.QUALITY_EVENTS)  # tables read when they exist
-
-
-def _utc_us(value: datetime | None, name: str) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        raise QueryError(f"{name} must be a datetime, not {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise QueryError(f"{name} must be timezone-aware (e.g. tzinfo=UTC); naive datetimes are rejected")
-    return to_us(value)
-
-
-def _name(value: str | None, what: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise QueryError(f"{what} must be a non-empty string")
-    return value.strip().upper()
-
-
-def make_filter(
-    symbol: str | None = None,
-    exchange: str | None = None,
-    start_time: datetime | None = None,
-    end_time: datetime | None = None,
-    time_column: str = "timestamp",
-    instrument: str | None = None,
-) -> ScanFilter:
-    """Validate query arguments into a :class:`ScanFilter` (symbols/exchanges upper-cased, the
-    instrument canonical: ``BASE/QUOTE``, with the venue symbols of rows stored without one)."""
-    start_us, end_us = _utc_us(start_time, "start_time"), _utc_us(end_time, "end_time")
-    if start_us is not None and end_us is not None and start_us >= end_us:
-        raise QueryError("start_time must be before end_time")
-    name, legacy = instrument_filter(instrument)
-    return ScanFilter(_name(symbol, "symbol"), _name(exchange, "exchange"), start_us, end_us, time_column, name, legacy)
-
-
-def _check_limit(limit: int) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise QueryError(f"limit must be an integer between 1 and {MAX_LIMIT}")
 
 
 class QueryEngine:
@@ -227,7 +187,7 @@ class QueryEngine:
     ) -> QueryResult:
         """Trades in time order (then by the venue's sequence), at most ``limit`` (1..1,000,000);
         ``instrument`` (``BTC/USDT``) selects that instrument on every venue."""
-        _check_limit(limit)
+        check_limit(limit)
         flt = make_filter(symbol, exchange, start_time, end_time, instrument=instrument)
 
         def build(plan: ScanPlan, where: str, params: dict[str, Any]) -> pa.Table:
@@ -329,7 +289,7 @@ class QueryEngine:
     ) -> QueryResult:
         """Quotes (best bid/offer) in receive order, at most ``limit``; the time range is on
         ``ingestion_timestamp`` (Binance spot quotes carry no exchange time)."""
-        _check_limit(limit)
+        check_limit(limit)
         flt = make_filter(symbol, exchange, start_time, end_time, "ingestion_timestamp", instrument)
 
         def build(plan: ScanPlan, where: str, params: dict[str, Any]) -> pa.Table:
