@@ -400,6 +400,7 @@ def ingest(
 @app.command()
 def consume(
     warehouse: WarehouseOpt = None,
+    venues: VenuesOpt = None,
     topic: Annotated[list[str] | None, typer.Option(help="Topic to consume (repeatable).")] = None,
     group: Annotated[str | None, typer.Option(help="Consumer group (one per table).")] = None,
     bootstrap_servers: BootstrapOpt = None,
@@ -409,13 +410,14 @@ def consume(
     max_messages: Annotated[int | None, typer.Option(help="Stop after about this many messages.")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics on this port.")] = None,
 ) -> None:
-    """Consume trades from Kafka into Iceberg, exactly once (offsets live in the Iceberg commits)."""
+    """Consume trades (and quotes, quality events) from Kafka into Iceberg, exactly once (offsets live in the
+    Iceberg commits); by default every configured venue's topics (--venues), one table per kind."""
     from k2.services.consume import run_consume
 
     _service_logging()
     with errors():
         settings = _with_kafka(
-            settings_from(warehouse=warehouse),
+            settings_from(warehouse=warehouse, venues=venues),
             metrics_port,
             bootstrap_servers=bootstrap_servers,
             schema_registry_url=schema_registry,

@@ -15,6 +15,7 @@ from k2.config import FeedSettings, SourceSettings, load_settings
 from k2.errors import ConfigError
 from k2.feed.venues import feed_specs
 from k2.schema.kinds import RecordKind
+from k2.services.consume import default_topics
 from tests import aggtest
 
 
@@ -122,3 +123,12 @@ def test_a_symbol_the_venue_rejects_is_a_config_error() -> None:
             spec.symbols, spec.kinds, rules=spec.venue.rules(), validation=SourceSettings().validation,
             is_sample_data=False,
         )  # fmt: skip
+
+
+def test_consume_reads_every_venues_topic_of_a_kind() -> None:
+    settings = settings_from(venues="binance,aggtest")
+    assert default_topics(settings) == ["market.crypto.trades.binance", "market.crypto.trades.aggtest"]
+    assert default_topics(settings, RecordKind.QUOTES) == ["market.crypto.quotes.binance"]  # AGGTEST has none
+    assert default_topics(settings, RecordKind.QUALITY_EVENTS) == [
+        "market.crypto.quality_events.binance", "market.crypto.quality_events.aggtest",
+    ]  # fmt: skip
