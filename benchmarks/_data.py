@@ -24,7 +24,8 @@ from k2.feed.stamp import parse_canonical
 from k2.schema import TRADE_ARROW_SCHEMA
 from k2.schema.kinds import RecordKind
 from k2.sources.base import RawFrame
-from k2.sources.binance import EXCHANGE, message_ids
+from k2.sources.binance import EXCHANGE
+from k2.sources.columns import message_ids
 
 _VENDOR_TIME_KEYS = ("event_time", "trade_time")
 

@@ -12,6 +12,13 @@ engine did not take (time_bucket(INTERVAL) bars, the HUGEINT order key, the limb
 VWAP) and a cost profile (which columns and aggregates the OHLCV time goes to) on the same files;
 ``--encodings`` rewrites the symbol-day's files with other Parquet settings (in a scratch folder of
 the warehouse, removed afterwards) and runs the same OHLCV SQL on them.
+
+``--baseline-runs N`` (default 5; 0 skips it) also runs each query the way pyiceberg documents it,
+``table.scan(row_filter=...).to_arrow()`` then DuckDB over the Arrow table, N times, interleaved
+with the engine's call (so both see the same machine), and prints both medians and the ratio. Two
+forms: as documented (every column; for ``count(*)`` the whole table would be ~4 GB of Arrow on this
+shared machine, so that one is left out) and the favourable one with ``selected_fields`` (only the
+columns the query reads).
 """
 
 from __future__ import annotations
@@ -30,12 +37,14 @@ from typing import Any
 
 import duckdb
 import pyarrow.parquet as pq
+from pyiceberg.expressions import And, BooleanExpression, EqualTo, GreaterThanOrEqual, LessThan
 
 from k2.config import LakeSettings
-from k2.lake.catalog import open_catalog
+from k2.lake.catalog import open_catalog, table_identifier
 from k2.logging import configure_logging
 from k2.query import QueryEngine, exact, sql
 from k2.query.bars import bar_parameters
+from k2.schema.kinds import RecordKind
 
 DAY = datetime(2024, 8, 9, tzinfo=UTC)  # a full day inside the 10M-row table
 HOUR = datetime(2024, 8, 9, 12, tzinfo=UTC)
@@ -246,6 +255,87 @@ def encodings(lake: LakeSettings, runs: int) -> list[dict[str, Any]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _between(symbol: str, start: datetime, end: datetime) -> BooleanExpression:
+    return And(
+        EqualTo("symbol", symbol),
+        GreaterThanOrEqual("timestamp", start.isoformat()),
+        LessThan("timestamp", end.isoformat()),
+    )
+
+
+# The straightforward SQL over the Arrow table ``t``: the same answers (bars ordered by exchange time,
+# then the venue's sequence), written the way a user of DuckDB would.
+_BASELINE_SQL = {
+    "trades: 1 symbol, 1 hour, limit 1000": (
+        'SELECT * FROM t ORDER BY "timestamp", source_sequence NULLS LAST, platform_sequence LIMIT 1000'
+    ),
+    "ohlcv 1m: 1 symbol-day": (
+        'SELECT time_bucket(INTERVAL 1 MINUTE, "timestamp") AS bucket, '
+        'arg_min(price, {"t": "timestamp", "s": source_sequence}) AS open, max(price) AS high, min(price) AS low, '
+        'arg_max(price, {"t": "timestamp", "s": source_sequence}) AS close, sum(quantity) AS volume, '
+        "count(*) AS trades, sum(price * quantity) / sum(quantity) AS vwap FROM t GROUP BY bucket ORDER BY bucket"
+    ),
+    "vwap: 1 symbol-day": "SELECT sum(price * quantity) / sum(quantity) AS vwap FROM t",
+    "sql: SELECT count(*) FROM trades": "SELECT count(*) AS n FROM t",
+}
+_BASELINE_COLUMNS = {
+    "trades: 1 symbol, 1 hour, limit 1000": None,  # every column is in the result
+    "ohlcv 1m: 1 symbol-day": ("timestamp", "source_sequence", "price", "quantity"),
+    "vwap: 1 symbol-day": ("price", "quantity"),
+    "sql: SELECT count(*) FROM trades": ("symbol",),
+}
+
+
+def baseline(lake: LakeSettings, runs: int) -> list[dict[str, Any]]:
+    """Each query through pyiceberg's documented route, interleaved with the engine's call."""
+    table = open_catalog(lake).load_table(table_identifier(lake, RecordKind.TRADES))
+    filters: dict[str, BooleanExpression | None] = {
+        "trades: 1 symbol, 1 hour, limit 1000": _between(SYMBOL, HOUR, HOUR + timedelta(hours=1)),
+        "ohlcv 1m: 1 symbol-day": _between(SYMBOL, DAY, DAY + timedelta(days=1)),
+        "vwap: 1 symbol-day": _between(SYMBOL, DAY, DAY + timedelta(days=1)),
+        "sql: SELECT count(*) FROM trades": None,
+    }
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+
+    def route(name: str, columns: tuple[str, ...] | None) -> Any:
+        options: dict[str, Any] = {} if columns is None else {"selected_fields": columns}
+        if filters[name] is not None:
+            options["row_filter"] = filters[name]
+        con.register("t", table.scan(**options).to_arrow())
+        try:
+            return con.sql(_BASELINE_SQL[name]).fetchall()
+        finally:
+            con.unregister("t")
+
+    rows = []
+    queries = _queries()
+    with QueryEngine(open_catalog(lake), lake, refresh_interval_s=None) as engine:
+        for name, (call, _) in queries.items():
+            forms = {"selected columns": _BASELINE_COLUMNS[name] or None}
+            if filters[name] is not None:
+                forms = {"every column (as documented)": None, **forms}
+            call(engine)
+            for form, columns in forms.items():
+                route(name, columns)  # warm-up (OS page cache, imports)
+                ours: list[float] = []
+                theirs: list[float] = []
+                for _ in range(runs):
+                    theirs.append(_time(lambda: route(name, columns))[0])  # noqa: B023
+                    ours.append(_time(lambda: call(engine))[0])  # noqa: B023
+                k2_ms, base_ms = statistics.median(ours), statistics.median(theirs)
+                rows.append(
+                    {
+                        "query": name,
+                        "pyiceberg route": form,
+                        "k2 median ms": _ms(k2_ms),
+                        "pyiceberg median ms": _ms(base_ms),
+                        "ratio": f"{base_ms / k2_ms:.1f}x",
+                    }
+                )
+    return rows
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -259,6 +349,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--alternatives", action="store_true", help="designs not taken, and a cost profile")
     parser.add_argument("--encodings", action="store_true", help="OHLCV on the day's files rewritten differently")
+    parser.add_argument("--baseline-runs", type=int, default=5, help="runs of the pyiceberg route (0: none)")
     args = parser.parse_args()
     configure_logging("WARNING")
     lake = LakeSettings(warehouse=args.warehouse)
@@ -279,6 +370,9 @@ def main() -> None:
     )
     print(f"refresh() (reload table metadata): median {_ms(refresh_s)} ms\n")
     print(_table(measure(lake, args.runs)))
+    if args.baseline_runs:
+        print()
+        print(_table(baseline(lake, args.baseline_runs)))
     if args.alternatives:
         print()
         print(_table(alternatives(lake, args.runs)))

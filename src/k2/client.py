@@ -7,6 +7,8 @@ from k2.client import K2Client
 with K2Client("http://127.0.0.1:8000", api_key="k2_...") as k2:
     bars = k2.ohlcv("BTCUSDT", "1m", start="2024-08-08T23:55:00Z").to_pandas()
     trades = k2.trades("BTCUSDT", start=..., end=..., limit=50_000)       # every page, one table
+    quotes = k2.quotes("BTCUSDT", start=..., limit=100_000).to_polars()
+    joined = k2.trades_with_quotes("ETHUSDT", tolerance="10s")         # each trade with its quote
     makers = k2.sql("SELECT side, count(*) AS n FROM trades GROUP BY side").to_polars()
 ```
 
@@ -20,7 +22,7 @@ rest (auth, rate limits with ``retry_after_s``, timeouts).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -81,16 +83,10 @@ class K2Client:
     ) -> QueryResult:
         """Trades in time order; every page up to ``limit`` rows (all when None), as one table;
         ``instrument`` (BTC/USDT): every venue's trades of it."""
-        batches: list[pa.RecordBatch] = []
-        schema: pa.Schema | None = None
-        for page in self.iter_trade_pages(
+        pages = self.iter_trade_pages(
             symbol, exchange=exchange, start=start, end=end, page_size=page_size, limit=limit, instrument=instrument
-        ):
-            schema = page.schema
-            batches.extend(page.to_batches())
-        if schema is None:
-            raise ApiError("the service sent no page", status=0, code="empty")
-        return QueryResult(pa.Table.from_batches(batches, schema))
+        )
+        return _concat(pages)
 
     def iter_trade_pages(
         self,
@@ -104,15 +100,101 @@ class K2Client:
         instrument: str | None = None,
     ) -> Iterator[pa.Table]:
         """Pages of trades (Arrow tables) following the service's cursors, at most ``limit`` rows."""
+        params = _params(symbol=symbol, exchange=exchange, start=_time(start), end=_time(end), instrument=instrument)
+        return self._pages("/v1/trades", params, page_size, limit)
+
+    def quotes(
+        self,
+        symbol: str | None = None,
+        *,
+        exchange: str | None = None,
+        start: TimeArg = None,
+        end: TimeArg = None,
+        limit: int | None = None,
+        page_size: int = 100_000,
+        instrument: str | None = None,
+    ) -> QueryResult:
+        """Quotes (best bid/offer) in receive order, ``start``/``end`` on the receive time; every page up
+        to ``limit`` rows (all when None), as one table."""
+        pages = self.iter_quote_pages(
+            symbol, exchange=exchange, start=start, end=end, page_size=page_size, limit=limit, instrument=instrument
+        )
+        return _concat(pages)
+
+    def iter_quote_pages(
+        self,
+        symbol: str | None = None,
+        *,
+        exchange: str | None = None,
+        start: TimeArg = None,
+        end: TimeArg = None,
+        page_size: int = 100_000,
+        limit: int | None = None,
+        instrument: str | None = None,
+    ) -> Iterator[pa.Table]:
+        """Pages of quotes (Arrow tables) following the service's cursors, at most ``limit`` rows."""
+        params = _params(symbol=symbol, exchange=exchange, start=_time(start), end=_time(end), instrument=instrument)
+        return self._pages("/v1/quotes", params, page_size, limit)
+
+    def trades_with_quotes(
+        self,
+        symbol: str | None = None,
+        *,
+        exchange: str | None = None,
+        start: TimeArg = None,
+        end: TimeArg = None,
+        tolerance: timedelta | str = timedelta(minutes=1),
+        limit: int | None = None,
+        page_size: int = 100_000,
+        instrument: str | None = None,
+    ) -> QueryResult:
+        """Trades (as :meth:`trades` selects them), each with the quote prevailing when K2 received it
+        (``bid_price``, ``bid_size``, ``ask_price``, ``ask_size``, ``quote_sequence``,
+        ``quote_received_at``; null when none is at most ``tolerance`` older), as one table."""
+        params = _params(
+            symbol=symbol, exchange=exchange, start=_time(start), end=_time(end), tolerance=_duration(tolerance),
+            instrument=instrument,
+        )  # fmt: skip
+        return _concat(self._pages("/v1/asof", params, page_size, limit))
+
+    def spread(
+        self,
+        symbol: str | None = None,
+        *,
+        exchange: str | None = None,
+        start: TimeArg = None,
+        end: TimeArg = None,
+        instrument: str | None = None,
+    ) -> QueryResult:
+        """Spread statistics per exchange and symbol over the quotes received in the range."""
+        params = _params(symbol=symbol, exchange=exchange, start=_time(start), end=_time(end), instrument=instrument)
+        return QueryResult(_arrow(self._get("/v1/spread", params)))
+
+    def bbo(
+        self,
+        symbol: str | None = None,
+        interval: str = "1s",
+        *,
+        exchange: str | None = None,
+        start: TimeArg = None,
+        end: TimeArg = None,
+        instrument: str | None = None,
+    ) -> QueryResult:
+        """Best bid and offer per bucket of receive time, with the spread's min, max and mean; of a symbol
+        or an instrument (every venue's quotes of it)."""
+        params = _params(
+            symbol=symbol, interval=interval, exchange=exchange, start=_time(start), end=_time(end),
+            instrument=instrument,
+        )  # fmt: skip
+        return QueryResult(_arrow(self._get("/v1/bbo", params)))
+
+    def _pages(self, path: str, params: Mapping[str, Any], page_size: int, limit: int | None) -> Iterator[pa.Table]:
+        """The pages of a paged route, following ``K2-Next-Cursor``, at most ``limit`` rows in all."""
         cursor: str | None = None
         left = limit
         while True:
             size = page_size if left is None else min(page_size, left)
-            params = _params(
-                symbol=symbol, exchange=exchange, start=_time(start), end=_time(end), limit=size, cursor=cursor,
-                instrument=instrument,
-            )  # fmt: skip
-            response = self._get("/v1/trades", params)
+            response = self._get(path, {**params, **_params(limit=size, cursor=cursor)})
             page = _arrow(response)
             yield page
             cursor = response.headers.get("K2-Next-Cursor")
@@ -131,7 +213,7 @@ class K2Client:
         end: TimeArg = None,
         instrument: str | None = None,
     ) -> QueryResult:
-        """Bars of a symbol, or of an ``instrument`` per venue side by side (an ``exchange`` column)."""
+        """Bars of a symbol, or of an instrument per venue side by side (an ``exchange`` column)."""
         params = _params(
             symbol=symbol, interval=interval, exchange=exchange, start=_time(start), end=_time(end),
             instrument=instrument,
@@ -152,7 +234,8 @@ class K2Client:
         return None if value is None else Decimal(value)
 
     def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> QueryResult:
-        """A read-only SELECT over ``trades`` (cut at the service's row cap: see ``K2-Row-Cap``)."""
+        """A read-only SELECT over the views ``trades``, ``quotes`` and ``quality_events`` (cut at the
+        service's row cap: see ``K2-Row-Cap``)."""
         body: dict[str, Any] = {"query": query}
         if params is not None:
             body["params"] = list(params) if not isinstance(params, Mapping) else dict(params)
@@ -202,6 +285,27 @@ class K2Client:
         if response.status_code >= 400:
             raise _error(response)
         return response
+
+
+def _duration(value: timedelta | str) -> str:
+    """A timedelta in the API's interval notation (whole milliseconds), or the text as given."""
+    if isinstance(value, str):
+        return value
+    ms, rest = divmod(value // timedelta(microseconds=1), 1000)
+    if rest or ms <= 0:
+        raise QueryError(f"tolerance must be a positive whole number of milliseconds, not {value}")
+    return f"{ms}ms"
+
+
+def _concat(pages: Iterator[pa.Table]) -> QueryResult:
+    batches: list[pa.RecordBatch] = []
+    schema: pa.Schema | None = None
+    for page in pages:
+        schema = page.schema
+        batches.extend(page.to_batches())
+    if schema is None:
+        raise ApiError("the service sent no page", status=0, code="empty")
+    return QueryResult(pa.Table.from_batches(batches, schema))
 
 
 def _arrow(response: httpx.Response) -> pa.Table:

@@ -73,7 +73,7 @@ def test_sigterm_stops_k2_run_with_everything_received_committed(tmp_path: Path)
                 proc.wait()
         sent = emu.frames_sent
     output = log.read_text()
-    stopped = re.search(r"stopped: (\d+) frames, (\d+) trades, 0 rejected, (\d+) rows in \d+ commits", output)
+    stopped = re.search(r"stopped: (\d+) frames, (\d+) trades, 0 quotes, 0 rejected, (\d+) rows in \d+ commits", output)
     assert stopped is not None, output[-3000:]
     frames, trades, rows = (int(g) for g in stopped.groups())
     assert frames == trades == rows == _committed(warehouse)

@@ -50,4 +50,4 @@ def test_k2_run_maintenance_compacts_beside_the_writer(settings: K2Settings) -> 
     assert REGISTRY.get_sample_value("k2_lake_partition_max_files", labels) == 1
     head = table.current_snapshot()
     assert head is not None and head.summary is not None
-    assert int(head.summary["k2.platform-sequence"]) >= 34_419  # the pipeline's state, carried forward
+    assert int(head.summary["k2.platform-sequence.binance"]) >= 34_419  # the pipeline's state, carried forward

@@ -36,6 +36,7 @@ from k2.metrics import API_REQUEST_SECONDS, API_REQUESTS
 log = get_logger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+DATASETS = ("trades", "quotes", "asof")  # the paged row datasets (/v1/meta lists them)
 CHART_LIBRARY = STATIC / "vendor" / "lightweight-charts.standalone.production.js"
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -109,7 +110,8 @@ def create_app(settings: K2Settings, *, process_metrics: bool = False, pool: Wor
     store = KeyStore(keys_path(settings))
     guard = Guard(settings.api, store)
     pool = pool or WorkerPool(settings)
-    redact = Redactor([settings.lake.warehouse, settings.lake.resolved_catalog_uri.removeprefix("sqlite:///")])
+    lake = settings.lake
+    redact = Redactor([lake.warehouse, lake.resolved_catalog_uri.removeprefix("sqlite:///"), lake.warehouse_uri])
     svc = Service(settings, pool, guard, redact, process_metrics=process_metrics)
     if process_metrics:
         svc.extras["counters"] = ProcessCounters()
@@ -130,7 +132,8 @@ def create_app(settings: K2Settings, *, process_metrics: bool = False, pool: Wor
         title="K2 market data API",
         version=k2.__version__,
         description=(
-            "Trades, OHLCV bars, exact VWAP, read-only SQL and completeness over K2's Iceberg tables. "
+            "Trades, quotes, OHLCV bars, exact VWAP, spreads, trades with their prevailing quote, read-only SQL "
+            "and completeness over K2's Iceberg tables. "
             "Decimals are JSON strings; times RFC 3339 UTC. Formats: JSON, CSV, Arrow IPC stream, Parquet "
             "(`format=` or `Accept`). See docs/api.md."
         ),
@@ -143,7 +146,7 @@ def create_app(settings: K2Settings, *, process_metrics: bool = False, pool: Wor
     app.state.guard = guard
     problems.install(app, redact)
     app.include_router(routes.build_router(settings.api.max_rows))
-    app.include_router(ops.build_router([Dataset(name="trades", path="/v1/trades")]))
+    app.include_router(ops.build_router([Dataset(name=name, path=f"/v1/{name}") for name in DATASETS]))
     app.mount("/dashboard", _Dashboard(directory=STATIC, html=True), name="dashboard")
 
     @app.get("/", include_in_schema=False)

@@ -72,6 +72,93 @@ class TradePage(_Model):
     data: list[Trade]
 
 
+class Quote(_Model):
+    """One canonical quote: a best bid/offer update (the quotes table's columns; see docs/sources.md)."""
+
+    message_id: str
+    symbol: str
+    instrument: str = Field(description="Canonical instrument BASE/QUOTE, e.g. BTC/USDT.")
+    exchange: str
+    asset_class: str
+    timestamp: datetime | None = Field(description="The venue's event time, UTC; null when the venue sends none.")
+    bid_price: DecimalText
+    bid_size: DecimalText | None = Field(description="Null when the venue sends no size (quote schema v2).")
+    ask_price: DecimalText
+    ask_size: DecimalText | None = Field(description="Null when the venue sends no size (quote schema v2).")
+    currency: str
+    source_sequence: int | None = Field(description="The venue's update id.")
+    ingestion_timestamp: datetime = Field(description="When K2 received the quote, UTC (quotes are in its order).")
+    platform_sequence: int
+    vendor_data: dict[str, str]
+    is_sample_data: bool
+
+
+class QuotePage(_Model):
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page (also in the K2-Next-Cursor header)."
+    )
+    data: list[Quote]
+
+
+class TradeWithQuote(Trade):
+    """A trade and the quote prevailing when K2 received it: the last quote of its exchange and symbol
+    received before the trade, at most `tolerance` older; null columns when none (or a backfilled trade)."""
+
+    bid_price: DecimalText | None
+    bid_size: DecimalText | None
+    ask_price: DecimalText | None
+    ask_size: DecimalText | None
+    quote_sequence: int | None = Field(description="The prevailing quote's update id.")
+    quote_received_at: datetime | None = Field(description="When K2 received the prevailing quote, UTC.")
+
+
+class TradeWithQuotePage(_Model):
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page (also in the K2-Next-Cursor header)."
+    )
+    data: list[TradeWithQuote]
+
+
+class Spread(_Model):
+    """Spread statistics of one exchange and symbol over the quotes received in the range."""
+
+    exchange: str
+    symbol: str
+    quotes: int
+    first_received: datetime
+    last_received: datetime
+    min_spread: DecimalText = Field(description="Smallest ask - bid, exact.")
+    max_spread: DecimalText = Field(description="Largest ask - bid, exact.")
+    mean_spread: DecimalText = Field(description="Exact mean, rounded half-even to 12 places.")
+    mean_mid: DecimalText
+    mean_spread_bps: DecimalText = Field(description="mean_spread / mean_mid x 10,000.")
+
+
+class SpreadList(_Model):
+    data: list[Spread]
+
+
+class Bbo(_Model):
+    """Best bid and offer of one bucket of receive time (epoch-aligned): the last quote received in it,
+    and the spread's exact min, max and mean over the bucket's quotes."""
+
+    exchange: str
+    symbol: str
+    bucket: datetime = Field(description="Start of the bucket, UTC.")
+    quotes: int
+    bid_price: DecimalText
+    bid_size: DecimalText | None
+    ask_price: DecimalText
+    ask_size: DecimalText | None
+    min_spread: DecimalText
+    max_spread: DecimalText
+    mean_spread: DecimalText
+
+
+class BboList(_Model):
+    data: list[Bbo]
+
+
 class Bar(_Model):
     exchange: str | None = Field(
         default=None, description="The venue: bars of an instrument come per venue, side by side (absent otherwise)."
@@ -204,15 +291,18 @@ class Readiness(_Model):
 
 
 class Feed(_Model):
-    """Freshness and rate of one instrument's feed, from the table (what is queryable)."""
+    """Freshness and rate of one feed (exchange, symbol, record kind), from the tables (what is queryable)."""
 
     exchange: str
     symbol: str
-    last_trade: datetime | None = Field(description="Newest exchange trade time stored.")
+    kind: Literal["trades", "quotes"]
+    last_event: datetime | None = Field(
+        description="Newest event time stored: the venue's own, else (quotes without one) the receive time."
+    )
     last_ingested: datetime | None = Field(description="Newest ingestion time stored.")
     freshness_s: float | None = Field(description="Seconds since last_ingested.")
-    trades_last_minute: int = Field(description="Trades ingested in the last 60 s.")
-    trades_per_s: float
+    records_last_minute: int = Field(description="Records ingested in the last 60 s.")
+    records_per_s: float
 
 
 class VenueStatus(_Model):

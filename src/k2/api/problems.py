@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from k2.api.workers import PoolBusy, QueryTimeout
-from k2.errors import ConfigError, K2Error, LakeError, QueryError, ReadOnlyViolation
+from k2.errors import ConfigError, K2Error, LakeError, QueryError, ReadOnlyViolation, SnapshotExpired
 from k2.logging import get_logger
 
 log = get_logger(__name__)
@@ -44,15 +44,14 @@ _BARE_PATH = re.compile(r"(?<![\w.)\]/])(?:file://|s3a?://)?/(?:[^\s/'\"]+/)+[^\
 
 
 class Redactor:
-    """Removes server paths from messages."""
+    """Removes server paths from messages; a root given as a URI (``s3://bucket/prefix``) also in the
+    ``bucket/prefix`` form S3 client messages use."""
 
-    def __init__(self, roots: Iterable[str | Path] = ()) -> None:
-        found = {str(Path(r).resolve()) for r in roots if str(r)} | {
-            str(Path.home()),
-            os.getcwd(),
-            tempfile.gettempdir(),
-            sys.prefix,
-        }
+    def __init__(self, roots: Iterable[str | Path | None] = ()) -> None:
+        texts = [str(r) for r in roots if r is not None and str(r)]
+        uris = {t for t in texts if "://" in t}
+        found = {str(Path(t).resolve()) for t in texts if t not in uris} | uris | {u.split("://", 1)[1] for u in uris}
+        found |= {str(Path.home()), os.getcwd(), tempfile.gettempdir(), sys.prefix}
         self._roots = sorted((r for r in found if len(r) > 1), key=len, reverse=True)
 
     def __call__(self, message: str) -> str:
@@ -71,6 +70,8 @@ def from_error(exc: K2Error, redact: Redactor) -> Problem:
         return Problem(504, "query_timeout", text)
     if isinstance(exc, PoolBusy):
         return Problem(503, "busy", text, {"Retry-After": "1"})
+    if isinstance(exc, SnapshotExpired):  # maintenance removed files under the read: asking again plans anew
+        return Problem(503, "snapshot_expired", text, {"Retry-After": "0"})
     if isinstance(exc, QueryError | ConfigError):
         return Problem(400, "invalid_query", text)
     if isinstance(exc, LakeError):

@@ -1,4 +1,5 @@
-"""The API's own reads beyond the engine's: instruments, feed freshness and the completeness report.
+"""The API's own reads beyond the engine's: instruments, feed freshness, best bid/offer per bucket and
+the completeness report.
 
 Each function runs in a worker thread with the worker's cursor (interruptible like every API query)
 and reads the planned Parquet files with bound parameters; the quality-event table is small and read
@@ -15,23 +16,36 @@ import pyarrow.compute as pc
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, GreaterThanOrEqual, LessThan
 
+from k2.api.params import Selection
+from k2.api.series import plan_of
 from k2.api.workers import Worker
 from k2.config import K2Settings
 from k2.lake.catalog import table_identifier
 from k2.quality.records import QUALITY_EVENT_ARROW_SCHEMA
 from k2.quality.report import COUNT_COLUMNS, build_report_from_counts, gap_states
-from k2.query.sql import TRADES_SOURCE
-from k2.schema.kinds import RecordKind
+from k2.query.bars import bar_parameters
+from k2.query.planner import ScanFilter
+from k2.query.quotes import BBO_SCHEMA, bbo_sql, bbo_table
+from k2.query.sql import TRADES_SOURCE, parquet_source
+from k2.schema import to_arrow
+from k2.schema.kinds import RecordKind, spec
 
 _INSTRUMENTS_SQL = (
     'SELECT exchange, symbol, count(*) AS trades, min("timestamp") AS first_trade, max("timestamp") AS last_trade '  # noqa: S608
     f"FROM {TRADES_SOURCE} GROUP BY ALL ORDER BY exchange, symbol"
 )
-_FEEDS_SQL = (
-    'SELECT exchange, symbol, max("timestamp") AS last_trade, max(ingestion_timestamp) AS last_ingested, '  # noqa: S608
-    "count(*) FILTER (WHERE ingestion_timestamp >= $since) AS trades_last_minute "
-    f"FROM {TRADES_SOURCE} GROUP BY ALL ORDER BY exchange, symbol"
-)
+_FEED_EVENT = {RecordKind.TRADES: '"timestamp"', RecordKind.QUOTES: 'coalesce("timestamp", ingestion_timestamp)'}
+
+
+def _feeds_sql(kind: RecordKind) -> str:
+    """Per feed of ``kind``: newest event, newest ingestion, records ingested since $since (files read by
+    field id)."""
+    return (
+        f"SELECT exchange, symbol, max({_FEED_EVENT[kind]}) AS last_event, "  # noqa: S608 - code constants
+        "max(ingestion_timestamp) AS last_ingested, "
+        "count(*) FILTER (WHERE ingestion_timestamp >= $since) AS records_last_minute "
+        f"FROM {parquet_source(to_arrow(spec(kind).record))} GROUP BY ALL ORDER BY exchange, symbol"
+    )
 
 
 # The trade half of the quality report (k2.quality.report.COUNT_COLUMNS), aggregated by DuckDB over
@@ -58,15 +72,21 @@ def instruments(worker: Worker) -> pa.Table:
 
 
 def feeds(worker: Worker, now: datetime) -> list[dict[str, Any]]:
-    plan = worker.engine.plan()
-    if not plan.files:
-        return []
-    params = {"files": list(plan.files), "since": now - timedelta(seconds=60)}
-    rows: list[dict[str, Any]] = worker.con.sql(_FEEDS_SQL, params=params).to_arrow_table().to_pylist()
-    for row in rows:
-        ingested = row["last_ingested"]
-        row["freshness_s"] = None if ingested is None else round((now - ingested).total_seconds(), 3)
-        row["trades_per_s"] = round(row["trades_last_minute"] / 60.0, 3)
+    """Freshness and rate of every (exchange, symbol) feed of each market-data table, trades first."""
+    rows: list[dict[str, Any]] = []
+    for kind in _FEED_EVENT:
+        planner = worker.engine.planner(kind)
+        plan = None if planner is None else planner.plan(ScanFilter(time_column=spec(kind).time_column))
+        if plan is None or not plan.files:
+            continue
+        params = {"files": list(plan.files), "since": now - timedelta(seconds=60)}
+        found = worker.con.sql(_feeds_sql(kind), params=params).to_arrow_table().to_pylist()
+        for row in found:
+            ingested = row["last_ingested"]
+            row["kind"] = kind.value
+            row["freshness_s"] = None if ingested is None else round((now - ingested).total_seconds(), 3)
+            row["records_per_s"] = round(row["records_last_minute"] / 60.0, 3)
+        rows.extend(found)
     return rows
 
 
@@ -159,3 +179,14 @@ def gaps(
     if status is not None:
         table = table.filter(pc.equal(table["status"], status))
     return table
+
+
+def bbo(worker: Worker, sel: Selection, width_us: int) -> pa.Table:
+    """Best bid and offer per bucket of ``width_us`` (:data:`k2.query.quotes.BBO_SCHEMA`)."""
+    plan = plan_of(worker, RecordKind.QUOTES, sel)
+    if plan is None or not plan.files:
+        return BBO_SCHEMA.empty_table()
+    where, params = plan.sql_where()
+    origin = bar_parameters(plan, width_us)[0]["origin"]
+    params.update(files=list(plan.files), width=width_us, origin=origin)
+    return bbo_table(worker.con.sql(bbo_sql(where), params=params).to_arrow_table())

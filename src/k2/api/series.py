@@ -1,15 +1,18 @@
-"""Time-ordered datasets served page by page: the generic part of ``GET /v1/trades`` (and, later, quotes).
+"""Time-ordered datasets served page by page: the generic part of ``GET /v1/trades``, ``/v1/quotes``
+and ``/v1/asof``.
 
 A :class:`Series` names a dataset, its row model (for OpenAPI), its Arrow schema, its *key* (the total
 order pages follow) and how to plan its files. :func:`open_page` runs the keyset pagination for any
-series; :mod:`k2.api.routes_market` turns a series into a route with filters, formats and cursors.
-Adding quotes is a new ``Series`` (a quotes planner, ``Quote`` model, key) and one call to register it.
+series; :func:`k2.api.tables.series_route` turns a series into a route with filters, formats and cursors.
 
 **Why a key, and which.** A page ends at the ``limit``-th row in key order; the cursor is that row's
 key, and the next page starts strictly after it. The key must be unique and must never change for a
 row, whatever is committed or compacted meanwhile, so it is built from the trade itself:
 ``(timestamp, exchange, symbol, source_sequence, trade_id)`` (``source_sequence`` NULLS LAST, and
-``trade_id`` breaks the remaining ties; (exchange, symbol, trade_id) is unique after dedup).
+``trade_id`` breaks the remaining ties; (exchange, symbol, trade_id) is unique after dedup). Quotes
+follow ``(ingestion_timestamp, exchange, symbol, source_sequence, message_id)``: their time is the
+receive time (Binance quotes carry no exchange time), and ``message_id`` (derived from the venue's
+update id, which dedup keeps unique) breaks ties.
 ``platform_sequence`` is not a usable key: each `k2 ingest` process numbers its own rows, so two
 venues' processes overlap, and commit order is not sequence order across Kafka partitions.
 Consequence, documented in docs/api.md: a page never repeats or skips a row that existed when the
@@ -28,7 +31,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -36,17 +39,16 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel
 
+from k2.api.params import Selection
 from k2.api.workers import Worker
 from k2.errors import QueryError
 from k2.query import sql
+from k2.query.filters import make_filter
 from k2.query.planner import ScanPlan, from_us, to_us
+from k2.query.quotes import QUOTE_ARROW_SCHEMA
 from k2.schema import TRADE_ARROW_SCHEMA
+from k2.schema.kinds import RecordKind, spec
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,39}$"
-"""Symbols and exchanges: letters, digits and ``. _ : / -`` (BTCUSDT, BTC-USD, XBT/USD), 1-40 chars."""
-INSTRUMENT_PATTERN = r"^[A-Za-z0-9]{1,20}/[A-Za-z0-9]{1,20}$"
-"""Canonical instruments: BASE/QUOTE, letters and digits (BTC/USDT)."""
-_NAME = re.compile(NAME_PATTERN)
 _TEXT_KEY = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
 
 
@@ -59,15 +61,6 @@ class KeyPart:
 
 
 @dataclass(frozen=True)
-class SeriesFilter:
-    symbol: str | None
-    exchange: str | None
-    start: datetime | None
-    end: datetime | None
-    instrument: str | None = None  # canonical BASE/QUOTE: every venue's symbol of it
-
-
-@dataclass(frozen=True)
 class Series:
     """A dataset served as pages in key order (see the module docstring)."""
 
@@ -75,13 +68,20 @@ class Series:
     row_model: type[BaseModel]
     page_model: type[BaseModel]
     schema: pa.Schema
-    key: tuple[KeyPart, ...]  # the first part is the timestamp column
-    plan: Callable[[Worker, SeriesFilter], ScanPlan]
+    key: tuple[KeyPart, ...]  # the first part is the time column the range filters
+    kind: RecordKind  # the table read
     description: str
 
 
-def _plan_trades(worker: Worker, flt: SeriesFilter) -> ScanPlan:
-    return worker.engine.plan(flt.symbol, flt.exchange, flt.start, flt.end, instrument=flt.instrument)
+def plan_of(worker: Worker, kind: RecordKind, sel: Selection) -> ScanPlan | None:
+    """The files of ``kind``'s table holding ``sel``'s rows (None while the table does not exist),
+    the time range on the kind's time column (trades: ``timestamp``; quotes: ``ingestion_timestamp``)."""
+    planner = worker.engine.planner(kind)
+    if planner is None:
+        return None
+    return planner.plan(
+        make_filter(sel.symbol, sel.exchange, sel.start, sel.end, spec(kind).time_column, sel.instrument)
+    )
 
 
 _MAX_SEQUENCE = str(2**63 - 1)
@@ -95,15 +95,39 @@ TRADE_KEY = (
 )
 
 
-def trades_series(row_model: type[BaseModel], page_model: type[BaseModel]) -> Series:
+QUOTE_KEY = (
+    KeyPart("ingestion_timestamp", "timestamp"),
+    KeyPart("exchange", "text"),
+    KeyPart("symbol", "text"),
+    KeyPart(f"coalesce(source_sequence, {_MAX_SEQUENCE})", "int"),
+    KeyPart("message_id", "text"),
+)
+
+
+def trades_series(row_model: type[BaseModel], page_model: type[BaseModel], name: str = "trades") -> Series:
     return Series(
-        name="trades",
+        name=name,
         row_model=row_model,
         page_model=page_model,
         schema=TRADE_ARROW_SCHEMA,
         key=TRADE_KEY,
-        plan=_plan_trades,
+        kind=RecordKind.TRADES,
         description="Trades in time order (then exchange, symbol, the venue's sequence), page by page.",
+    )
+
+
+def quotes_series(row_model: type[BaseModel], page_model: type[BaseModel]) -> Series:
+    return Series(
+        name="quotes",
+        row_model=row_model,
+        page_model=page_model,
+        schema=QUOTE_ARROW_SCHEMA,
+        key=QUOTE_KEY,
+        kind=RecordKind.QUOTES,
+        description=(
+            "Quotes (best bid and offer) in receive order (then exchange, symbol, the venue's update id), "
+            "page by page; `start`/`end` select on the receive time (`ingestion_timestamp`)."
+        ),
     )
 
 
@@ -185,7 +209,7 @@ JSON_ROW_SCHEMA = pa.schema([pa.field("row_json", pa.string())])
 def open_page(
     worker: Worker,
     series: Series,
-    flt: SeriesFilter,
+    sel: Selection,
     after: tuple[Any, ...] | None,
     limit: int,
     batch_rows: int,
@@ -193,13 +217,12 @@ def open_page(
 ) -> Page:
     """Plan, bound and open one page of ``series`` (runs in a worker thread); with ``json_rows`` the
     reader yields each row's JSON text (:func:`json_projection`) instead of the columns."""
-    start = flt.start
-    if after is not None and (start is None or after[0] > start):
-        start = after[0]  # prune files before the cursor
-        if flt.end is not None and start >= flt.end:
-            return Page(None, None)
-    plan = series.plan(worker, SeriesFilter(flt.symbol, flt.exchange, start, flt.end, flt.instrument))
-    if not plan.files:
+    if after is not None and (sel.start is None or after[0] > sel.start):
+        sel = sel.from_start(after[0])  # prune files before the cursor
+    if sel.empty:
+        return Page(None, None)
+    plan = plan_of(worker, series.kind, sel)
+    if plan is None or not plan.files:
         return Page(None, None)
     where, params = plan.sql_where()
     params["files"] = list(plan.files)
@@ -208,11 +231,12 @@ def open_page(
         where += clause
         params.update(zip(names, after, strict=True))
     order = ", ".join(p.expr for p in series.key)
+    source = sql.parquet_source(series.schema)  # by field id: files from before a column read it as null
     next_key: tuple[Any, ...] | None = None
     if plan.rows > limit:  # metadata says the page may not hold everything: find its last row
         aliases = ", ".join(f"{p.expr} AS k{i}" for i, p in enumerate(series.key))
         bound_sql = (
-            f"SELECT {aliases} FROM {sql.TRADES_SOURCE} WHERE {where} "  # noqa: S608 - code constants
+            f"SELECT {aliases} FROM {source} WHERE {where} "  # noqa: S608 - code constants
             f"ORDER BY {order} LIMIT 2 OFFSET $offset"
         )
         rows = worker.con.execute(bound_sql, {**params, "offset": limit - 1}).fetchall()
@@ -223,18 +247,9 @@ def open_page(
             if len(rows) == 2:
                 next_key = tuple(rows[0])
     columns = json_projection(series.schema) if json_rows else ", ".join(sql.quote_ident(f.name) for f in series.schema)
-    text = f"SELECT {columns} FROM {sql.TRADES_SOURCE} WHERE {where} ORDER BY {order}"  # noqa: S608
+    text = f"SELECT {columns} FROM {source} WHERE {where} ORDER BY {order}"  # noqa: S608
     reader = worker.con.sql(text, params=params).to_arrow_reader(batch_rows)
     return Page(reader, next_key)
-
-
-def check_name(value: str | None, what: str) -> str | None:
-    """Upper-cased symbol/exchange, or QueryError (the routes validate the pattern first)."""
-    if value is None:
-        return None
-    if not _NAME.match(value):
-        raise QueryError(f"invalid {what}: letters, digits and . _ : / - only, 1-40 characters")
-    return value.upper()
 
 
 def cursor_headers(path: str, query: Mapping[str, str], cursor: str | None) -> dict[str, str]:

@@ -27,12 +27,12 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 
 from k2.config import K2Settings
-from k2.errors import K2Error, QueryError, ReadOnlyViolation
+from k2.errors import K2Error, QueryError
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.logging import get_logger
 from k2.metrics import API_QUERIES, API_QUERIES_STOPPED
-from k2.query import sql
-from k2.query.engine import QueryEngine, namespace_directory
+from k2.query import files, sql
+from k2.query.engine import QueryEngine
 from k2.query.planner import ScanPlan
 from k2.schema.kinds import RecordKind
 
@@ -54,12 +54,13 @@ class Stopped(K2Error):
 
 
 def _translated(fn: Callable[[], T]) -> T:
-    """``fn()`` with DuckDB and Arrow errors raised as QueryError (ReadOnlyViolation when refused)."""
+    """``fn()`` with DuckDB and Arrow errors raised as QueryError (ReadOnlyViolation when refused,
+    SnapshotExpired when a data file vanished: :func:`k2.query.files.translate`)."""
     try:
         return fn()
-    except duckdb.PermissionException as exc:
-        raise ReadOnlyViolation(f"refused: {exc}") from exc
-    except (duckdb.Error, pa.ArrowException, OSError) as exc:
+    except duckdb.Error as exc:
+        raise files.translate(exc, "the table") from exc
+    except (pa.ArrowException, OSError) as exc:
         raise QueryError(f"query failed: {exc}") from exc
 
 
@@ -88,16 +89,21 @@ class WorkerPool:
 
     def __init__(self, settings: K2Settings, catalog: Catalog | None = None) -> None:
         api, lake = settings.api, settings.lake
+        self._owns_catalog = catalog is None
         self.catalog = catalog or open_catalog(lake)
         try:
-            table = load_or_create_table(self.catalog, lake, RecordKind.TRADES)
-        except K2Error:
-            raise
-        except Exception as exc:
+            store = files.data_store(load_or_create_table(self.catalog, lake, RecordKind.TRADES))
+            self._base = sql.open_connection(
+                store.root,
+                filesystem=store.filesystem,
+                memory_limit=api.duckdb_memory_limit,
+                threads=api.duckdb_threads,
+            )
+        except BaseException as exc:
+            self._close_catalog()
+            if isinstance(exc, K2Error) or not isinstance(exc, Exception):
+                raise
             raise QueryError(f"cannot load the trades table: {exc}") from exc
-        self._base = sql.open_connection(
-            namespace_directory(table), memory_limit=api.duckdb_memory_limit, threads=api.duckdb_threads
-        )
         self.workers: list[Worker] = []
         for _ in range(api.workers):
             cursor = self._base.cursor()
@@ -164,3 +170,11 @@ class WorkerPool:
         for worker in self.workers:
             worker.engine.close()
         self._base.close()
+        self._close_catalog()
+
+    def _close_catalog(self) -> None:
+        """Close the catalog's database connections (a SQL catalog's pool: PostgreSQL, SQLite) if this
+        pool opened the catalog."""
+        engine = getattr(self.catalog, "engine", None) if self._owns_catalog else None
+        if engine is not None:
+            engine.dispose()

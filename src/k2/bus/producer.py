@@ -104,14 +104,14 @@ class BatchProducer:
         if batch.num_rows == 0:
             return
         values = self._encoder.encode(batch)
-        keys = batch.column("symbol").to_pylist()
+        keys = batch.column("symbol").cast(pa.binary()).to_pylist()  # UTF-8 bytes, as Kafka keys are
         produce = self._producer.produce
         topic = self.topic
         on_delivery = self._on_delivery
         for i, (key, value) in enumerate(zip(keys, values, strict=True)):
             while True:
                 try:
-                    produce(topic, value, key.encode(), on_delivery=on_delivery)
+                    produce(topic, value, key, on_delivery=on_delivery)
                     break
                 except BufferError:
                     await self._wait_for_room()

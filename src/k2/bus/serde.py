@@ -3,12 +3,15 @@
 A message value is ``0x00`` (magic byte), the writer schema's registry id (4 bytes, big-endian) and
 the Avro binary body. Any Confluent-compatible client decodes K2's topics.
 
-Fast paths. Logical types do not change Avro's binary encoding, so encoder and decoder hand
-fastavro *raw* schemas (logical types stripped): decimals travel as their unscaled two's-complement
-bytes and timestamps as microsecond longs, which K2 converts column by column (NumPy / Arrow)
-instead of building a ``Decimal`` and a ``datetime`` per value. Decoding resolves the writer schema
-(fetched once per id from the registry, cached) against the reader's canonical schema, so added or
-removed optional fields follow Avro's resolution rules. benchmarks/bench_bus.py measures both paths.
+Both directions work on whole batches, column by column, with no Python object per value:
+:class:`AvroEncoder` builds every body of a batch at once (:mod:`k2.bus.avro_encode`), and
+:class:`AvroDecoder` reads the messages of each writer schema together (:mod:`k2.bus.avro_decode`),
+with a plan derived from that writer schema (fetched once per id from the registry, cached) and the
+reader's canonical record, so added or removed optional fields follow Avro's resolution rules. A
+message that path is not sure of is decoded on its own by fastavro with *raw* schemas (logical types
+stripped: decimals as unscaled two's-complement bytes, timestamps as microsecond longs, converted
+column by column), which also gives each bad message its exact error. benchmarks/bench_bus.py
+measures both paths against the straightforward per-record way.
 """
 
 from __future__ import annotations
@@ -16,17 +19,20 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import itertools
 import json
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import fastavro
 import numpy as np
 import pyarrow as pa
 from fastavro.read import SchemaResolutionError
 
+from k2.bus.avro_decode import PADDING, Plan, compile_plan
+from k2.bus.avro_encode import encode_bodies
 from k2.errors import K2Error
 from k2.schema import to_arrow, to_avro
 from k2.schema.model import (
@@ -117,28 +123,6 @@ def _gc_paused() -> Iterator[None]:
 
 
 # --- decimals: Arrow decimal128 <-> unscaled big-endian two's complement --------------------------
-def unscaled_ints(array: pa.Array) -> list[int | None]:
-    """The unscaled integers of a decimal128 array (None for nulls)."""
-    n = len(array)
-    words = np.frombuffer(array.buffers()[1], dtype="<i8", count=2 * (array.offset + n))[2 * array.offset :]
-    lo, hi = words[0::2], words[1::2]
-    if bool(np.all(hi == (lo >> 63))):  # every value fits in 64 bits: the common case
-        values: list[int | None] = list(lo.tolist())
-    else:
-        ulo = lo.view(np.uint64).tolist()
-        values = [(h << 64) | u for h, u in zip(hi.tolist(), ulo, strict=True)]
-    if array.null_count:
-        valid = array.is_valid().to_pylist()
-        values = [v if ok else None for v, ok in zip(values, valid, strict=True)]
-    return values
-
-
-def int_to_avro_bytes(n: int) -> bytes:
-    """Minimal big-endian two's complement (what Java's ``BigInteger.toByteArray`` produces)."""
-    bits = n.bit_length() if n >= 0 else (~n).bit_length()
-    return n.to_bytes(bits // 8 + 1, "big", signed=True)
-
-
 def decimal_array(values: Sequence[bytes | None], precision: int, scale: int) -> pa.Array:
     """A decimal128 array from Avro decimal bytes; :class:`ValueError` when one exceeds the precision."""
     ints = [None if b is None else int.from_bytes(b, "big", signed=True) for b in values]
@@ -168,19 +152,6 @@ def _decimal_buffer(ints: Sequence[int]) -> pa.Buffer:
 
 
 # --- columns ---------------------------------------------------------------------------------------
-def _column_to_raw(column: pa.Array, t: LogicalType) -> list[Any]:
-    """A column as the Python values fastavro writes for the raw (logical-type-free) schema."""
-    match t:
-        case DecimalType():
-            return [None if v is None else int_to_avro_bytes(v) for v in unscaled_ints(column)]
-        case TimestampType():
-            return column.cast(pa.int64()).to_pylist()  # type: ignore[no-any-return]
-        case MapType():
-            return [None if v is None else dict(v) for v in column.to_pylist()]
-        case _:
-            return column.to_pylist()  # type: ignore[no-any-return]
-
-
 def _raw_to_column(values: list[Any], t: LogicalType, arrow_type: pa.DataType) -> pa.Array:
     match t:
         case DecimalType(precision=p, scale=s):
@@ -201,35 +172,20 @@ class DecodeResult:
 
 class AvroEncoder:
     """Encodes canonical Arrow batches of one record schema (trades, quality events) to Confluent-framed
-    Avro values with one registered schema id."""
+    Avro values with one registered schema id, column by column (:mod:`k2.bus.avro_encode`)."""
 
     def __init__(self, schema_id: int, record: RecordSchema) -> None:
         self.schema_id = schema_id
         self.record = record
-        self._parsed = fastavro.parse_schema(raw_schema(to_avro(record)))
         self._header = _HEADER.pack(MAGIC, schema_id)
 
     def encode(self, batch: pa.RecordBatch) -> list[bytes]:
         """One framed value per row, in row order."""
-        names = [f.name for f in self.record.fields]
-        columns = [_column_to_raw(batch.column(f.name), f.type) for f in self.record.fields]
-        buf = io.BytesIO()
-        ends: list[int] = []
-        write = fastavro.schemaless_writer
-        header = self._header
-        with _gc_paused():
-            for values in zip(*columns, strict=True):
-                buf.write(header)
-                write(buf, self._parsed, dict(zip(names, values, strict=True)))
-                ends.append(buf.tell())
-        data = buf.getbuffer()
-        out: list[bytes] = []
-        start = 0
-        for end in ends:
-            out.append(bytes(data[start:end]))
-            start = end
-        data.release()
-        return out
+        if batch.num_rows == 0:
+            return []
+        data, offsets = encode_bodies(self.record, batch, self._header)
+        bounds = offsets.tolist()
+        return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 class AvroDecoder:
@@ -246,22 +202,26 @@ class AvroDecoder:
     No input makes :meth:`decode` raise anything but a registry outage: a bad message is reported
     with a reason (a dead letter for `k2 consume`, skipped by `k2 ingest`'s tail read), so no message
     can stop a consumer on every restart.
+
+    ``columnar=False`` decodes every message on its own with fastavro: the reference the column-wise
+    path must agree with (tests/unit/bus/test_avro_columns.py), slower.
     """
 
-    def __init__(self, record: RecordSchema, fetch_schema: Callable[[int], Any]) -> None:
+    def __init__(self, record: RecordSchema, fetch_schema: Callable[[int], Any], *, columnar: bool = True) -> None:
         self.record = record
+        self.columnar = columnar
         self.arrow_schema = to_arrow(record)
         self._reader_json = to_avro(record)
         self._reader = fastavro.parse_schema(raw_schema(self._reader_json))
         self._decimals = _decimal_fields(self._reader_json)
         self._fetch = fetch_schema
         self._reader_form = fastavro.schema.to_parsing_canonical_form(self._reader)
-        self._writers: dict[int, tuple[Any, Any] | WireFormatError] = {}
+        self._writers: dict[int, _Writer | WireFormatError] = {}
         self.fetches = 0
 
-    def _writer(self, schema_id: int) -> tuple[Any, Any]:
-        """(parsed writer schema, reader schema or None when no resolution is needed), cached per id;
-        :class:`WireFormatError` (cached too) when the id has no usable record schema."""
+    def _writer(self, schema_id: int) -> _Writer:
+        """How to read the id's messages, cached per id; :class:`WireFormatError` (cached too) when the
+        id has no usable record schema."""
         cached = self._writers.get(schema_id)
         if cached is None:
             self.fetches += 1
@@ -274,7 +234,7 @@ class AvroDecoder:
             raise cached
         return cached
 
-    def _resolve(self, schema_id: int) -> tuple[Any, Any]:
+    def _resolve(self, schema_id: int) -> _Writer:
         try:
             writer_json = self._fetch(schema_id)
         except KeyError:
@@ -300,13 +260,14 @@ class AvroDecoder:
                     f"field {name!r} is decimal{spec} in schema {schema_id}, expected {self._decimals[name]}",
                 )
         same = fastavro.schema.to_parsing_canonical_form(parsed) == self._reader_form
-        return parsed, None if same else self._reader
+        plan = compile_plan(writer_json, self.record) if self.columnar else None
+        return _Writer(parsed, None if same else self._reader, plan)
 
     def decode_one(self, value: bytes | None) -> dict[str, Any]:
         """One value to a dict in the raw form (decimal bytes, timestamp longs)."""
         schema_id, _ = unframe(value)
         assert value is not None
-        writer, reader = self._writer(schema_id)
+        writer, reader, _ = self._writer(schema_id)
         fo = io.BytesIO(value)
         fo.seek(HEADER_SIZE)
         try:
@@ -326,12 +287,59 @@ class AvroDecoder:
         return record
 
     def decode(self, values: Iterable[bytes | None]) -> DecodeResult:
-        """Decode values; the good ones become one batch, the bad ones are reported, never raised."""
+        """Decode values; the good ones become one batch, the bad ones are reported, never raised.
+
+        The messages of each writer schema id are decoded together, column by column
+        (:mod:`k2.bus.avro_decode`); the messages that path is not sure of (bad framing, an id without
+        a usable schema, a schema pair it does not handle, a suspect body) are decoded one by one with
+        fastavro (:meth:`decode_one`), which gives each its exact value or error.
+        """
+        values = values if isinstance(values, list) else list(values)
+        n = len(values)
+        present = [b"" if v is None else v for v in values]
+        sizes = np.fromiter(map(len, present), np.int64, n)
+        buf = np.frombuffer(b"".join(present) + bytes(PADDING), np.uint8)
+        ends = np.cumsum(sizes)
+        starts = ends - sizes
+        framed = np.nonzero(sizes >= HEADER_SIZE)[0]
+        framed = framed[buf[starts[framed]] == MAGIC]
+        ids = np.full(n, -1, np.int64)
+        id_bytes = buf[(starts[framed] + 1)[:, None] + np.arange(4)].astype(np.int64)  # 4 bytes, big-endian
+        ids[framed] = (id_bytes[:, 0] << 24) | (id_bytes[:, 1] << 16) | (id_bytes[:, 2] << 8) | id_bytes[:, 3]
+        one_by_one = np.ones(n, bool)
+        one_by_one[framed] = False
+        batches: list[pa.RecordBatch] = []
+        indices: list[np.ndarray] = []
+        for schema_id in np.unique(ids[framed]).tolist():
+            rows = np.nonzero(ids == schema_id)[0]
+            try:
+                plan = self._writer(schema_id).plan
+            except WireFormatError:
+                plan = None  # every message of the id gets the id's error below
+            if plan is None:
+                one_by_one[rows] = True
+                continue
+            batch, suspect = plan.decode(buf, starts[rows] + HEADER_SIZE, ends[rows])
+            one_by_one[rows[suspect]] = True
+            batches.append(batch)
+            indices.append(rows[~suspect])
+        errors: list[tuple[int, WireFormatError]] = []
+        rest = np.nonzero(one_by_one)[0].tolist()
+        if rest:
+            batch, good, errors = self._decode_each([(i, values[i]) for i in rest])
+            batches.append(batch)
+            indices.append(np.array(good, np.int64))
+        return _merge(batches, indices, errors, self.arrow_schema)
+
+    def _decode_each(
+        self, values: list[tuple[int, bytes | None]]
+    ) -> tuple[pa.RecordBatch, list[int], list[tuple[int, WireFormatError]]]:
+        """(index, value) pairs decoded one by one: the batch of the good ones, their indices, the errors."""
         rows: list[dict[str, Any]] = []
         indices: list[int] = []
         errors: list[tuple[int, WireFormatError]] = []
         with _gc_paused():
-            for i, value in enumerate(values):
+            for i, value in values:
                 try:
                     rows.append(self.decode_one(value))
                     indices.append(i)
@@ -352,7 +360,7 @@ class AvroDecoder:
             batch = self.to_batch(rows)
             assert not isinstance(batch, str)
             errors.sort(key=lambda e: e[0])
-        return DecodeResult(batch, indices, errors)
+        return batch, indices, errors
 
     def to_batch(self, rows: list[dict[str, Any]]) -> pa.RecordBatch | str:
         """Raw dicts to a canonical batch, or why a value does not fit its column."""
@@ -364,6 +372,31 @@ class AvroDecoder:
             except (ValueError, TypeError, pa.ArrowException) as exc:
                 return f"field {f.name!r}: {_short(exc)}"
         return pa.RecordBatch.from_arrays(arrays, schema=self.arrow_schema)
+
+
+class _Writer(NamedTuple):
+    """What an id's writer schema needs: fastavro's parsed writer, the reader when resolution is needed
+    (None when the schemas are the same), and the column-wise plan (None: decoded one by one)."""
+
+    parsed: Any
+    reader: Any
+    plan: Plan | None
+
+
+def _merge(
+    batches: list[pa.RecordBatch],
+    indices: list[np.ndarray],
+    errors: list[tuple[int, WireFormatError]],
+    schema: pa.Schema,
+) -> DecodeResult:
+    """One batch of the decoded rows in input order."""
+    if len(batches) == 1:
+        return DecodeResult(batches[0], indices[0].tolist(), errors)
+    if not batches:
+        return DecodeResult(pa.RecordBatch.from_pylist([], schema=schema), [], errors)
+    order = np.concatenate(indices)
+    sort = np.argsort(order, kind="stable")
+    return DecodeResult(pa.concat_batches(batches).take(pa.array(sort)), order[sort].tolist(), errors)
 
 
 def schema_json(record: RecordSchema) -> str:

@@ -34,6 +34,7 @@ class BinanceProtocol:
     name = "binance"
     default_recording: Path = BUNDLED_BINANCE_TRADES
     max_client_messages_per_s = 5
+    example_target = "/stream?streams=btcusdt@trade/ethusdt@trade"
 
     def open(self, target: str) -> tuple[str, list[str]]:
         """(framing, streams to start with) of a handshake target; :class:`PathError` to refuse it.

@@ -1,21 +1,29 @@
 """What a venue's emulator protocol provides (the ``emulator`` of a :class:`k2.sources.venue.Venue`).
 
 The server (:mod:`k2.emulator.server`) owns everything venue-neutral: the replay cursor and pace,
-clients and their subscriptions, fault injection, disconnects, backpressure. A protocol says what
-is the venue's own: how a handshake target subscribes, how control messages are answered, which
-stream each recorded frame belongs to and how it is framed for a client, and the REST side.
-Binance's is :class:`k2.emulator.binance.BinanceProtocol`.
+clients and their subscriptions, fault injection, disconnects, backpressure, periodic messages. A
+protocol says what is the venue's own: how a handshake target subscribes, how control messages are
+answered, which stream each recorded frame belongs to and how it is framed for a client, and the
+REST side. Binance's is :class:`k2.emulator.binance.BinanceProtocol`, Coinbase's
+:class:`k2.emulator.coinbase.CoinbaseProtocol`.
+
+Optional parts, used when a protocol has them (checked with ``isinstance``):
+
+* :class:`Heartbeats`: messages the venue sends on its own every ``heartbeat_interval_s`` to each
+  client, per subscribed stream (Coinbase's ``heartbeat`` channel);
+* :class:`k2.emulator.faults.FrameFaults`: which frames are trades or quotes and how a bad frame is
+  built from a real one (Binance's when absent).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from k2.emulator.faults import Faults, OutFrame
 from k2.emulator.recording import RecordedFrame
-from k2.emulator.rest import RestEndpoints
+from k2.emulator.rest import RestRequest, RestResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +33,16 @@ class ControlAnswer:
     reply: bytes | None
     subscribe: tuple[str, ...] = ()
     unsubscribe: tuple[str, ...] = ()
+
+
+class RestSide(Protocol):
+    """A venue's REST endpoints, served on the emulator's port (plain HTTP requests)."""
+
+    requests: list[RestRequest]  # every request answered, in order (tests check a client's pacing)
+
+    def handle(self, target: str) -> RestResponse | None:
+        """The response to ``GET target``, or None when ``target`` is not one of its paths."""
+        ...
 
 
 class EmulatorProtocol(Protocol):
@@ -46,6 +64,18 @@ class EmulatorProtocol(Protocol):
         """The bytes a client with ``framing`` receives for ``out``."""
         ...
 
-    def rest(self, recording: Path, faults: Faults) -> RestEndpoints | None:
+    def rest(self, recording: Path, faults: Faults) -> RestSide | None:
         """The REST endpoints served on the same port (None: the venue's emulator has none)."""
+        ...
+
+
+@runtime_checkable
+class Heartbeats(Protocol):
+    """Messages a venue sends by itself, without a recorded frame: every ``heartbeat_interval_s``
+    seconds the server asks, for each stream a client is subscribed to, what to send it now."""
+
+    heartbeat_interval_s: float
+
+    def heartbeat(self, stream: str, now_us: int) -> bytes | None:
+        """The message for a client subscribed to ``stream`` at ``now_us`` (UTC µs); None: nothing."""
         ...

@@ -5,22 +5,25 @@ combined-stream and the raw form, plus its stream name) and applies :class:`Faul
 swapped neighbours and bad frames built from the real frame they follow. Disconnects are applied by
 the server, which knows when a frame has been sent. Everything here is pure: no sockets, no clock.
 
-Every bad-frame kind maps to the :class:`k2.sources.base.RejectReason` the Binance parser must give
+Every bad-frame kind maps to the :class:`k2.sources.base.RejectReason` a venue's parser must give
 it (:data:`EXPECTED_REASON`), so tests can compare what was injected with what was quarantined. The
 six :data:`MALFORMED_KINDS` are named after their reason; the :data:`ADVERSARIAL_KINDS` are values a
-hostile or broken venue could send that once crashed K2 or were stored as good (issue 9).
+hostile or broken venue could send that once crashed K2 or were stored as good (issue 9). Which
+frames are trades or quotes, and how a bad frame is built from a real one, is the venue's
+(:class:`FrameFaults`; Binance's by default: :data:`BINANCE_FRAMES`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
 from k2.emulator.recording import RecordedFrame
 from k2.errors import ConfigError
+from k2.schema.kinds import RecordKind
 from k2.sources.base import RejectReason
 
 FRAME = "frame"
@@ -71,7 +74,7 @@ EXPECTED_REASON: dict[str, RejectReason] = {
     **ADVERSARIAL_KINDS,
     CROSSED_QUOTE: RejectReason.CROSSED_BOOK,
 }
-"""Every bad-frame kind and the reason the Binance parser must quarantine it with."""
+"""Every bad-frame kind and the reason a venue's parser must quarantine it with."""
 
 FOREIGN_PREFIX = "XK2"
 """Prefix making the symbol of an ``unsubscribed_stream`` / ``stream_symbol_mismatch`` frame foreign
@@ -163,6 +166,21 @@ class OutFrame:
     raw: bytes
     recv_us: int
     kind: str = FRAME  # FRAME, DUPLICATE or a key of EXPECTED_REASON
+
+
+@runtime_checkable
+class FrameFaults(Protocol):
+    """A venue's side of frame faults (an emulator protocol may provide it; Binance's is the default).
+
+    ``record_kind``: the record kind a routed frame carries (None: neither trades nor quotes), so that
+    ``malformed_every``/``adversarial_every`` count trade frames and ``crossed_every`` quote frames.
+    ``bad_frame``: a frame of ``kind`` (a key of :data:`EXPECTED_REASON`) made from a real one, which
+    that venue's parser must quarantine with ``EXPECTED_REASON[kind]``; routed like ``source``.
+    """
+
+    def record_kind(self, out: OutFrame) -> RecordKind | None: ...
+
+    def bad_frame(self, source: OutFrame, kind: str) -> OutFrame: ...
 
 
 class _Envelope(msgspec.Struct):
@@ -272,6 +290,24 @@ def _mutate(data: dict[str, Any], kind: str) -> None:
     data.update(changes[kind])
 
 
+class _BinanceFrames:
+    """Binance's frames: ``<symbol>@trade`` and ``<symbol>@bookTicker`` streams, :func:`bad_frame`."""
+
+    def record_kind(self, out: OutFrame) -> RecordKind | None:
+        stream = out.stream or ""
+        if stream.endswith("@trade"):
+            return RecordKind.TRADES
+        if stream.endswith("@bookTicker"):
+            return RecordKind.QUOTES
+        return None
+
+    def bad_frame(self, source: OutFrame, kind: str) -> OutFrame:
+        return bad_frame(source, kind)
+
+
+BINANCE_FRAMES: FrameFaults = _BinanceFrames()
+
+
 def _count(injected: MutableMapping[str, int], kind: str) -> None:
     injected[kind] = injected.get(kind, 0) + 1
 
@@ -310,11 +346,16 @@ def routable_frames(
     return (f for f in map(route, recording) if f.stream is not None)
 
 
-def apply_faults(frames: Iterable[OutFrame], faults: Faults, injected: MutableMapping[str, int]) -> Iterator[OutFrame]:
+def apply_faults(
+    frames: Iterable[OutFrame],
+    faults: Faults,
+    injected: MutableMapping[str, int],
+    venue: FrameFaults = BINANCE_FRAMES,
+) -> Iterator[OutFrame]:
     """``frames`` with faults applied; ``injected`` is updated lazily, as frames are taken.
 
     Positions count recorded frames in recording order; duplicates and bad frames follow the
-    recorded frame they were made from.
+    recorded frame they were made from (``venue`` tells trades and quotes apart and builds them).
     """
     source: Iterator[OutFrame] = iter(frames)
     if faults.withhold:
@@ -334,23 +375,27 @@ def apply_faults(frames: Iterable[OutFrame], faults: Faults, injected: MutableMa
         if dup and position % dup == 0:
             _count(injected, DUPLICATE)
             yield OutFrame(frame.stream, frame.combined, frame.raw, frame.recv_us, DUPLICATE)
-        stream = frame.stream or ""
-        if stream.endswith("@trade"):
+        record = venue.record_kind(frame) if frame.kind == FRAME else None
+        if record is RecordKind.TRADES:
             trades += 1
             for every, kinds in ((bad, MALFORMED_KINDS), (hostile, adversarial)):
                 if every and trades % every == 0:
                     kind = kinds[(trades // every - 1) % len(kinds)]
                     _count(injected, kind)
-                    yield bad_frame(frame, kind)
-        elif stream.endswith("@bookTicker"):
+                    yield venue.bad_frame(frame, kind)
+        elif record is RecordKind.QUOTES:
             quotes += 1
             if crossed and quotes % crossed == 0:
                 _count(injected, CROSSED_QUOTE)
-                yield bad_frame(frame, CROSSED_QUOTE)
+                yield venue.bad_frame(frame, CROSSED_QUOTE)
 
 
 def replay_frames(
-    recording: Iterable[RecordedFrame], faults: Faults, injected: MutableMapping[str, int]
+    recording: Iterable[RecordedFrame],
+    faults: Faults,
+    injected: MutableMapping[str, int],
+    route: Callable[[RecordedFrame], OutFrame] = decode_frame,
+    venue: FrameFaults = BINANCE_FRAMES,
 ) -> Iterator[OutFrame]:
     """The frames to send for one pass over a recording: routable frames, faults applied."""
-    return apply_faults(routable_frames(recording), faults, injected)
+    return apply_faults(routable_frames(recording, route), faults, injected, venue)

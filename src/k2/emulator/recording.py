@@ -28,6 +28,9 @@ BUNDLED_BINANCE_TRADES = BUNDLED_DIR / "binance_btcusdt_ethusdt_trades_2024-08-0
 BUNDLED_BINANCE_SESSION = BUNDLED_DIR / "binance_btcusdt_ethusdt_session_2024-08-08T2354_0005.jsonl.gz"
 """The whole recorded Binance session of BTCUSDT + ETHUSDT: trades, bookTicker, depth diffs, with their real
 interleaving and receive times (179,316 frames), see ``recordings/README.md``."""
+BUNDLED_COINBASE_SESSION = BUNDLED_DIR / "coinbase_exchange_10_products_session_2021-04-17T1643.jsonl.gz"
+"""A whole recorded Coinbase Exchange session of 10 products (matches, ticker, level2; 9,946 messages with
+the recorder's receive times), see ``recordings/README.md``."""
 
 
 @dataclass(frozen=True, slots=True)

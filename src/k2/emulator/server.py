@@ -32,8 +32,18 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from k2.emulator.binance import BinanceProtocol
-from k2.emulator.contract import EmulatorProtocol
-from k2.emulator.faults import DISCONNECT, FRAME, INJECTED_KINDS, Faults, OutFrame, apply_faults, routable_frames
+from k2.emulator.contract import EmulatorProtocol, Heartbeats, RestSide
+from k2.emulator.faults import (
+    BINANCE_FRAMES,
+    DISCONNECT,
+    FRAME,
+    INJECTED_KINDS,
+    Faults,
+    FrameFaults,
+    OutFrame,
+    apply_faults,
+    routable_frames,
+)
 from k2.emulator.protocol import PathError
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
 from k2.emulator.rest import RestResponse
@@ -63,7 +73,7 @@ class ReplayConfig:
     faults: Faults = field(default_factory=Faults)
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 60.0
-    max_client_messages_per_s: int = 5
+    max_client_messages_per_s: int | None = None  # None: the protocol's (``max_client_messages_per_s``, else 5)
     min_clients: int = 1
     preload: bool = False  # decode the whole recording before listening (benchmarks measure the client)
     live: bool = False
@@ -79,7 +89,7 @@ class ReplayConfig:
             raise ConfigError("live mode needs a pace: give a speed")
         if self.min_clients < 1:
             raise ConfigError("min_clients must be >= 1")
-        if self.max_client_messages_per_s < 1:
+        if self.max_client_messages_per_s is not None and self.max_client_messages_per_s < 1:
             raise ConfigError("max_client_messages_per_s must be >= 1")
 
 
@@ -96,8 +106,9 @@ class BinanceEmulator:
 
     Counters for tests: ``replayed`` (recorded frames delivered: the cursor), ``missed`` (recorded
     frames due that no client received: unsubscribed streams, and in live mode no client),
-    ``frames_sent`` (all frames written to clients, duplicates and bad frames included, per
-    connection), ``connections``, ``disconnects_injected``, ``rate_limited``, ``replays_completed``
+    ``frames_sent`` (all replayed frames written to clients, duplicates and bad frames included, per
+    connection), ``control_sent`` (frames the protocol made up: replies to control messages and
+    heartbeats), ``connections``, ``disconnects_injected``, ``rate_limited``, ``replays_completed``
     and ``injected`` (by kind).
     """
 
@@ -110,6 +121,7 @@ class BinanceEmulator:
         self.replayed = 0
         self.missed = 0
         self.frames_sent = 0
+        self.control_sent = 0
         self.connections = 0
         self.disconnects_injected = 0
         self.rate_limited = 0
@@ -128,8 +140,11 @@ class BinanceEmulator:
         if self.config.hold_at is None:
             self._released.set()
         self.protocol = self.config.protocol
-        self.rest = self.protocol.rest(self.config.recording, self.config.faults)
-        """The REST side (``/api/v3/...`` on the same port); ``rest.requests`` logs every request."""
+        self._frame_faults: FrameFaults = self.protocol if isinstance(self.protocol, FrameFaults) else BINANCE_FRAMES
+        protocol_limit: int = getattr(self.protocol, "max_client_messages_per_s", 5)
+        self._client_messages_per_s = self.config.max_client_messages_per_s or protocol_limit
+        self.rest: RestSide | None = self.protocol.rest(self.config.recording, self.config.faults)
+        """The REST side (e.g. ``/api/v3/...`` on the same port); ``rest.requests`` logs every request."""
 
     # --- lifecycle --------------------------------------------------------------------------------
     @property
@@ -209,6 +224,7 @@ class BinanceEmulator:
             "replayed": self.replayed,
             "missed": self.missed,
             "frames_sent": self.frames_sent,
+            "control_sent": self.control_sent,
             "connections": self.connections,
             "open_connections": len(self._clients),
             "disconnects_injected": self.disconnects_injected,
@@ -234,16 +250,19 @@ class BinanceEmulator:
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         framing, streams = self.protocol.open(ws.request.path)
-        client = _Client(ws, framing, {}, collections.deque(maxlen=self.config.max_client_messages_per_s))
+        client = _Client(ws, framing, {}, collections.deque(maxlen=self._client_messages_per_s))
         self.connections += 1
         self._clients.add(client)
         self._subscribe(client, streams)
         log.debug("emulator.connected", path=ws.request.path, streams=len(streams))
+        beats = None
+        if isinstance(self.protocol, Heartbeats):
+            beats = asyncio.create_task(self._heartbeats(client, self.protocol), name="emulator-heartbeats")
         try:
             async for message in ws:
                 if self._over_limit(client):
                     self.rate_limited += 1
-                    log.info("emulator.rate_limited", limit=self.config.max_client_messages_per_s)
+                    log.info("emulator.rate_limited", limit=self._client_messages_per_s)
                     await ws.close(1008, "too many requests")
                     return
                 answer = self.protocol.control(list(client.streams), message)
@@ -251,10 +270,22 @@ class BinanceEmulator:
                 self._unsubscribe(client, list(answer.unsubscribe))
                 if answer.reply is not None:
                     await ws.send(answer.reply)
+                    self.control_sent += 1
         except ConnectionClosed:
             pass
         finally:
+            if beats is not None:
+                beats.cancel()
             self._forget(client)
+
+    async def _heartbeats(self, client: _Client, protocol: Heartbeats) -> None:
+        """Every ``heartbeat_interval_s``: the protocol's message for each stream ``client`` has."""
+        while client in self._clients:
+            await asyncio.sleep(protocol.heartbeat_interval_s)
+            now_us = time.time_ns() // 1000
+            payloads = [p for s in list(client.streams) if (p := protocol.heartbeat(s, now_us)) is not None]
+            if payloads and await self._write(client, payloads):
+                self.control_sent += len(payloads)
 
     def _over_limit(self, client: _Client) -> bool:
         """Binance's incoming limit: more than N messages within one second disconnects."""
@@ -344,7 +375,7 @@ class BinanceEmulator:
             frames = self._decoded
         else:
             frames = routable_frames(read_recording(self.config.recording), self.protocol.route)
-        source = apply_faults(frames, self.config.faults, self.injected)
+        source = apply_faults(frames, self.config.faults, self.injected, self._frame_faults)
         pending: collections.deque[OutFrame] = collections.deque()  # frames taken but not yet delivered
         t0: float | None = None
         r0 = 0
@@ -476,7 +507,8 @@ def _http_response(rest: RestResponse) -> Response:
 async def serve_forever(config: ReplayConfig, host: str = "127.0.0.1", port: int = 9443) -> None:
     """Run an emulator until cancelled (the ``k2 emulator`` command), logging its URL."""
     async with BinanceEmulator(config, host, port) as emu:
-        log.info("emulator.listening", url=emu.url, example=f"{emu.url}/stream?streams=btcusdt@trade/ethusdt@trade")
+        example = emu.url + getattr(emu.protocol, "example_target", "")  # a protocol may name a sample target
+        log.info("emulator.listening", url=emu.url, venue=emu.protocol.name, example=example)
         await asyncio.Event().wait()
 
 

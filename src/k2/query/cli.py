@@ -28,8 +28,24 @@ EndOpt = Annotated[str | None, typer.Option(help="ISO-8601 end, exclusive.")]
 LimitOpt = Annotated[int, typer.Option(help="At most this many rows.")]
 
 
+_opened: list[QueryEngine] = []  # the running command's engines, closed when it ends (see _close_engines)
+
+
+@query_app.callback()
+def _close_engines(ctx: typer.Context) -> None:
+    """Every `k2 query` command closes its engine, and so its catalog's connections, when it ends."""
+
+    def close() -> None:
+        while _opened:
+            _opened.pop().close()
+
+    ctx.call_on_close(close)
+
+
 def _engine(warehouse: Path | None) -> QueryEngine:
-    return QueryEngine.from_settings(settings_from(warehouse=warehouse))
+    engine = QueryEngine.from_settings(settings_from(warehouse=warehouse))
+    _opened.append(engine)
+    return engine
 
 
 @query_app.command("trades")

@@ -3,7 +3,8 @@ read-only SQL over K2's Iceberg tables.
 
 pyiceberg plans which data files a query needs (partition and column-metrics pruning, cached per
 snapshot, see :mod:`k2.query.planner`); DuckDB reads exactly those Parquet files with the query's
-filters bound as parameters. Nothing materialises the whole table. See docs/query.md.
+filters bound as parameters, from the local warehouse or from S3 (:mod:`k2.query.files`). Nothing
+materialises the whole table. See docs/query.md.
 
 Times: arguments must be timezone-aware (any zone; converted to UTC); naive datetimes are rejected
 with QueryError. ``start_time`` is inclusive, ``end_time`` exclusive. Results carry
@@ -29,15 +30,15 @@ from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
 
 from k2.config import K2Settings, LakeSettings
-from k2.errors import K2Error, QueryError, ReadOnlyViolation, SnapshotExpired
+from k2.errors import K2Error, QueryError, SnapshotExpired
 from k2.lake.catalog import load_existing_table, load_or_create_table, open_catalog, table_identifier
 from k2.logging import get_logger
 from k2.metrics import QUERY_SECONDS
-from k2.query import exact, quotes, sql
+from k2.query import exact, files, quotes, sql
 from k2.query.bars import bar_parameters, ohlcv_table, parse_interval
 from k2.query.filters import check_limit, make_filter
 from k2.query.instruments import fill_instruments
-from k2.query.planner import CacheInfo, Planner, ScanFilter, ScanPlan, from_us, local_path
+from k2.query.planner import CacheInfo, Planner, ScanFilter, ScanPlan, from_us
 from k2.query.result import QueryResult
 from k2.schema import TRADE_ARROW_SCHEMA, to_arrow
 from k2.schema.kinds import RecordKind, spec
@@ -84,26 +85,39 @@ class QueryEngine:
         self._planner = Planner(table, plan_cache_size)
         self._others: dict[RecordKind, Planner | None] = dict.fromkeys(_OTHER_KINDS)
         self._load_others()
-        # DuckDB may read the namespace's directory (every K2 table of the warehouse) and nothing else.
-        self._location = namespace_directory(table)
         # ``connection``: a cursor of a connection from sql.open_connection (the REST API's workers share
-        # one locked-down database); the engine owns (and closes) it either way.
-        self._con = connection if connection is not None else sql.open_connection(self._location)
+        # one locked-down database); the engine owns (and closes) it either way. Otherwise DuckDB may read
+        # the namespace's directory or S3 prefix (every K2 table of the warehouse) and nothing else.
+        if connection is None:
+            store = files.data_store(table)
+            connection = sql.open_connection(store.root, filesystem=store.filesystem)
+        self._con = connection
         self._views: dict[RecordKind, int | None] = {}  # kind -> the snapshot its view points at
+        self._owned_catalog: Catalog | None = None  # closed with the engine (see from_settings)
         self._symbols: tuple[int | None, list[str]] | None = None
 
     @classmethod
     def from_settings(cls, settings: K2Settings) -> QueryEngine:
         """An engine on the configured warehouse, whose trades table must exist: reading creates
-        nothing (:class:`~k2.errors.LakeError` naming the warehouse otherwise)."""
+        nothing (:class:`~k2.errors.LakeError` naming the warehouse otherwise). It owns its catalog:
+        :meth:`close` closes the catalog's database connections too (PostgreSQL in distributed mode)."""
         lake = settings.lake
         catalog = open_catalog(lake, create=False)
-        load_existing_table(catalog, lake, lake.trades_table)
-        return cls(catalog, lake)
+        try:
+            load_existing_table(catalog, lake, lake.trades_table)
+            engine = cls(catalog, lake)
+        except BaseException:
+            _dispose(catalog)
+            raise
+        engine._owned_catalog = catalog
+        return engine
 
     def close(self) -> None:
         with self._lock:
             self._con.close()
+            if self._owned_catalog is not None:
+                _dispose(self._owned_catalog)
+                self._owned_catalog = None
 
     def interrupt(self) -> None:
         """Stop the DuckDB query running on this engine now (from any thread; no-op when idle).
@@ -241,7 +255,7 @@ class QueryEngine:
         flt = make_filter(symbol, exchange, start_time, end_time, instrument=instrument)
         with self._timed("vwap"):
             raw, method = self._retrying(lambda: self._aggregate(flt, bucketed=False))
-            if raw.num_rows == 0 or raw.column("trades")[0].as_py() is None:
+            if raw.num_rows == 0 or not raw.column("trades")[0].as_py():
                 return None
             notional, volume = sql.aggregate_sums(raw, method)
             value = exact.vwap_unscaled(notional[0], volume[0])
@@ -267,11 +281,9 @@ class QueryEngine:
                     self.ensure_views()
                     try:
                         return sql.run(self._con, text, params)
-                    except duckdb.PermissionException as exc:
-                        raise ReadOnlyViolation(f"refused: {exc}") from exc
-                    except duckdb.IOException:
-                        raise
-                    except (duckdb.Error, TypeError, ValueError) as exc:
+                    except duckdb.Error as exc:  # a file outside the tables is ReadOnlyViolation
+                        raise files.translate(exc, self._name) from exc
+                    except (TypeError, ValueError) as exc:
                         raise QueryError(f"query failed: {exc}") from exc
 
             table = self._retrying(attempt)
@@ -335,9 +347,19 @@ class QueryEngine:
         if not isinstance(tolerance, timedelta) or tolerance < timedelta(0):
             raise QueryError("tolerance must be a non-negative timedelta")
         trades = self.query_trades(symbol, exchange, start_time, end_time, limit, instrument).table
+        return self.join_quotes(trades, tolerance, instrument)
+
+    def join_quotes(
+        self, trades: pa.Table, tolerance: timedelta = timedelta(minutes=1), instrument: str | None = None
+    ) -> QueryResult:
+        """``trades`` (canonical trade rows, e.g. a page the REST API read) each with its prevailing
+        quote, as :meth:`trades_with_quotes` does; rows in time order. ``instrument``: the trades are
+        that instrument's (the quotes planned are its venues')."""
+        if not isinstance(tolerance, timedelta) or tolerance < timedelta(0):
+            raise QueryError("tolerance must be a non-negative timedelta")
         tolerance_us = tolerance // timedelta(microseconds=1)
         with self._timed("trades_with_quotes"):
-            table = self._retrying(lambda: self._as_of(trades, tolerance_us, instrument))
+            table = self._retrying(lambda: self._as_of(trades.cast(TRADE_ARROW_SCHEMA), tolerance_us, instrument))
         return QueryResult(table)
 
     def _as_of(self, trades: pa.Table, tolerance_us: int, instrument: str | None) -> pa.Table:
@@ -450,29 +472,22 @@ class QueryEngine:
         with self._lock:
             try:
                 table: pa.Table = sql.run(self._con, text, params)
-            except duckdb.IOException:
-                raise
             except duckdb.Error as exc:
-                raise QueryError(f"query failed: {exc}") from exc
+                raise files.translate(exc, self._name) from exc
         return table
 
     def _retrying(self, attempt: Callable[[], T]) -> T:
         """Run ``attempt`` (which plans and queries); if a planned file vanished (table maintenance
-        removed the files of the snapshot this engine held), refresh and retry once on the current
-        snapshot. A second failure is :class:`SnapshotExpired`: a clear error, never partial rows."""
+        removed the files of the snapshot this engine held: :class:`SnapshotExpired`, from a local file
+        or an S3 object, see :func:`k2.query.files.translate`), refresh and retry once on the current
+        snapshot. A second failure raises that SnapshotExpired: a clear error, never partial rows."""
         self._maybe_refresh()
         try:
             return attempt()
-        except (duckdb.IOException, SnapshotExpired) as exc:
+        except SnapshotExpired as exc:
             log.warning("query.file_missing", table=self._name, error=str(exc))
             self.refresh()
-            try:
-                return attempt()
-            except duckdb.IOException as again:
-                raise SnapshotExpired(
-                    f"cannot read the data files of {self._name}: removed while this query read them (table "
-                    f"maintenance expired its snapshot) or lost: {again}; retry the query"
-                ) from again
+            return attempt()
 
     def _aggregate(
         self, flt: ScanFilter, *, bucketed: bool, width_us: int = 0, by_exchange: bool = False
@@ -506,14 +521,13 @@ class QueryEngine:
                     sql.create_view(
                         self._con, kind.value, () if plan is None else plan.files, to_arrow(spec(kind).record)
                     )
-                except duckdb.IOException:
-                    raise  # a planned file is gone: the caller refreshes and retries (see _retrying)
-                except duckdb.Error as exc:
-                    raise QueryError(f"cannot create the {kind.value} view: {exc}") from exc
+                except duckdb.Error as exc:  # a planned file is gone: the caller refreshes and retries
+                    raise files.translate(exc, self._name, f"cannot create the {kind.value} view") from exc
                 self._views[kind] = snapshot
 
 
-def namespace_directory(table: Table) -> str:
-    """The local directory holding every K2 table of ``table``'s namespace (with a trailing ``/``):
-    what the engine's DuckDB may read."""
-    return local_path(table.location()).rstrip("/").rsplit("/", 1)[0] + "/"
+def _dispose(catalog: Catalog) -> None:
+    """Close a SQL catalog's connection pool (SQLite, PostgreSQL); other catalogs hold none."""
+    engine = getattr(catalog, "engine", None)
+    if engine is not None:
+        engine.dispose()

@@ -24,10 +24,11 @@ places with ROUND_HALF_EVEN (banker's rounding).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Context, Decimal
 
+import numpy as np
 import pyarrow as pa
 
 from k2.errors import QueryError
@@ -117,24 +118,31 @@ def unscaled_ints(array: pa.Array) -> list[int | None]:
     """The unscaled integers of a decimal128 array, read from its buffer (exact, no Decimal)."""
     if not pa.types.is_decimal128(array.type):
         raise TypeError(f"expected decimal128, got {array.type}")
-    data = array.buffers()[1]
-    raw = memoryview(data)[array.offset * 16 : (array.offset + len(array)) * 16]
-    values: list[int | None] = [int.from_bytes(raw[i : i + 16], "little", signed=True) for i in range(0, len(raw), 16)]
+    n = len(array)
+    words = np.frombuffer(array.buffers()[1], "<i8", 2 * n, 16 * array.offset)
+    lo, hi = words[0::2], words[1::2]
+    if bool(np.all(hi == (lo >> 63))):  # every value fits 64 bits: the common case
+        values: list[int | None] = list(lo.tolist())
+    else:
+        values = [(h << 64) | u for h, u in zip(hi.tolist(), lo.view(np.uint64).tolist(), strict=True)]
     if array.null_count:
-        for i, valid in enumerate(array.is_valid().to_pylist()):
-            if not valid:
-                values[i] = None
+        values = [v if ok else None for v, ok in zip(values, array.is_valid().to_pylist(), strict=True)]
     return values
 
 
-def decimal_array(values: Iterable[int | None], what: str) -> pa.Array:
+def decimal_array(values: Sequence[int | None], what: str) -> pa.Array:
     """A decimal128(38, 12) array from unscaled integers; QueryError when one does not fit."""
-    out: list[Decimal | None] = []
-    for value in values:
-        if value is None:
-            out.append(None)
-            continue
+    present = [v for v in values if v is not None]
+    for value in present:
         if not -DECIMAL_LIMIT < value < DECIMAL_LIMIT:
             raise QueryError(f"{what} {to_decimal(value)} does not fit decimal(38, 12)")
-        out.append(to_decimal(value))
-    return pa.array(out, OUTPUT_TYPE)
+    filled = [0 if v is None else v for v in values]
+    if all(-(2**63) <= v < 2**63 for v in filled):
+        lo = np.array(filled, np.int64)
+        words = np.empty(2 * len(filled), np.int64)
+        words[0::2], words[1::2] = lo, lo >> 63
+        data = pa.py_buffer(words)
+    else:
+        data = pa.py_buffer(b"".join(v.to_bytes(16, "little", signed=True) for v in filled))
+    mask = None if len(present) == len(filled) else pa.array([v is not None for v in values]).buffers()[1]
+    return pa.Array.from_buffers(OUTPUT_TYPE, len(filled), [mask, data], null_count=len(filled) - len(present))

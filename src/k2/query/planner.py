@@ -16,7 +16,6 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
-from urllib.parse import urlparse
 
 from pyiceberg.expressions import (
     AlwaysFalse,
@@ -33,6 +32,7 @@ from pyiceberg.manifest import DataFile
 from pyiceberg.table import FileScanTask, Table
 
 from k2.errors import QueryError, SnapshotExpired
+from k2.query.files import data_path
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -143,7 +143,7 @@ class ScanPlan:
 
     snapshot_id: int | None
     filter: ScanFilter
-    files: tuple[str, ...]  # local paths, in planning order
+    files: tuple[str, ...]  # as DuckDB reads them (k2.query.files.data_path), in planning order
     rows: int  # records in the planned files: an upper bound on the rows the query reads
     bytes: int
     max_file_rows: int
@@ -177,14 +177,6 @@ class CacheInfo(NamedTuple):
     misses: int
     entries: int
     snapshot_id: int | None
-
-
-def local_path(uri: str) -> str:
-    """The local filesystem path of a data file URI; only local warehouses can be read by DuckDB."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return parsed.path if parsed.scheme else uri
-    raise QueryError(f"data file {uri!r}: only local (file://) warehouses can be queried")
 
 
 def _decimal_bound(raw: bytes | None) -> int | None:
@@ -306,7 +298,7 @@ class Planner:
                     "K2's engine reads append-only tables and will not return rows that may be deleted"
                 )
             data = task.file
-            path = local_path(data.file_path)
+            path = data_path(data.file_path)
             files.append(path)
             rows += data.record_count
             size += data.file_size_in_bytes

@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+from fsspec import AbstractFileSystem
 
 from k2.errors import QueryError, ReadOnlyViolation
 from k2.query.exact import LIMB_MASK, NotionalMethod, combine_limbs, unscaled_ints
@@ -65,14 +66,19 @@ TRADES_SOURCE = parquet_source(TRADE_ARROW_SCHEMA)
 
 
 def open_connection(
-    allowed_directory: str, *, memory_limit: str | None = None, threads: int | None = None
+    allowed_directory: str,
+    *,
+    filesystem: AbstractFileSystem | None = None,
+    memory_limit: str | None = None,
+    threads: int | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that can read files under ``allowed_directory`` and nothing else.
 
     External access is off (no other files, no network, no extension install/load, no Python
     object scans), the UTC time zone is fixed, and the configuration is locked so a statement
-    cannot undo any of it. ``memory_limit`` (e.g. ``"2GB"``) and ``threads`` bound the whole
-    database, including every ``cursor()`` of the connection (the REST API's workers).
+    cannot undo any of it. ``filesystem``: how an object-store directory (``s3://...``) is read
+    (:func:`k2.query.files.data_store`). ``memory_limit`` (e.g. ``"2GB"``) and ``threads`` bound
+    the whole database, including every ``cursor()`` of the connection (the REST API's workers).
     """
     con = duckdb.connect(
         ":memory:",
@@ -83,6 +89,8 @@ def open_connection(
         },
     )
     try:
+        if filesystem is not None:
+            con.register_filesystem(filesystem)
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET parquet_metadata_cache = true")  # data files are immutable
         con.execute("SET temp_directory = ''")  # no spilling, and no implicitly allowed temp dir
@@ -147,15 +155,15 @@ def trades_sql(where: str) -> str:
 
 
 # Trades are bucketed by q = rel // $width, where rel = epoch_us(timestamp) - $origin and $origin is
-# a multiple of $width at or before every timestamp (so the truncating division floors); the bucket
-# starts at $origin + q * $width. One division per row: the offset in the bucket is rel - q * $width.
+# a multiple of $width at or before every timestamp (so rel >= 0 and the truncating division floors);
+# the bucket starts at $origin + q * $width, and rel % $width is the trade's offset in its bucket.
 #
 # Order of trades inside a bucket: exchange time, then the venue's sequence for equal times. The
 # compact key is a BIGINT, (offset in bucket) x (sequence span) + (sequence - min), usable when the
 # plan's metrics prove it fits 63 bits (minute bars always do); the wide key is a HUGEINT that always
 # fits. A key only has to order the trades of one bucket.
 _WIDE_KEY = "(rel::HUGEINT << 64) + coalesce(source_sequence, 0)"
-_COMPACT_KEY = "(rel - q * $width) * $key_m + (coalesce(source_sequence, $key_s0) - $key_s0)"
+_COMPACT_KEY = "rel % $width * $key_m + (coalesce(source_sequence, $key_s0) - $key_s0)"
 # Unscaled integer of a decimal(38, 12) value, exactly: integer part and fraction separately.
 _UNSCALED = "(CAST(floor({c}) AS HUGEINT) * 1000000000000 + CAST(({c} - floor({c})) * 1000000000000 AS HUGEINT))"
 _MASK = str(LIMB_MASK)
@@ -181,94 +189,81 @@ def aggregate_sql(
 ) -> str:
     """Exact OHLCV bars (``bucketed``) or one VWAP aggregate over the filtered trades.
 
-    Two levels: ``fine`` groups by bucket (and, for the chunked method, by row-number chunk, so no
-    group sum can overflow); the outer level merges the fine groups of each bucket. ``by_exchange``
-    (bucketed only): bars per bucket and exchange, ordered by bucket then exchange. Parameters:
-    ``$files``; bucketed: ``$width`` (µs), ``$origin`` (µs) and, with ``compact_key``, ``$key_m``,
-    ``$key_s0``; ``$chunk_rows`` (chunked with row numbers only); plus the filter's.
+    One GROUP BY (by bucket, or none for VWAP) computes everything, except for the chunked method
+    with row numbers: there a first level groups by bucket *and* row-number chunk, so that no group
+    sum can overflow, and a second level merges each bucket's chunks (open/close by their order
+    keys, the partial sums as lists that Python adds up exactly). ``by_exchange`` (bucketed only):
+    bars per bucket and exchange, ordered by bucket then exchange. Files are read by field id
+    (:func:`parquet_source`). Parameters: ``$files``; bucketed: ``$width`` (µs), ``$origin`` (µs)
+    and, with ``compact_key``, ``$key_m``, ``$key_s0``; ``$chunk_rows`` (chunked with row numbers
+    only); plus the filter's.
     """
     venue = bucketed and by_exchange
-    frn = method.needs_row_numbers
+    chunked = method.needs_row_numbers
     limbs = method.kind == "limbs"
-    source = parquet_source(TRADE_ARROW_SCHEMA, file_row_number=frn)
-    # Level 1: read and filter; level 2: bucket number (and limbs); level 3: order key.
+    source = parquet_source(TRADE_ARROW_SCHEMA, file_row_number=chunked)
+    # Level 1: read and filter; level 2: bucket number, order key (and limbs).
     cols1 = ["price", "quantity"]
     cols2 = ["price", "quantity"]
-    cols3 = ["price", "quantity"]
     if bucketed:
         cols1 += ['epoch_us("timestamp") - $origin AS rel', "source_sequence"]
-        cols2 += ["rel", "rel // $width AS q", "source_sequence"]
-        cols3 += ["q", f"{_COMPACT_KEY if compact_key else _WIDE_KEY} AS k"]
+        cols2 += ["rel // $width AS q", f"{_COMPACT_KEY if compact_key else _WIDE_KEY} AS k"]
     if venue:
-        for cols in (cols1, cols2, cols3):
-            cols.append("exchange")
-    if frn:
+        cols1.append("exchange")
+        cols2.append("exchange")
+    if chunked:
         cols1.append("file_row_number // $chunk_rows AS chunk")
         cols2.append("chunk")
-        cols3.append("chunk")
     if limbs:
         cols1 += [f"{_UNSCALED.format(c='price')} AS pu", f"{_UNSCALED.format(c='quantity')} AS qu"]
         cols2 += [_limbs("p"), _limbs("q")]
-        cols3 += [f"{n}{i}" for n in ("p", "q") for i in range(3)]
-        fine_sums = [f"{expr} AS {name}" for name, expr in _LIMB_SUMS.items()]
-        outer_sums = [f"sum({name}) AS {name}" for name in _LIMB_SUMS]
+        sums = [f"{expr} AS {name}" for name, expr in _LIMB_SUMS.items()]
     else:
-        fine_sums = ["sum(price * quantity) AS notional", "sum(quantity) AS volume"]
-        outer_sums = ["list(notional) AS notional", "list(volume) AS volume"]
-    fine_cols = ["count(*) AS trades", *fine_sums]
-    outer_cols = ["sum(trades)::BIGINT AS trades", *outer_sums]
-    fine_group = "chunk" if frn else "()"
+        sums = ["sum(price * quantity) AS notional", "sum(quantity) AS volume"]
+    aggregates = ["count(*) AS trades", *sums]
     if bucketed:
-        fine_cols = [
-            "q",
-            *(["exchange"] if venue else []),
-            "arg_min(price, k) AS open",
-            "min(k) AS open_k",
-            "max(price) AS high",
-            "min(price) AS low",
-            "arg_max(price, k) AS close",
-            "max(k) AS close_k",
-            *fine_cols,
-        ]
-        outer_cols = [
-            "$origin + q * $width AS bucket_us",
-            *(["exchange"] if venue else []),
-            "arg_min(open, open_k) AS open",
-            "max(high) AS high",
-            "min(low) AS low",
-            "arg_max(close, close_k) AS close",
-            *outer_cols,
-        ]
-        fine_group = ("q, exchange" if venue else "q") + (", chunk" if frn else "")
+        aggregates = ["arg_min(price, k) AS open", "max(price) AS high", "min(price) AS low",
+                      "arg_max(price, k) AS close", *aggregates]  # fmt: skip
+    keys = ["q", "exchange"] if venue else ["q"]
+    order = f" GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}"
     level1 = f"SELECT {', '.join(cols1)} FROM {source} WHERE {where}"  # noqa: S608
-    level2 = f"SELECT {', '.join(cols2)} FROM ({level1})"  # noqa: S608
-    level3 = f"SELECT {', '.join(cols3)} FROM ({level2})"  # noqa: S608
-    text = (
-        f"WITH src AS ({level3}), "  # noqa: S608
-        f"fine AS (SELECT {', '.join(fine_cols)} FROM src GROUP BY {fine_group}) "
-        f"SELECT {', '.join(outer_cols)} FROM fine"
-    )
+    src = f"SELECT {', '.join(cols2)} FROM ({level1})"  # noqa: S608
+    if not chunked:
+        head = ["$origin + q * $width AS bucket_us", *keys[1:]] if bucketed else []
+        text = f"SELECT {', '.join(head + aggregates)} FROM ({src})"  # noqa: S608
+        return text + order if bucketed else text
+    fine = [*keys, *aggregates, "min(k) AS open_k", "max(k) AS close_k"] if bucketed else aggregates
+    outer = ["sum(trades)::BIGINT AS trades", "list(notional) AS notional", "list(volume) AS volume"]
     if bucketed:
-        text += " GROUP BY q, exchange ORDER BY q, exchange" if venue else " GROUP BY q ORDER BY q"
-    return text
+        outer = ["$origin + q * $width AS bucket_us", *keys[1:], "arg_min(open, open_k) AS open",
+                 "max(high) AS high", "min(low) AS low", "arg_max(close, close_k) AS close", *outer]  # fmt: skip
+    fine_group = ", ".join([*keys, "chunk"]) if bucketed else "chunk"
+    text = (
+        f"WITH fine AS (SELECT {', '.join(fine)} FROM ({src}) GROUP BY {fine_group}) "  # noqa: S608
+        f"SELECT {', '.join(outer)} FROM fine"
+    )
+    return text + order if bucketed else text
 
 
 def aggregate_sums(raw: pa.Table, method: NotionalMethod) -> tuple[list[int], list[int]]:
     """Per row of an :func:`aggregate_sql` result: exact notional (unscaled, scale 24) and volume
-    (unscaled, scale 12), added up in Python integers from the partial or limb sums."""
+    (unscaled, scale 12), added up in Python integers from the sums, partial sums or limb sums."""
     if method.kind == "limbs":
-        n = [unscaled_ints(raw.column(f"n{i}").combine_chunks()) for i in range(5)]
-        v = [unscaled_ints(raw.column(f"v{i}").combine_chunks()) for i in range(3)]
-        notional = [combine_limbs([x or 0 for x in limbs]) for limbs in zip(*n, strict=True)]
-        volume = [combine_limbs([x or 0 for x in limbs]) for limbs in zip(*v, strict=True)]
-        return notional, volume
-    return _list_sums(raw.column("notional")), _list_sums(raw.column("volume"))
+        n = [_ints(raw.column(f"n{i}")) for i in range(5)]
+        v = [_ints(raw.column(f"v{i}")) for i in range(3)]
+        return [combine_limbs(limbs) for limbs in zip(*n, strict=True)], [
+            combine_limbs(limbs) for limbs in zip(*v, strict=True)
+        ]
+    return _ints(raw.column("notional")), _ints(raw.column("volume"))
 
 
-def _list_sums(column: pa.ChunkedArray) -> list[int]:
-    lists = column.combine_chunks()
-    values = unscaled_ints(lists.values)
-    offsets = lists.offsets.to_pylist()
+def _ints(column: pa.ChunkedArray) -> list[int]:
+    """Each row's value (a decimal or a list of partial decimal sums) as an exact integer; 0 for null."""
+    array = column.combine_chunks()
+    if not pa.types.is_list(array.type):
+        return [x or 0 for x in unscaled_ints(array)]
+    values = unscaled_ints(array.values)
+    offsets = array.offsets.to_pylist()
     return [sum(x or 0 for x in values[offsets[i] : offsets[i + 1]]) for i in range(len(offsets) - 1)]
 
 

@@ -8,19 +8,23 @@ last column id + 1. K2 declares every id in the canonical record (Avro ``field-i
 with the declared ids.
 
 The rule that guarantees it: a kind's table is always **created from the kind's first version** (whose
-ids are declared in fresh-id order) and then **evolved through the later versions, in order** (each
-adds optional primitive fields with ids last + 1, last + 2, ...). A table created today and a table
-created at v1 and upgraded on start run the very same steps, so they end identical.
+ids are declared in fresh-id order) and then **evolved through the later versions, in order**. A step
+may do two things, both safe Iceberg evolutions: append optional primitive fields with ids last + 1,
+last + 2, ... (Trade v3's ``instrument``), and relax required fields to optional (Quote v2's
+``bid_size``/``ask_size``); every earlier field keeps its id, name and type, in order. A table created
+today and a table created at v1 and upgraded on start run the very same steps, so they end identical.
 :func:`check_history` proves a history obeys the rule (the kinds table checks it on import);
-:func:`missing_fields` is the step list ``k2.lake.catalog`` applies to a table.
+:func:`missing_fields` and :func:`relaxed_fields` are the steps ``k2.lake.catalog`` applies to a table.
 
 Avro needs the same discipline for the registry's BACKWARD compatibility: an added field is optional
-with a null default, so a new reader decodes every old message.
+with a null default, and a relaxed one becomes a union with null, so a new reader decodes every old
+message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 
 from k2.schema.model import Field, ListType, LogicalType, MapType, RecordSchema
@@ -56,19 +60,33 @@ def _nested(t: LogicalType) -> bool:
     return isinstance(t, ListType | MapType)
 
 
-def added_fields(previous: RecordSchema, current: RecordSchema) -> tuple[Field, ...]:
-    """The fields ``current`` appends to ``previous`` (SchemaHistoryError unless it only appends)."""
+@dataclass(frozen=True)
+class Step:
+    """What one version changes in the previous one's table."""
+
+    added: tuple[Field, ...]  # appended fields, optional and primitive
+    relaxed: tuple[Field, ...]  # fields the previous version required and this one does not (as now declared)
+
+
+def step(previous: RecordSchema, current: RecordSchema) -> Step:
+    """The step from ``previous`` to ``current`` (SchemaHistoryError unless it only appends and relaxes)."""
     n = len(previous.fields)
-    if current.fields[:n] != previous.fields:
+    kept = current.fields[:n]
+    if len(kept) < n or any(
+        (a.id, a.name, a.type) != (b.id, b.name, b.type) or (b.required and not a.required)
+        for a, b in zip(previous.fields, kept, strict=True)
+    ):
         raise SchemaHistoryError(
-            f"{current.name} v{current.version} must keep every field of v{previous.version} unchanged, in order"
+            f"{current.name} v{current.version} must keep every field of v{previous.version} (same id, name and "
+            "type, in order; a required field may become optional, never the reverse)"
         )
-    return current.fields[n:]
+    relaxed = tuple(b for a, b in zip(previous.fields, kept, strict=True) if a.required and not b.required)
+    return Step(current.fields[n:], relaxed)
 
 
-def _steps(history: Sequence[RecordSchema]) -> Iterator[tuple[RecordSchema, RecordSchema, tuple[Field, ...]]]:
+def _steps(history: Sequence[RecordSchema]) -> Iterator[tuple[RecordSchema, RecordSchema, Step]]:
     for previous, current in pairwise(history):
-        yield previous, current, added_fields(previous, current)
+        yield previous, current, step(previous, current)
 
 
 def check_history(history: Sequence[RecordSchema]) -> None:
@@ -81,11 +99,11 @@ def check_history(history: Sequence[RecordSchema]) -> None:
             f"{first.name} v{first.version} must declare ids in the order Iceberg assigns them on create "
             f"(top-level 1..n, then nested): {fresh_ids(first)}, not {first.all_ids()}"
         )
-    for previous, current, added in _steps(history):
+    for previous, current, change in _steps(history):
         if current.name != previous.name or current.version <= previous.version:
             raise SchemaHistoryError(f"{current.name} v{current.version} does not follow v{previous.version}")
         last = max(previous.all_ids())
-        for f in added:
+        for f in change.added:
             last += 1
             if f.required or _nested(f.type):
                 raise SchemaHistoryError(
@@ -106,7 +124,15 @@ def missing_fields(history: Sequence[RecordSchema], present: Collection[str]) ->
         raise SchemaHistoryError(
             f"a {history[0].name} table without {', '.join(f.name for f in missing)} was not created by K2"
         )
-    return [f for _, _, added in _steps(history) for f in added if f.name not in present]
+    return [f for _, _, change in _steps(history) for f in change.added if f.name not in present]
 
 
-__all__ = ["SchemaHistoryError", "added_fields", "check_history", "fresh_ids", "missing_fields"]
+def relaxed_fields(history: Sequence[RecordSchema], required: Collection[str]) -> list[Field]:
+    """The fields the later versions made optional that a table still holds as ``required`` columns, as the
+    last version declares them (its doc), in version order."""
+    last = {f.name: f for f in history[-1].fields}
+    names = [f.name for _, _, change in _steps(history) for f in change.relaxed if f.name in required]
+    return [last[name] for name in dict.fromkeys(names) if not last[name].required]
+
+
+__all__ = ["SchemaHistoryError", "Step", "check_history", "fresh_ids", "missing_fields", "relaxed_fields", "step"]

@@ -5,7 +5,7 @@ kind                canonical record  Iceberg table (default)  partition / sort 
 ==================  ================  ======================  ========================  ===============
 ``trades``          Trade v3          ``trades``              day(timestamp) /          consecutive ids
                                                               symbol, timestamp
-``quotes``          Quote v1          ``quotes``              day(ingestion_timestamp)  increasing ids
+``quotes``          Quote v2          ``quotes``              day(ingestion_timestamp)  increasing ids
                                                               / symbol, ingestion_ts
 ``quality_events``  QualityEvent v1   ``quality_events``      day(detected_at) /        none
                                                               symbol
@@ -35,7 +35,7 @@ from k2.schema.arrow import to_arrow
 from k2.schema.evolution import check_history
 from k2.schema.model import RecordSchema
 from k2.schema.quality_event import QUALITY_EVENT
-from k2.schema.quote import QUOTE
+from k2.schema.quote import QUOTE_VERSIONS
 from k2.schema.trade import TRADE_VERSIONS
 
 
@@ -92,7 +92,7 @@ KINDS: dict[RecordKind, KindSpec] = {
     ),
     RecordKind.QUOTES: KindSpec(
         kind=RecordKind.QUOTES,
-        history=(QUOTE,),
+        history=QUOTE_VERSIONS,
         partition=("ingestion_timestamp", "day", "ingestion_day"),
         sort=("symbol", "ingestion_timestamp"),
         time_column="ingestion_timestamp",

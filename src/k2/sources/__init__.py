@@ -16,6 +16,7 @@ from k2.sources.venue import Venue, VenueParser
 
 VENUES: dict[str, str] = {
     "binance": "k2.sources.binance:VENUE",
+    "coinbase": "k2.sources.coinbase:VENUE",
 }
 """Venue name -> ``module:attribute`` of its :class:`Venue`."""
 

@@ -30,6 +30,7 @@ class RejectReason(StrEnum):
     CROSSED_BOOK = "crossed_book"  # a quote whose bid >= ask (also counted as a CROSSED_QUOTE quality event)
     UNKNOWN_EVENT = "unknown_event"  # an event type or stream kind the parser does not parse
     UNSUBSCRIBED = "unsubscribed"  # a stream or symbol outside the parser's subscription
+    VENUE_ERROR = "venue_error"  # the venue's own error reply (e.g. a refused subscription): kept visible
 
 
 @dataclass(frozen=True, slots=True)

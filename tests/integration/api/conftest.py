@@ -1,7 +1,8 @@
 """A live `k2 serve` for the API tests: real uvicorn on a free port over a filled real warehouse.
 
-The table holds the bundled real recording (34,419 Binance trades) in two commits; the quality-event
-table holds gap events describing ranges of it (events are K2's own records, not market data).
+The tables hold the bundled real session recording: its 34,419 Binance trades and 131,932 quotes
+(bookTicker), each table in two commits; the quality-event table holds gap events describing ranges
+of the trades (events are K2's own records, not market data).
 Services built with other settings (rate limits, timeouts, open mode) start their own server on the
 same warehouse (read-only for every test here).
 """
@@ -19,6 +20,7 @@ import pytest
 
 from k2.api.keys import KeyStore, Scope
 from k2.config import ApiSettings, K2Settings, LakeSettings, SourceSettings
+from k2.emulator.recording import BUNDLED_BINANCE_SESSION, read_recording
 from k2.feed.stamp import parse_canonical
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.quality.records import QualityEventRow, events_batch
@@ -28,13 +30,15 @@ from k2.services.serve import ApiServer
 from k2.sources.base import RawFrame
 
 SPLIT = 20_000
+QUOTE_SPLIT = 70_000
 US = 1_000_000
 
 
 @dataclass(frozen=True)
 class Lake:
     settings: K2Settings
-    trades: pa.Table  # what the table holds, in recording order
+    trades: pa.Table  # what the tables hold, in recording order
+    quotes: pa.Table
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,13 @@ def gap_events(trades: pa.Table) -> list[QualityEventRow]:
 
 
 @pytest.fixture(scope="session")
-def api_lake(tmp_path_factory: pytest.TempPathFactory, bundled_frames: list[RawFrame]) -> Lake:
+def session_frames() -> list[RawFrame]:
+    """The bundled real session recording (trades, bookTicker, depth) as raw frames."""
+    return [RawFrame(f.frame.encode(), f.recv_us) for f in read_recording(BUNDLED_BINANCE_SESSION)]
+
+
+@pytest.fixture(scope="session")
+def api_lake(tmp_path_factory: pytest.TempPathFactory, session_frames: list[RawFrame]) -> Lake:
     root = tmp_path_factory.mktemp("api")
     settings = K2Settings(
         source=SourceSettings(exchange_info_cache=root / "xinfo.json"),
@@ -94,17 +104,20 @@ def api_lake(tmp_path_factory: pytest.TempPathFactory, bundled_frames: list[RawF
         api=ApiSettings(port=0, keys_file=root / "keys" / "api-keys.json"),
     )
     parsed = parse_canonical(
-        "binance", bundled_frames, symbols=("BTCUSDT", "ETHUSDT"), first_sequence=1, is_sample_data=True
-    )
+        "binance", session_frames, symbols=("BTCUSDT", "ETHUSDT"), kinds=(RecordKind.TRADES, RecordKind.QUOTES),
+        first_sequence=1, is_sample_data=True,
+    )  # fmt: skip
     trades = pa.Table.from_batches([parsed.records[RecordKind.TRADES]])
+    quotes = pa.Table.from_batches([parsed.records[RecordKind.QUOTES]])
     catalog = open_catalog(settings.lake)
-    table = load_or_create_table(catalog, settings.lake, RecordKind.TRADES)
-    table.append(trades.slice(0, SPLIT))
-    table.append(trades.slice(SPLIT))
+    for kind, rows, split in ((RecordKind.TRADES, trades, SPLIT), (RecordKind.QUOTES, quotes, QUOTE_SPLIT)):
+        table = load_or_create_table(catalog, settings.lake, kind)
+        table.append(rows.slice(0, split))
+        table.append(rows.slice(split))
     load_or_create_table(catalog, settings.lake, RecordKind.QUALITY_EVENTS).append(
         pa.Table.from_batches([events_batch(gap_events(trades))])
     )
-    return Lake(settings, trades)
+    return Lake(settings, trades, quotes)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -44,6 +44,35 @@ def test_client_returns_the_engines_tables(live_api: LiveApi, engine: QueryEngin
     assert gaps.to_polars()["event_id"].to_list() == ["gap-eth-1"]
     assert limited.num_rows == 1_234
     assert {i["symbol"] for i in instruments} == {"BTCUSDT", "ETHUSDT"}
+
+
+def test_client_returns_quotes_spreads_and_the_as_of_join(live_api: LiveApi, engine: QueryEngine) -> None:
+    start, end = datetime(2024, 8, 9, 0, 2, tzinfo=UTC), datetime(2024, 8, 9, 0, 3, tzinfo=UTC)
+    with K2Client(live_api.url, api_key=live_api.keys.read) as k2:
+        quotes = k2.quotes("ETHUSDT", start=start, end=end, page_size=2_000)
+        first = k2.quotes(limit=2_500, page_size=1_000)
+        spread = k2.spread(start=start, end=end)
+        bbo = k2.bbo("BTCUSDT", "10s", start=start, end=end)
+        joined = k2.trades_with_quotes("BTCUSDT", start=start, end=end, tolerance=timedelta(milliseconds=5))
+        pages = list(k2.iter_quote_pages("BTCUSDT", start=start, end=end, page_size=3_000))
+        with pytest.raises(QueryError, match="whole number of milliseconds"):
+            k2.trades_with_quotes("BTCUSDT", tolerance=timedelta(microseconds=1500))
+    want = engine.query_quotes("ETHUSDT", start_time=start, end_time=end, limit=100_000).table
+    assert quotes.num_rows == want.num_rows > 2_000  # several pages
+    assert quotes.table.column("source_sequence").to_pylist() == want.column("source_sequence").to_pylist()
+    assert first.num_rows == 2_500
+    assert spread.table.equals(engine.spread(start_time=start, end_time=end).table)
+    assert (
+        bbo.to_polars()["quotes"].sum()
+        == engine.query_quotes("BTCUSDT", start_time=start, end_time=end, limit=100_000).num_rows
+    )
+    assert bbo.num_rows == 6
+    as_of = engine.trades_with_quotes(
+        "BTCUSDT", start_time=start, end_time=end, limit=100_000, tolerance=timedelta(milliseconds=5)
+    )
+    assert joined.table.column("quote_sequence").to_pylist() == as_of.table.column("quote_sequence").to_pylist()
+    assert joined.to_pandas()["bid_price"].isna().sum() == as_of.table.column("bid_price").null_count > 0
+    assert len(pages) > 1 and sum(p.num_rows for p in pages) == bbo.to_polars()["quotes"].sum()
 
 
 def test_client_raises_k2_errors(live_api: LiveApi, api_lake: Lake, start_api: Callable[[K2Settings], str]) -> None:

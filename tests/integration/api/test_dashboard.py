@@ -1,9 +1,11 @@
 """The dashboard in a real headless Chromium, against a service filled by the emulator through the
-embedded pipeline in the same process (what `k2 run --serve` runs), with a withheld range and backfill
-off so a gap stays OPEN.
+embedded pipeline in the same process (what `k2 run --serve` runs): the whole recorded session (trades
+and bookTicker quotes), with a withheld range and backfill off so a gap stays OPEN.
 
-Asserts what a person would see: candles drawn, the injected gap listed with its ids and status, the
-pipeline's live counters, a working SQL console, and no JavaScript error (CSP violations included).
+Asserts what a person would see: candles drawn, the best bid/ask and spread chart drawn, recent trades
+with their prevailing quote, the injected gap listed with its ids and status, freshness per feed and
+kind, the pipeline's live counters, a working SQL console, and no JavaScript error (CSP violations
+included).
 A screenshot is saved (the path is printed; ``K2_TEST_ARTIFACTS`` chooses the directory).
 """
 
@@ -22,7 +24,7 @@ import pytest
 
 from k2.config import ApiSettings, K2Settings, LakeSettings, QualitySettings, SourceSettings
 from k2.emulator.faults import Faults, routable_frames
-from k2.emulator.recording import BUNDLED_BINANCE_TRADES, read_recording
+from k2.emulator.recording import BUNDLED_BINANCE_SESSION, read_recording
 from k2.emulator.server import EmulatorThread, ReplayConfig
 from k2.services.pipeline import EmbeddedPipeline
 from k2.services.serve import ApiServer
@@ -30,16 +32,21 @@ from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
 
-WITHHOLD = ((5_001, 40),)
+WITHHOLD = ((20_001, 100),)  # 100 frames: 10 BTCUSDT and 9 ETHUSDT trades among them, and quotes
+# Paced: the 650 s session takes at least 13 s, so its quotes, timed by when K2 received them, span at
+# least 13 one-second buckets (a lower bound the pacing guarantees, however slow the machine is).
+SPEED = 50.0
 
 
 def expected_gaps() -> set[tuple[str, int, int]]:
-    """(symbol, first id, last id) of each run of consecutive ids the withheld range removes."""
-    recording = [json.loads(f.raw) for f in routable_frames(read_recording(BUNDLED_BINANCE_TRADES))]
+    """(symbol, first id, last id) of each run of consecutive trade ids the withheld range removes."""
+    recording = list(routable_frames(read_recording(BUNDLED_BINANCE_SESSION)))
     withheld: dict[str, list[int]] = {}
     for start, count in WITHHOLD:
-        for d in recording[start - 1 : start - 1 + count]:
-            withheld.setdefault(d["s"], []).append(d["t"])
+        for frame in recording[start - 1 : start - 1 + count]:
+            if frame.stream is not None and frame.stream.endswith("@trade"):
+                d = json.loads(frame.raw)
+                withheld.setdefault(d["s"], []).append(d["t"])
     runs = set()
     for symbol, ids in withheld.items():
         ids.sort()
@@ -90,11 +97,16 @@ class _Pipeline:
 def emulated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The emulator's replay (with a withheld range) captured by the pipeline and served, in one process."""
     root = tmp_path_factory.mktemp("dashboard")
-    config = ReplayConfig(recording=BUNDLED_BINANCE_TRADES, speed=None, faults=Faults(withhold=WITHHOLD))
+    config = ReplayConfig(recording=BUNDLED_BINANCE_SESSION, speed=SPEED, faults=Faults(withhold=WITHHOLD))
     with EmulatorThread(config) as emu:
         settings = K2Settings(
-            source=SourceSettings(exchange_info_cache=root / "xinfo.json", rest_url=emu.url.replace("ws", "http", 1)),
-            lake=LakeSettings(warehouse=root / "warehouse", flush_rows=5_000, flush_seconds=0.2),
+            source=SourceSettings(
+                symbols=("BTCUSDT", "ETHUSDT"),
+                kinds=("trades", "quotes"),
+                exchange_info_cache=root / "xinfo.json",
+                rest_url=emu.url.replace("ws", "http", 1),
+            ),
+            lake=LakeSettings(warehouse=root / "warehouse", flush_rows=20_000, flush_seconds=0.2),
             quality=QualitySettings(backfill=False, gap_grace_s=0.2),
             api=ApiSettings(port=0, auth="open"),
         )
@@ -134,13 +146,27 @@ def test_dashboard_shows_chart_gap_feeds_and_sql_without_js_errors(emulated: str
     try:
         page.goto(f"{emulated}/", wait_until="load")
         page.wait_for_function("() => window.k2dash && window.k2dash.chartPoints() > 0", timeout=60_000)
+        page.wait_for_function("() => window.k2dash.spreadPoints() > 0", timeout=60_000)
         page.wait_for_function("() => window.k2dash.gapsShown() > 0", timeout=60_000)
         page.wait_for_function("() => window.k2dash.loads >= 2", timeout=60_000)  # a live refresh went through
+        page.select_option("#interval", "1s")
+        page.wait_for_function("() => window.k2dash.spreadPoints() >= 13", timeout=60_000)
 
         assert page.locator("#chart canvas").count() > 0
         assert int(page.locator("#chart").get_attribute("data-points") or 0) > 5
         assert page.locator("#mode").inner_text() == "open (localhost)"
         assert page.locator("#last-price").inner_text() not in ("", "–")
+
+        # The best bid/ask and spread panel: a point per bucket, drawn, and the window's statistics.
+        assert page.locator("#spread-chart canvas").count() > 0
+        assert int(page.locator("#spread-chart").get_attribute("data-points") or 0) >= 13
+        stats = page.locator("#spread-stats").inner_text()
+        assert stats.startswith("best bid ") and " quotes · spread mean " in stats and "bps" in stats
+        trades = page.locator("#trades-table tbody tr")
+        assert trades.count() == 25
+        bids = [c for c in page.locator("#trades-table tbody tr td:nth-child(5)").all_inner_texts() if c]
+        asks = [c for c in page.locator("#trades-table tbody tr td:nth-child(6)").all_inner_texts() if c]
+        assert len(bids) == len(asks) >= 20 and all(float(b) < float(a) for b, a in zip(bids, asks, strict=True))
 
         shown = page.locator("#gaps-table tbody tr[data-event]")
         rows = {
@@ -153,7 +179,8 @@ def test_dashboard_shows_chart_gap_feeds_and_sql_without_js_errors(emulated: str
 
         assert "live counters" in page.locator("#feeds-source").inner_text()
         assert page.locator("#venues-table tbody tr").count() == 1
-        assert page.locator("#trades-table tbody tr").count() == 25
+        feeds = {tuple(r.locator("td").all_inner_texts()[:3]) for r in page.locator("#feeds-table tbody tr").all()}
+        assert feeds == {("BINANCE", s, k) for s in ("BTCUSDT", "ETHUSDT") for k in ("trades", "quotes")}
 
         page.fill("#sql-input", "SELECT symbol, count(*) AS n FROM trades GROUP BY symbol ORDER BY symbol")
         page.click("#sql-form button")

@@ -33,7 +33,8 @@ _ACCEPT_400 = {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", 
 CONFIG = SchemathesisConfig.from_dict(
     {
         "operations": [
-            {"include-path": path, "checks": _ACCEPT_400} for path in ("/v1/sql", "/v1/trades", "/v1/ohlcv", "/v1/vwap")
+            {"include-path": path, "checks": _ACCEPT_400}
+            for path in ("/v1/sql", "/v1/trades", "/v1/quotes", "/v1/asof", "/v1/ohlcv", "/v1/vwap", "/v1/bbo")
         ]
     }
 )
@@ -55,7 +56,8 @@ def test_no_server_errors_and_no_schema_violations(live_api: LiveApi) -> None:
     schema = schemathesis.openapi.from_url(f"{live_api.url}/openapi.json", config=CONFIG)
     auth = {"Authorization": f"Bearer {live_api.keys.admin}"}
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 13
+    assert {op.path for op in operations} >= {"/v1/trades", "/v1/quotes", "/v1/spread", "/v1/bbo", "/v1/asof"}
+    assert len(operations) >= 17
     for operation in operations:
 
         @SETTINGS
@@ -71,16 +73,19 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
+def _snapshots(lake: Lake) -> dict[RecordKind, Any]:
+    catalog = open_catalog(lake.settings.lake)
+    return {kind: load_or_create_table(catalog, lake.settings.lake, kind).current_snapshot() for kind in RecordKind}
+
+
 @pytest.fixture
 def untouched(api_lake: Lake, tmp_path: Path) -> Iterator[Path]:
-    """Asserts afterwards that the table, the warehouse's files and the escape targets are unchanged."""
+    """Asserts afterwards that the tables, the warehouse's files and the escape targets are unchanged."""
     warehouse = api_lake.settings.lake.warehouse
-    table = load_or_create_table(open_catalog(api_lake.settings.lake), api_lake.settings.lake, RecordKind.TRADES)
-    snapshot = table.current_snapshot()
+    snapshots = _snapshots(api_lake)
     before = _tree(warehouse)
     yield tmp_path
-    after = load_or_create_table(open_catalog(api_lake.settings.lake), api_lake.settings.lake, RecordKind.TRADES)
-    assert after.current_snapshot() == snapshot
+    assert _snapshots(api_lake) == snapshots
     assert _tree(warehouse) == before
     assert list(tmp_path.iterdir()) == [], "a statement wrote outside the warehouse"
 
@@ -111,7 +116,9 @@ def _query_parameters(http: httpx.Client) -> list[tuple[str, str, str]]:
 def test_injection_through_every_query_parameter_is_refused(live_api: LiveApi, untouched: Path) -> None:
     with live_api.client(live_api.keys.admin) as http:
         parameters = _query_parameters(http)
-        assert {name for _, _, name in parameters} >= {"symbol", "exchange", "start", "end", "cursor", "interval"}
+        names = {name for _, _, name in parameters}
+        assert names >= {"symbol", "exchange", "start", "end", "cursor", "interval", "tolerance", "limit", "day"}
+        assert {path for _, path, _ in parameters} >= {"/v1/quotes", "/v1/spread", "/v1/bbo", "/v1/asof"}
         for method, path, name in parameters:
             for payload in INJECTIONS:
                 params = {"symbol": "BTCUSDT", name: payload}

@@ -42,7 +42,7 @@ def test_k2_run_serves_its_own_pipeline(tmp_path: Path) -> None:
                         and len(venues) == 1
                         and venues[0]["connected"]
                         and (venues[0]["records_per_s"] or 0) > 0
-                        and any(f["trades_last_minute"] > 0 for f in feeds["feeds"])
+                        and any(f["kind"] == "trades" and f["records_last_minute"] > 0 for f in feeds["feeds"])
                     )
 
                 eventually(serving_live_data, timeout=120, interval=0.5)

@@ -7,18 +7,24 @@ PostgreSQL from Debian's packages, installed with apt-get when missing and runni
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from pydantic import SecretStr
 
-from k2.config import S3Settings
+from k2.config import LakeSettings, S3Settings
 from k2.devservices.kafka import KafkaCluster
 from k2.devservices.postgres import PostgresServer
 from k2.devservices.registry import ApicurioRegistry
 from k2.devservices.s3 import REGION, S3Proxy
+from k2.lake.catalog import load_or_create_table, open_catalog, table_identifier
+from k2.lake.writer import TableWriter
+from k2.schema.kinds import RecordKind
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,36 @@ class PostgresService:
     user: str
     password: str = field(repr=False)
     sqlalchemy_url: str = field(repr=False)
+
+
+def distributed_lake(
+    s3: S3Service, postgres: PostgresService, local: Path, namespace: str, **settings: Any
+) -> LakeSettings:
+    """Lake settings of distributed mode: the catalog in PostgreSQL, the tables under ``s3://<bucket>/wh-<namespace>``
+    (``local``: the local directory the quarantine stays in)."""
+    return LakeSettings(
+        warehouse=local,
+        warehouse_uri=s3.warehouse_uri(f"wh-{namespace}"),
+        catalog_uri=postgres.sqlalchemy_url,
+        s3=s3.settings(),
+        namespace=namespace,
+        **settings,
+    )
+
+
+def write_commits(lake: LakeSettings, kind: RecordKind, rows: pa.Table, splits: tuple[int, ...] = ()) -> None:
+    """``rows`` into ``kind``'s table through K2's writer (TableWriter), one commit per slice between ``splits``."""
+    catalog = open_catalog(lake)
+    try:
+        load_or_create_table(catalog, lake, kind)
+        writer = TableWriter(catalog, table_identifier(lake, kind), lake)
+        bounds = (0, *splits, rows.num_rows)
+        for start, end in itertools.pairwise(bounds):
+            writer.append(rows.slice(start, end - start))
+    finally:
+        engine = getattr(catalog, "engine", None)  # the SQL catalog's connection pool
+        if engine is not None:
+            engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -11,19 +11,11 @@ import fastavro
 import pyarrow as pa
 import pytest
 
-from k2.bus.serde import (
-    AvroDecoder,
-    AvroEncoder,
-    WireFormatError,
-    decimal_array,
-    frame,
-    int_to_avro_bytes,
-    unframe,
-    unscaled_ints,
-)
+from k2.bus.serde import AvroDecoder, AvroEncoder, WireFormatError, decimal_array, frame, unframe
 from k2.feed.stamp import parse_canonical
 from k2.schema import TRADE, TRADE_ARROW_SCHEMA, TRADE_V2, TRADE_V3, to_arrow, to_avro
 from k2.schema.kinds import RecordKind
+from k2.schema.model import DecimalType, Field, RecordSchema
 from k2.sources import RawFrame
 
 SCHEMA_ID = 42
@@ -104,32 +96,57 @@ EXTREMES = [
 ]
 
 
+def _decimal_record(scale: int) -> RecordSchema:
+    return RecordSchema(
+        "Amounts", "k2.test", 1, "decimals only",
+        (Field(1, "a", DecimalType(38, scale), "required"), Field(2, "b", DecimalType(38, scale), "optional", False)),
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("text", EXTREMES)
 def test_decimals_survive_exactly(text: str) -> None:
+    """K2's bodies read back exactly with fastavro (logical schema) and K2's decoder, nulls too; and K2
+    decodes fastavro's own bodies (not always minimal: -2**63 takes 9 bytes there, 8 here) exactly."""
     with localcontext() as ctx:
         ctx.prec = 50
         value = Decimal(text).quantize(Decimal("1e-12"))
-        unscaled = int(value.scaleb(12))
-    arr = pa.array([value, None, value], pa.decimal128(38, 12))
-    ints = unscaled_ints(arr)
-    assert ints == [unscaled, None, unscaled]
-    encoded = [None if i is None else int_to_avro_bytes(i) for i in ints]
-    back = decimal_array(encoded, 38, 12)
-    assert back.to_pylist() == [value, None, value]
+        negated = -value
+    record = _decimal_record(12)
+    rows = [{"a": value, "b": value}, {"a": value, "b": None}, {"a": negated, "b": negated}]
+    batch = pa.RecordBatch.from_pylist(rows, schema=to_arrow(record))
+    values = AvroEncoder(SCHEMA_ID, record).encode(batch)
+    reference = fastavro.parse_schema(to_avro(record))
+    assert [fastavro.schemaless_reader(io.BytesIO(v[5:]), reference, None) for v in values] == rows
+    theirs = []
+    for row in rows:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, reference, row)
+        theirs.append(frame(SCHEMA_ID, buf.getvalue()))
+    decoder = AvroDecoder(record, lambda _id: to_avro(record))
+    for encoded in (values, theirs):
+        back = decoder.decode(encoded)
+        assert back.errors == []
+        assert back.batch.to_pylist() == rows
 
 
 def test_avro_decimal_bytes_are_minimal_twos_complement() -> None:
-    assert int_to_avro_bytes(0) == b"\x00"
-    assert int_to_avro_bytes(127) == b"\x7f"
-    assert int_to_avro_bytes(128) == b"\x00\x80"
-    assert int_to_avro_bytes(-1) == b"\xff"
-    assert int_to_avro_bytes(-128) == b"\x80"
-    assert int_to_avro_bytes(-129) == b"\xff\x7f"
+    """What Java's ``BigInteger.toByteArray`` produces: the shortest two's complement, big-endian."""
+    expected = {
+        0: b"\x00", 127: b"\x7f", 128: b"\x00\x80", -1: b"\xff", -128: b"\x80", -129: b"\xff\x7f",
+        2**63 - 1: b"\x7f" + b"\xff" * 7, 2**63: b"\x00\x80" + b"\x00" * 7, -(2**63): b"\x80" + b"\x00" * 7,
+    }  # fmt: skip
+    record = _decimal_record(0)
+    rows = [{"a": Decimal(v), "b": None} for v in expected]
+    values = AvroEncoder(SCHEMA_ID, record).encode(pa.RecordBatch.from_pylist(rows, schema=to_arrow(record)))
+    for value, unscaled in zip(values, expected, strict=True):
+        body = io.BytesIO(value[5:])
+        assert fastavro.schemaless_reader(body, {"type": "long"}, None) == len(expected[unscaled])  # the length
+        assert body.read() == expected[unscaled] + b"\x00"  # then the bytes, then b's null branch
 
 
 def test_decimal_beyond_the_precision_is_rejected() -> None:
     with pytest.raises(ValueError, match="precision 38"):
-        decimal_array([int_to_avro_bytes(10**38)], 38, 12)
+        decimal_array([(10**38).to_bytes(17, "big", signed=True)], 38, 12)
 
 
 def test_writer_schema_is_fetched_once_per_id(trades: pa.RecordBatch) -> None:

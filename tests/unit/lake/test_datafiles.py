@@ -87,6 +87,24 @@ def test_written_files_use_the_chosen_encodings(catalog: Catalog, lake: LakeSett
         assert field_ids["vendor_data"] == b"15"
 
 
+def test_row_groups_hold_at_most_the_tables_row_group_limit(
+    catalog: Catalog, lake: LakeSettings, trades: pa.RecordBatch
+) -> None:
+    """K2's tables are created with 128 Ki-row groups, and the writer honours the table's limit."""
+    writer = _writer(catalog, lake)
+    assert writer.table.properties["write.parquet.row-group-limit"] == "131072"
+    with writer.table.transaction() as tx:
+        tx.set_properties({"write.parquet.row-group-limit": "10000"})
+    writer.refresh()
+    writer.append(trades)
+    sizes = []
+    for task in writer.table.scan().plan_files():
+        meta = pq.ParquetFile(task.file.file_path.removeprefix("file://")).metadata
+        sizes += [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert sum(sizes) == trades.num_rows
+    assert max(sizes) == 10_000 and len(sizes) >= trades.num_rows // 10_000
+
+
 def _metrics(f: DataFile) -> tuple[object, ...]:
     return (
         f.record_count,

@@ -26,7 +26,7 @@ from k2.lake.catalog import (
 from k2.lake.writer import TableWriter
 from k2.query import QueryEngine
 from k2.schema import TRADE, TRADE_V2, to_arrow, to_iceberg
-from k2.schema.kinds import RecordKind
+from k2.schema.kinds import RecordKind, spec
 
 OLD_ROWS = 20_000
 
@@ -75,6 +75,29 @@ def test_a_new_table_and_an_upgraded_v2_table_have_identical_field_ids(catalog: 
     assert [len(t.metadata.schemas) for t in (fresh, upgraded)] == [2, 2]
     assert len(fresh.metadata.metadata_log) == 0
     assert load_or_create_table(catalog, old_lake, RecordKind.TRADES).schema() == upgraded.schema()  # idempotent
+
+
+def test_every_kinds_new_table_equals_its_first_version_upgraded(catalog: Catalog, lake: LakeSettings) -> None:
+    """Quotes: created at v1 and relaxed (v2's optional sizes) in the same commit, like an old v1 table
+    opened by a writer; both end with the declared schema, docs included."""
+    for kind in RecordKind:
+        s = spec(kind)
+        fresh = load_or_create_table(catalog, lake, kind)
+        field = {RecordKind.QUALITY_EVENTS: "events_table"}.get(kind, f"{kind.value}_table")
+        old_lake = lake.model_copy(update={field: f"{kind.value}_old"})
+        first = s.history[0]
+        catalog.create_table(
+            table_identifier(old_lake, kind), schema=to_iceberg(first), partition_spec=partition_spec(kind),
+            sort_order=sort_order(kind), properties={**TABLE_PROPERTIES, "k2.schema-version": str(first.version)},
+        )  # fmt: skip
+        upgraded = load_or_create_table(catalog, old_lake, kind)
+        assert fresh.schema() == upgraded.schema() == to_iceberg(s.record), kind
+        assert (
+            fresh.properties["k2.schema-version"] == upgraded.properties["k2.schema-version"] == str(s.record.version)
+        )
+        assert len(fresh.metadata.schemas) == len(upgraded.metadata.schemas) == (1 if len(s.history) == 1 else 2)
+    quotes = load_or_create_table(catalog, lake, RecordKind.QUOTES).schema()
+    assert not quotes.find_field("bid_size").required and quotes.find_field("bid_price").required
 
 
 def test_a_reader_leaves_an_old_table_as_it_is(catalog: Catalog, lake: LakeSettings) -> None:

@@ -144,7 +144,11 @@ def test_the_planner_prunes_files_by_the_instruments_metrics(
     # Binance: 2 symbols x (old rows: 1 day; newer: 2 days); AGGTEST: 3 symbols, 1 day.
     assert len(engine.plan().files) == 2 + 4 + 3
     assert _planned(engine, "DOT/USDT") == {("AGGTEST", "DOTUSDT", True)}
-    assert engine.plan(instrument="DOT/USDT").filter.legacy == ("AGGTEST:DOTUSDT", "BINANCE:DOTUSDT")
+    assert engine.plan(instrument="DOT/USDT").filter.legacy == (
+        "AGGTEST:DOTUSDT",
+        "BINANCE:DOTUSDT",
+        "COINBASE:DOT-USDT",
+    )
     assert _planned(engine, "BTC/USDT") == {
         ("BINANCE", "BTCUSDT", False), ("BINANCE", "BTCUSDT", True), ("AGGTEST", "BTCUSDT", True),
     }  # fmt: skip

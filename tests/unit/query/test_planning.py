@@ -15,7 +15,7 @@ from k2.config import LakeSettings
 from k2.errors import QueryError
 from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.query import QueryEngine, ScanFilter
-from k2.query.planner import local_path
+from k2.query.files import data_path
 from k2.schema.kinds import RecordKind
 from tests.unit.query import reference as ref
 from tests.unit.query.conftest import SPLIT, create_table, fill
@@ -167,11 +167,13 @@ def test_unpartitioned_table_gives_the_same_answers(
         )
 
 
-def test_local_path() -> None:
-    assert local_path("file:///tmp/wh/a.parquet") == "/tmp/wh/a.parquet"
-    assert local_path("/tmp/wh/a.parquet") == "/tmp/wh/a.parquet"
-    with pytest.raises(QueryError, match="local"):
-        local_path("s3://bucket/a.parquet")
+def test_data_path() -> None:
+    assert data_path("file:///tmp/wh/a.parquet") == "/tmp/wh/a.parquet"
+    assert data_path("/tmp/wh/a.parquet") == "/tmp/wh/a.parquet"
+    assert data_path("s3://bucket/wh/a.parquet") == "s3://bucket/wh/a.parquet"  # read through k2.query.files
+    assert data_path("s3a://bucket/wh/a.parquet") == "s3a://bucket/wh/a.parquet"
+    with pytest.raises(QueryError, match=r"only local and s3:// warehouses"):
+        data_path("gs://bucket/a.parquet")
 
 
 def test_separate_catalog_handles_see_the_same_table(filled_lake: tuple[Catalog, LakeSettings]) -> None:

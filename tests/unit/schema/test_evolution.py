@@ -7,9 +7,10 @@ import dataclasses
 
 import pytest
 
-from k2.schema.evolution import SchemaHistoryError, check_history, fresh_ids, missing_fields
+from k2.schema.evolution import SchemaHistoryError, check_history, fresh_ids, missing_fields, relaxed_fields, step
 from k2.schema.kinds import KINDS, RecordKind
 from k2.schema.model import Field, ListType, LongType, RecordSchema, StringType
+from k2.schema.quote import QUOTE_V1, QUOTE_V2, QUOTE_VERSIONS
 from k2.schema.trade import TRADE_V2, TRADE_V3, TRADE_VERSIONS
 
 
@@ -54,6 +55,29 @@ def test_the_first_version_must_declare_fresh_ids() -> None:
     )
     with pytest.raises(SchemaHistoryError, match="order Iceberg assigns"):
         check_history((shuffled,))
+
+
+def test_a_step_may_relax_required_fields_never_the_reverse() -> None:
+    """Quote v2 relaxes v1's sizes: a relaxing step; making an optional field required is refused."""
+    assert KINDS[RecordKind.QUOTES].history == QUOTE_VERSIONS == (QUOTE_V1, QUOTE_V2)
+    change = step(QUOTE_V1, QUOTE_V2)
+    assert change.added == () and [f.name for f in change.relaxed] == ["bid_size", "ask_size"]
+    assert [f.name for f in relaxed_fields(QUOTE_VERSIONS, ["bid_size", "ask_size", "symbol"])] == [
+        "bid_size",
+        "ask_size",
+    ]
+    assert relaxed_fields(QUOTE_VERSIONS, ["symbol"]) == []
+    stricter = dataclasses.replace(
+        QUOTE_V2, version=3, fields=tuple(dataclasses.replace(f, required=True) for f in QUOTE_V2.fields)
+    )
+    with pytest.raises(SchemaHistoryError, match="never the reverse"):
+        check_history((QUOTE_V1, QUOTE_V2, stricter))
+    retyped = dataclasses.replace(
+        QUOTE_V2,
+        fields=tuple(dataclasses.replace(f, type=LongType()) if f.name == "symbol" else f for f in QUOTE_V2.fields),
+    )
+    with pytest.raises(SchemaHistoryError, match="same id, name and type"):
+        check_history((QUOTE_V1, retyped))
 
 
 def test_missing_fields_are_the_later_versions_fields_a_table_lacks() -> None:

@@ -9,11 +9,14 @@ const state = {
   interval: "1m",
   chart: null, candles: null, volume: null,
   bars: new Map(), // bucket seconds -> bar, what the chart holds
+  spreadChart: null, bid: null, ask: null, spread: null,
+  bbo: new Map(), // bucket seconds -> best bid/offer bucket, what the spread chart holds
+  spreadStartS: null, // start of the spread chart's window (receive time, seconds)
   datasets: [],
   timers: [],
 };
 // Read by the browser test (tests/integration/api/test_dashboard.py) and handy in the console.
-window.k2dash = { chartPoints: () => state.bars.size, gapsShown: () => document.querySelectorAll("#gaps-table tbody tr[data-event]").length, loads: 0 };
+window.k2dash = { chartPoints: () => state.bars.size, spreadPoints: () => state.bbo.size, gapsShown: () => document.querySelectorAll("#gaps-table tbody tr[data-event]").length, loads: 0 };
 
 const $ = (id) => document.getElementById(id);
 const INTERVAL_S = { "1s": 1, "5s": 5, "15s": 15, "1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400 };
@@ -71,6 +74,23 @@ function makeChart() {
   state.volume.priceScale().applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
 }
 
+function makeSpreadChart() {
+  const LC = window.LightweightCharts;
+  state.spreadChart = LC.createChart($("spread-chart"), {
+    autoSize: true,
+    layout: { background: { color: "#171e2e" }, textColor: "#d7dce5" },
+    grid: { vertLines: { color: "#232b3e" }, horzLines: { color: "#232b3e" } },
+    timeScale: { timeVisible: true, secondsVisible: true },
+  });
+  state.bid = state.spreadChart.addSeries(LC.LineSeries, { color: "#26a69a", lineWidth: 1, title: "bid" });
+  state.ask = state.spreadChart.addSeries(LC.LineSeries, { color: "#ef5350", lineWidth: 1, title: "ask" });
+  state.spread = state.spreadChart.addSeries(LC.HistogramSeries, {
+    color: "#f0b42999", priceScaleId: "spread", title: "mean spread",
+    priceFormat: { type: "price", precision: 6, minMove: 0.000001 },
+  });
+  state.spreadChart.priceScale("spread").applyOptions({ scaleMargins: { top: 0.75, bottom: 0 } });
+}
+
 function toPoint(bar) {
   const t = Date.parse(bar.bucket) / 1000;
   const candle = { time: t, open: +bar.open, high: +bar.high, low: +bar.low, close: +bar.close };
@@ -112,17 +132,58 @@ async function loadBars(full) {
   if (bars.length) $("last-price").textContent = trimDecimal(bars[bars.length - 1].close);
   const v = await api("/v1/vwap?" + query({ symbol: inst.symbol, exchange: inst.exchange, start: new Date(startS * 1000).toISOString() }));
   $("vwap").textContent = v.vwap === null ? "–" : trimDecimal(v.vwap);
+  await loadSpread(full);
+}
+
+// Best bid/ask per bucket of the chart's interval, and the window's spread statistics. Quotes are timed
+// by when K2 received them (Binance quotes carry no exchange time), so the window is the last 300
+// buckets up to the newest quote received (a replay's quotes arrive faster than the market traded).
+// Incremental like the candles: from the newest bucket on.
+async function loadSpread(full) {
+  const inst = state.instrument;
+  const width = INTERVAL_S[state.interval];
+  if (full || state.spreadStartS === null) {
+    state.bbo = new Map();
+    const all = await api("/v1/spread?" + query({ symbol: inst.symbol, exchange: inst.exchange }));
+    const lastS = all.data.length ? Date.parse(all.data[0].last_received) / 1000 : null;
+    state.spreadStartS = lastS === null ? null : Math.floor(lastS / width) * width - 299 * width;
+  }
+  $("spread-instrument").textContent = `${inst.symbol} · ${inst.exchange}`;
+  if (state.spreadStartS === null) {
+    [state.bid, state.ask, state.spread].forEach((series) => series.setData([]));
+    $("spread-chart").dataset.points = "0";
+    $("spread-stats").textContent = "no quotes for this instrument";
+    return;
+  }
+  const newest = state.bbo.size ? Math.max(...state.bbo.keys()) : null;
+  const startS = newest === null ? state.spreadStartS : newest;
+  const params = { symbol: inst.symbol, exchange: inst.exchange, interval: state.interval, start: new Date(startS * 1000).toISOString() };
+  const body = await api("/v1/bbo?" + query(params));
+  for (const b of body.data) state.bbo.set(Date.parse(b.bucket) / 1000, b);
+  const points = [...state.bbo.entries()].sort((x, y) => x[0] - y[0]);
+  state.bid.setData(points.map(([t, b]) => ({ time: t, value: +b.bid_price })));
+  state.ask.setData(points.map(([t, b]) => ({ time: t, value: +b.ask_price })));
+  state.spread.setData(points.map(([t, b]) => ({ time: t, value: +b.mean_spread })));
+  if (full) state.spreadChart.timeScale().fitContent();
+  $("spread-chart").dataset.points = String(state.bbo.size);
+  const stats = await api("/v1/spread?" + query({ symbol: inst.symbol, exchange: inst.exchange, start: new Date(state.spreadStartS * 1000).toISOString() }));
+  const s = stats.data[0];
+  const last = points.length ? points[points.length - 1][1] : null;
+  $("spread-stats").textContent = !s || !last ? "no quotes for this instrument in the window"
+    : `best bid ${trimDecimal(last.bid_price)} × ${trimDecimal(last.bid_size)} · ask ${trimDecimal(last.ask_price)} × ${trimDecimal(last.ask_size)}`
+      + ` · ${s.quotes} quotes · spread mean ${trimDecimal(s.mean_spread)} (${(+s.mean_spread_bps).toFixed(3)} bps), min ${trimDecimal(s.min_spread)}, max ${trimDecimal(s.max_spread)}`;
 }
 
 async function loadTrades() {
   const inst = state.instrument;
   if (!inst) return;
   const start = new Date(Date.parse(inst.last_trade) - 30_000).toISOString();
-  const body = await api("/v1/trades?" + query({ symbol: inst.symbol, exchange: inst.exchange, start, limit: 1000 }));
+  const body = await api("/v1/asof?" + query({ symbol: inst.symbol, exchange: inst.exchange, start, limit: 1000, tolerance: "1m" }));
   const recent = body.data.slice(-25).reverse();
   fillTable("trades-table", recent, (tr, t) => {
-    cell(tr, time(t.timestamp)); cell(tr, t.side, t.side); cell(tr, trimDecimal(t.price));
-    cell(tr, trimDecimal(t.quantity)); cell(tr, t.trade_id);
+    cell(tr, time(t.timestamp).slice(11)); cell(tr, t.side, t.side); cell(tr, trimDecimal(t.price));
+    cell(tr, trimDecimal(t.quantity)); cell(tr, trimDecimal(t.bid_price), "BUY"); cell(tr, trimDecimal(t.ask_price), "SELL");
+    cell(tr, t.trade_id);
   });
 }
 
@@ -148,10 +209,11 @@ async function loadFeeds() {
     ? "live counters of the pipeline in this process, and the table"
     : "from the table (the service runs apart from the pipeline)";
   fillTable("feeds-table", body.feeds, (tr, f) => {
-    cell(tr, `${f.exchange}:${f.symbol}`); cell(tr, time(f.last_trade));
+    tr.dataset.kind = f.kind;
+    cell(tr, f.exchange); cell(tr, f.symbol); cell(tr, f.kind); cell(tr, time(f.last_event));
     const fresh = f.freshness_s;
     cell(tr, fresh === null ? "" : fresh < 120 ? `${fresh.toFixed(1)} s` : `${(fresh / 3600).toFixed(1)} h`, fresh !== null && fresh < 10 ? "ok" : "bad");
-    cell(tr, f.trades_per_s.toFixed(2));
+    cell(tr, f.records_per_s.toFixed(2));
   });
   const rate = (x) => (x === null ? "…" : x.toFixed(1));
   fillTable("venues-table", body.venues, (tr, v) => {
@@ -228,7 +290,6 @@ async function start() {
     const meta = await api("/v1/meta");
     $("mode").textContent = meta.auth === "open" ? "open (localhost)" : "API key";
     state.datasets = meta.datasets.map((d) => d.name);
-    if (state.datasets.includes("quotes")) $("spread-body").textContent = "quotes are served: spread panel pending";
   } catch (error) {
     if (error instanceof Unauthorized) return askKey();
     return setStatus(error.message, true);
@@ -242,6 +303,7 @@ async function start() {
 
 document.addEventListener("DOMContentLoaded", () => {
   makeChart();
+  makeSpreadChart();
   $("interval").addEventListener("change", () => { state.interval = $("interval").value; refresh(true); });
   $("instrument").addEventListener("change", () => refresh(true));
   $("sql-form").addEventListener("submit", runSql);
