@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,12 +25,14 @@ from k2.config import K2Settings, LakeSettings
 from k2.devservices.common import free_port
 from k2.emulator.coinbase import CoinbaseProtocol
 from k2.emulator.faults import Faults
-from k2.emulator.recording import BUNDLED_BINANCE_SESSION, BUNDLED_COINBASE_SESSION, read_recording
+from k2.emulator.recording import BUNDLED_BINANCE_SESSION, BUNDLED_COINBASE_SESSION
 from k2.emulator.server import EmulatorThread, ReplayConfig
 from k2.query.engine import QueryEngine
 from tests.conftest import eventually
 from tests.integration.test_coinbase import PRODUCTS
 from tests.integration.test_coinbase import recorded as coinbase_recorded
+from tests.integration.test_quotes import _recorded as binance_recorded
+from tests.integration.test_restart_state import run_env
 
 pytestmark = pytest.mark.integration
 
@@ -41,23 +41,14 @@ BINANCE_FAULTS = Faults(duplicate_every=997, reorder_every=1_009, disconnect_aft
 COINBASE_FAULTS = Faults(duplicate_every=50, reorder_every=70, disconnect_after=(120,))
 
 
-def _binance_recorded(suffix: str) -> list[dict[str, object]]:
-    out = []
-    for rec in read_recording(BUNDLED_BINANCE_SESSION):
-        frame = json.loads(rec.frame)
-        if frame["stream"].endswith(suffix):
-            out.append(frame["data"])
-    return out
-
-
 def expected_keys() -> dict[str, set[tuple[str, str, str]]]:
     """(exchange, symbol, venue id) of every recorded trade and quote, per kind."""
     cb_trades = coinbase_recorded(("match", "last_match"))
     cb_tickers = coinbase_recorded(("ticker",))
     return {
-        "trades": {("BINANCE", str(d["s"]), str(d["t"])) for d in _binance_recorded("@trade")}
+        "trades": {("BINANCE", str(d["s"]), str(d["t"])) for d in binance_recorded("@trade")}
         | {("COINBASE", m["product_id"], str(m["trade_id"])) for m in cb_trades},
-        "quotes": {("BINANCE", str(d["s"]), str(d["u"])) for d in _binance_recorded("@bookTicker")}
+        "quotes": {("BINANCE", str(d["s"]), str(d["u"])) for d in binance_recorded("@bookTicker")}
         | {("COINBASE", m["product_id"], str(m["sequence"])) for m in cb_tickers},
     }
 
@@ -67,24 +58,15 @@ def _instrument(exchange: str, symbol: str) -> str:
 
 
 def _start_run(
-    warehouse: Path, tmp_path: Path, binance: EmulatorThread, coinbase: EmulatorThread
+    settings: K2Settings, tmp_path: Path, binance: EmulatorThread, coinbase: EmulatorThread
 ) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
-    env |= {
-        "K2_CONFIG_FILE": str(tmp_path / "no-such-k2.toml"),
-        "K2_LAKE__FLUSH_SECONDS": "0.2",
-        "K2_LAKE__FLUSH_ROWS": "20000",
-        "K2_QUALITY__GAP_GRACE_S": "1.0",
-        "K2_SOURCE__EXCHANGE_INFO_CACHE": str(tmp_path / "xinfo.json"),
-        "K2_SOURCE__RECONNECT_INITIAL_S": "0.05",
-        "K2_SOURCE__RECONNECT_MAX_S": "0.2",
-    }
+    env = run_env(settings, tmp_path, K2_LAKE__FLUSH_ROWS="20000")
     args = [
         "run", "--venues", "binance,coinbase", "--kinds", "trades,quotes",
         "--symbols", "binance:BTCUSDT,ETHUSDT", "--symbols", "coinbase:" + ",".join(PRODUCTS),
         "--ws-url", f"binance:{binance.url}", "--ws-url", f"coinbase:{coinbase.url}",
         "--rest-url", f"binance:{binance.emulator.http_url}", "--rest-url", f"coinbase:{coinbase.emulator.http_url}",
-        "--warehouse", str(warehouse), "--sample", "--metrics-port", str(free_port()),
+        "--sample", "--metrics-port", str(free_port()),
     ]  # fmt: skip
     with (tmp_path / "run.log").open("ab") as log:
         return subprocess.Popen(
@@ -116,7 +98,7 @@ def test_k2_run_binance_and_coinbase_one_table_per_kind_exact_per_venue(tmp_path
         EmulatorThread(ReplayConfig(recording=BUNDLED_BINANCE_SESSION, speed=None, faults=BINANCE_FAULTS)) as binance,
         EmulatorThread(coinbase_config) as coinbase,
     ):
-        proc = _start_run(warehouse, tmp_path, binance, coinbase)
+        proc = _start_run(settings, tmp_path, binance, coinbase)
         try:
 
             def stored() -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import os
 import signal
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from tests.integration.test_completeness import (
     assert_restart_gap_resolved,
     withheld_trades,
 )
+from tests.integration.test_restart_state import run_env
 
 pytestmark = pytest.mark.integration
 
@@ -103,17 +103,7 @@ def _platform_sequences(rows: list[dict[str, Any]], exchange: str) -> list[int]:
 def _start_run(
     settings: K2Settings, tmp_path: Path, binance: EmulatorThread, agg: EmulatorThread, port: int
 ) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
-    env |= {
-        "K2_CONFIG_FILE": str(tmp_path / "no-such-k2.toml"),
-        "K2_LAKE__WAREHOUSE": str(settings.lake.warehouse),
-        "K2_LAKE__FLUSH_SECONDS": "0.2",
-        "K2_QUALITY__GAP_GRACE_S": "1.0",
-        "K2_QUALITY__REST_WEIGHT_PER_MINUTE": "60000",
-        "K2_SOURCE__EXCHANGE_INFO_CACHE": str(tmp_path / "xinfo.json"),
-        "K2_SOURCE__RECONNECT_INITIAL_S": "0.05",
-        "K2_SOURCE__RECONNECT_MAX_S": "0.2",
-    }
+    env = run_env(settings, tmp_path, K2_QUALITY__REST_WEIGHT_PER_MINUTE="60000")
     args = [
         "run", "--venues", "binance,aggtest", "--kinds", "trades",
         "--symbols", "binance:BTCUSDT,ETHUSDT", "--symbols", "aggtest:BTC/USDT,ETHUSDT,dot/usdt",
