@@ -27,7 +27,7 @@ from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform
 
 from benchmarks._data import shifted_trades
 from k2.config import LakeSettings
-from k2.lake.catalog import TABLE_PROPERTIES, open_catalog, sort_order
+from k2.lake.catalog import create_table, open_catalog
 from k2.lake.writer import TableWriter
 from k2.logging import configure_logging
 from k2.schema import TRADE, to_iceberg
@@ -61,13 +61,7 @@ LAYOUTS: dict[str, Callable[[], PartitionSpec]] = {
 
 def _run(name: str, catalog: Catalog, lake: LakeSettings, args: argparse.Namespace) -> dict[str, str]:
     identifier = (lake.namespace, name.replace("(", "_").replace(")", "").replace(" + ", "_"))
-    catalog.create_table(
-        identifier,
-        schema=_SCHEMA,
-        partition_spec=LAYOUTS[name](),
-        sort_order=sort_order(RecordKind.TRADES),
-        properties=TABLE_PROPERTIES,
-    )
+    create_table(catalog, identifier, RecordKind.TRADES, partition=LAYOUTS[name]())
     writer = TableWriter(catalog, identifier, lake)
     commit_s: list[float] = []
     files: list[int] = []

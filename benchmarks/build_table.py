@@ -30,7 +30,7 @@ from pyiceberg.transforms import DayTransform, IdentityTransform
 
 from benchmarks._data import shifted_trades
 from k2.config import LakeSettings
-from k2.lake.catalog import TABLE_PROPERTIES, load_or_create_table, open_catalog, sort_order
+from k2.lake.catalog import create_table, load_or_create_table, open_catalog
 from k2.lake.writer import TableWriter
 from k2.logging import configure_logging
 from k2.schema import TRADE, to_iceberg
@@ -74,13 +74,7 @@ def build(
     lake = LakeSettings(warehouse=warehouse)
     catalog = open_catalog(lake)
     if by_symbol:  # a comparison layout; production tables get k2.lake.catalog's spec
-        catalog.create_table(
-            (lake.namespace, lake.trades_table),
-            schema=to_iceberg(TRADE),
-            partition_spec=_day_symbol_spec(),
-            sort_order=sort_order(RecordKind.TRADES),
-            properties=TABLE_PROPERTIES,
-        )
+        create_table(catalog, (lake.namespace, lake.trades_table), RecordKind.TRADES, partition=_day_symbol_spec())
     table = load_or_create_table(catalog, lake, RecordKind.TRADES)
     if properties:
         with table.transaction() as tx:

@@ -80,10 +80,9 @@ def rest_trades(
 ) -> FetchedTrades:
     """Binance's REST page parser, its rows stamped like a feed stamps them (platform sequence from
     ``first``, ``is_sample_data`` = ``sample``)."""
-    got = parse_historical_trades(
-        payload, symbol, received_at_us=received_at_us, instrument=BinanceSymbols().instrument(symbol), **kwargs
-    )
-    batch = None if got.batch is None else stamp(RecordKind.TRADES, got.batch, first, sample)
+    instrument = BinanceSymbols().instrument(symbol)
+    got = parse_historical_trades(payload, symbol, received_at_us=received_at_us, instrument=instrument, **kwargs)
+    batch = None if got.batch is None else stamp(RecordKind.TRADES, got.batch, first, sample, {symbol: instrument.name})
     return FetchedTrades(batch, got.ids, got.parsed)
 
 

@@ -20,10 +20,12 @@ import typer
 
 from k2.api.cli import api_key_app
 from k2.cliutil import (
+    FeedSymbolsOpt,
     FormatOpt,
     KindsOpt,
     SymbolsOpt,
     VenueOpt,
+    VenuesOpt,
     WarehouseOpt,
     cell,
     err,
@@ -79,16 +81,28 @@ def _service_logging() -> None:
 
 
 # --- pipeline commands --------------------------------------------------------------------------
+WsUrlOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="WebSocket base URL (default: the venue's); VENUE:URL for one venue of --venues. Repeatable."),
+]
+RestUrlOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="REST base URL for symbol metadata and gap backfill (e.g. the emulator's http:// URL); VENUE:URL for "
+        "one venue of --venues. Repeatable."
+    ),
+]
+
+
 @app.command()
 def run(
-    symbols: SymbolsOpt = None,
+    symbols: FeedSymbolsOpt = None,
     warehouse: WarehouseOpt = None,
     venue: VenueOpt = None,
+    venues: VenuesOpt = None,
     kinds: KindsOpt = None,
-    ws_url: Annotated[str | None, typer.Option(help="WebSocket base URL (default: the venue's).")] = None,
-    rest_url: Annotated[
-        str | None, typer.Option(help="REST base URL for exchangeInfo and gap backfill (the emulator's http:// URL).")
-    ] = None,
+    ws_url: WsUrlOpt = None,
+    rest_url: RestUrlOpt = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     connect_attempts: Annotated[
         int, typer.Option(help="Give up after this many consecutive failed connection attempts.")
@@ -99,14 +113,15 @@ def run(
         int | None, typer.Option("--serve", help="Also serve the REST API and dashboard on this port (k2 serve).")
     ] = None,
 ) -> None:
-    """Stream live trades and quotes into the local Iceberg warehouse (embedded mode, no broker)."""
+    """Stream live trades and quotes of one venue or several (--venues) into the local Iceberg warehouse
+    (embedded mode, no broker): one table per kind, the venue in its exchange column."""
     from k2.services.run import run_pipeline
 
     _service_logging()
     with errors():
         settings = settings_from(
-            symbols=symbols, warehouse=warehouse, max_connect_attempts=connect_attempts, rest_url=rest_url,
-            venue=venue, kinds=_kinds(kinds),
+            symbols=symbols, warehouse=warehouse, max_connect_attempts=connect_attempts, ws_url=ws_url,
+            rest_url=rest_url, venue=venue, venues=venues, kinds=_kinds(kinds),
         )  # fmt: skip
         if metrics_port is not None:
             settings = settings.model_copy(
@@ -114,11 +129,7 @@ def run(
             )
         if serve is not None:
             settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": serve})})
-        stats = asyncio.run(
-            run_pipeline(
-                settings, ws_base_url=ws_url, duration_s=duration, is_sample_data=sample, serve=serve is not None
-            )
-        )
+        stats = asyncio.run(run_pipeline(settings, duration_s=duration, is_sample_data=sample, serve=serve is not None))
     out.print(
         f"stopped: {stats.frames} frames, {stats.trades} trades, {stats.quotes} quotes, {stats.rejected} rejected, "
         f"{stats.rows_committed + stats.quotes_committed} rows in {stats.commits} commits -> {settings.lake.warehouse}"
@@ -341,13 +352,12 @@ def _with_kafka(settings: K2Settings, metrics_port: int | None = None, **kafka: 
 
 @app.command()
 def ingest(
-    symbols: SymbolsOpt = None,
+    symbols: FeedSymbolsOpt = None,
     venue: VenueOpt = None,
+    venues: VenuesOpt = None,
     kinds: KindsOpt = None,
-    ws_url: Annotated[str | None, typer.Option(help="WebSocket base URL (default: the venue's).")] = None,
-    rest_url: Annotated[
-        str | None, typer.Option(help="REST base URL for exchangeInfo and gap backfill (the emulator's http:// URL).")
-    ] = None,
+    ws_url: WsUrlOpt = None,
+    rest_url: RestUrlOpt = None,
     bootstrap_servers: BootstrapOpt = None,
     schema_registry: RegistryOpt = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
@@ -355,8 +365,9 @@ def ingest(
     sample: Annotated[bool, typer.Option(help="Mark rows is_sample_data (replays).")] = False,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics on this port.")] = None,
 ) -> None:
-    """Stream live trades and quotes into Kafka (Avro, Confluent wire format, a topic per kind), keyed by symbol;
-    gaps backfilled over REST, duplicates dropped, quality events to the venue's quality_events topic."""
+    """Stream live trades and quotes of one venue or several (--venues) into Kafka (Avro, Confluent wire format, a
+    topic per venue and kind), keyed by symbol; gaps backfilled over REST, duplicates dropped, quality events to
+    each venue's quality_events topic."""
     from k2.services.ingest import run_ingest
     from k2.services.run import resolve_symbol_info
 
@@ -366,18 +377,18 @@ def ingest(
             settings_from(
                 symbols=symbols,
                 max_connect_attempts=connect_attempts,
+                ws_url=ws_url,
                 rest_url=rest_url,
                 venue=venue,
+                venues=venues,
                 kinds=_kinds(kinds),
             ),
             metrics_port,
             bootstrap_servers=bootstrap_servers,
             schema_registry_url=schema_registry,
         )
-        info = resolve_symbol_info(settings) if ws_url is None else None
-        stats = asyncio.run(
-            run_ingest(settings, ws_base_url=ws_url, duration_s=duration, is_sample_data=sample, symbol_info=info)
-        )
+        info = resolve_symbol_info(settings) if not ws_url else None  # an emulator: the offline rules
+        stats = asyncio.run(run_ingest(settings, duration_s=duration, is_sample_data=sample, symbol_info=info))
     p = stats.producer
     out.print(
         f"stopped: {stats.frames} frames, {stats.trades} trades, {stats.backfilled} backfilled, "
@@ -389,6 +400,7 @@ def ingest(
 @app.command()
 def consume(
     warehouse: WarehouseOpt = None,
+    venues: VenuesOpt = None,
     topic: Annotated[list[str] | None, typer.Option(help="Topic to consume (repeatable).")] = None,
     group: Annotated[str | None, typer.Option(help="Consumer group (one per table).")] = None,
     bootstrap_servers: BootstrapOpt = None,
@@ -398,13 +410,14 @@ def consume(
     max_messages: Annotated[int | None, typer.Option(help="Stop after about this many messages.")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics on this port.")] = None,
 ) -> None:
-    """Consume trades from Kafka into Iceberg, exactly once (offsets live in the Iceberg commits)."""
+    """Consume trades (and quotes, quality events) from Kafka into Iceberg, exactly once (offsets live in the
+    Iceberg commits); by default every configured venue's topics (--venues), one table per kind."""
     from k2.services.consume import run_consume
 
     _service_logging()
     with errors():
         settings = _with_kafka(
-            settings_from(warehouse=warehouse),
+            settings_from(warehouse=warehouse, venues=venues),
             metrics_port,
             bootstrap_servers=bootstrap_servers,
             schema_registry_url=schema_registry,
@@ -423,18 +436,21 @@ def consume(
 @app.command()
 def quality(
     symbol: Annotated[str | None, typer.Option("--symbol", "-s", help="Only this symbol.")] = None,
+    exchange: Annotated[str | None, typer.Option(help="Only this venue's exchange, e.g. BINANCE.")] = None,
     day: Annotated[str | None, typer.Option(help="Only this UTC day, YYYY-MM-DD.")] = None,
     warehouse: WarehouseOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
-    """Completeness and quality per symbol per day: ids expected vs stored, gaps, backfill, duplicates, anomalies."""
+    """Completeness and quality per venue, symbol and day: ids expected vs stored, gaps, backfill, duplicates,
+    anomalies."""
     from k2.services.quality_report import parse_day, quality_report
 
     with errors():
-        table = quality_report(settings_from(warehouse=warehouse), symbol=symbol, day=parse_day(day))
-        if fmt == "table":  # many columns: one field per line, one column per symbol-day
-            names = [f"{r['symbol']} {r['day']}" for r in table.select(["symbol", "day"]).to_pylist()]
-            fields = [c for c in table.column_names if c not in ("symbol", "day")]
+        table = quality_report(settings_from(warehouse=warehouse), symbol=symbol, day=parse_day(day), exchange=exchange)
+        if fmt == "table":  # many columns: one field per line, one column per venue-symbol-day
+            keys = table.select(["exchange", "symbol", "day"]).to_pylist()
+            names = [f"{r['exchange']} {r['symbol']} {r['day']}" for r in keys]
+            fields = [c for c in table.column_names if c not in ("exchange", "symbol", "day")]
             columns = {"field": fields} | {n: [cell(v) for v in row] for n, row in zip(
                 names, zip(*(table.column(c).to_pylist() for c in fields), strict=True), strict=True)}  # fmt: skip
             table = pa.table(columns) if names else table

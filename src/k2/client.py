@@ -79,9 +79,13 @@ class K2Client:
         end: TimeArg = None,
         limit: int | None = None,
         page_size: int = 100_000,
+        instrument: str | None = None,
     ) -> QueryResult:
-        """Trades in time order; every page up to ``limit`` rows (all when None), as one table."""
-        pages = self.iter_trade_pages(symbol, exchange=exchange, start=start, end=end, page_size=page_size, limit=limit)
+        """Trades in time order; every page up to ``limit`` rows (all when None), as one table;
+        ``instrument`` (BTC/USDT): every venue's trades of it."""
+        pages = self.iter_trade_pages(
+            symbol, exchange=exchange, start=start, end=end, page_size=page_size, limit=limit, instrument=instrument
+        )
         return _concat(pages)
 
     def iter_trade_pages(
@@ -93,9 +97,10 @@ class K2Client:
         end: TimeArg = None,
         page_size: int = 100_000,
         limit: int | None = None,
+        instrument: str | None = None,
     ) -> Iterator[pa.Table]:
         """Pages of trades (Arrow tables) following the service's cursors, at most ``limit`` rows."""
-        params = _params(symbol=symbol, exchange=exchange, start=_time(start), end=_time(end))
+        params = _params(symbol=symbol, exchange=exchange, start=_time(start), end=_time(end), instrument=instrument)
         return self._pages("/v1/trades", params, page_size, limit)
 
     def quotes(
@@ -107,10 +112,13 @@ class K2Client:
         end: TimeArg = None,
         limit: int | None = None,
         page_size: int = 100_000,
+        instrument: str | None = None,
     ) -> QueryResult:
         """Quotes (best bid/offer) in receive order, ``start``/``end`` on the receive time; every page up
         to ``limit`` rows (all when None), as one table."""
-        pages = self.iter_quote_pages(symbol, exchange=exchange, start=start, end=end, page_size=page_size, limit=limit)
+        pages = self.iter_quote_pages(
+            symbol, exchange=exchange, start=start, end=end, page_size=page_size, limit=limit, instrument=instrument
+        )
         return _concat(pages)
 
     def iter_quote_pages(
@@ -122,9 +130,10 @@ class K2Client:
         end: TimeArg = None,
         page_size: int = 100_000,
         limit: int | None = None,
+        instrument: str | None = None,
     ) -> Iterator[pa.Table]:
         """Pages of quotes (Arrow tables) following the service's cursors, at most ``limit`` rows."""
-        params = _params(symbol=symbol, exchange=exchange, start=_time(start), end=_time(end))
+        params = _params(symbol=symbol, exchange=exchange, start=_time(start), end=_time(end), instrument=instrument)
         return self._pages("/v1/quotes", params, page_size, limit)
 
     def trades_with_quotes(
@@ -137,33 +146,46 @@ class K2Client:
         tolerance: timedelta | str = timedelta(minutes=1),
         limit: int | None = None,
         page_size: int = 100_000,
+        instrument: str | None = None,
     ) -> QueryResult:
         """Trades (as :meth:`trades` selects them), each with the quote prevailing when K2 received it
         (``bid_price``, ``bid_size``, ``ask_price``, ``ask_size``, ``quote_sequence``,
         ``quote_received_at``; null when none is at most ``tolerance`` older), as one table."""
         params = _params(
-            symbol=symbol, exchange=exchange, start=_time(start), end=_time(end), tolerance=_duration(tolerance)
-        )
+            symbol=symbol, exchange=exchange, start=_time(start), end=_time(end), tolerance=_duration(tolerance),
+            instrument=instrument,
+        )  # fmt: skip
         return _concat(self._pages("/v1/asof", params, page_size, limit))
 
     def spread(
-        self, symbol: str | None = None, *, exchange: str | None = None, start: TimeArg = None, end: TimeArg = None
+        self,
+        symbol: str | None = None,
+        *,
+        exchange: str | None = None,
+        start: TimeArg = None,
+        end: TimeArg = None,
+        instrument: str | None = None,
     ) -> QueryResult:
         """Spread statistics per exchange and symbol over the quotes received in the range."""
-        params = _params(symbol=symbol, exchange=exchange, start=_time(start), end=_time(end))
+        params = _params(symbol=symbol, exchange=exchange, start=_time(start), end=_time(end), instrument=instrument)
         return QueryResult(_arrow(self._get("/v1/spread", params)))
 
     def bbo(
         self,
-        symbol: str,
+        symbol: str | None = None,
         interval: str = "1s",
         *,
         exchange: str | None = None,
         start: TimeArg = None,
         end: TimeArg = None,
+        instrument: str | None = None,
     ) -> QueryResult:
-        """Best bid and offer per bucket of receive time, with the spread's min, max and mean."""
-        params = _params(symbol=symbol, interval=interval, exchange=exchange, start=_time(start), end=_time(end))
+        """Best bid and offer per bucket of receive time, with the spread's min, max and mean; of a symbol
+        or an instrument (every venue's quotes of it)."""
+        params = _params(
+            symbol=symbol, interval=interval, exchange=exchange, start=_time(start), end=_time(end),
+            instrument=instrument,
+        )  # fmt: skip
         return QueryResult(_arrow(self._get("/v1/bbo", params)))
 
     def _pages(self, path: str, params: Mapping[str, Any], page_size: int, limit: int | None) -> Iterator[pa.Table]:
@@ -183,20 +205,31 @@ class K2Client:
 
     def ohlcv(
         self,
-        symbol: str,
+        symbol: str | None = None,
         interval: str = "1m",
         *,
         exchange: str | None = None,
         start: TimeArg = None,
         end: TimeArg = None,
+        instrument: str | None = None,
     ) -> QueryResult:
-        params = _params(symbol=symbol, interval=interval, exchange=exchange, start=_time(start), end=_time(end))
+        """Bars of a symbol, or of an instrument per venue side by side (an ``exchange`` column)."""
+        params = _params(
+            symbol=symbol, interval=interval, exchange=exchange, start=_time(start), end=_time(end),
+            instrument=instrument,
+        )  # fmt: skip
         return QueryResult(_arrow(self._get("/v1/ohlcv", params)))
 
     def vwap(
-        self, symbol: str, *, exchange: str | None = None, start: TimeArg = None, end: TimeArg = None
+        self,
+        symbol: str | None = None,
+        *,
+        exchange: str | None = None,
+        start: TimeArg = None,
+        end: TimeArg = None,
+        instrument: str | None = None,
     ) -> Decimal | None:
-        params = _params(symbol=symbol, exchange=exchange, start=_time(start), end=_time(end))
+        params = _params(symbol=symbol, exchange=exchange, start=_time(start), end=_time(end), instrument=instrument)
         value = self._get("/v1/vwap", params, arrow=False).json()["vwap"]
         return None if value is None else Decimal(value)
 
@@ -209,12 +242,21 @@ class K2Client:
         response = self._request("POST", "/v1/sql", json=body, headers={"Accept": _ARROW})
         return QueryResult(_arrow(response))
 
-    def quality(self, symbol: str | None = None, day: date | str | None = None) -> QueryResult:
-        params = _params(symbol=symbol, day=None if day is None else str(day))
+    def quality(
+        self, symbol: str | None = None, day: date | str | None = None, *, instrument: str | None = None
+    ) -> QueryResult:
+        params = _params(symbol=symbol, day=None if day is None else str(day), instrument=instrument)
         return QueryResult(_arrow(self._get("/v1/quality", params)))
 
-    def gaps(self, symbol: str | None = None, day: date | str | None = None, status: str | None = None) -> QueryResult:
-        params = _params(symbol=symbol, day=None if day is None else str(day), status=status)
+    def gaps(
+        self,
+        symbol: str | None = None,
+        day: date | str | None = None,
+        status: str | None = None,
+        *,
+        instrument: str | None = None,
+    ) -> QueryResult:
+        params = _params(symbol=symbol, day=None if day is None else str(day), status=status, instrument=instrument)
         return QueryResult(_arrow(self._get("/v1/gaps", params)))
 
     # --- small JSON answers ---------------------------------------------------------------------

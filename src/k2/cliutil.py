@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -38,6 +38,19 @@ err = Console(stderr=True)
 SymbolsOpt = Annotated[
     str | None,
     typer.Option("--symbols", "-s", help="Comma-separated symbols, venue-native (BTCUSDT) or canonical (BTC/USDT)."),
+]
+FeedSymbolsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--symbols",
+        "-s",
+        help="Comma-separated symbols, venue-native (BTCUSDT) or canonical (BTC/USDT), for every venue; "
+        "VENUE:SYMBOLS for one venue of --venues (binance:BTCUSDT,ETHUSDT). Repeatable.",
+    ),
+]
+VenuesOpt = Annotated[
+    str | None,
+    typer.Option("--venues", help="Several venues in one process, comma-separated (binance,coinbase); or --venue."),
 ]
 WarehouseOpt = Annotated[Path | None, typer.Option("--warehouse", "-w", help="Iceberg warehouse directory.")]
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")]
@@ -83,15 +96,79 @@ def report_unexpected(exc: BaseException) -> None:
     )  # fmt: skip
 
 
-def settings_from(*, symbols: str | None = None, warehouse: Path | None = None, **source: Any) -> K2Settings:
-    """Settings from env/file, with command-line options (non-None) taking precedence."""
+def settings_from(
+    *,
+    symbols: str | Sequence[str] | None = None,
+    warehouse: Path | None = None,
+    venues: str | None = None,
+    ws_url: str | Sequence[str] | None = None,
+    rest_url: str | Sequence[str] | None = None,
+    **source: Any,
+) -> K2Settings:
+    """Settings from env/file, with command-line options (non-None) taking precedence.
+
+    ``venues`` (``binance,coinbase``) runs several venues; ``venue`` one (``--venue`` and ``--venues``
+    exclude each other). ``symbols``, ``ws_url`` and ``rest_url`` values are for every venue, or for
+    one when prefixed with its name and a colon (``binance:BTCUSDT,ETHUSDT``, ``binance:ws://...``):
+    see :func:`per_venue`.
+    """
     data = load_settings().model_dump()
-    data["source"].update({k: v for k, v in source.items() if v is not None})
-    if symbols:
-        data["source"]["symbols"] = tuple(s for s in symbols.split(",") if s.strip())
+    src = data["source"]
+    if venues is not None and source.get("venue") is not None:
+        raise ConfigError("give --venue or --venues, not both")
+    if source.get("venue") is not None:
+        src["venues"] = ()
+    if venues is not None:
+        src["venues"] = tuple(v for v in venues.split(",") if v.strip())
+        if not src["venues"]:
+            raise ConfigError("--venues needs at least one venue")
+    src.update({k: v for k, v in source.items() if v is not None})
+    names = tuple(v.strip().lower() for v in src["venues"]) or (str(src["venue"]).strip().lower(),)
+    feeds: dict[str, dict[str, Any]] = {k.strip().lower(): v for k, v in src.get("feeds", {}).items()}
+    for option, values in (("symbols", symbols), ("ws_url", ws_url), ("rest_url", rest_url)):
+        shared, own = per_venue(option, [values] if isinstance(values, str) else list(values or ()), names)
+        if shared is not None:
+            src[option] = shared
+        for venue, value in own.items():
+            feeds.setdefault(venue, {})[option] = value
+    src["feeds"] = feeds
     if warehouse:
         data["lake"]["warehouse"] = warehouse
     return load_settings(**data)
+
+
+def per_venue(option: str, values: list[str], venues: Sequence[str]) -> tuple[Any, dict[str, Any]]:
+    """(value for every venue or None, {venue: its own value}) of a repeatable option.
+
+    A value starting with one of ``venues`` and ``:`` is that venue's (``binance:BTCUSDT,ETHUSDT``;
+    ``binance:ws://127.0.0.1:9443``); naming a registered venue that is not run is a ConfigError.
+    ``symbols`` values are comma-separated lists (several unprefixed ones add up); a URL option takes
+    one value per venue and at most one unprefixed.
+    """
+    from k2.sources import venue_names  # the registry is only needed to tell a stray prefix
+
+    known = set(venue_names())
+    shared: list[str] = []
+    own: dict[str, list[str]] = {}
+    for value in values:
+        head, sep, rest = value.partition(":")
+        name = head.strip().lower()
+        if sep and name in venues and not rest.startswith("//"):
+            own.setdefault(name, []).append(rest)
+        elif sep and name in known and not rest.startswith("//"):
+            raise ConfigError(f"--{option.replace('_', '-')} {value!r}: {name} is not among the venues run")
+        else:
+            shared.append(value)
+    if option == "symbols":
+
+        def split(texts: list[str]) -> tuple[str, ...]:
+            return tuple(s for t in texts for s in t.split(",") if s.strip())
+
+        return (split(shared) or None), {venue: split(texts) for venue, texts in own.items()}
+    for venue, texts in [("", shared), *own.items()]:
+        if len(texts) > 1:
+            raise ConfigError(f"--{option.replace('_', '-')} given twice for {venue or 'every venue'}")
+    return (shared[0] if shared else None), {venue: texts[0] for venue, texts in own.items()}
 
 
 def parse_time(value: str | None) -> datetime | None:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -44,14 +44,58 @@ class ValidationSettings(_Section):
     max_age_s: float | None = Field(default=3600.0, gt=0)
 
 
+_KINDS = ("trades", "quotes")
+
+
+def _clean_symbols(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Trimmed, upper case, de-duplicated; the venue's rules validate them (k2.sources.venue)."""
+    cleaned = tuple(dict.fromkeys(s.strip().upper() for s in value if s.strip()))
+    if not cleaned:
+        raise ValueError("at least one symbol is required")
+    return cleaned
+
+
+def _clean_kinds(value: tuple[str, ...]) -> tuple[str, ...]:
+    cleaned = tuple(dict.fromkeys(k.strip().lower() for k in value if k.strip()))
+    if not cleaned or any(k not in _KINDS for k in cleaned):
+        raise ValueError(f"kinds must be a non-empty subset of {', '.join(_KINDS)}, not {value!r}")
+    return cleaned
+
+
+class FeedSettings(_Section):
+    """One venue's own part of a run of several (``source.feeds.<venue>``, e.g. ``[source.feeds.binance]``
+    in k2.toml); what is unset falls back to the ``source`` section (docs/venues.md, "Several venues")."""
+
+    symbols: tuple[str, ...] | None = None
+    kinds: tuple[str, ...] | None = None
+    ws_url: str | None = None
+    rest_url: str | None = None
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if value is None else _clean_symbols(value)
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if value is None else _clean_kinds(value)
+
+
 class SourceSettings(_Section):
-    """Where market data comes from: a venue (k2.sources.VENUES), its symbols and the record kinds."""
+    """Where market data comes from: one venue (k2.sources.VENUES) or several in one process, their
+    symbols and record kinds."""
 
     venue: str = "binance"
+    # Several venues in one process (`k2 run --venues binance,coinbase`); empty: just ``venue``.
+    venues: tuple[str, ...] = ()
+    # Per venue of the run: its own symbols, kinds and URLs (FeedSettings); unset ones come from here.
+    feeds: dict[str, FeedSettings] = Field(default_factory=dict)
     # Venue-native (BTCUSDT) or canonical (BTC/USDT) symbols; the venue validates them.
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
-    # Record kinds to capture (k2.schema.kinds: trades, quotes); each must be one the venue serves.
-    kinds: tuple[str, ...] = ("trades", "quotes")
+    # Record kinds to capture (k2.schema.kinds: trades, quotes); each must be one the venue serves
+    # (with several venues, each venue captures those of them it serves).
+    kinds: tuple[str, ...] = _KINDS
     # None: the venue's own live URLs (k2.sources.<venue>.VENUE); set them to use e.g. the emulator.
     ws_url: str | None = None
     rest_url: str | None = None
@@ -73,20 +117,52 @@ class SourceSettings(_Section):
     @field_validator("symbols")
     @classmethod
     def _symbols(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        """Trimmed, upper case, de-duplicated; the venue's rules validate them (k2.sources.venue)."""
-        cleaned = tuple(dict.fromkeys(s.strip().upper() for s in value if s.strip()))
-        if not cleaned:
-            raise ValueError("at least one symbol is required")
-        return cleaned
+        return _clean_symbols(value)
 
     @field_validator("kinds")
     @classmethod
     def _kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        known = ("trades", "quotes")
-        cleaned = tuple(dict.fromkeys(k.strip().lower() for k in value if k.strip()))
-        if not cleaned or any(k not in known for k in cleaned):
-            raise ValueError(f"kinds must be a non-empty subset of {', '.join(known)}, not {value!r}")
-        return cleaned
+        return _clean_kinds(value)
+
+    @field_validator("venue")
+    @classmethod
+    def _venue(cls, value: str) -> str:
+        return value.strip().lower()
+
+    @field_validator("venues")
+    @classmethod
+    def _venues(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v.strip().lower() for v in value if v.strip()))
+
+    @field_validator("feeds")
+    @classmethod
+    def _feed_names(cls, value: dict[str, FeedSettings]) -> dict[str, FeedSettings]:
+        return {k.strip().lower(): v for k, v in value.items()}
+
+    @model_validator(mode="after")
+    def _feeds_of_the_run(self) -> SourceSettings:
+        stray = sorted(set(self.feeds) - set(self.venue_names))
+        if stray:
+            raise ValueError(
+                f"source.feeds names {', '.join(stray)}, not among the venues run ({', '.join(self.venue_names)})"
+            )
+        return self
+
+    @property
+    def venue_names(self) -> tuple[str, ...]:
+        """The venues this process runs, in order: ``venues``, or ``(venue,)`` when it is empty."""
+        return self.venues or (self.venue,)
+
+    def feed(self, venue: str) -> FeedSettings:
+        """``venue``'s settings with the section's filled in where it sets none (``kinds`` stays None when
+        unset: each venue then takes those of the section's kinds it serves)."""
+        own = self.feeds.get(venue, FeedSettings())
+        return FeedSettings(
+            symbols=own.symbols or self.symbols,
+            kinds=own.kinds,
+            ws_url=own.ws_url or self.ws_url,
+            rest_url=own.rest_url or self.rest_url,
+        )
 
 
 class S3Settings(_Section):

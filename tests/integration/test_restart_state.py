@@ -50,16 +50,26 @@ def _stored_rows(settings: K2Settings) -> int:
     return 0 if snapshot is None or snapshot.summary is None else int(snapshot.summary["total-records"] or 0)
 
 
-def _start_run(settings: K2Settings, tmp_path: Path, emu: EmulatorThread) -> subprocess.Popen[bytes]:
-    """`k2 run` against the emulator, as a subprocess (logging to run.log)."""
+def run_env(settings: K2Settings, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `k2 run` subprocess: no K2_ variable of the caller, no config file, the
+    settings' warehouse, quick flushes, gap grace and reconnects, the exchange-info cache in ``tmp_path``;
+    plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
-    env |= {
+    return env | {
         "K2_CONFIG_FILE": str(tmp_path / "no-such-k2.toml"),
         "K2_LAKE__WAREHOUSE": str(settings.lake.warehouse),
         "K2_LAKE__FLUSH_SECONDS": "0.2",
         "K2_QUALITY__GAP_GRACE_S": "1.0",
         "K2_SOURCE__EXCHANGE_INFO_CACHE": str(tmp_path / "xinfo.json"),
+        "K2_SOURCE__RECONNECT_INITIAL_S": "0.05",
+        "K2_SOURCE__RECONNECT_MAX_S": "0.2",
+        **extra,
     }
+
+
+def _start_run(settings: K2Settings, tmp_path: Path, emu: EmulatorThread) -> subprocess.Popen[bytes]:
+    """`k2 run` against the emulator, as a subprocess (logging to run.log)."""
+    env = run_env(settings, tmp_path)
     args = ["run", "--symbols", "BTCUSDT,ETHUSDT", "--ws-url", emu.url, "--rest-url", emu.emulator.http_url]
     with (tmp_path / "run.log").open("ab") as log:
         return subprocess.Popen(

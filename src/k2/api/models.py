@@ -60,6 +60,9 @@ class Trade(_Model):
     platform_sequence: int
     vendor_data: dict[str, str]
     is_sample_data: bool
+    instrument: str | None = Field(
+        description="Canonical instrument BASE/QUOTE (e.g. BTC/USDT); null in trades stored before trade schema v3."
+    )
 
 
 class TradePage(_Model):
@@ -79,9 +82,9 @@ class Quote(_Model):
     asset_class: str
     timestamp: datetime | None = Field(description="The venue's event time, UTC; null when the venue sends none.")
     bid_price: DecimalText
-    bid_size: DecimalText
+    bid_size: DecimalText | None = Field(description="Null when the venue sends no size (quote schema v2).")
     ask_price: DecimalText
-    ask_size: DecimalText
+    ask_size: DecimalText | None = Field(description="Null when the venue sends no size (quote schema v2).")
     currency: str
     source_sequence: int | None = Field(description="The venue's update id.")
     ingestion_timestamp: datetime = Field(description="When K2 received the quote, UTC (quotes are in its order).")
@@ -144,9 +147,9 @@ class Bbo(_Model):
     bucket: datetime = Field(description="Start of the bucket, UTC.")
     quotes: int
     bid_price: DecimalText
-    bid_size: DecimalText
+    bid_size: DecimalText | None
     ask_price: DecimalText
-    ask_size: DecimalText
+    ask_size: DecimalText | None
     min_spread: DecimalText
     max_spread: DecimalText
     mean_spread: DecimalText
@@ -157,6 +160,9 @@ class BboList(_Model):
 
 
 class Bar(_Model):
+    exchange: str | None = Field(
+        default=None, description="The venue: bars of an instrument come per venue, side by side (absent otherwise)."
+    )
     bucket: datetime = Field(description="Start of the bar (epoch-aligned), UTC.")
     open: DecimalText
     high: DecimalText
@@ -172,7 +178,8 @@ class BarList(_Model):
 
 
 class Vwap(_Model):
-    symbol: str
+    symbol: str | None
+    instrument: str | None = Field(description="The canonical instrument asked for (all its venues), or null.")
     exchange: str | None
     start: datetime | None
     end: datetime | None

@@ -1,16 +1,17 @@
 """Every query parameter of the API, declared once: names, patterns, OpenAPI descriptions, and the
-:class:`Selection` (which rows: symbol, exchange, time range) every market-data route takes.
+:class:`Selection` (which rows: symbol, exchange, canonical instrument, time range) every market-data
+route takes.
 
 A route declares ``sel: Annotated[Selection, Depends(selection)]`` (or :func:`symbol_selection` when
-the symbol is required) instead of its own ``symbol``/``exchange``/``start``/``end`` parameters, so a
-new filter (an ``instrument``, say) is added here, in :class:`Selection`, and where a plan is made
-from it (:func:`k2.api.series.plan_of`), not in every route.
+the symbol or the instrument is required) instead of its own ``symbol``/``exchange``/``instrument``/
+``start``/``end`` parameters, so a filter is added here, in :class:`Selection`, and where a plan is
+made from it (:func:`k2.api.series.plan_of`), not in every route.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Annotated
 
@@ -23,6 +24,8 @@ from k2.errors import QueryError
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,39}$"
 """Symbols and exchanges: letters, digits and ``. _ : / -`` (BTCUSDT, BTC-USD, XBT/USD), 1-40 chars."""
 _NAME = re.compile(NAME_PATTERN)
+INSTRUMENT_PATTERN = r"^[A-Za-z0-9]{1,20}/[A-Za-z0-9]{1,20}$"
+"""Canonical instruments: BASE/QUOTE, letters and digits (BTC/USDT)."""
 
 # Every width this pattern admits is between 1 ms and 366 days (what the engine accepts).
 INTERVAL_PATTERN = (
@@ -30,9 +33,15 @@ INTERVAL_PATTERN = (
     r"|(?:[1-9][0-9]?|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d)$"
 )
 
-SymbolParam = Annotated[str, Query(pattern=NAME_PATTERN, description="Exchange symbol, e.g. BTCUSDT.")]
 OptSymbol = Annotated[str | None, Query(pattern=NAME_PATTERN, description="Exchange symbol, e.g. BTCUSDT.")]
 OptExchange = Annotated[str | None, Query(pattern=NAME_PATTERN, description="Venue, e.g. BINANCE.")]
+OptInstrument = Annotated[
+    str | None,
+    Query(
+        pattern=INSTRUMENT_PATTERN,
+        description="Canonical instrument BASE/QUOTE, e.g. BTC/USDT: every venue's symbol of it.",
+    ),
+]
 StartParam = Annotated[
     datetime | None,
     Query(description="Inclusive start, RFC 3339 (UTC when no offset is given); quotes: of the receive time."),
@@ -93,6 +102,7 @@ class Selection:
     exchange: str | None
     start: datetime | None
     end: datetime | None
+    instrument: str | None = None  # canonical BASE/QUOTE: every venue's symbol of it
 
     @property
     def empty(self) -> bool:
@@ -100,21 +110,48 @@ class Selection:
         return self.start is not None and self.end is not None and self.start >= self.end
 
     def from_start(self, start: datetime) -> Selection:
-        return Selection(self.symbol, self.exchange, start, self.end)
+        return replace(self, start=start)
+
+
+def check_instrument(value: str | None) -> str | None:
+    """Upper-cased ``BASE/QUOTE``, or QueryError (the routes validate the pattern first)."""
+    if value is None:
+        return None
+    if not re.match(INSTRUMENT_PATTERN, value):
+        raise QueryError("invalid instrument: BASE/QUOTE, letters and digits (e.g. BTC/USDT)")
+    return value.upper()
 
 
 def selection(
-    symbol: OptSymbol = None, exchange: OptExchange = None, start: StartParam = None, end: EndParam = None
+    symbol: OptSymbol = None,
+    exchange: OptExchange = None,
+    start: StartParam = None,
+    end: EndParam = None,
+    instrument: OptInstrument = None,
 ) -> Selection:
     """A FastAPI dependency: the selection of a route whose symbol is optional."""
-    return Selection(check_name(symbol, "symbol"), check_name(exchange, "exchange"), utc(start), utc(end))
+    return Selection(
+        check_name(symbol, "symbol"),
+        check_name(exchange, "exchange"),
+        utc(start),
+        utc(end),
+        check_instrument(instrument),
+    )
 
 
 def symbol_selection(
-    symbol: SymbolParam, exchange: OptExchange = None, start: StartParam = None, end: EndParam = None
+    symbol: OptSymbol = None,
+    exchange: OptExchange = None,
+    start: StartParam = None,
+    end: EndParam = None,
+    instrument: OptInstrument = None,
 ) -> Selection:
-    """A FastAPI dependency: the selection of a route about one symbol (bars, VWAP)."""
-    return selection(symbol, exchange, start, end)
+    """A FastAPI dependency: the selection of a route about one symbol or one instrument (bars, VWAP);
+    400 unless exactly one of them is given."""
+    sel = selection(symbol, exchange, start, end, instrument)
+    if (sel.symbol is None) == (sel.instrument is None):
+        raise QueryError("give a symbol or an instrument (BASE/QUOTE), not both")
+    return sel
 
 
 def response_format(fmt: Format | None, accept: str | None) -> Format:

@@ -33,7 +33,16 @@ from k2.api.models import (
     TradePage,
     Vwap,
 )
-from k2.api.params import DayParam, FormatDep, IntervalParam, OptSymbol, SymbolSelectionDep, check_name
+from k2.api.params import (
+    DayParam,
+    FormatDep,
+    IntervalParam,
+    OptInstrument,
+    OptSymbol,
+    SymbolSelectionDep,
+    check_instrument,
+    check_name,
+)
 from k2.api.queries import gaps, instruments, quality
 from k2.api.security import require
 from k2.api.series import trades_series
@@ -43,7 +52,7 @@ from k2.api.tables import BATCH_ROWS, batches, series_route, stream_table, table
 from k2.api.workers import Worker
 from k2.errors import QueryError
 from k2.query import sql as query_sql
-from k2.query.bars import OHLCV_SCHEMA, parse_interval
+from k2.query.bars import OHLCV_SCHEMA, VENUE_OHLCV_SCHEMA, parse_interval
 
 TRADES = trades_series(Trade, TradePage)
 
@@ -66,20 +75,27 @@ def build_router(max_rows: int) -> APIRouter:
     async def ohlcv(
         request: Request, sel: SymbolSelectionDep, chosen: FormatDep, interval: IntervalParam = "1m"
     ) -> Response:
-        """Open/high/low/close, exact volume and VWAP per epoch-aligned bucket (docs/query.md)."""
+        """Open/high/low/close, exact volume and VWAP per epoch-aligned bucket (docs/query.md), of a symbol
+        or, with ``instrument``, per venue side by side (an ``exchange`` column, one row per bar per venue)."""
         parse_interval(interval)  # refused before borrowing a worker
+        schema = OHLCV_SCHEMA if sel.instrument is None else VENUE_OHLCV_SCHEMA
 
         def open_source(worker: Worker) -> Source:
             if sel.empty:
-                return Source(None, OHLCV_SCHEMA)
+                return Source(None, schema)
             bars = worker.engine.ohlcv(
-                sel.symbol or "", interval, start_time=sel.start, end_time=sel.end, exchange=sel.exchange
+                sel.symbol,
+                interval,
+                start_time=sel.start,
+                end_time=sel.end,
+                exchange=sel.exchange,
+                instrument=sel.instrument,
             ).table
             if bars.num_rows > max_rows:
                 raise QueryError(
                     f"{bars.num_rows} bars exceed the limit of {max_rows}: narrow the range or widen the interval"
                 )
-            return Source(batches(bars, BATCH_ROWS[chosen]), OHLCV_SCHEMA)
+            return Source(batches(bars, BATCH_ROWS[chosen]), schema)
 
         return await service(request).stream(open_source, encoder(chosen))
 
@@ -90,13 +106,21 @@ def build_router(max_rows: int) -> APIRouter:
         summary="Exact volume-weighted average price",
     )
     async def vwap(request: Request, sel: SymbolSelectionDep) -> Vwap:
+        """Of a symbol, or of an instrument over every venue's trades of it (one venue with ``exchange``)."""
         value = None
         if not sel.empty:
             value = await service(request).run(
-                lambda w: w.engine.vwap(sel.symbol or "", start_time=sel.start, end_time=sel.end, exchange=sel.exchange)
+                lambda w: w.engine.vwap(
+                    sel.symbol, start_time=sel.start, end_time=sel.end, exchange=sel.exchange, instrument=sel.instrument
+                )
             )
         return Vwap(
-            symbol=sel.symbol or "", exchange=sel.exchange, start=sel.start, end=sel.end, vwap=_decimal_text(value)
+            symbol=sel.symbol,
+            instrument=sel.instrument,
+            exchange=sel.exchange,
+            start=sel.start,
+            end=sel.end,
+            vwap=_decimal_text(value),
         )
 
     @router.get(
@@ -161,12 +185,17 @@ def build_router(max_rows: int) -> APIRouter:
         summary="Completeness per symbol-day: expected vs stored, gaps by status",
     )
     async def quality_report(
-        request: Request, chosen: FormatDep, symbol: OptSymbol = None, day: DayParam = None
+        request: Request,
+        chosen: FormatDep,
+        symbol: OptSymbol = None,
+        instrument: OptInstrument = None,
+        day: DayParam = None,
     ) -> Response:
         """What `k2 quality` prints: ids expected vs trades stored, gaps found/backfilled/unrecoverable/open,
-        duplicates dropped, out-of-order arrivals, resets and anomalies (docs/quality.md)."""
+        duplicates dropped, out-of-order arrivals, resets and anomalies (docs/quality.md); per venue."""
         settings, name = service(request).settings, check_name(symbol, "symbol")
-        return await stream_table(request, chosen, lambda w: quality(w, settings, name, day))
+        canonical = check_instrument(instrument)
+        return await stream_table(request, chosen, lambda w: quality(w, settings, name, day, canonical))
 
     @router.get(
         "/gaps",
@@ -179,13 +208,16 @@ def build_router(max_rows: int) -> APIRouter:
         request: Request,
         chosen: FormatDep,
         symbol: OptSymbol = None,
+        instrument: OptInstrument = None,
         day: DayParam = None,
         status: Annotated[Literal["OPEN", "RESOLVED", "UNRECOVERABLE"] | None, Query()] = None,
     ) -> Response:
         """Each gap (ids missing between two received ids) as of now: OPEN, RESOLVED by backfill, or
-        UNRECOVERABLE (with why), by the UTC day of the trade that revealed it."""
+        UNRECOVERABLE (with why), by the UTC day of the trade that revealed it; ``instrument``: of every
+        venue's symbol of it."""
         settings, name = service(request).settings, check_name(symbol, "symbol")
-        return await stream_table(request, chosen, lambda w: gaps(w, settings, name, day, status))
+        canonical = check_instrument(instrument)
+        return await stream_table(request, chosen, lambda w: gaps(w, settings, name, day, status, canonical))
 
     routes_quotes.add_routes(router, max_rows)
     return router

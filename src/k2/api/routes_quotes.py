@@ -53,7 +53,9 @@ def add_routes(router: APIRouter, max_rows: int) -> None:
         def build(worker: Worker) -> pa.Table:
             if sel.empty:
                 return SPREAD_SCHEMA.empty_table()
-            found: pa.Table = worker.engine.spread(sel.symbol, sel.exchange, sel.start, sel.end).table
+            found: pa.Table = worker.engine.spread(
+                sel.symbol, sel.exchange, sel.start, sel.end, instrument=sel.instrument
+            ).table
             return found
 
         return await stream_table(request, chosen, build)
@@ -110,7 +112,7 @@ def add_routes(router: APIRouter, max_rows: int) -> None:
         width = parse_interval(tolerance)
 
         def join(worker: Worker, trades: pa.Table) -> pa.Table:
-            joined: pa.Table = worker.engine.join_quotes(trades, width).table
+            joined: pa.Table = worker.engine.join_quotes(trades, width, sel.instrument).table
             return joined.sort_by(_TRADE_ORDER)
 
         return await stream_page(request, ASOF, sel, chosen, cursor, limit, join)

@@ -43,7 +43,7 @@ from k2.api.params import Selection
 from k2.api.workers import Worker
 from k2.errors import QueryError
 from k2.query import sql
-from k2.query.engine import make_filter
+from k2.query.filters import make_filter
 from k2.query.planner import ScanPlan, from_us, to_us
 from k2.query.quotes import QUOTE_ARROW_SCHEMA
 from k2.schema import TRADE_ARROW_SCHEMA
@@ -79,7 +79,9 @@ def plan_of(worker: Worker, kind: RecordKind, sel: Selection) -> ScanPlan | None
     planner = worker.engine.planner(kind)
     if planner is None:
         return None
-    return planner.plan(make_filter(sel.symbol, sel.exchange, sel.start, sel.end, spec(kind).time_column))
+    return planner.plan(
+        make_filter(sel.symbol, sel.exchange, sel.start, sel.end, spec(kind).time_column, sel.instrument)
+    )
 
 
 _MAX_SEQUENCE = str(2**63 - 1)
@@ -229,11 +231,12 @@ def open_page(
         where += clause
         params.update(zip(names, after, strict=True))
     order = ", ".join(p.expr for p in series.key)
+    source = sql.parquet_source(series.schema)  # by field id: files from before a column read it as null
     next_key: tuple[Any, ...] | None = None
     if plan.rows > limit:  # metadata says the page may not hold everything: find its last row
         aliases = ", ".join(f"{p.expr} AS k{i}" for i, p in enumerate(series.key))
         bound_sql = (
-            f"SELECT {aliases} FROM read_parquet($files) WHERE {where} "  # noqa: S608 - code constants
+            f"SELECT {aliases} FROM {source} WHERE {where} "  # noqa: S608 - code constants
             f"ORDER BY {order} LIMIT 2 OFFSET $offset"
         )
         rows = worker.con.execute(bound_sql, {**params, "offset": limit - 1}).fetchall()
@@ -244,7 +247,7 @@ def open_page(
             if len(rows) == 2:
                 next_key = tuple(rows[0])
     columns = json_projection(series.schema) if json_rows else ", ".join(sql.quote_ident(f.name) for f in series.schema)
-    text = f"SELECT {columns} FROM read_parquet($files) WHERE {where} ORDER BY {order}"  # noqa: S608
+    text = f"SELECT {columns} FROM {source} WHERE {where} ORDER BY {order}"  # noqa: S608
     reader = worker.con.sql(text, params=params).to_arrow_reader(batch_rows)
     return Page(reader, next_key)
 

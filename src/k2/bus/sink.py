@@ -1,11 +1,12 @@
-"""KafkaSink: `k2 ingest`'s sink. Each kind's rows go to the venue's topic of that kind, Avro in the
+"""KafkaSink: `k2 ingest`'s sink. Each kind's rows go to their venue's topic of that kind, Avro in the
 Confluent wire format, keyed by symbol.
 
-:meth:`KafkaSink.add` produces (and waits while a producer's local queue is full: the backpressure
-that stops the runner, and so the socket); :meth:`KafkaSink.tick` serves delivery reports and hands
-the trades producer's failed deliveries to :class:`~k2.bus.redelivery.Redelivery` (re-opened as gaps
-once the topic shows it lacks them); a flush with ``wait`` waits for every acknowledgement. The
-checkpoint is not needed: a restart reads what was sent back from the topics (docs/kafka.md).
+:meth:`KafkaSink.add` produces with the (venue, kind)'s producer (and waits while its local queue is
+full: the backpressure that stops the runner, and so the socket); :meth:`KafkaSink.tick` serves
+delivery reports and hands each venue's trades producer's failed deliveries to that venue's
+:class:`~k2.bus.redelivery.Redelivery` (re-opened as gaps once the topic shows it lacks them); a
+flush with ``wait`` waits for every acknowledgement. The checkpoint is not needed: a restart reads
+what was sent back from the topics (docs/kafka.md).
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ log = get_logger(__name__)
 
 
 class KafkaSink(Sink):
-    """Produces each kind's rows with its :class:`BatchProducer` (see the module docstring)."""
+    """Produces each (venue, kind)'s rows with its :class:`BatchProducer` (see the module docstring)."""
 
     name = "kafka"
 
-    def __init__(self, producers: Mapping[RecordKind, BatchProducer], *, close_timeout_s: float) -> None:
+    def __init__(self, producers: Mapping[tuple[str, RecordKind], BatchProducer], *, close_timeout_s: float) -> None:
         self.producers = dict(producers)
-        self.redelivery: Redelivery | None = None  # set once the trades' completeness exists
+        self.redelivery: dict[str, Redelivery] = {}  # per venue, set once its trades' completeness exists
         self._close_timeout_s = close_timeout_s
 
-    async def add(self, kind: RecordKind, batch: pa.RecordBatch) -> None:
-        await self.producers[kind].send(batch)
+    async def add(self, kind: RecordKind, batch: pa.RecordBatch, venue: str) -> None:
+        await self.producers[(venue, kind)].send(batch)
 
     @property
     def pending_rows(self) -> int:
@@ -47,9 +48,10 @@ class KafkaSink(Sink):
     async def tick(self) -> None:
         for producer in self.producers.values():
             producer.poll()
-        trades = self.producers.get(RecordKind.TRADES)
-        if self.redelivery is not None and trades is not None:
-            self.redelivery.step(trades.take_failed(), trades.settled, wall_clock_us())
+        for venue, redelivery in self.redelivery.items():
+            trades = self.producers.get((venue, RecordKind.TRADES))
+            if trades is not None:
+                redelivery.step(trades.take_failed(), trades.settled, wall_clock_us())
 
     async def flush(self, checkpoint: Checkpoint, *, wait: bool) -> None:
         if not wait:
@@ -60,16 +62,17 @@ class KafkaSink(Sink):
         await self.tick()
 
     async def close(self) -> None:
-        if self.redelivery is not None:
-            self.redelivery.cancel()
+        for redelivery in self.redelivery.values():
+            redelivery.cancel()
         for producer in self.producers.values():
             await asyncio.to_thread(producer.close, self._close_timeout_s)
 
     def get_stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k.value: p.stats.as_dict() for k, p in self.producers.items()}
-        if self.redelivery is not None:
+        out: dict[str, Any] = {p.topic: p.stats.as_dict() for p in self.producers.values()}
+        if self.redelivery:
+            redeliveries = self.redelivery.values()
             out["undelivered"] = {
-                "waiting": self.redelivery.waiting, "reopened": self.redelivery.reopened,
-                "held_by_topic": self.redelivery.persisted,
+                "waiting": sum(r.waiting for r in redeliveries), "reopened": sum(r.reopened for r in redeliveries),
+                "held_by_topic": sum(r.persisted for r in redeliveries),
             }  # fmt: skip
         return out

@@ -94,6 +94,8 @@ class VenueFeed:
         ]
         self._next = {k: start.next_sequence.get(k, 1) for k in self.kinds}
         self._symbols = set(self.parser.symbols)
+        self.rules = rules
+        self.instruments: dict[str, str] = {s: rules.instrument(s).name for s in self.parser.symbols}
         now = wall_clock_us()
         self.trades: TradeCompleteness | None = None
         self.quotes: QuoteCompleteness | None = None
@@ -204,7 +206,9 @@ class VenueFeed:
         first = self._next[kind]
         self._next[kind] = first + batch.num_rows
         self.rows[kind.value] = self.rows.get(kind.value, 0) + batch.num_rows
-        return stamp(kind, batch, first, self.is_sample_data)
+        for symbol in set(batch.column("symbol").unique().to_pylist()) - self.instruments.keys():
+            self.instruments[symbol] = self.rules.instrument(symbol).name  # a parser keeps to its symbols
+        return stamp(kind, batch, first, self.is_sample_data, self.instruments)
 
     def _observe_trades(self, batch: pa.RecordBatch) -> None:
         """Rows and newest trade time per symbol (integer microseconds: no value can fail to convert)."""

@@ -1,4 +1,4 @@
-"""FeedRunner: the one run loop. Feeds (one per venue) in, a sink out.
+"""FeedRunner: the one run loop. Feeds (one per venue; several venues run in one loop) in, a sink out.
 
 ``k2 run`` (Iceberg sink), ``k2 ingest`` (Kafka sink) and ``k2 capture`` (recording sink) are this
 loop with a different :class:`~k2.feed.sink.Sink`::
@@ -228,25 +228,25 @@ class FeedRunner:
         if frames:
             self.stats.frames += len(frames)
             if self.sink.wants_records:
-                await self._add(feed.parse(frames))
+                await self._add(feed.name, feed.parse(frames))
             else:
                 await self.sink.add_frames(frames)
                 if getattr(self.sink, "done", False):
                     self.stop()
-        await self._add(feed.backfilled())
+        await self._add(feed.name, feed.backfilled())
         feed.tick(wall_clock_us())
         events = feed.take_events()
         if events is not None and events.num_rows:
-            await self._add([(RecordKind.QUALITY_EVENTS, events)])
+            await self._add(feed.name, [(RecordKind.QUALITY_EVENTS, events)])
 
-    async def _add(self, rows: list[tuple[RecordKind, pa.RecordBatch]]) -> None:
+    async def _add(self, venue: str, rows: list[tuple[RecordKind, pa.RecordBatch]]) -> None:
         for kind, batch in rows:
             if batch.num_rows == 0:
                 continue
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
             self.stats.rows[kind.value] = self.stats.rows.get(kind.value, 0) + batch.num_rows
-            await self.sink.add(kind, batch)
+            await self.sink.add(kind, batch, venue)
 
     async def _maybe_flush(self) -> None:
         """The one flush rule: enough rows, old enough rows, or stopping."""

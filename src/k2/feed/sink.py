@@ -1,7 +1,7 @@
 """The sink contract: where a feed runner puts what it received (the quix-streams sink shape).
 
-A :class:`Sink` is given canonical, stamped record batches with :meth:`Sink.add` (one kind at a
-time; quality events are a kind too) and makes them durable on :meth:`Sink.flush`, together with
+A :class:`Sink` is given canonical, stamped record batches with :meth:`Sink.add` (one kind of one
+venue at a time; quality events are a kind too) and makes them durable on :meth:`Sink.flush`, together with
 the feed's :class:`Checkpoint` (what must be committed atomically with the rows: the platform
 sequence and the completeness state per venue). The runner owns *when* to flush (one rule: rows or
 age, see :class:`k2.feed.runner.FeedRunner`); the sink owns *how*. Three sinks exist:
@@ -46,8 +46,10 @@ class Sink:
     async def add_frames(self, frames: Sequence[RawFrame]) -> None:
         """Raw frames as received (before parsing); only sinks that record frames use them."""
 
-    async def add(self, kind: RecordKind, batch: pa.RecordBatch) -> None:
-        """Canonical rows of ``kind``, deduplicated and stamped; durable after the next :meth:`flush`."""
+    async def add(self, kind: RecordKind, batch: pa.RecordBatch, venue: str) -> None:
+        """Canonical rows of ``kind`` from ``venue``'s feed, deduplicated and stamped; durable after the
+        next :meth:`flush`. One table per kind holds every venue (the ``exchange`` column), so the Iceberg
+        sink ignores ``venue``; Kafka has a topic per venue and kind."""
         raise NotImplementedError(f"{type(self).__name__} does not take records")
 
     @property

@@ -2,7 +2,8 @@
 
 Embedded default: a SQLite SQL catalog and a local warehouse directory (``./k2-data``). The same code
 takes a PostgreSQL URL and an S3 warehouse in distributed mode. Tables are created from the canonical
-schema (never from incoming data) with the partition spec and sort order chosen in docs/lake.md.
+schema (never from incoming data) with the partition spec and sort order chosen in docs/lake.md, and
+evolved to the current schema version by writers on start (:func:`evolve_table`; docs/lake.md).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from pyiceberg.catalog import Catalog
@@ -22,15 +24,19 @@ from pyiceberg.exceptions import (
     TableAlreadyExistsError,
 )
 from pyiceberg.partitioning import PartitionField, PartitionSpec
-from pyiceberg.table import Table
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table, Transaction
 from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import DayTransform, IdentityTransform
 
 from k2.config import LakeSettings
 from k2.errors import LakeError
+from k2.logging import get_logger
 from k2.schema import to_iceberg
-from k2.schema.kinds import RecordKind, spec
-from k2.schema.model import RecordSchema
+from k2.schema.evolution import SchemaHistoryError, missing_fields, relaxed_fields
+from k2.schema.kinds import KindSpec, RecordKind, spec
+
+log = get_logger(__name__)
 
 # Table properties K2 sets on every table it creates (see docs/lake.md for the measurements).
 TABLE_PROPERTIES: dict[str, str] = {
@@ -161,49 +167,118 @@ def sort_order(kind: RecordKind | str) -> SortOrder:
     return SortOrder(*fields)
 
 
-def load_or_create_table(catalog: Catalog, lake: LakeSettings, kind: RecordKind | str) -> Table:
-    """The table of ``kind``, created from its canonical schema on first use (never from incoming data)."""
+def create_table(
+    catalog: Catalog,
+    identifier: tuple[str, str],
+    kind: RecordKind | str,
+    *,
+    partition: PartitionSpec | None = None,
+    properties: Mapping[str, str] | None = None,
+) -> Table:
+    """Create ``kind``'s table at ``identifier`` from the kind's *first* schema version and evolve it to the
+    current one in the same commit (one metadata file): the steps an old table takes in
+    :func:`evolve_table`, so both end with the declared field ids (:mod:`k2.schema.evolution`).
+    ``partition`` overrides the kind's spec (tests and benchmarks compare layouts);
+    TableAlreadyExistsError when it exists."""
+    s = spec(kind)
+    first = s.history[0]
+    tx = catalog.create_table_transaction(
+        identifier,
+        schema=to_iceberg(first),
+        partition_spec=partition if partition is not None else partition_spec(s.kind),
+        sort_order=sort_order(s.kind),
+        properties={
+            **TABLE_PROPERTIES, "k2.record": first.name, "k2.schema-version": str(first.version), **(properties or {}),
+        },
+    )  # fmt: skip
+    _add_missing(tx, s, {f.name: f.required for f in first.fields}, ".".join(identifier))
+    tx.commit_transaction()  # answers the staged table, which cannot be scanned: load the committed one
+    return _checked(catalog.load_table(identifier), s)
+
+
+def evolve_table(table: Table, kind: RecordKind | str, *, attempts: int = 5) -> Table:
+    """``table`` with the kind's later schema versions' steps (columns added, optional, in order; required
+    columns relaxed to optional), then checked:
+    every field id must be the declared one (:class:`~k2.errors.LakeError` otherwise). Another process
+    evolving it at the same time makes the commit fail; it is reloaded and looked at again."""
+    s = spec(kind)
+    for attempt in range(1, attempts + 1):
+        tx = table.transaction()
+        changed = _add_missing(tx, s, {f.name: f.required for f in table.schema().fields}, ".".join(table.name()))
+        if not changed:
+            break
+        try:
+            table = tx.commit_transaction()
+        except CommitFailedException:  # another process evolved (or wrote) it meanwhile: look again
+            if attempt == attempts:
+                raise
+            table = table.refresh()
+            continue
+        log.info("lake.table_evolved", table=".".join(table.name()), changed=changed)
+        break
+    return _checked(table, s)
+
+
+def _add_missing(tx: Transaction, s: KindSpec, present: Mapping[str, bool], name: str) -> list[str]:
+    """Stage the kind's schema steps a table with the columns ``present`` (name -> required) lacks: the
+    columns later versions add (in version order), the columns they relax to optional, and the schema
+    version. The names changed; none when the table is current."""
+    try:
+        missing = missing_fields(s.history, present)
+        relaxed = relaxed_fields(s.history, [n for n, required in present.items() if required])
+    except SchemaHistoryError as exc:
+        raise LakeError(f"table {name}: {exc}") from exc
+    if missing or relaxed:
+        declared = to_iceberg(s.record)
+        with tx.update_schema() as update:
+            for f in relaxed:
+                update.update_column(f.name, required=False, doc=f.doc)
+            for f in missing:
+                update.add_column(f.name, declared.find_field(f.id).field_type, doc=f.doc, required=False)
+        tx.set_properties({"k2.schema-version": str(s.record.version)})
+    return [f.name for f in (*relaxed, *missing)]
+
+
+def _checked(table: Table, s: KindSpec) -> Table:
+    declared = to_iceberg(s.record)
+    if not _same_fields(table.schema(), declared):
+        raise LakeError(
+            f"table {'.'.join(table.name())} has field ids {_ids(table.schema())}, K2 declares {_ids(declared)} "
+            f"for {s.record.name} v{s.record.version}: it was not created or evolved by K2"
+        )
+    return table
+
+
+def _ids(schema: Schema) -> dict[str, int]:
+    return {f.name: f.field_id for f in schema.fields}
+
+
+def _same_fields(table: Schema, declared: Schema) -> bool:
+    """Same columns with the same ids, types and nullability (docs may differ: a table evolved by an older K2)."""
+    if len(table.fields) != len(declared.fields):
+        return False
+    return all(
+        (a.field_id, a.name, a.field_type, a.required) == (b.field_id, b.name, b.field_type, b.required)
+        for a, b in zip(table.fields, declared.fields, strict=True)
+    )
+
+
+def load_or_create_table(catalog: Catalog, lake: LakeSettings, kind: RecordKind | str, *, evolve: bool = True) -> Table:
+    """The table of ``kind``, created from its canonical schema on first use (never from incoming data).
+
+    ``evolve``: bring an existing table to the current schema version (writers do, on start: docs/lake.md,
+    "Schema evolution"); readers pass False and read older tables as they are.
+    """
     s = spec(kind)
     identifier = table_identifier(lake, s.kind)
     try:
-        return relax_to_canonical(catalog.load_table(identifier), s.record)
+        table = catalog.load_table(identifier)
     except NoSuchTableError:
         pass
-    properties = {**TABLE_PROPERTIES, "k2.record": s.record.name, "k2.schema-version": str(s.record.version)}
+    else:
+        return evolve_table(table, s.kind) if evolve else table
     try:
-        return catalog.create_table(
-            identifier,
-            schema=to_iceberg(s.record),
-            partition_spec=partition_spec(s.kind),
-            sort_order=sort_order(s.kind),
-            properties=properties,
-        )
+        return create_table(catalog, identifier, s.kind)
     except TableAlreadyExistsError:  # another process created it first
-        return catalog.load_table(identifier)
-
-
-def relax_to_canonical(table: Table, record: RecordSchema, attempts: int = 3) -> Table:
-    """``table`` with every column the canonical ``record`` declares optional made optional too.
-
-    The one schema change K2 applies to existing tables by itself: a newer canonical version may
-    relax a required field (Quote v2's ``bid_size``/``ask_size``), and an Iceberg table created
-    with the older version must accept the rows' nulls. Required -> optional is always a safe
-    Iceberg evolution; nothing else (new or retyped columns) is done here. Several processes may
-    open the table at once: a lost commit reloads and checks again.
-    """
-    optional = {f.name for f in record.fields if not f.required}
-    for attempt in range(attempts):
-        required = [f.name for f in table.schema().fields if f.required and f.name in optional]
-        if not required:
-            return table
-        try:
-            with table.update_schema() as update:
-                for name in required:
-                    update.make_column_optional(name)
-            with table.transaction() as tx:
-                tx.set_properties({"k2.schema-version": str(record.version)})
-        except CommitFailedException:
-            if attempt + 1 == attempts:
-                raise
-        table.refresh()
-    return table
+        table = catalog.load_table(identifier)
+        return evolve_table(table, s.kind) if evolve else table

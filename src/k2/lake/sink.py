@@ -85,7 +85,7 @@ class IcebergSink(Sink):
         self.last_commit_at: datetime | None = None
 
     # --- Sink -----------------------------------------------------------------------------------
-    async def add(self, kind: RecordKind, batch: pa.RecordBatch) -> None:
+    async def add(self, kind: RecordKind, batch: pa.RecordBatch, venue: str) -> None:
         if batch.num_rows:
             self._buffers[kind].append(batch)
             self._rows[kind] += batch.num_rows

@@ -34,6 +34,10 @@ OHLCV_SCHEMA = pa.schema(
 )
 
 
+VENUE_OHLCV_SCHEMA = pa.schema([pa.field("exchange", pa.string(), False), *OHLCV_SCHEMA])
+"""Bars of one instrument per venue, side by side: one row per bar per exchange, by bucket then exchange."""
+
+
 def parse_interval(text: str) -> timedelta:
     """A bar width such as ``250ms``, ``1s``, ``5m``, ``1h``, ``1d`` (1 ms up to 366 days)."""
     match = _INTERVAL.fullmatch(text) if isinstance(text, str) else None
@@ -68,12 +72,15 @@ def bar_parameters(plan: ScanPlan, width_us: int) -> tuple[dict[str, int], bool]
     return params, True
 
 
-def ohlcv_table(raw: pa.Table, method: exact.NotionalMethod) -> pa.Table:
+def ohlcv_table(raw: pa.Table, method: exact.NotionalMethod, *, by_exchange: bool = False) -> pa.Table:
+    """:data:`OHLCV_SCHEMA` rows (:data:`VENUE_OHLCV_SCHEMA` ``by_exchange``) from the aggregate's sums."""
+    schema = VENUE_OHLCV_SCHEMA if by_exchange else OHLCV_SCHEMA
     if raw.num_rows == 0:
-        return OHLCV_SCHEMA.empty_table()
+        return schema.empty_table()
     notional, volume = sql.aggregate_sums(raw, method)
     vwap = [exact.vwap_unscaled(n, v) for n, v in zip(notional, volume, strict=True)]
     columns = {
+        "exchange": raw.column("exchange") if by_exchange else None,
         "bucket": raw.column("bucket_us").cast(_UTC_US),
         "open": raw.column("open"),
         "high": raw.column("high"),
@@ -83,4 +90,4 @@ def ohlcv_table(raw: pa.Table, method: exact.NotionalMethod) -> pa.Table:
         "trades": raw.column("trades"),
         "vwap": exact.decimal_array(vwap, "vwap"),
     }
-    return pa.table([columns[f.name] for f in OHLCV_SCHEMA], schema=OHLCV_SCHEMA)
+    return pa.table([columns[f.name] for f in schema], schema=schema)

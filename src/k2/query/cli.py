@@ -20,6 +20,9 @@ query_app = typer.Typer(
 
 SymbolOpt = Annotated[str | None, typer.Option(help="The venue's symbol, e.g. BTCUSDT.")]
 ExchangeOpt = Annotated[str | None, typer.Option(help="The exchange, e.g. BINANCE.")]
+InstrumentOpt = Annotated[
+    str | None, typer.Option(help="Canonical instrument BASE/QUOTE, e.g. BTC/USDT: every venue's symbol of it.")
+]
 StartOpt = Annotated[str | None, typer.Option(help="ISO-8601 start, inclusive (UTC if no offset).")]
 EndOpt = Annotated[str | None, typer.Option(help="ISO-8601 end, exclusive.")]
 LimitOpt = Annotated[int, typer.Option(help="At most this many rows.")]
@@ -49,13 +52,14 @@ def _engine(warehouse: Path | None) -> QueryEngine:
 def query_trades(
     symbol: SymbolOpt = None,
     exchange: ExchangeOpt = None,
+    instrument: InstrumentOpt = None,
     start: StartOpt = None,
     end: EndOpt = None,
     limit: LimitOpt = 20,
     warehouse: WarehouseOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
-    """Trades filtered by symbol, exchange and time range."""
+    """Trades filtered by symbol or instrument, exchange and time range."""
     with errors():
         result = _engine(warehouse).query_trades(
             symbol=symbol,
@@ -63,42 +67,47 @@ def query_trades(
             start_time=parse_time(start),
             end_time=parse_time(end),
             limit=limit,
+            instrument=instrument,
         )
-        columns = ["timestamp", "symbol", "trade_id", "side", "price", "quantity", "exchange"]
+        columns = ["timestamp", "exchange", "symbol", "instrument", "trade_id", "side", "price", "quantity"]
         table = result.table if fmt != "table" else result.table.select(columns)
         print_arrow(table, fmt, title=f"trades ({result.num_rows} rows)")
 
 
 @query_app.command("ohlcv")
 def query_ohlcv(
-    symbol: Annotated[str, typer.Option()],
+    symbol: SymbolOpt = None,
     interval: Annotated[str, typer.Option(help="Bar width: 1s, 1m, 5m, 1h, 1d, ...")] = "1m",
     start: StartOpt = None,
     end: EndOpt = None,
     exchange: ExchangeOpt = None,
+    instrument: InstrumentOpt = None,
     warehouse: WarehouseOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
-    """OHLCV bars (exact decimals) at any interval."""
+    """OHLCV bars (exact decimals) at any interval, of a symbol or, per venue side by side, of an instrument."""
     with errors():
         result = _engine(warehouse).ohlcv(
-            symbol, interval, start_time=parse_time(start), end_time=parse_time(end), exchange=exchange
-        )
-        print_arrow(result.table, fmt, title=f"{symbol} {interval} bars")
+            symbol, interval, start_time=parse_time(start), end_time=parse_time(end), exchange=exchange,
+            instrument=instrument,
+        )  # fmt: skip
+        what = f"{instrument} per venue" if instrument else symbol
+        print_arrow(result.table, fmt, title=f"{what} {interval} bars")
 
 
 @query_app.command("vwap")
 def query_vwap(
-    symbol: Annotated[str, typer.Option()],
+    symbol: SymbolOpt = None,
     start: StartOpt = None,
     end: EndOpt = None,
     exchange: ExchangeOpt = None,
+    instrument: InstrumentOpt = None,
     warehouse: WarehouseOpt = None,
 ) -> None:
-    """Exact volume-weighted average price over a time range."""
+    """Exact volume-weighted average price over a time range (of an instrument: over every venue's trades)."""
     with errors():
         value = _engine(warehouse).vwap(
-            symbol, start_time=parse_time(start), end_time=parse_time(end), exchange=exchange
+            symbol, start_time=parse_time(start), end_time=parse_time(end), exchange=exchange, instrument=instrument
         )
         out.print("no trades" if value is None else str(value))
 
@@ -122,6 +131,7 @@ def query_sql(
 def query_quotes(
     symbol: SymbolOpt = None,
     exchange: ExchangeOpt = None,
+    instrument: InstrumentOpt = None,
     start: StartOpt = None,
     end: EndOpt = None,
     limit: LimitOpt = 20,
@@ -131,9 +141,19 @@ def query_quotes(
     """Quotes (best bid/offer) in receive order."""
     with errors():
         result = _engine(warehouse).query_quotes(
-            symbol=symbol, exchange=exchange, start_time=parse_time(start), end_time=parse_time(end), limit=limit
-        )
-        columns = ["ingestion_timestamp", "symbol", "source_sequence", "bid_price", "bid_size", "ask_price", "ask_size"]
+            symbol=symbol, exchange=exchange, start_time=parse_time(start), end_time=parse_time(end), limit=limit,
+            instrument=instrument,
+        )  # fmt: skip
+        columns = [
+            "ingestion_timestamp",
+            "exchange",
+            "symbol",
+            "source_sequence",
+            "bid_price",
+            "bid_size",
+            "ask_price",
+            "ask_size",
+        ]
         table = result.table if fmt != "table" else result.table.select(columns)
         print_arrow(table, fmt, title=f"quotes ({result.num_rows} rows)")
 
@@ -142,6 +162,7 @@ def query_quotes(
 def query_spread(
     symbol: SymbolOpt = None,
     exchange: ExchangeOpt = None,
+    instrument: InstrumentOpt = None,
     start: StartOpt = None,
     end: EndOpt = None,
     warehouse: WarehouseOpt = None,
@@ -150,8 +171,9 @@ def query_spread(
     """Spread statistics per exchange and symbol: quotes, min/max (exact), mean spread, mean mid, bps."""
     with errors():
         result = _engine(warehouse).spread(
-            symbol=symbol, exchange=exchange, start_time=parse_time(start), end_time=parse_time(end)
-        )
+            symbol=symbol, exchange=exchange, start_time=parse_time(start), end_time=parse_time(end),
+            instrument=instrument,
+        )  # fmt: skip
         print_arrow(result.table, fmt, title="spread")
 
 
@@ -159,6 +181,7 @@ def query_spread(
 def query_asof(
     symbol: SymbolOpt = None,
     exchange: ExchangeOpt = None,
+    instrument: InstrumentOpt = None,
     start: StartOpt = None,
     end: EndOpt = None,
     limit: LimitOpt = 20,
@@ -170,8 +193,8 @@ def query_asof(
     with errors():
         result = _engine(warehouse).trades_with_quotes(
             symbol=symbol, exchange=exchange, start_time=parse_time(start), end_time=parse_time(end), limit=limit,
-            tolerance=timedelta(seconds=tolerance),
+            tolerance=timedelta(seconds=tolerance), instrument=instrument,
         )  # fmt: skip
-        columns = ["timestamp", "symbol", "trade_id", "side", "price", "quantity", "bid_price", "ask_price"]
+        columns = ["timestamp", "exchange", "symbol", "trade_id", "side", "price", "quantity", "bid_price", "ask_price"]
         table = result.table if fmt != "table" else result.table.select(columns)
         print_arrow(table, fmt, title=f"trades with their prevailing quote ({result.num_rows} rows)")

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -36,7 +37,9 @@ from k2.metrics import QUERY_SECONDS
 from k2.query import exact, files, quotes, sql
 from k2.query.bars import bar_parameters, ohlcv_table, parse_interval
 from k2.query.cache import ResultCache
-from k2.query.planner import CacheInfo, Planner, ScanFilter, ScanPlan, from_us, to_us
+from k2.query.filters import check_limit, make_filter
+from k2.query.instruments import fill_instruments
+from k2.query.planner import CacheInfo, Planner, ScanFilter, ScanPlan, from_us
 from k2.query.result import QueryResult
 from k2.schema import TRADE_ARROW_SCHEMA, to_arrow
 from k2.schema.kinds import RecordKind, spec
@@ -45,45 +48,7 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
-MAX_LIMIT = 1_000_000
 _OTHER_KINDS = (RecordKind.QUOTES, RecordKind.QUALITY_EVENTS)  # tables read when they exist
-
-
-def _utc_us(value: datetime | None, name: str) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        raise QueryError(f"{name} must be a datetime, not {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise QueryError(f"{name} must be timezone-aware (e.g. tzinfo=UTC); naive datetimes are rejected")
-    return to_us(value)
-
-
-def _name(value: str | None, what: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise QueryError(f"{what} must be a non-empty string")
-    return value.strip().upper()
-
-
-def make_filter(
-    symbol: str | None = None,
-    exchange: str | None = None,
-    start_time: datetime | None = None,
-    end_time: datetime | None = None,
-    time_column: str = "timestamp",
-) -> ScanFilter:
-    """Validate query arguments into a :class:`ScanFilter` (symbols/exchanges upper-cased)."""
-    start_us, end_us = _utc_us(start_time, "start_time"), _utc_us(end_time, "end_time")
-    if start_us is not None and end_us is not None and start_us >= end_us:
-        raise QueryError("start_time must be before end_time")
-    return ScanFilter(_name(symbol, "symbol"), _name(exchange, "exchange"), start_us, end_us, time_column)
-
-
-def _check_limit(limit: int) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise QueryError(f"limit must be an integer between 1 and {MAX_LIMIT}")
 
 
 class QueryEngine:
@@ -113,7 +78,7 @@ class QueryEngine:
         self._plan_cache_size = plan_cache_size
         self._lock = threading.RLock()
         try:
-            table = load_or_create_table(catalog, lake, RecordKind.TRADES)
+            table = load_or_create_table(catalog, lake, RecordKind.TRADES, evolve=False)  # a reader writes nothing
         except K2Error:
             raise
         except Exception as exc:
@@ -219,10 +184,11 @@ class QueryEngine:
         exchange: str | None = None,
         start_time: datetime | None = None,
         end_time: datetime | None = None,
+        instrument: str | None = None,
     ) -> ScanPlan:
-        """The files a query with these filters reads (cached per snapshot and filter)."""
+        """The trade files a query with these filters reads (cached per snapshot and filter)."""
         self._maybe_refresh()
-        return self._planner.plan(make_filter(symbol, exchange, start_time, end_time))
+        return self._planner.plan(make_filter(symbol, exchange, start_time, end_time, instrument=instrument))
 
     def cache_info(self) -> CacheInfo:
         return self._planner.cache_info()
@@ -235,51 +201,62 @@ class QueryEngine:
         start_time: datetime | None = None,
         end_time: datetime | None = None,
         limit: int = 1000,
+        instrument: str | None = None,
     ) -> QueryResult:
-        """Trades in time order (then by the venue's sequence), at most ``limit`` (1..1,000,000)."""
-        _check_limit(limit)
-        flt = make_filter(symbol, exchange, start_time, end_time)
+        """Trades in time order (then by the venue's sequence), at most ``limit`` (1..1,000,000);
+        ``instrument`` (``BTC/USDT``) selects that instrument on every venue."""
+        check_limit(limit)
+        flt = make_filter(symbol, exchange, start_time, end_time, instrument=instrument)
 
         def build(plan: ScanPlan, where: str, params: dict[str, Any]) -> pa.Table:
             return self._first_rows(plan, where, params, limit, '"timestamp"', sql.trades_sql)
 
         with self._timed("trades"):
             table = self._on_plan(RecordKind.TRADES, flt, TRADE_ARROW_SCHEMA, build)
-        return QueryResult(table.cast(TRADE_ARROW_SCHEMA))
+        return QueryResult(fill_instruments(table.cast(TRADE_ARROW_SCHEMA)))
 
     def ohlcv(
         self,
-        symbol: str,
+        symbol: str | None = None,
         interval: str = "1m",
         start_time: datetime | None = None,
         end_time: datetime | None = None,
         exchange: str | None = None,
+        instrument: str | None = None,
     ) -> QueryResult:
         """Bars of ``interval`` (epoch-aligned buckets): open/high/low/close, volume, trades, vwap.
 
         Open/close are the first/last trade by (timestamp, source_sequence); volume and VWAP are
-        exact (docs/query.md); VWAP is rounded half-even to 12 decimal places.
+        exact (docs/query.md); VWAP is rounded half-even to 12 decimal places. By ``instrument``
+        (``BTC/USDT``) the bars are per venue, side by side: an ``exchange`` column first, one row per
+        bar per venue (:data:`k2.query.bars.VENUE_OHLCV_SCHEMA`).
         """
-        if symbol is None:
-            raise QueryError("ohlcv needs a symbol")
+        if symbol is None and instrument is None:
+            raise QueryError("ohlcv needs a symbol or an instrument")
         width_us = parse_interval(interval) // timedelta(microseconds=1)
-        flt = make_filter(symbol, exchange, start_time, end_time)
+        flt = make_filter(symbol, exchange, start_time, end_time, instrument=instrument)
+        by_exchange = instrument is not None
         with self._timed("ohlcv"):
-            raw, method = self._retrying(lambda: self._aggregate(flt, bucketed=True, width_us=width_us))
-            table = ohlcv_table(raw, method)
+            raw, method = self._retrying(
+                lambda: self._aggregate(flt, bucketed=True, width_us=width_us, by_exchange=by_exchange)
+            )
+            table = ohlcv_table(raw, method, by_exchange=by_exchange)
         return QueryResult(table)
 
     def vwap(
         self,
-        symbol: str,
+        symbol: str | None = None,
         start_time: datetime | None = None,
         end_time: datetime | None = None,
         exchange: str | None = None,
+        instrument: str | None = None,
     ) -> Decimal | None:
-        """Exact volume-weighted average price, rounded half-even to 12 places; None without trades."""
-        if symbol is None:
-            raise QueryError("vwap needs a symbol")
-        flt = make_filter(symbol, exchange, start_time, end_time)
+        """Exact volume-weighted average price, rounded half-even to 12 places; None without trades. By
+        ``instrument``: over every venue's trades of it (one price: the venues share the quote asset),
+        or one venue's with ``exchange``."""
+        if symbol is None and instrument is None:
+            raise QueryError("vwap needs a symbol or an instrument")
+        flt = make_filter(symbol, exchange, start_time, end_time, instrument=instrument)
         with self._timed("vwap"):
             raw, method = self._retrying(lambda: self._aggregate(flt, bucketed=False))
             if raw.num_rows == 0 or not raw.column("trades")[0].as_py():
@@ -324,11 +301,12 @@ class QueryEngine:
         start_time: datetime | None = None,
         end_time: datetime | None = None,
         limit: int = 1000,
+        instrument: str | None = None,
     ) -> QueryResult:
         """Quotes (best bid/offer) in receive order, at most ``limit``; the time range is on
         ``ingestion_timestamp`` (Binance spot quotes carry no exchange time)."""
-        _check_limit(limit)
-        flt = make_filter(symbol, exchange, start_time, end_time, "ingestion_timestamp")
+        check_limit(limit)
+        flt = make_filter(symbol, exchange, start_time, end_time, "ingestion_timestamp", instrument)
 
         def build(plan: ScanPlan, where: str, params: dict[str, Any]) -> pa.Table:
             return self._first_rows(plan, where, params, limit, "ingestion_timestamp", quotes.quotes_sql)
@@ -343,10 +321,12 @@ class QueryEngine:
         exchange: str | None = None,
         start_time: datetime | None = None,
         end_time: datetime | None = None,
+        instrument: str | None = None,
     ) -> QueryResult:
         """Spread statistics per exchange and symbol over the quotes received in the range
-        (:data:`k2.query.quotes.SPREAD_SCHEMA`: min/max exact, means exact to 12 places)."""
-        flt = make_filter(symbol, exchange, start_time, end_time, "ingestion_timestamp")
+        (:data:`k2.query.quotes.SPREAD_SCHEMA`: min/max exact, means exact to 12 places); by
+        ``instrument``: one row per venue quoting it."""
+        flt = make_filter(symbol, exchange, start_time, end_time, "ingestion_timestamp", instrument)
 
         def build(plan: ScanPlan, where: str, params: dict[str, Any]) -> pa.Table:
             return quotes.spread_table(self._run(quotes.spread_sql(where), params))
@@ -363,25 +343,30 @@ class QueryEngine:
         end_time: datetime | None = None,
         limit: int = 1000,
         tolerance: timedelta = timedelta(minutes=1),
+        instrument: str | None = None,
     ) -> QueryResult:
         """Trades (as :meth:`query_trades` selects them) each with the quote prevailing when K2
         received it: the last quote of its exchange and symbol received before the trade, at most
         ``tolerance`` older (else null). Backfilled trades get no quote. See :mod:`k2.query.quotes`."""
         if not isinstance(tolerance, timedelta) or tolerance < timedelta(0):
             raise QueryError("tolerance must be a non-negative timedelta")
-        return self.join_quotes(self.query_trades(symbol, exchange, start_time, end_time, limit).table, tolerance)
+        trades = self.query_trades(symbol, exchange, start_time, end_time, limit, instrument).table
+        return self.join_quotes(trades, tolerance, instrument)
 
-    def join_quotes(self, trades: pa.Table, tolerance: timedelta = timedelta(minutes=1)) -> QueryResult:
+    def join_quotes(
+        self, trades: pa.Table, tolerance: timedelta = timedelta(minutes=1), instrument: str | None = None
+    ) -> QueryResult:
         """``trades`` (canonical trade rows, e.g. a page the REST API read) each with its prevailing
-        quote, as :meth:`trades_with_quotes` does; rows in time order."""
+        quote, as :meth:`trades_with_quotes` does; rows in time order. ``instrument``: the trades are
+        that instrument's (the quotes planned are its venues')."""
         if not isinstance(tolerance, timedelta) or tolerance < timedelta(0):
             raise QueryError("tolerance must be a non-negative timedelta")
         tolerance_us = tolerance // timedelta(microseconds=1)
         with self._timed("trades_with_quotes"):
-            table = self._retrying(lambda: self._as_of(trades.cast(TRADE_ARROW_SCHEMA), tolerance_us))
+            table = self._retrying(lambda: self._as_of(trades.cast(TRADE_ARROW_SCHEMA), tolerance_us, instrument))
         return QueryResult(table)
 
-    def _as_of(self, trades: pa.Table, tolerance_us: int) -> pa.Table:
+    def _as_of(self, trades: pa.Table, tolerance_us: int, instrument: str | None) -> pa.Table:
         schema = pa.schema([*TRADE_ARROW_SCHEMA, *quotes.AS_OF_COLUMNS])
         planner = self._others[RecordKind.QUOTES]
         received = trades.column("ingestion_timestamp").cast(pa.int64())
@@ -390,7 +375,9 @@ class QueryEngine:
             return pa.table([*trades.columns, *nulls], schema=schema)
         lo, hi = pc.min(received).as_py(), pc.max(received).as_py()
         symbols = pc.unique(trades.column("symbol")).to_pylist()
-        flt = ScanFilter(symbols[0] if len(symbols) == 1 else None, None, lo - tolerance_us, hi, "ingestion_timestamp")
+        one = symbols[0] if len(symbols) == 1 else None
+        flt = make_filter(one, None, time_column="ingestion_timestamp", instrument=instrument)
+        flt = replace(flt, start_us=lo - tolerance_us, end_us=hi)
         plan = planner.plan(flt)
         backfilled = pc.map_lookup(trades.column("vendor_data"), pa.scalar("backfilled"), "first")
         live = pc.invert(pc.fill_null(pc.equal(backfilled, "true"), False))
@@ -507,13 +494,13 @@ class QueryEngine:
             return attempt()
 
     def _aggregate(
-        self, flt: ScanFilter, *, bucketed: bool, width_us: int = 0
+        self, flt: ScanFilter, *, bucketed: bool, width_us: int = 0, by_exchange: bool = False
     ) -> tuple[pa.Table, exact.NotionalMethod]:
         plan = self._planner.plan(flt)
         method = exact.choose_method(plan.max_abs_price, plan.max_abs_quantity, len(plan.files), plan.max_file_rows)
         if not plan.files:
             return pa.table({"trades": pa.array([], pa.int64())}), method
-        key = ("aggregate", plan.snapshot_id, plan.files, flt, bucketed, width_us)
+        key = ("aggregate", plan.snapshot_id, plan.files, flt, bucketed, width_us, by_exchange)
         cached = self._results.get(key)
         if cached is not None:
             return cached, method
@@ -525,7 +512,7 @@ class QueryEngine:
             params.update(bucket_params)
         if method.needs_row_numbers:
             params["chunk_rows"] = method.chunk_rows
-        text = sql.aggregate_sql(where, method, bucketed=bucketed, compact_key=compact)
+        text = sql.aggregate_sql(where, method, bucketed=bucketed, compact_key=compact, by_exchange=by_exchange)
         result = self._run(text, params)
         self._results.put(key, result)
         return result, method

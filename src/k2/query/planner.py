@@ -2,7 +2,8 @@
 
 The query's filters become an Iceberg row filter, so ``plan_files()`` prunes by partition (day of
 ``timestamp``, ``symbol``) and by the column metrics of each data file (min/max of ``timestamp``,
-``exchange``, ...). The result, a :class:`ScanPlan`, is cached under (snapshot id, filter): a
+``exchange``, ``instrument``, ...; a file written before a column existed has no metrics for it and
+is kept). The result, a :class:`ScanPlan`, is cached under (snapshot id, filter): a
 snapshot is immutable, so its plan never goes stale; a new snapshot gets new plans and the old
 ones are dropped. Planning never reads data; DuckDB reads only the planned files.
 """
@@ -12,20 +13,23 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
 
 from pyiceberg.expressions import (
+    AlwaysFalse,
     AlwaysTrue,
     And,
     BooleanExpression,
     EqualTo,
     GreaterThanOrEqual,
+    IsNull,
     LessThan,
+    Or,
 )
 from pyiceberg.manifest import DataFile
-from pyiceberg.table import Table
+from pyiceberg.table import FileScanTask, Table
 
 from k2.errors import QueryError, SnapshotExpired
 from k2.query.files import data_path
@@ -34,9 +38,10 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _predicate(kind: type[BooleanExpression], column: str, value: object) -> BooleanExpression:
-    # The pydantic mypy plugin types these predicates by their fields; they are built as (term, literal).
+    # The pydantic mypy plugin types these predicates by their fields; they are built as (term, literal)
+    # (unary ones such as IsNull by the term alone: ``value`` None).
     factory: Any = kind
-    return cast(BooleanExpression, factory(column, value))
+    return cast(BooleanExpression, factory(column) if value is None else factory(column, value))
 
 
 # The time columns a filter may use, as quoted SQL identifiers (chosen from this fixed set, never spliced input).
@@ -46,21 +51,31 @@ _TIME_COLUMNS = {c: f'"{c}"' for c in ("timestamp", "ingestion_timestamp", "dete
 @dataclass(frozen=True, slots=True)
 class ScanFilter:
     """What a query selects: all fields optional; ``start_us`` inclusive, ``end_us`` exclusive, on
-    ``time_column`` (trades: the exchange's ``timestamp``; quotes: ``ingestion_timestamp``)."""
+    ``time_column`` (trades: the exchange's ``timestamp``; quotes: ``ingestion_timestamp``).
+
+    ``instrument`` (canonical ``BASE/QUOTE``) selects every venue's rows of it. Rows stored before
+    the ``instrument`` column existed hold null there; ``legacy`` names them: the ``EXCHANGE:SYMBOL``
+    of every venue whose symbol rules give that instrument (:func:`k2.sources.instruments.legacy_keys`),
+    so an old row of one of those symbols is selected too."""
 
     symbol: str | None = None
     exchange: str | None = None
     start_us: int | None = None
     end_us: int | None = None
     time_column: str = "timestamp"
+    instrument: str | None = None
+    legacy: tuple[str, ...] = ()
 
-    def row_filter(self) -> BooleanExpression:
-        """The same filter as an Iceberg expression (drives partition and metrics pruning)."""
+    def row_filter(self, columns: Collection[str] = ("instrument",)) -> BooleanExpression:
+        """The same filter as an Iceberg expression (drives partition and metrics pruning); ``columns``:
+        the table's, so a table not evolved yet (no ``instrument``) is asked for the legacy rows only."""
         parts: list[BooleanExpression] = []
         if self.symbol is not None:
             parts.append(_predicate(EqualTo, "symbol", self.symbol))
         if self.exchange is not None:
             parts.append(_predicate(EqualTo, "exchange", self.exchange))
+        if self.instrument is not None:
+            parts.append(self._instrument_filter("instrument" in columns))
         if self.start_us is not None:
             parts.append(_predicate(GreaterThanOrEqual, self.time_column, self.start_us))
         if self.end_us is not None:
@@ -69,25 +84,47 @@ class ScanFilter:
             return AlwaysTrue()
         return parts[0] if len(parts) == 1 else And(*parts)
 
-    def predicates(self) -> dict[str, tuple[str, object]]:
-        """Each predicate of the filter by name: (SQL fragment with a named parameter, value)."""
-        found: dict[str, tuple[str, object]] = {}
+    def _instrument_filter(self, has_column: bool) -> BooleanExpression:
+        old: BooleanExpression = AlwaysFalse()
+        for key in self.legacy:
+            exchange, _, symbol = key.partition(":")
+            pair = And(_predicate(EqualTo, "exchange", exchange), _predicate(EqualTo, "symbol", symbol))
+            old = pair if isinstance(old, AlwaysFalse) else Or(old, pair)
+        if not has_column:
+            return old
+        new = _predicate(EqualTo, "instrument", self.instrument)
+        missing = _predicate(IsNull, "instrument", None)
+        return new if isinstance(old, AlwaysFalse) else Or(new, And(missing, old))
+
+    def predicates(self) -> dict[str, tuple[str, dict[str, object]]]:
+        """Each predicate of the filter by name: (SQL fragment with named parameters, their values)."""
+        found: dict[str, tuple[str, dict[str, object]]] = {}
         if self.symbol is not None:
-            found["symbol"] = ("symbol = $symbol", self.symbol)
+            found["symbol"] = ("symbol = $symbol", {"symbol": self.symbol})
         if self.exchange is not None:
-            found["exchange"] = ("exchange = $exchange", self.exchange)
+            found["exchange"] = ("exchange = $exchange", {"exchange": self.exchange})
+        if self.instrument is not None:
+            if self.legacy:
+                fragment = (
+                    "(instrument = $instrument OR (instrument IS NULL AND "
+                    "list_contains($instrument_legacy, exchange || ':' || symbol)))"
+                )
+                params: dict[str, object] = {"instrument": self.instrument, "instrument_legacy": list(self.legacy)}
+                found["instrument"] = (fragment, params)
+            else:
+                found["instrument"] = ("instrument = $instrument", {"instrument": self.instrument})
         column = _TIME_COLUMNS[self.time_column]
         if self.start_us is not None:
-            found["start_time"] = (f"{column} >= $start_time", from_us(self.start_us))
+            found["start_time"] = (f"{column} >= $start_time", {"start_time": from_us(self.start_us)})
         if self.end_us is not None:
-            found["end_time"] = (f"{column} < $end_time", from_us(self.end_us))
+            found["end_time"] = (f"{column} < $end_time", {"end_time": from_us(self.end_us)})
         return found
 
     def sql_where(self, skip: Collection[str] = ()) -> tuple[str, dict[str, object]]:
         """A WHERE clause of fixed fragments and the named parameters it binds, minus ``skip``."""
         kept = {name: p for name, p in self.predicates().items() if name not in skip}
         where = " AND ".join(fragment for fragment, _ in kept.values()) or "true"
-        return where, {name: value for name, (_, value) in kept.items()}
+        return where, {k: v for _, params in kept.values() for k, v in params.items()}
 
 
 def from_us(us: int) -> datetime:
@@ -168,13 +205,18 @@ class Planner:
         self._misses = 0
         self._table = table
         self._snapshot_id = self._current_snapshot_id(table)
-        schema = table.schema()
-        ids = {f.name: f.field_id for f in schema.fields}
+        self._index(table)
+
+    def _index(self, table: Table) -> None:
+        """The field ids the planner reads metrics by (again after a reload: the schema may have evolved)."""
+        ids = {f.name: f.field_id for f in table.schema().fields}
         self._price_id = ids.get("price", -1)
         self._quantity_id = ids.get("quantity", -1)
         self._time_ids = {name: ids[name] for name in _TIME_COLUMNS if name in ids}
         self._symbol_id = ids["symbol"]
         self._exchange_id = ids["exchange"]
+        self._instrument_id = ids.get("instrument", -1)
+        self._columns = frozenset(ids)
         self._sequence_id = ids.get("source_sequence", -1)
 
     @staticmethod
@@ -195,6 +237,7 @@ class Planner:
         snapshot_id = self._current_snapshot_id(table)
         with self._lock:
             self._table = table
+            self._index(table)
             changed = snapshot_id != self._snapshot_id
             if changed:
                 self._snapshot_id = snapshot_id
@@ -228,7 +271,7 @@ class Planner:
         if snapshot_id is None:
             return ScanPlan(None, flt, (), 0, 0, 0, 0, 0, None, None, None, None, (), frozenset(flt.predicates()))
         try:
-            tasks = list(table.scan(row_filter=flt.row_filter(), snapshot_id=snapshot_id).plan_files())
+            tasks = self._tasks(table, snapshot_id, flt)
         except FileNotFoundError as exc:  # a manifest list or manifest of an expired snapshot
             raise SnapshotExpired(
                 f"snapshot {snapshot_id} of {'.'.join(table.name())} was expired by table maintenance while "
@@ -297,6 +340,34 @@ class Planner:
             frozenset(implied),
         )
 
+    def _tasks(self, table: Table, snapshot_id: int, flt: ScanFilter) -> list[FileScanTask]:
+        """The files pyiceberg plans for ``flt``.
+
+        By instrument, on a table holding rows from before the ``instrument`` column: two passes, since
+        pyiceberg's metrics evaluator keeps every file without metrics for a column (it cannot tell a
+        file written before the column existed, whose rows all hold null there). Pass one plans by
+        ``instrument = X`` and keeps the files that have the column; pass two plans by the venue symbols
+        of old rows (``legacy``) and keeps the files that may hold null instruments. A file "has the
+        column" when its value counts name it: K2 records metrics for every column of its tables.
+        """
+
+        def scan(expr: BooleanExpression) -> list[FileScanTask]:
+            return list(table.scan(row_filter=expr, snapshot_id=snapshot_id).plan_files())
+
+        if flt.instrument is None or not flt.legacy or "instrument" not in self._columns:
+            return scan(flt.row_filter(self._columns))
+        field_id = self._instrument_id
+        new = [
+            t for t in scan(replace(flt, legacy=()).row_filter(self._columns))
+            if not t.file.value_counts or field_id in t.file.value_counts
+        ]  # fmt: skip
+        seen = {t.file.file_path for t in new}
+        old = [
+            t for t in scan(flt.row_filter(self._columns - {"instrument"}))
+            if t.file.file_path not in seen and (t.file.null_value_counts or {}).get(field_id) != 0
+        ]  # fmt: skip
+        return new + old
+
     def _time_id(self, flt: ScanFilter) -> int:
         field_id = self._time_ids.get(flt.time_column)
         if field_id is None:
@@ -311,6 +382,7 @@ class Planner:
         for name, field_id, wanted in (
             ("symbol", self._symbol_id, flt.symbol),
             ("exchange", self._exchange_id, flt.exchange),
+            ("instrument", self._instrument_id, flt.instrument),
         ):
             raw = None if wanted is None else wanted.encode()
             if raw is not None and lower.get(field_id) == raw == upper.get(field_id) and nulls.get(field_id) == 0:

@@ -19,12 +19,13 @@ from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 import pyarrow as pa
 
-from k2.query.sql import quote_ident
+from k2.query.sql import parquet_source, quote_ident
 from k2.schema import PRICE_PRECISION, PRICE_SCALE, to_arrow
 from k2.schema.quote import QUOTE
 
 QUOTE_ARROW_SCHEMA = to_arrow(QUOTE)
 QUOTE_COLUMNS = ", ".join(quote_ident(f.name) for f in QUOTE_ARROW_SCHEMA)
+QUOTES_SOURCE = parquet_source(QUOTE_ARROW_SCHEMA)
 
 _PRICE = pa.decimal128(PRICE_PRECISION, PRICE_SCALE)
 _UTC_US = pa.timestamp("us", tz="UTC")
@@ -63,7 +64,7 @@ AS_OF_TRADES = "k2_asof_trades"  # the name the trades are registered under for 
 
 def quotes_sql(where: str) -> str:
     return (
-        f"SELECT {QUOTE_COLUMNS} FROM read_parquet($files) WHERE {where} "  # noqa: S608
+        f"SELECT {QUOTE_COLUMNS} FROM {QUOTES_SOURCE} WHERE {where} "  # noqa: S608
         "ORDER BY ingestion_timestamp, source_sequence NULLS LAST, platform_sequence LIMIT $limit"
     )
 
@@ -74,7 +75,7 @@ def spread_sql(where: str) -> str:
         "min(ingestion_timestamp) AS first_received, max(ingestion_timestamp) AS last_received, "
         "min(ask_price - bid_price) AS min_spread, max(ask_price - bid_price) AS max_spread, "
         "sum(ask_price - bid_price) AS spread_sum, sum(ask_price + bid_price) AS mid2_sum "
-        f"FROM read_parquet($files) WHERE {where} GROUP BY exchange, symbol ORDER BY exchange, symbol"
+        f"FROM {QUOTES_SOURCE} WHERE {where} GROUP BY exchange, symbol ORDER BY exchange, symbol"
     )
 
 
@@ -91,7 +92,7 @@ def as_of_sql(where: str) -> str:
     return (
         f"SELECT t.* EXCLUDE (k2_live), {picked} FROM {AS_OF_TRADES} t "  # noqa: S608
         "ASOF LEFT JOIN (SELECT exchange, symbol, ingestion_timestamp, bid_price, bid_size, ask_price, ask_size, "
-        f"source_sequence FROM read_parquet($files) WHERE {where}) q "
+        f"source_sequence FROM {QUOTES_SOURCE} WHERE {where}) q "
         "ON t.exchange = q.exchange AND t.symbol = q.symbol AND t.ingestion_timestamp > q.ingestion_timestamp "
         'ORDER BY t."timestamp", t.source_sequence NULLS LAST, t.platform_sequence'
     )
@@ -161,7 +162,7 @@ def bbo_sql(where: str) -> str:
         "SELECT exchange, symbol, (epoch_us(ingestion_timestamp) - $origin) // $width * $width + $origin AS bucket_us, "
         f"count(*)::BIGINT AS quotes, arg_max({last}, {order}) AS last, "
         "min(ask_price - bid_price) AS min_spread, max(ask_price - bid_price) AS max_spread, "
-        f"sum(ask_price - bid_price) AS spread_sum FROM read_parquet($files) WHERE {where} GROUP BY ALL"
+        f"sum(ask_price - bid_price) AS spread_sum FROM {QUOTES_SOURCE} WHERE {where} GROUP BY ALL"
         ") ORDER BY bucket_us, exchange, symbol"
     )
 

@@ -3,11 +3,16 @@
 Every query text here is a constant or assembled from constant fragments chosen by code (hence the
 ``noqa: S608`` markers); file lists and every user value are bound as named parameters (``$files``,
 ``$symbol``, ...), never spliced into SQL.
+
+Files are read by Iceberg field id (:func:`parquet_source`), never by position or name: a table
+written before a column was added (``instrument``, trade schema v3) holds files without it, and
+DuckDB reads those with the column null, beside newer files, in any order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any
 
 import duckdb
@@ -24,6 +29,40 @@ def quote_ident(name: str) -> str:
 
 
 TRADE_COLUMNS = ", ".join(quote_ident(f.name) for f in TRADE_ARROW_SCHEMA)
+_FIELD_ID = b"PARQUET:field_id"
+
+_DUCKDB_TYPES = {
+    "string": "VARCHAR",
+    "int64": "BIGINT",
+    "bool": "BOOLEAN",
+    "timestamp[us, tz=UTC]": "TIMESTAMPTZ",
+    "decimal128(38, 12)": "DECIMAL(38, 12)",
+    "list<element: string not null>": "VARCHAR[]",
+    "list<element: string>": "VARCHAR[]",
+    "map<string, string>": "MAP(VARCHAR, VARCHAR)",
+}
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@cache
+def parquet_source(schema: pa.Schema, *, file_row_number: bool = False, files: str = "$files") -> str:
+    """``read_parquet($files, schema = map {...})`` reading the planned files into ``schema``'s columns
+    by the field ids they carry (``PARQUET:field_id``): a column a file lacks (written before the
+    column was added) reads as NULL. ``schema`` is one of K2's canonical schemas and ``files`` the
+    parameter (or variable) holding the file list: code, never input."""
+    entries = ", ".join(
+        f"{int(f.metadata[_FIELD_ID])}: {{name: {_literal(f.name)}, type: {_literal(_DUCKDB_TYPES[str(f.type)])}, "
+        "default_value: NULL}"
+        for f in schema
+    )
+    row_number = ", file_row_number = true" if file_row_number else ""
+    return f"read_parquet({files}{row_number}, schema = map {{{entries}}})"
+
+
+TRADES_SOURCE = parquet_source(TRADE_ARROW_SCHEMA)
 
 
 def open_connection(
@@ -97,19 +136,20 @@ def run(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | Mapp
     return relation.to_arrow_table()
 
 
-def cutoff_sql(where: str, column: str) -> str:
+def cutoff_sql(where: str, column: str, source: str = TRADES_SOURCE) -> str:
     """The ``column`` value of the ``$limit``-th row in ``column`` order: a cheap first step that
     reads one column, so the full-width query only decodes rows at or before it (late
-    materialisation by hand). ``column`` is one of K2's own quoted column names, never input."""
+    materialisation by hand). ``column`` is one of K2's own quoted column names and ``source`` a
+    :func:`parquet_source`, never input."""
     return (
-        f"SELECT max({column}) AS cutoff FROM (SELECT {column} FROM read_parquet($files) "  # noqa: S608
+        f"SELECT max({column}) AS cutoff FROM (SELECT {column} FROM {source} "  # noqa: S608
         f"WHERE {where} ORDER BY {column} LIMIT $limit)"
     )
 
 
 def trades_sql(where: str) -> str:
     return (
-        f"SELECT {TRADE_COLUMNS} FROM read_parquet($files) WHERE {where} "  # noqa: S608
+        f"SELECT {TRADE_COLUMNS} FROM {TRADES_SOURCE} WHERE {where} "  # noqa: S608
         'ORDER BY "timestamp", source_sequence NULLS LAST, platform_sequence LIMIT $limit'
     )
 
@@ -144,25 +184,33 @@ def _limbs(name: str) -> str:
     return f"{u} & {_MASK} AS {name}0, ({u} >> 42) & {_MASK} AS {name}1, {u} >> 84 AS {name}2"
 
 
-def aggregate_sql(where: str, method: NotionalMethod, *, bucketed: bool, compact_key: bool = False) -> str:
+def aggregate_sql(
+    where: str, method: NotionalMethod, *, bucketed: bool, compact_key: bool = False, by_exchange: bool = False
+) -> str:
     """Exact OHLCV bars (``bucketed``) or one VWAP aggregate over the filtered trades.
 
     One GROUP BY (by bucket, or none for VWAP) computes everything, except for the chunked method
     with row numbers: there a first level groups by bucket *and* row-number chunk, so that no group
     sum can overflow, and a second level merges each bucket's chunks (open/close by their order
-    keys, the partial sums as lists that Python adds up exactly). Parameters: ``$files``; bucketed:
-    ``$width`` (µs), ``$origin`` (µs) and, with ``compact_key``, ``$key_m``, ``$key_s0``;
-    ``$chunk_rows`` (chunked with row numbers only); plus the filter's.
+    keys, the partial sums as lists that Python adds up exactly). ``by_exchange`` (bucketed only):
+    bars per bucket and exchange, ordered by bucket then exchange. Files are read by field id
+    (:func:`parquet_source`). Parameters: ``$files``; bucketed: ``$width`` (µs), ``$origin`` (µs)
+    and, with ``compact_key``, ``$key_m``, ``$key_s0``; ``$chunk_rows`` (chunked with row numbers
+    only); plus the filter's.
     """
+    venue = bucketed and by_exchange
     chunked = method.needs_row_numbers
     limbs = method.kind == "limbs"
-    source = "read_parquet($files, file_row_number = true)" if chunked else "read_parquet($files)"
+    source = parquet_source(TRADE_ARROW_SCHEMA, file_row_number=chunked)
     # Level 1: read and filter; level 2: bucket number, order key (and limbs).
     cols1 = ["price", "quantity"]
     cols2 = ["price", "quantity"]
     if bucketed:
         cols1 += ['epoch_us("timestamp") - $origin AS rel', "source_sequence"]
         cols2 += ["rel // $width AS q", f"{_COMPACT_KEY if compact_key else _WIDE_KEY} AS k"]
+    if venue:
+        cols1.append("exchange")
+        cols2.append("exchange")
     if chunked:
         cols1.append("file_row_number // $chunk_rows AS chunk")
         cols2.append("chunk")
@@ -176,22 +224,25 @@ def aggregate_sql(where: str, method: NotionalMethod, *, bucketed: bool, compact
     if bucketed:
         aggregates = ["arg_min(price, k) AS open", "max(price) AS high", "min(price) AS low",
                       "arg_max(price, k) AS close", *aggregates]  # fmt: skip
+    keys = ["q", "exchange"] if venue else ["q"]
+    order = f" GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}"
     level1 = f"SELECT {', '.join(cols1)} FROM {source} WHERE {where}"  # noqa: S608
     src = f"SELECT {', '.join(cols2)} FROM ({level1})"  # noqa: S608
     if not chunked:
-        head = ["$origin + q * $width AS bucket_us"] if bucketed else []
+        head = ["$origin + q * $width AS bucket_us", *keys[1:]] if bucketed else []
         text = f"SELECT {', '.join(head + aggregates)} FROM ({src})"  # noqa: S608
-        return text + " GROUP BY q ORDER BY q" if bucketed else text
-    fine = ["q", *aggregates, "min(k) AS open_k", "max(k) AS close_k"] if bucketed else aggregates
+        return text + order if bucketed else text
+    fine = [*keys, *aggregates, "min(k) AS open_k", "max(k) AS close_k"] if bucketed else aggregates
     outer = ["sum(trades)::BIGINT AS trades", "list(notional) AS notional", "list(volume) AS volume"]
     if bucketed:
-        outer = ["$origin + q * $width AS bucket_us", "arg_min(open, open_k) AS open", "max(high) AS high",
-                 "min(low) AS low", "arg_max(close, close_k) AS close", *outer]  # fmt: skip
+        outer = ["$origin + q * $width AS bucket_us", *keys[1:], "arg_min(open, open_k) AS open",
+                 "max(high) AS high", "min(low) AS low", "arg_max(close, close_k) AS close", *outer]  # fmt: skip
+    fine_group = ", ".join([*keys, "chunk"]) if bucketed else "chunk"
     text = (
-        f"WITH fine AS (SELECT {', '.join(fine)} FROM ({src}) GROUP BY {'q, chunk' if bucketed else 'chunk'}) "  # noqa: S608
+        f"WITH fine AS (SELECT {', '.join(fine)} FROM ({src}) GROUP BY {fine_group}) "  # noqa: S608
         f"SELECT {', '.join(outer)} FROM fine"
     )
-    return text + " GROUP BY q ORDER BY q" if bucketed else text
+    return text + order if bucketed else text
 
 
 def aggregate_sums(raw: pa.Table, method: NotionalMethod) -> tuple[list[int], list[int]]:
@@ -216,18 +267,6 @@ def _ints(column: pa.ChunkedArray) -> list[int]:
     return [sum(x or 0 for x in values[offsets[i] : offsets[i + 1]]) for i in range(len(offsets) - 1)]
 
 
-_DUCKDB_TYPES = {
-    "string": "VARCHAR",
-    "int64": "BIGINT",
-    "bool": "BOOLEAN",
-    "timestamp[us, tz=UTC]": "TIMESTAMPTZ",
-    "decimal128(38, 12)": "DECIMAL(38, 12)",
-    "list<element: string not null>": "VARCHAR[]",
-    "list<element: string>": "VARCHAR[]",
-    "map<string, string>": "MAP(VARCHAR, VARCHAR)",
-}
-
-
 def empty_select(schema: pa.Schema) -> str:
     """``SELECT CAST(NULL AS <type>) AS <column>, ... WHERE false``: ``schema``'s columns, no rows."""
     columns = ", ".join(f"CAST(NULL AS {_DUCKDB_TYPES[str(f.type)]}) AS {quote_ident(f.name)}" for f in schema)
@@ -245,9 +284,9 @@ def create_view(con: duckdb.DuckDBPyConnection, name: str, files: Sequence[str],
     con.execute(f"SET VARIABLE {variable} = $files", {"files": list(files)})
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS "  # noqa: S608 - constants
-        f"SELECT * FROM read_parquet(getvariable('{variable}'))"
+        f"SELECT * FROM {parquet_source(schema, files=f'getvariable({_literal(variable)})')}"
     )
 
 
 def distinct_symbols_sql() -> str:
-    return "SELECT DISTINCT symbol FROM read_parquet($files)"
+    return f"SELECT DISTINCT symbol FROM {TRADES_SOURCE}"  # noqa: S608

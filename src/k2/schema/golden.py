@@ -14,11 +14,11 @@ from k2.schema.avro import to_avro
 from k2.schema.iceberg import to_iceberg
 from k2.schema.model import RecordSchema
 from k2.schema.quality_event import QUALITY_EVENT_V1
-from k2.schema.quote import QUOTE_V1, QUOTE_V2
-from k2.schema.trade import TRADE_V2, TRADE_V3
+from k2.schema.quote import QUOTE_VERSIONS
+from k2.schema.trade import TRADE_VERSIONS
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
-RECORDS: tuple[RecordSchema, ...] = (TRADE_V2, TRADE_V3, QUOTE_V1, QUOTE_V2, QUALITY_EVENT_V1)
+RECORDS: tuple[RecordSchema, ...] = (*TRADE_VERSIONS, *QUOTE_VERSIONS, QUALITY_EVENT_V1)
 
 
 def _snake(name: str) -> str:

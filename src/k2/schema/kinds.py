@@ -3,7 +3,7 @@
 ==================  ================  ======================  ========================  ===============
 kind                canonical record  Iceberg table (default)  partition / sort order   completeness
 ==================  ================  ======================  ========================  ===============
-``trades``          Trade v2          ``trades``              day(timestamp) /          consecutive ids
+``trades``          Trade v3          ``trades``              day(timestamp) /          consecutive ids
                                                               symbol, timestamp
 ``quotes``          Quote v2          ``quotes``              day(ingestion_timestamp)  increasing ids
                                                               / symbol, ingestion_ts
@@ -32,10 +32,11 @@ from functools import cache
 import pyarrow as pa
 
 from k2.schema.arrow import to_arrow
+from k2.schema.evolution import check_history
 from k2.schema.model import RecordSchema
 from k2.schema.quality_event import QUALITY_EVENT
-from k2.schema.quote import QUOTE
-from k2.schema.trade import TRADE
+from k2.schema.quote import QUOTE_VERSIONS
+from k2.schema.trade import TRADE_VERSIONS
 
 
 class RecordKind(StrEnum):
@@ -59,22 +60,30 @@ class KindSpec:
     """Everything about one record kind."""
 
     kind: RecordKind
-    record: RecordSchema
+    history: tuple[RecordSchema, ...]  # every version, oldest first (k2.schema.evolution); the last is written
     partition: tuple[str, str, str]  # (source column, transform, partition field name); ``day`` only today
     sort: tuple[str, ...]  # sort order columns, ascending; the writer sorts each file by them
     time_column: str  # the column a time-range query filters on
     topic_part: str  # ``market.<asset_class>.<topic_part>.<venue>``
     ids: IdPolicy
 
+    def __post_init__(self) -> None:
+        check_history(self.history)
+
     @property
     def name(self) -> str:
         return self.kind.value
+
+    @property
+    def record(self) -> RecordSchema:
+        """The version the pipeline writes today."""
+        return self.history[-1]
 
 
 KINDS: dict[RecordKind, KindSpec] = {
     RecordKind.TRADES: KindSpec(
         kind=RecordKind.TRADES,
-        record=TRADE,
+        history=TRADE_VERSIONS,
         partition=("timestamp", "day", "timestamp_day"),
         sort=("symbol", "timestamp"),
         time_column="timestamp",
@@ -83,7 +92,7 @@ KINDS: dict[RecordKind, KindSpec] = {
     ),
     RecordKind.QUOTES: KindSpec(
         kind=RecordKind.QUOTES,
-        record=QUOTE,
+        history=QUOTE_VERSIONS,
         partition=("ingestion_timestamp", "day", "ingestion_day"),
         sort=("symbol", "ingestion_timestamp"),
         time_column="ingestion_timestamp",
@@ -92,7 +101,7 @@ KINDS: dict[RecordKind, KindSpec] = {
     ),
     RecordKind.QUALITY_EVENTS: KindSpec(
         kind=RecordKind.QUALITY_EVENTS,
-        record=QUALITY_EVENT,
+        history=(QUALITY_EVENT,),
         partition=("detected_at", "day", "detected_day"),
         sort=("symbol",),
         time_column="detected_at",
@@ -113,8 +122,9 @@ def spec(kind: RecordKind | str) -> KindSpec:
         raise KeyError(f"unknown record kind {kind!r}; known: {', '.join(k.value for k in RecordKind)}") from None
 
 
-PIPELINE_COLUMNS = ("platform_sequence", "is_sample_data")
-"""Columns K2 stamps after deduplication (:func:`k2.feed.stamp.stamp`); parsers never set them."""
+PIPELINE_COLUMNS = ("platform_sequence", "is_sample_data", "instrument")
+"""Columns K2 stamps after deduplication (:func:`k2.feed.stamp.stamp`); parsers never set them. The
+canonical ``instrument`` comes from the venue's symbol rules, which the feed holds."""
 
 
 @cache

@@ -10,7 +10,8 @@ Version 2 makes ``bid_size`` and ``ask_size`` optional: a venue may publish the 
 the quantities resting there (Coinbase Exchange ``ticker`` messages carried no sizes until about
 2022), and a size K2 was not sent is stored as null, never made up. BACKWARD compatible with v1
 (docs/kafka.md): a v2 reader reads v1 data; an Iceberg table created with v1 has the two columns
-relaxed to optional when it is opened (:func:`k2.lake.catalog.load_or_create_table`).
+relaxed to optional when a writer opens it, and a new table is created at v1 and relaxed in the same
+commit (:func:`k2.lake.catalog.load_or_create_table`, :mod:`k2.schema.evolution`).
 
 Field ids: top-level fields 1..16, then the nested ones (17, 18), the order in which Iceberg assigns
 fresh ids when a table is created, so the table's ids are the declared ones.
@@ -67,3 +68,7 @@ QUOTE_V2 = RecordSchema(
 
 QUOTE = QUOTE_V2
 """The quote schema the pipeline writes today."""
+
+QUOTE_VERSIONS: tuple[RecordSchema, ...] = (QUOTE_V1, QUOTE_V2)
+"""Every version, oldest first: tables are created from the first and evolved through the rest
+(:mod:`k2.schema.evolution`)."""

@@ -1,4 +1,4 @@
-"""The canonical trade record, schema version 2. Declared once; every other form is derived.
+"""The canonical trade record, schema version 3. Declared once; every other form is derived.
 
 Decimal precision/scale: Binance spot sends 8 decimals, Coinbase up to 10, Kraken up to 10;
 ``decimal(38, 12)`` keeps 12 fractional digits (every venue's strings fit exactly, a value with
@@ -72,10 +72,6 @@ TRADE_V2 = RecordSchema(
     ),
 )
 
-TRADE = TRADE_V2
-"""The trade schema the pipeline writes today."""
-
-
 TRADE_V3 = RecordSchema(
     name="Trade",
     namespace="k2.market_data",
@@ -85,12 +81,20 @@ TRADE_V3 = RecordSchema(
         *TRADE_V2.fields,
         Field(
             20,
-            "venue_region",
+            "instrument",
             StringType(),
-            "Region of the venue's matching engine (e.g. ap-northeast-1), when known. Added in v3.",
+            "Canonical instrument BASE/QUOTE (e.g. BTC/USDT), from the venue's symbol rules. Added in v3: "
+            "null in rows written before.",
             False,
         ),
     ),
 )
-"""Schema v3: v2 plus one optional field. BACKWARD compatible with v2 (docs/kafka.md); not yet the
-pipeline's schema (``TRADE`` stays v2): it exists to prove and test registry-compatible evolution."""
+"""Schema v3: v2 plus the canonical ``instrument`` (optional, id 20: the id Iceberg gives the column it
+adds to a v2 table). BACKWARD compatible with v2: a v3 reader decodes v2 messages with a null
+instrument (docs/kafka.md); a v2 table gains the column on start (:mod:`k2.schema.evolution`)."""
+
+TRADE = TRADE_V3
+"""The trade schema the pipeline writes today."""
+
+TRADE_VERSIONS: tuple[RecordSchema, ...] = (TRADE_V2, TRADE_V3)
+"""Every version, oldest first: tables are created from the first and evolved through the rest."""

@@ -15,10 +15,9 @@ from k2.config import K2Settings
 from k2.errors import ConfigError
 from k2.feed.capture import RawFeed, RecordingSink
 from k2.feed.runner import FeedRunner
+from k2.feed.venues import feed_specs
 from k2.logging import get_logger
-from k2.schema.kinds import RecordKind
 from k2.services.lifecycle import stop_on_signals
-from k2.sources import load_venue
 from k2.sources.session import WebSocketSession
 
 log = get_logger(__name__)
@@ -38,17 +37,20 @@ async def capture(
     if duration_s is not None and duration_s <= 0:
         raise ConfigError("duration_s must be positive")
     source = settings.source
-    venue = load_venue(source.venue)
+    specs = feed_specs(source, ws_url=url)
+    if len(specs) != 1:
+        raise ConfigError("a recording holds one venue's frames: capture one venue at a time")
+    (spec,) = specs
+    venue = spec.venue
     parser = venue.build_parser(
-        source.symbols, [RecordKind(k) for k in source.kinds], rules=venue.rules(),
-        validation=source.validation, is_sample_data=False,
-    )  # fmt: skip
-    urls = parser.stream_urls(url or source.ws_url or venue.ws_url)
+        spec.symbols, spec.kinds, rules=venue.rules(), validation=source.validation, is_sample_data=False
+    )
+    urls = parser.stream_urls(spec.ws_url or venue.ws_url)
     subscribe = parser.subscribe_messages()
     sessions = [WebSocketSession(u, venue=venue.name, settings=source, subscribe_messages=subscribe) for u in urls]
     sink = RecordingSink(out, max_frames)
     runner = FeedRunner([RawFeed(venue, parser, sessions)], sink, flush_rows=1, flush_seconds=1.0)
-    log.info("capture.start", venue=venue.name, symbols=list(source.symbols), out=str(out))
+    log.info("capture.start", venue=venue.name, symbols=list(parser.symbols), out=str(out))
     timer = asyncio.get_running_loop().call_later(duration_s, runner.stop) if duration_s is not None else None
     try:
         with stop_on_signals(runner.stop, asyncio.get_running_loop()):  # a signal ends the recording cleanly

@@ -5,10 +5,10 @@ writer (with the writer's own commit retry off: :class:`~k2.bus.consumer.Iceberg
 itself, re-fencing and re-merging offsets on every attempt), then the consumer loop.
 
 One stream per record kind, each its own :class:`IcebergConsumer` with its own group and table,
-looked up in :mod:`k2.schema.kinds`: the venue's trades topic into the trades table (group
-``kafka.consumer_group``, the main thread), and on threads of their own its quotes topic into the
-quotes table (group ``<consumer_group>.quotes``) when ``source.kinds`` has quotes, and its
-quality-events topic (what `k2 ingest` observed: gaps, duplicates, anomalies) into the
+looked up in :mod:`k2.schema.kinds`: the venues' trades topics (one per venue of ``source.venues``)
+into the trades table (group ``kafka.consumer_group``, the main thread), and on threads of their own
+their quotes topics into the quotes table (group ``<consumer_group>.quotes``) when ``source.kinds``
+has quotes, and their quality-events topics (what `k2 ingest` observed: gaps, duplicates, anomalies) into the
 quality-events table (group ``<consumer_group>.quality``; a few messages a minute).
 """
 
@@ -30,11 +30,12 @@ from k2.bus.serde import AvroDecoder
 from k2.bus.topics import dlq_topic, kind_topic
 from k2.config import K2Settings, LakeSettings
 from k2.errors import LakeError
+from k2.feed.venues import feed_specs
 from k2.lake.catalog import load_or_create_table, open_catalog, table_name
 from k2.lake.writer import TableWriter
 from k2.logging import get_logger
 from k2.metrics import serve_metrics
-from k2.schema.kinds import RecordKind, spec
+from k2.schema.kinds import MARKET_KINDS, RecordKind, spec
 from k2.services.lifecycle import stop_on_signals
 from k2.services.maintain import scheduled_maintenance
 
@@ -42,8 +43,14 @@ log = get_logger(__name__)
 
 
 def default_topics(settings: K2Settings, kind: RecordKind = RecordKind.TRADES) -> list[str]:
-    """The configured venue's topic of ``kind``."""
-    return [kind_topic(settings.kafka.asset_class, kind, settings.source.venue)]
+    """The topic of ``kind`` of every configured venue that publishes it (``source.venues``, or
+    ``source.venue``; trades, the main stream, and quality events: every venue): one consumer, one
+    group and one table per kind, whatever the number of venues."""
+    return [
+        kind_topic(settings.kafka.asset_class, kind, fs.name)
+        for fs in feed_specs(settings.source)
+        if kind in (RecordKind.TRADES, RecordKind.QUALITY_EVENTS) or kind in fs.kinds
+    ]
 
 
 _GROUP_SUFFIX = {RecordKind.TRADES: "", RecordKind.QUOTES: ".quotes", RecordKind.QUALITY_EVENTS: ".quality"}
@@ -140,7 +147,8 @@ def run_consume(
     """
     consumer, registry = build_consumer(settings, topics)
     side: list[tuple[IcebergConsumer, SchemaRegistry]] = []
-    others = [RecordKind(k) for k in settings.source.kinds if k != RecordKind.TRADES]
+    served = {k for fs in feed_specs(settings.source) for k in fs.kinds}
+    others = [k for k in MARKET_KINDS if k in served and k is not RecordKind.TRADES]
     try:
         if topics is None:
             for kind in (*others, RecordKind.QUALITY_EVENTS):

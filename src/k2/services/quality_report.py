@@ -30,10 +30,12 @@ def _pred(kind: Any, column: str, value: object) -> BooleanExpression:
     return cast(BooleanExpression, kind(column, value))  # pyiceberg predicates take (term, literal)
 
 
-def _filter(time_column: str, symbol: str | None, day: date | None) -> BooleanExpression:
+def _filter(time_column: str, symbol: str | None, day: date | None, exchange: str | None = None) -> BooleanExpression:
     expr: BooleanExpression = AlwaysTrue()
     if symbol:
         expr = And(expr, _pred(EqualTo, "symbol", symbol.upper()))
+    if exchange:
+        expr = And(expr, _pred(EqualTo, "exchange", exchange.upper()))
     if day:
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
         expr = And(expr, _pred(GreaterThanOrEqual, time_column, start.isoformat()))
@@ -41,13 +43,16 @@ def _filter(time_column: str, symbol: str | None, day: date | None) -> BooleanEx
     return expr
 
 
-def quality_report(settings: K2Settings, *, symbol: str | None = None, day: date | None = None) -> pa.Table:
+def quality_report(
+    settings: K2Settings, *, symbol: str | None = None, day: date | None = None, exchange: str | None = None
+) -> pa.Table:
     """One row per (UTC day, exchange, symbol): trades, first/last id, expected vs stored, gaps
-    found/backfilled/unrecoverable/open, duplicates dropped, out-of-order, resets, anomalies by kind."""
+    found/backfilled/unrecoverable/open, duplicates dropped, out-of-order, resets, anomalies by kind.
+    Completeness is per venue (``exchange``), symbol and stream: several venues give rows of their own."""
     lake = settings.lake
     catalog = open_catalog(lake, create=False)  # a report creates nothing: no table there is an error
     trades = load_existing_table(catalog, lake, lake.trades_table).scan(
-        row_filter=_filter("timestamp", symbol, day),
+        row_filter=_filter("timestamp", symbol, day, exchange),
         selected_fields=("exchange", "symbol", "timestamp", "source_sequence", "vendor_data"),
     )
     try:
@@ -55,7 +60,8 @@ def quality_report(settings: K2Settings, *, symbol: str | None = None, day: date
     except LakeError:  # trades written before the quality-events table existed: no event recorded
         no_events = to_arrow(QUALITY_EVENT).empty_table()
         return build_report(trades.to_arrow(), no_events)
-    return build_report(trades.to_arrow(), events.scan(row_filter=_filter("trade_time", symbol, day)).to_arrow())
+    events_filter = _filter("trade_time", symbol, day, exchange)
+    return build_report(trades.to_arrow(), events.scan(row_filter=events_filter).to_arrow())
 
 
 def quality_report_dicts(settings: K2Settings, **kwargs: Any) -> list[dict[str, Any]]:

@@ -15,16 +15,19 @@ from k2.sources.symbols import SymbolInfo
 log = get_logger(__name__)
 
 
-def resolve_symbol_info(settings: K2Settings) -> dict[str, SymbolInfo] | None:
-    """The venue's live symbol metadata (e.g. Binance exchangeInfo, cached) from its REST URL; None (the
-    venue's documented offline rule) when the venue has none or it cannot be had."""
-    venue = load_venue(settings.source.venue)
-    url = settings.source.rest_url or venue.rest_url
-    if venue.metadata is None or url is None:
-        return None
-    loader = venue.load("metadata")
-    info: dict[str, SymbolInfo] | None = loader(settings, url)
-    return info
+def resolve_symbol_info(settings: K2Settings) -> dict[str, dict[str, SymbolInfo] | None]:
+    """Per venue of the run, its live symbol metadata (e.g. Binance exchangeInfo, cached) from its REST
+    URL; None (the venue's documented offline rule) when the venue has none or it cannot be had."""
+    out: dict[str, dict[str, SymbolInfo] | None] = {}
+    for name in settings.source.venue_names:
+        venue = load_venue(name)
+        url = settings.source.feed(name).rest_url or venue.rest_url
+        if venue.metadata is None or url is None:
+            out[name] = None
+            continue
+        loader = venue.load("metadata")
+        out[name] = loader(settings, url)
+    return out
 
 
 async def run_pipeline(

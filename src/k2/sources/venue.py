@@ -51,8 +51,9 @@ class VenueParser(Protocol):
     """One venue's wire protocol for one subscription. Pure.
 
     ``stream_urls`` and ``subscribe_messages`` ask the venue for exactly the subscription; ``parse``
-    turns frames into canonical rows per kind (without the pipeline columns ``platform_sequence``
-    and ``is_sample_data``: the feed stamps those after deduplication), quarantining every frame it
+    turns frames into canonical rows per kind (without the pipeline columns ``platform_sequence``,
+    ``is_sample_data`` and ``instrument``: the feed stamps those after deduplication, the instrument
+    from :meth:`SymbolRules.instrument`), quarantining every frame it
     cannot store with a reason, including frames of streams outside the subscription.
     """
 

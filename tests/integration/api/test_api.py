@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
@@ -49,7 +50,7 @@ def test_trade_pages_cover_the_table_exactly_once_in_key_order(live_api: LiveApi
             assert f"cursor={cursor}" in response.headers["Link"] and 'rel="next"' in response.headers["Link"]
     got = pa.concat_tables(pages)
     assert got.schema == TRADE_ARROW_SCHEMA
-    btc = api_lake.trades.filter(pa.compute.equal(api_lake.trades["symbol"], "BTCUSDT"))
+    btc = api_lake.trades.filter(pc.equal(api_lake.trades["symbol"], "BTCUSDT"))
     assert [p.num_rows for p in pages] == [4_000] * 4 + [btc.num_rows - 16_000]
     assert got.equals(_sorted(btc).cast(TRADE_ARROW_SCHEMA))
 
@@ -176,3 +177,30 @@ def test_errors_are_json_with_codes_and_no_server_paths(live_api: LiveApi, api_l
         assert set(error) == {"code", "message"} and error["message"]
         assert warehouse not in response.text and "Traceback" not in response.text, response.text
     assert "<path>" in cases["missing_file"].json()["error"]["message"]
+
+
+def test_the_instrument_parameter_selects_every_venue_symbol_of_it(
+    live_api: LiveApi, engine: QueryEngine, api_lake: Lake
+) -> None:
+    with live_api.client(live_api.keys.read) as http:
+        page = http.get("/v1/trades", params={"instrument": "btc/usdt", "limit": 100_000, "format": "arrow"})
+        bars = http.get("/v1/ohlcv", params={"instrument": "BTC/USDT", "interval": "5m"}).json()["data"]
+        vwap = http.get("/v1/vwap", params={"instrument": "ETH/USDT"}).json()
+        quality_response = http.get("/v1/quality", params={"instrument": "ETH/USDT"})
+        assert quality_response.status_code == 200, quality_response.text
+        quality = quality_response.json()["data"]
+        gaps = http.get("/v1/gaps", params={"instrument": "ETH/USDT"}).json()["data"]
+        neither = http.get("/v1/ohlcv")
+        both = http.get("/v1/vwap", params={"symbol": "BTCUSDT", "instrument": "BTC/USDT"})
+        malformed = http.get("/v1/trades", params={"instrument": "BTCUSDT"})
+    trades = pa.ipc.open_stream(page.content).read_all()
+    btc = api_lake.trades.filter(pc.equal(api_lake.trades["symbol"], "BTCUSDT"))
+    assert sorted(trades.column("message_id").to_pylist()) == sorted(btc.column("message_id").to_pylist())
+    assert set(trades.column("instrument").to_pylist()) == {"BTC/USDT"}
+    want = engine.ohlcv(instrument="BTC/USDT", interval="5m").to_pylist()
+    assert [(b["exchange"], b["bucket"], b["close"], b["trades"]) for b in bars] == [
+        ("BINANCE", w["bucket"].strftime("%Y-%m-%dT%H:%M:%S.%fZ"), str(w["close"]), w["trades"]) for w in want
+    ]
+    assert (vwap["instrument"], vwap["symbol"], Decimal(vwap["vwap"])) == ("ETH/USDT", None, engine.vwap("ETHUSDT"))
+    assert {r["symbol"] for r in quality} == {"ETHUSDT"} and [g["event_id"] for g in gaps] == ["gap-eth-1"]
+    assert neither.status_code == both.status_code == 400 and malformed.status_code == 422

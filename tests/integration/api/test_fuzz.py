@@ -26,14 +26,15 @@ from tests.integration.api.conftest import Lake, LiveApi
 pytestmark = pytest.mark.integration
 
 
-# What JSON Schema cannot say: whether a SQL text is valid, and whether a cursor is one the service
-# issued. For those two operations a schema-valid value may be refused with 400.
+# What JSON Schema cannot say: whether a SQL text is valid, whether a cursor is one the service issued,
+# and that bars and VWAP need exactly one of symbol and instrument (two optional query parameters). For
+# those operations a schema-valid request may be refused with 400.
 _ACCEPT_400 = {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "403", "404", "406"]}}
 CONFIG = SchemathesisConfig.from_dict(
     {
         "operations": [
             {"include-path": path, "checks": _ACCEPT_400}
-            for path in ("/v1/sql", "/v1/trades", "/v1/quotes", "/v1/asof")
+            for path in ("/v1/sql", "/v1/trades", "/v1/quotes", "/v1/asof", "/v1/ohlcv", "/v1/vwap", "/v1/bbo")
         ]
     }
 )

@@ -263,3 +263,21 @@ def test_quote_routes_without_a_quotes_table(
     assert len(asof["data"]) == 100 and asof["next_cursor"]
     assert all(r["bid_price"] is None and r["quote_received_at"] is None for r in asof["data"])
     assert {f["kind"] for f in feeds} == {"trades"}
+
+
+def test_the_quote_routes_take_the_instrument_as_the_selection(live_api: LiveApi, api_lake: Lake) -> None:
+    """``instrument`` goes through the shared Selection to every quote route: on this one-venue lake the
+    instrument's rows are its one venue symbol's, and JSON rows (validated models) carry the instrument."""
+    with live_api.client(live_api.keys.read) as http:
+        by_instrument = pa.concat_tables(_pages(http, "/v1/quotes", {"instrument": "eth/usdt", "limit": 50_000}))
+        spread = http.get("/v1/spread", params={"instrument": "ETH/USDT"}).json()["data"]
+        bbo = [http.get("/v1/bbo", params={**sel, "interval": "1m"}).json()["data"] for sel in (
+            {"instrument": "BTC/USDT"}, {"symbol": "BTCUSDT"})]  # fmt: skip
+        asof = http.get("/v1/asof", params={"instrument": "BTC/USDT", "limit": 50}).json()["data"]
+        neither = http.get("/v1/bbo", params={"interval": "1m"})
+    assert by_instrument.equals(_sorted(_of(api_lake.quotes, "ETHUSDT"), QUOTE_KEY).cast(QUOTE_ARROW_SCHEMA))
+    assert set(by_instrument.column("instrument").to_pylist()) == {"ETH/USDT"}
+    assert [(r["exchange"], r["symbol"]) for r in spread] == [("BINANCE", "ETHUSDT")]
+    assert bbo[0] == bbo[1] and len(bbo[0]) > 1
+    assert len(asof) == 50 and {(r["symbol"], r["instrument"]) for r in asof} == {("BTCUSDT", "BTC/USDT")}
+    assert neither.status_code == 400 and "symbol or an instrument" in neither.json()["error"]["message"]

@@ -27,6 +27,8 @@ def _operations(http: httpx.Client) -> list[tuple[str, str, dict[str, Any]]]:
     for path, methods in spec["paths"].items():
         for method, op in methods.items():
             params = {p["name"]: SAMPLE[p["name"]] for p in op.get("parameters", []) if p.get("required")}
+            if path in ("/v1/ohlcv", "/v1/vwap", "/v1/bbo"):  # a symbol or an instrument: OpenAPI cannot say one of two
+                params["symbol"] = SAMPLE["symbol"]
             found.append((method.upper(), path, params))
     return found
 

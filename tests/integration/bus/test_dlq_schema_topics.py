@@ -13,17 +13,22 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from k2.bus.admin import admin_client, ensure_topics, topic_specs
+from k2.bus.consumer import IcebergConsumer
 from k2.bus.registry import SchemaRegistry
 from k2.bus.serde import AvroDecoder, AvroEncoder, frame
 from k2.bus.topics import dlq_topic, value_subject
 from k2.config import K2Settings
 from k2.errors import IncompatibleSchema, TopicMismatch
+from k2.lake.catalog import load_or_create_table, open_catalog
+from k2.lake.writer import TableWriter
 from k2.metrics import CONSUMER_DEAD_LETTERS
-from k2.schema import TRADE, to_arrow
+from k2.query import QueryEngine
+from k2.schema import TRADE, TRADE_V2, TRADE_V3, to_iceberg
+from k2.schema.kinds import RecordKind
 from k2.schema.model import Field, LongType
-from k2.schema.trade import TRADE_V3
-from k2.services.consume import build_consumer
-from tests.integration.bus.conftest import assert_exactly, produce
+from k2.services.consume import build_consumer, default_topics
+from tests.integration.bus.conftest import assert_exactly, produce, table_rows
+from tests.unit.lake.test_evolution import _as_v2, _v2_table
 
 pytestmark = pytest.mark.integration
 
@@ -90,35 +95,55 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_never_stall(
     assert b"987654" in dict(letters[1][1])["k2.dlq.error"]
 
 
-def test_v3_is_backward_compatible_and_both_readers_read_both(
+def test_an_upgrade_reads_the_old_table_and_the_old_messages(
     bus_settings: K2Settings, recording_batch: pa.RecordBatch
 ) -> None:
+    """Before: a K2 at trade v2 produced 300 messages (schema v2) and its consumer wrote 200 of them to a
+    v2 table. After the upgrade: the producer registers v3 (BACKWARD compatible: the registry accepts it)
+    and sends 300 more; the new consumer evolves the table on start and consumes the rest of the v2
+    messages and the v3 ones, exactly once. Old rows and old messages have no instrument; queries by
+    instrument find them by their venue symbol. A consumer not upgraded yet still reads v3 messages."""
     settings = bus_settings.model_copy(update={"kafka": bus_settings.kafka.model_copy(update={"partitions": 1})})
-    v2_rows = recording_batch.slice(0, 300)
-    v3_source = recording_batch.slice(300, 300)
-    v3_rows = pa.RecordBatch.from_arrays(
-        [*v3_source.columns, pa.array(["eu-west-1"] * 300, pa.string())], schema=to_arrow(TRADE_V3)
-    )
-    topic = produce(settings, v2_rows)
-    produce(settings, v3_rows, TRADE_V3)
+    v2_rows = _as_v2(recording_batch.slice(0, 300)).combine_chunks().to_batches()[0]
+    topic = produce(settings, v2_rows, TRADE_V2)
     registry = SchemaRegistry(settings.kafka.schema_registry_url)
     subject = value_subject(topic)
-    v2_id, v3_id = registry.register(subject, TRADE), registry.register(subject, TRADE_V3)
+    assert registry.is_compatible(subject, TRADE_V3) is True
+    v2_id = registry.register(subject, TRADE_V2)
+
+    lake = settings.lake
+    _v2_table(open_catalog(lake), lake)
+    old, old_registry = _v2_consumer(settings)
+    assert old.run(max_messages=200, idle_exit_s=2.0, duration_s=60).rows_committed >= 200
+    old_registry.close()
+    before = table_rows(settings).num_rows
+    assert 200 <= before < 300
+
+    produce(settings, recording_batch.slice(300, 300), TRADE_V3)
+    v3_id = registry.register(subject, TRADE_V3)
     assert v2_id != v3_id
-
-    # The v2 pipeline consumes both into the v2 table.
-    consumer, reg = build_consumer(settings)
-    assert consumer.run(idle_exit_s=2.0, duration_s=60).rows_committed == 600
+    consumer, reg = build_consumer(settings)  # evolves the table: trade v3
+    assert consumer.run(idle_exit_s=2.0, duration_s=60).rows_committed == 600 - before
     reg.close()
-    assert_exactly(settings, recording_batch.slice(0, 600))
+    table = load_or_create_table(open_catalog(lake), lake, RecordKind.TRADES)
+    assert table.schema() == to_iceberg(TRADE_V3)
+    got = table_rows(settings).sort_by("platform_sequence")
+    assert got.num_rows == 600 and len(set(got.column("message_id").to_pylist())) == 600
+    assert (
+        got.column("instrument").to_pylist()
+        == [None] * 300 + recording_batch.slice(300, 300).column("instrument").to_pylist()
+    )
+    btc = QueryEngine.from_settings(settings).query_trades(instrument="BTC/USDT", limit=1_000).table
+    want = [r["message_id"] for r in recording_batch.slice(0, 600).to_pylist() if r["symbol"] == "BTCUSDT"]
+    assert sorted(btc.column("message_id").to_pylist()) == sorted(want)
+    assert set(btc.column("instrument").to_pylist()) == {"BTC/USDT"}
 
-    # A v3 reader decodes both (v2 messages get the new field's default, null).
+    # A v2 reader (a consumer not upgraded yet) decodes both; a v3 reader too.
     values = [v for v, _, _, _ in _read_all(settings, topic, 600)]
-    decoded = AvroDecoder(TRADE_V3, registry.fetch).decode(values)
-    assert decoded.errors == []
-    rows = decoded.batch.to_pylist()
-    assert [r["venue_region"] for r in rows] == [None] * 300 + ["eu-west-1"] * 300
-    assert [r["message_id"] for r in rows] == recording_batch.slice(0, 600).column("message_id").to_pylist()
+    old_rows = AvroDecoder(TRADE_V2, registry.fetch).decode(values)
+    assert old_rows.errors == [] and old_rows.batch.to_pylist() == _as_v2(recording_batch.slice(0, 600)).to_pylist()
+    new_rows = AvroDecoder(TRADE_V3, registry.fetch).decode(values)
+    assert [r["instrument"] for r in new_rows.batch.to_pylist()][:300] == [None] * 300
 
     # An incompatible change (a new required field) is refused by the registry, by name.
     breaking = dataclasses.replace(
@@ -128,6 +153,20 @@ def test_v3_is_backward_compatible_and_both_readers_read_both(
     with pytest.raises(IncompatibleSchema, match=r"Trade v4 is not BACKWARD compatible .*-value"):
         registry.register(subject, breaking)
     registry.close()
+
+
+def _v2_consumer(settings: K2Settings) -> tuple[IcebergConsumer, SchemaRegistry]:
+    """The consumer a K2 at trade v2 ran: a v2 reader writing to the v2 table."""
+    lake = settings.lake
+    topic = default_topics(settings)[0]
+    writer = TableWriter(open_catalog(lake), (lake.namespace, lake.trades_table), lake)
+    registry = SchemaRegistry(settings.kafka.schema_registry_url)
+    decoder = AvroDecoder(TRADE_V2, registry.fetch)
+    kafka = settings.kafka.model_copy(update={"batch_size": 50})  # stops near max_messages
+    consumer = IcebergConsumer(
+        kafka, [topic], decoder, writer, flush_rows=100, flush_seconds=lake.flush_seconds, client_id="v2"
+    )
+    return consumer, registry
 
 
 def test_existing_topics_that_differ_from_the_settings_are_refused(bus_settings: K2Settings) -> None:

@@ -64,7 +64,7 @@ def test_the_session_lands_in_the_quotes_and_trades_tables_exactly_once(bus_sett
     faults = Faults(duplicate_every=997, reorder_every=1_009, crossed_every=5_000, disconnect_after=(60_000,))
     service, emu = asyncio.run(_ingest(settings, faults))
     recorded = _recorded_book_tickers()
-    quotes_producer = service.sink.producers[RecordKind.QUOTES]
+    quotes_producer = service.sink.producers[("binance", RecordKind.QUOTES)]
     assert quotes_producer.stats.delivered == len(recorded) == 131_932
     assert quotes_producer.stats.failed == 0
 

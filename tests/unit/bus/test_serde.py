@@ -13,10 +13,9 @@ import pytest
 
 from k2.bus.serde import AvroDecoder, AvroEncoder, WireFormatError, decimal_array, frame, unframe
 from k2.feed.stamp import parse_canonical
-from k2.schema import TRADE, TRADE_ARROW_SCHEMA, to_arrow, to_avro
+from k2.schema import TRADE, TRADE_ARROW_SCHEMA, TRADE_V2, TRADE_V3, to_arrow, to_avro
 from k2.schema.kinds import RecordKind
 from k2.schema.model import DecimalType, Field, RecordSchema
-from k2.schema.trade import TRADE_V3
 from k2.sources import RawFrame
 
 SCHEMA_ID = 42
@@ -204,36 +203,43 @@ def test_out_of_range_decimal_goes_to_errors_not_the_batch(trades: pa.RecordBatc
     assert [(i, e.reason) for i, e in result.errors] == [(1, "invalid_value")]
 
 
-def test_v2_reader_decodes_v3_messages_and_v3_reader_decodes_v2(trades: pa.RecordBatch) -> None:
-    schemas = {1: to_avro(TRADE), 2: to_avro(TRADE_V3)}
-    v2_values = AvroEncoder(1, TRADE).encode(trades.slice(0, 5))
-    v3_batch = _with_region(trades.slice(5, 5), "ap-northeast-1")
-    v3_values = AvroEncoder(2, TRADE_V3).encode(v3_batch)
-
-    v2_reader = _decoder(schemas, [])
-    mixed = v2_reader.decode(v2_values + v3_values)
-    assert mixed.errors == []
-    assert mixed.batch.to_pylist() == trades.slice(0, 10).to_pylist()
+def test_v3_reader_decodes_v2_messages_and_v2_reader_decodes_v3(trades: pa.RecordBatch) -> None:
+    """The upgrade's consumer (v3) reads the messages an older `k2 ingest` sent (v2: instrument null), and a
+    consumer not upgraded yet (v2) reads v3 messages (the instrument is skipped): both directions resolve."""
+    schemas = {1: to_avro(TRADE_V2), 2: to_avro(TRADE_V3)}
+    v2_values = AvroEncoder(1, TRADE_V2).encode(_as_v2(trades.slice(0, 5)))
+    v3_values = AvroEncoder(2, TRADE_V3).encode(trades.slice(5, 5))
 
     v3_reader = _decoder(schemas, [], TRADE_V3)
-    back = v3_reader.decode(v2_values + v3_values).batch.to_pylist()
-    assert [r["venue_region"] for r in back] == [None] * 5 + ["ap-northeast-1"] * 5
-    assert [{k: v for k, v in r.items() if k != "venue_region"} for r in back] == trades.slice(0, 10).to_pylist()
+    back = v3_reader.decode(v2_values + v3_values)
+    assert back.errors == []
+    rows = back.batch.to_pylist()
+    expected = trades.slice(0, 10).to_pylist()
+    assert [r["instrument"] for r in rows] == [None] * 5 + [r["instrument"] for r in expected[5:]]
+    assert {r["instrument"] for r in expected[5:]} <= {"BTC/USDT", "ETH/USDT"}  # stamped by the feed
+    assert [{k: v for k, v in r.items() if k != "instrument"} for r in rows] == [
+        {k: v for k, v in r.items() if k != "instrument"} for r in expected
+    ]
+
+    v2_reader = _decoder(schemas, [], TRADE_V2)
+    old = v2_reader.decode(v2_values + v3_values)
+    assert old.errors == []
+    assert old.batch.to_pylist() == _as_v2(trades.slice(0, 10)).to_pylist()
 
 
-def _with_region(batch: pa.RecordBatch, region: str) -> pa.RecordBatch:
-    from k2.schema import to_arrow
-
-    schema = to_arrow(TRADE_V3)
-    columns = [*batch.columns, pa.array([region] * batch.num_rows, pa.string())]
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
+def _as_v2(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A v3 batch as a K2 before v3 produced it (no instrument column)."""
+    schema = to_arrow(TRADE_V2)
+    return pa.RecordBatch.from_arrays([batch.column(f.name) for f in schema], schema=schema)
 
 
 def test_golden_v3_only_adds_an_optional_field() -> None:
-    v2, v3 = to_avro(TRADE), to_avro(TRADE_V3)
+    v2, v3 = to_avro(TRADE_V2), to_avro(TRADE_V3)
     assert v3["fields"][:-1] == v2["fields"]
+    assert v3["fields"][-1]["name"] == "instrument"
     assert v3["fields"][-1]["type"] == ["null", "string"]
     assert v3["fields"][-1]["default"] is None
+    assert v3["fields"][-1]["field-id"] == 20
     assert json.dumps(v3).count("field-id") == json.dumps(v2).count("field-id") + 1
 
 

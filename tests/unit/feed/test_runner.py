@@ -94,7 +94,7 @@ class _MemorySink(Sink):
         self.durable: list[int] = []  # rows per flush
         self.checkpoints: list[Checkpoint] = []
 
-    async def add(self, kind: RecordKind, batch: pa.RecordBatch) -> None:
+    async def add(self, kind: RecordKind, batch: pa.RecordBatch, venue: str) -> None:
         self.pending.append(batch)
 
     @property

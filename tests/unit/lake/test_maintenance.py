@@ -13,10 +13,10 @@ from pyiceberg.table import Table
 from k2.config import LakeSettings
 from k2.errors import LakeError
 from k2.lake import maintenance
-from k2.lake.catalog import TABLE_PROPERTIES, partition_spec, sort_order
+from k2.lake.catalog import create_table
 from k2.lake.writer import TableWriter
 from k2.metrics import REGISTRY
-from k2.schema import TRADE, TRADE_ARROW_SCHEMA, to_iceberg
+from k2.schema import TRADE_ARROW_SCHEMA
 from k2.schema.kinds import RecordKind
 from tests.unit.lake.files import files_on_disk, referenced_files
 
@@ -128,13 +128,7 @@ def test_table_stats_counts_exactly(catalog: Catalog, lake: LakeSettings, trades
 
 def _unmerged_table(catalog: Catalog, lake: LakeSettings) -> tuple[str, str]:
     identifier = (lake.namespace, "unmerged")
-    catalog.create_table(
-        identifier,
-        schema=to_iceberg(TRADE),
-        partition_spec=partition_spec(RecordKind.TRADES),
-        sort_order=sort_order(RecordKind.TRADES),
-        properties={**TABLE_PROPERTIES, "commit.manifest-merge.enabled": "false"},
-    )
+    create_table(catalog, identifier, RecordKind.TRADES, properties={"commit.manifest-merge.enabled": "false"})
     return identifier
 
 

@@ -13,7 +13,8 @@ from pyiceberg.transforms import DayTransform, IdentityTransform
 
 from k2.config import LakeSettings
 from k2.feed.stamp import parse_canonical
-from k2.lake.catalog import TABLE_PROPERTIES, load_or_create_table, open_catalog
+from k2.lake.catalog import create_table as create_kind_table
+from k2.lake.catalog import load_or_create_table, open_catalog
 from k2.query import QueryEngine
 from k2.schema import TRADE, to_iceberg
 from k2.schema.kinds import RecordKind
@@ -50,9 +51,7 @@ def day_symbol_spec() -> PartitionSpec:
 
 
 def create_table(catalog: Catalog, lake: LakeSettings, spec: PartitionSpec) -> None:
-    catalog.create_table(
-        (lake.namespace, lake.trades_table), schema=to_iceberg(TRADE), partition_spec=spec, properties=TABLE_PROPERTIES
-    )
+    create_kind_table(catalog, (lake.namespace, lake.trades_table), RecordKind.TRADES, partition=spec)
 
 
 @pytest.fixture(scope="module")

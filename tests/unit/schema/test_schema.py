@@ -15,7 +15,7 @@ from pyiceberg.types import DecimalType, ListType, MapType, TimestamptzType
 from k2.config import LakeSettings
 from k2.feed.stamp import parse_canonical
 from k2.lake.catalog import load_or_create_table, open_catalog
-from k2.schema import TRADE, TRADE_ARROW_SCHEMA, to_avro, to_iceberg
+from k2.schema import TRADE, TRADE_ARROW_SCHEMA, TRADE_V2, TRADE_V3, to_avro, to_iceberg
 from k2.schema.golden import GOLDEN_DIR, golden_files
 from k2.schema.kinds import RecordKind, spec
 from k2.sources import RawFrame
@@ -37,10 +37,17 @@ def test_golden_files_match_the_definition() -> None:
 
 
 def test_trade_v2_has_the_prototype_fields_plus_is_sample_data() -> None:
-    assert TRADE.version == 2
-    assert list(TRADE.names) == [*PROTOTYPE_FIELDS, "is_sample_data"]
-    ids = TRADE.all_ids()
+    assert TRADE_V2.version == 2
+    assert list(TRADE_V2.names) == [*PROTOTYPE_FIELDS, "is_sample_data"]
+    ids = TRADE_V2.all_ids()
     assert len(ids) == len(set(ids)), "field ids must be unique"
+
+
+def test_trade_v3_is_v2_plus_the_optional_instrument_with_the_id_iceberg_adds_it_with() -> None:
+    assert TRADE is TRADE_V3 and TRADE.version == 3
+    assert list(TRADE.names) == [*PROTOTYPE_FIELDS, "is_sample_data", "instrument"]
+    added = TRADE.field("instrument")
+    assert (added.id, added.required) == (max(TRADE_V2.all_ids()) + 1, False) == (20, False)
 
 
 def test_iceberg_types_are_real_decimals_lists_maps_and_utc_timestamps() -> None:
@@ -50,7 +57,7 @@ def test_iceberg_types_are_real_decimals_lists_maps_and_utc_timestamps() -> None
     assert schema.find_field("timestamp").field_type == TimestamptzType()
     assert isinstance(schema.find_field("vendor_data").field_type, MapType)
     assert isinstance(schema.find_field("trade_conditions").field_type, ListType)
-    assert [f.field_id for f in schema.fields] == list(range(1, 17))
+    assert [f.field_id for f in schema.fields] == [*range(1, 17), 20]
 
 
 def test_arrow_schema_agrees_with_pyiceberg_derivation(bundled_frames: list[RawFrame]) -> None:
@@ -101,7 +108,7 @@ def test_avro_side_is_an_enum_and_decimals_are_bytes() -> None:
 
 
 def test_arrow_schema_carries_field_ids() -> None:
-    for i, f in enumerate(TRADE_ARROW_SCHEMA, start=1):
+    for i, f in zip([*range(1, 17), 20], TRADE_ARROW_SCHEMA, strict=True):
         assert f.metadata[b"PARQUET:field_id"] == str(i).encode()
     assert TRADE_ARROW_SCHEMA.field("price").type == pa.decimal128(38, 12)
 

@@ -77,7 +77,6 @@ def book_ticker_batch(
     columns: dict[str, pa.Array] = {
         "message_id": message_ids(EXCHANGE, symbols, update_ids.tolist(), QUOTE_TAG),
         "symbol": symbol_arr,
-        "instrument": by_symbol(symbol_arr, {s: i.name for s, i in instruments.items()}),
         "exchange": pa.repeat(EXCHANGE, m),
         "asset_class": pa.repeat(ASSET_CLASS, m),
         "timestamp": pa.nulls(m, UTC_US),

@@ -51,6 +51,7 @@ def test_rest_trades_parse_to_canonical_rows_marked_backfilled() -> None:
             ("backfilled", "true"),
         ],
         "is_sample_data": False,
+        "instrument": "BTC/USDT",
     }
 
 
