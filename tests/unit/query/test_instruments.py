@@ -148,6 +148,7 @@ def test_the_planner_prunes_files_by_the_instruments_metrics(
         "AGGTEST:DOTUSDT",
         "BINANCE:DOTUSDT",
         "COINBASE:DOT-USDT",
+        "KRAKEN:DOT/USDT",
     )
     assert _planned(engine, "BTC/USDT") == {
         ("BINANCE", "BTCUSDT", False), ("BINANCE", "BTCUSDT", True), ("AGGTEST", "BTCUSDT", True),

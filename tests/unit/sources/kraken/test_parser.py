@@ -81,6 +81,7 @@ def test_the_recorded_trade_snapshot_parses_field_by_field() -> None:
         "message_id": str(uuid.uuid5(K2_NAMESPACE, "KRAKEN:BTC/USD:70635251")),
         "trade_id": "70635251",
         "symbol": "BTC/USD",
+        "instrument": "BTC/USD",
         "exchange": "KRAKEN",
         "asset_class": "crypto",
         "timestamp": _utc("2024-05-27T12:33:10.826003"),
