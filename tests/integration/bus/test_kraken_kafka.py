@@ -59,7 +59,7 @@ def test_kraken_faults_are_repaired_through_kafka_exactly_once(bus_settings: K2S
     withheld = withheld_ids()
     # Duplicates never reached the topic: what was produced is the recording, once.
     assert service.producer.stats.delivered == TOTAL and service.producer.stats.failed == 0
-    assert service.sink.producers[RecordKind.QUOTES].stats.delivered == 2
+    assert service.sink.producers[("kraken", RecordKind.QUOTES)].stats.delivered == 2
     assert service.stats.backfilled == len(withheld)
     want = expected_faults(FAULT_PLAN)
     stats = service.get_stats()["quality"]
