@@ -34,7 +34,7 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -266,64 +266,73 @@ def open_page(
     plan = plan_of(worker, series.kind, sel)
     if plan is None or not plan.files:
         return Page(None, None)
+    page = Page(None, None)
+    bound: list[tuple[Any, ...]] = []
+    if plan.rows > limit:  # metadata says the page may not hold everything: find its last row
+        bound = _bound(worker, series, sel, plan, after, limit, probe, page)
+    where, params = _where(series, plan, after)
+    if bound:
+        clause, names = _key_clause(series, "u", "<=")
+        where += clause
+        params.update(zip(names, bound[0], strict=True))
+        if len(bound) == 2:
+            page.next_key = tuple(bound[0])
+    columns = json_projection(series.schema) if json_rows else ", ".join(sql.quote_ident(f.name) for f in series.schema)
+    order = ", ".join(p.expr for p in series.key)
+    source = sql.parquet_source(series.schema)  # by field id: files from before a column read it as null
+    text = f"SELECT {columns} FROM {source} WHERE {where} ORDER BY {order}"  # noqa: S608
+    page.reader = worker.con.sql(text, params=params).to_arrow_reader(batch_rows)
+    return page
+
+
+def _where(series: Series, plan: ScanPlan, after: tuple[Any, ...] | None) -> tuple[str, dict[str, object]]:
+    """The WHERE clause and parameters of ``plan``'s rows after the cursor's key."""
     where, params = plan.sql_where()
     params["files"] = list(plan.files)
     if after is not None:
         clause, names = _key_clause(series, "c", ">")
         where += clause
         params.update(zip(names, after, strict=True))
-    order = ", ".join(p.expr for p in series.key)
-    source = sql.parquet_source(series.schema)  # by field id: files from before a column read it as null
-    next_key: tuple[Any, ...] | None = None
-    page = Page(None, None)
-    if plan.rows > limit:  # metadata says the page may not hold everything: find its last row
-        rows = _bound(worker, series, where, params, limit, page, probe.windows(plan, sel.start, sel.end, limit))
-        if rows:
-            clause, names = _key_clause(series, "u", "<=")
-            where += clause
-            params.update(zip(names, rows[0], strict=True))
-            if len(rows) == 2:
-                next_key = tuple(rows[0])
-    columns = json_projection(series.schema) if json_rows else ", ".join(sql.quote_ident(f.name) for f in series.schema)
-    text = f"SELECT {columns} FROM {source} WHERE {where} ORDER BY {order}"  # noqa: S608
-    page.reader = worker.con.sql(text, params=params).to_arrow_reader(batch_rows)
-    page.next_key = next_key
-    return page
+    return where, params
 
 
 def _bound(
     worker: Worker,
     series: Series,
-    where: str,
-    params: dict[str, object],
+    sel: Selection,
+    plan: ScanPlan,
+    after: tuple[Any, ...] | None,
     limit: int,
+    probe: Probe,
     page: Page,
-    windows: list[int],
 ) -> list[tuple[Any, ...]]:
     """The keys of the ``limit``-th and ``(limit+1)``-th rows in key order (fewer at the end), looked
-    for in each of ``windows`` (time < bound) before over every row.
+    for in each of ``probe``'s windows (the selection up to a time, planned: only its files are read)
+    before over every planned row.
 
-    Why a window's answer is exact: the key starts with the time column, so every row with time < T
-    comes before every row with time >= T. The window's rows in key order are therefore the first rows
-    of the whole selection's, and when the window holds a (limit+1)-th row, that row and the one before
-    are the same as the whole query's. Rows tied on time at T are all outside the window, none split
-    across it. A window with fewer rows proves nothing (the next page may start after it): try the next.
+    Why a window's answer is exact: the key starts with the time column (the one the plan's end bounds,
+    end-exclusive), so every row with time < T comes before every row with time >= T. The window's rows
+    in key order are therefore the first rows of the whole selection's, and when the window holds a
+    (limit+1)-th row, that row and the one before are the same as the whole query's. Rows tied on time
+    at T are all outside the window, none split across it. A window with fewer rows proves nothing
+    (the next page may start after it): try the next.
     """
     aliases = ", ".join(f"{p.expr} AS k{i}" for i, p in enumerate(series.key))
     order = ", ".join(p.expr for p in series.key)
     source = sql.parquet_source(series.schema)
 
-    def run(extra: str, more: dict[str, object]) -> list[tuple[Any, ...]]:
-        text = f"SELECT {aliases} FROM {source} WHERE {where}{extra} ORDER BY {order} LIMIT 2 OFFSET $offset"  # noqa: S608
-        return worker.con.execute(text, {**params, **more, "offset": limit - 1}).fetchall()
+    def run(scan: ScanPlan) -> list[tuple[Any, ...]]:
+        where, params = _where(series, scan, after)
+        text = f"SELECT {aliases} FROM {source} WHERE {where} ORDER BY {order} LIMIT 2 OFFSET $offset"  # noqa: S608
+        return worker.con.execute(text, {**params, "offset": limit - 1}).fetchall()
 
-    for bound in windows:
+    for end in probe.windows(plan, sel.start, sel.end, limit):
         page.windows += 1
-        rows = run(f" AND {series.key[0].expr} < $window_end", {"window_end": from_us(bound)})
-        if len(rows) == 2:
+        window = plan_of(worker, series.kind, replace(sel, end=from_us(end)))
+        if window is not None and window.files and len(rows := run(window)) == 2:
             return rows
     page.unbounded = True
-    return run("", {})
+    return run(plan)
 
 
 def cursor_headers(path: str, query: Mapping[str, str], cursor: str | None) -> dict[str, str]:
