@@ -22,7 +22,9 @@ a later query of that range, not behind a cursor that already passed it.
 **How a page is read.** One query over the key columns only finds the ``limit``-th row (and whether
 one more exists): its key bounds the page and becomes ``next_cursor``, known before the first byte is
 sent (so it can go in a header for CSV/Arrow/Parquet too). The full-width query then streams exactly
-the rows between the two keys, ordered, through DuckDB's record-batch reader.
+the rows between the two keys, ordered, through DuckDB's record-batch reader. Finding that row first
+tries small time windows after the page's start (:meth:`Probe.windows`): without an end time the
+bound query would otherwise order every later row of the selection.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -176,6 +178,44 @@ def _from_us(us: int) -> datetime:
 class Page:
     reader: pa.RecordBatchReader | None  # None: nothing matched
     next_key: tuple[Any, ...] | None
+    windows: int = 0  # time windows the bound was looked for in (see Probe.windows)
+    unbounded: bool = False  # the bound was looked for over every planned row
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How :func:`open_page` sizes the time windows it looks for a page's bound in (see :meth:`windows`)."""
+
+    rows: int = 4  # the first window should hold about rows × (limit + 1) rows at the plan's mean rate
+    growth: int = 8  # each next window is this many times wider
+    tries: int = 3  # windows tried before the query over every planned row
+
+    def windows(self, plan: ScanPlan, start: datetime | None, end: datetime | None, limit: int) -> list[int]:
+        """End-exclusive time bounds (µs) of the windows ``[start, bound)`` to look for a page's bound in.
+
+        Why: the ``limit``-th row of a selection with no end is found by ordering every later row (~100 ms
+        for a 1,000-row page from a random minute of a 10M-row table); a window holding a few pages' worth
+        of rows orders only those. The first window is sized from the plan's metadata (its rows over its
+        time span: a mean rate, an over-estimate for one symbol of many-symbol files, so the window may
+        have to widen). No windows when the metadata says nothing, nor once a window would reach past the
+        planned rows' last time (or the selection's end): that window is the whole query.
+        """
+        first, last = plan.min_timestamp_us, plan.max_timestamp_us
+        if first is None or last is None or plan.rows <= 0 or self.tries <= 0:
+            return []
+        low = first if start is None else max(first, to_us(start))
+        stop = last + 1 if end is None else min(last + 1, to_us(end))
+        width = max(1, -(-self.rows * (limit + 1) * (last - first + 1) // plan.rows))  # ceiling division
+        bounds = []
+        for _ in range(self.tries):
+            if low + width >= stop:
+                break
+            bounds.append(low + width)
+            width *= max(2, self.growth)
+        return bounds
+
+
+PROBE = Probe()
 
 
 def _key_clause(series: Series, prefix: str, op: str) -> tuple[str, list[str]]:
@@ -214,9 +254,11 @@ def open_page(
     limit: int,
     batch_rows: int,
     json_rows: bool = False,
+    probe: Probe = PROBE,
 ) -> Page:
     """Plan, bound and open one page of ``series`` (runs in a worker thread); with ``json_rows`` the
-    reader yields each row's JSON text (:func:`json_projection`) instead of the columns."""
+    reader yields each row's JSON text (:func:`json_projection`) instead of the columns; ``probe``
+    sizes the time windows the page's bound is looked for in first (``Probe(tries=0)``: none)."""
     if after is not None and (sel.start is None or after[0] > sel.start):
         sel = sel.from_start(after[0])  # prune files before the cursor
     if sel.empty:
@@ -224,32 +266,73 @@ def open_page(
     plan = plan_of(worker, series.kind, sel)
     if plan is None or not plan.files:
         return Page(None, None)
+    page = Page(None, None)
+    bound: list[tuple[Any, ...]] = []
+    if plan.rows > limit:  # metadata says the page may not hold everything: find its last row
+        bound = _bound(worker, series, sel, plan, after, limit, probe, page)
+    where, params = _where(series, plan, after)
+    if bound:
+        clause, names = _key_clause(series, "u", "<=")
+        where += clause
+        params.update(zip(names, bound[0], strict=True))
+        if len(bound) == 2:
+            page.next_key = tuple(bound[0])
+    columns = json_projection(series.schema) if json_rows else ", ".join(sql.quote_ident(f.name) for f in series.schema)
+    order = ", ".join(p.expr for p in series.key)
+    source = sql.parquet_source(series.schema)  # by field id: files from before a column read it as null
+    text = f"SELECT {columns} FROM {source} WHERE {where} ORDER BY {order}"  # noqa: S608
+    page.reader = worker.con.sql(text, params=params).to_arrow_reader(batch_rows)
+    return page
+
+
+def _where(series: Series, plan: ScanPlan, after: tuple[Any, ...] | None) -> tuple[str, dict[str, object]]:
+    """The WHERE clause and parameters of ``plan``'s rows after the cursor's key."""
     where, params = plan.sql_where()
     params["files"] = list(plan.files)
     if after is not None:
         clause, names = _key_clause(series, "c", ">")
         where += clause
         params.update(zip(names, after, strict=True))
+    return where, params
+
+
+def _bound(
+    worker: Worker,
+    series: Series,
+    sel: Selection,
+    plan: ScanPlan,
+    after: tuple[Any, ...] | None,
+    limit: int,
+    probe: Probe,
+    page: Page,
+) -> list[tuple[Any, ...]]:
+    """The keys of the ``limit``-th and ``(limit+1)``-th rows in key order (fewer at the end), looked
+    for in each of ``probe``'s windows (the selection up to a time, planned: only its files are read)
+    before over every planned row.
+
+    Why a window's answer is exact: the key starts with the time column (the one the plan's end bounds,
+    end-exclusive), so every row with time < T comes before every row with time >= T. The window's rows
+    in key order are therefore the first rows of the whole selection's, and when the window holds a
+    (limit+1)-th row, that row and the one before are the same as the whole query's. Rows tied on time
+    at T are all outside the window, none split across it. A window with fewer rows proves nothing
+    (the next page may start after it): try the next.
+    """
+    aliases = ", ".join(f"{p.expr} AS k{i}" for i, p in enumerate(series.key))
     order = ", ".join(p.expr for p in series.key)
-    source = sql.parquet_source(series.schema)  # by field id: files from before a column read it as null
-    next_key: tuple[Any, ...] | None = None
-    if plan.rows > limit:  # metadata says the page may not hold everything: find its last row
-        aliases = ", ".join(f"{p.expr} AS k{i}" for i, p in enumerate(series.key))
-        bound_sql = (
-            f"SELECT {aliases} FROM {source} WHERE {where} "  # noqa: S608 - code constants
-            f"ORDER BY {order} LIMIT 2 OFFSET $offset"
-        )
-        rows = worker.con.execute(bound_sql, {**params, "offset": limit - 1}).fetchall()
-        if rows:
-            clause, names = _key_clause(series, "u", "<=")
-            where += clause
-            params.update(zip(names, rows[0], strict=True))
-            if len(rows) == 2:
-                next_key = tuple(rows[0])
-    columns = json_projection(series.schema) if json_rows else ", ".join(sql.quote_ident(f.name) for f in series.schema)
-    text = f"SELECT {columns} FROM {source} WHERE {where} ORDER BY {order}"  # noqa: S608
-    reader = worker.con.sql(text, params=params).to_arrow_reader(batch_rows)
-    return Page(reader, next_key)
+    source = sql.parquet_source(series.schema)
+
+    def run(scan: ScanPlan) -> list[tuple[Any, ...]]:
+        where, params = _where(series, scan, after)
+        text = f"SELECT {aliases} FROM {source} WHERE {where} ORDER BY {order} LIMIT 2 OFFSET $offset"  # noqa: S608
+        return worker.con.execute(text, {**params, "offset": limit - 1}).fetchall()
+
+    for end in probe.windows(plan, sel.start, sel.end, limit):
+        page.windows += 1
+        window = plan_of(worker, series.kind, replace(sel, end=from_us(end)))
+        if window is not None and window.files and len(rows := run(window)) == 2:
+            return rows
+    page.unbounded = True
+    return run(plan)
 
 
 def cursor_headers(path: str, query: Mapping[str, str], cursor: str | None) -> dict[str, str]:
