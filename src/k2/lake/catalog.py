@@ -192,7 +192,10 @@ def create_table(
         },
     )  # fmt: skip
     _add_missing(tx, s, {f.name: f.required for f in first.fields}, ".".join(identifier))
-    tx.commit_transaction()  # answers the staged table, which cannot be scanned: load the committed one
+    try:
+        tx.commit_transaction()  # answers the staged table, which cannot be scanned: load the committed one
+    except CommitFailedException as exc:  # its one requirement failed: another process created the table first
+        raise TableAlreadyExistsError(f"{'.'.join(identifier)} was created meanwhile") from exc
     return _checked(catalog.load_table(identifier), s)
 
 
