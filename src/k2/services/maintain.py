@@ -20,18 +20,20 @@ from pyiceberg.catalog import Catalog
 
 from k2.config import K2Settings, load_settings
 from k2.errors import K2Error
-from k2.lake.catalog import open_catalog
+from k2.lake.catalog import open_catalog, table_name
 from k2.lake.compaction import small_file_bytes
 from k2.lake.health import table_health
 from k2.lake.upkeep import MaintenanceReport, export_health, maintain_table
 from k2.logging import get_logger
+from k2.schema.kinds import RecordKind
 
 log = get_logger(__name__)
 
 
 def k2_tables(settings: K2Settings) -> list[str]:
-    """The tables K2 writes: trades and quality events."""
-    return [settings.lake.trades_table, settings.lake.events_table]
+    """The tables K2 writes: one per record kind (trades, quotes) and the quality events."""
+    lake = settings.lake
+    return [table_name(lake, kind) for kind in (RecordKind.TRADES, RecordKind.QUOTES, RecordKind.QUALITY_EVENTS)]
 
 
 def with_policy(
@@ -127,6 +129,8 @@ class ScheduledMaintenance:
                 if self._stop.is_set():
                     return
                 try:
+                    if not catalog.table_exists((lake.namespace, name)):
+                        continue  # a kind this process has not written yet (or at all)
                     if policy.schedule and not first:
                         maintain_table(catalog, (lake.namespace, name), lake)
                     else:  # at start, or when only the health is wanted
