@@ -43,8 +43,18 @@ def _stderr_logger(*_: Any) -> structlog.PrintLogger:
     return structlog.PrintLogger(file=sys.stderr)
 
 
+_configured: tuple[str, LogFormat] = ("INFO", "console")
+
+
+def logging_config() -> tuple[str, LogFormat]:
+    """The (level, format) of the last :func:`configure_logging`: a child process configures the same."""
+    return _configured
+
+
 def configure_logging(level: str = "INFO", fmt: LogFormat = "console") -> None:
     """Configure structlog (and the stdlib root logger it renders through) once per process."""
+    global _configured
+    _configured = (level, fmt)
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"

@@ -69,6 +69,8 @@ class MaintenanceReport:
     orphans: OrphanSweep | None = None
     seconds: float = 0.0
     errors: dict[str, str] = field(default_factory=dict)
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    finished_at: float = 0.0  # Unix time
 
     def as_dict(self) -> dict[str, object]:
         c = self.compaction
@@ -117,6 +119,27 @@ def export_health(health: TableHealth) -> None:
     LAKE_SNAPSHOTS.labels(table=name).set(health.snapshots)
 
 
+def export_report(report: MaintenanceReport) -> None:
+    """Count and record what one run did (``k2_lake_*`` metrics of ``report.table``).
+
+    Separate from :func:`maintain_table` so a run done in a child process (the scheduled maintenance,
+    :mod:`k2.services.maintain`) is exported by the process that serves the metrics.
+    """
+    name = report.table
+    for operation, seconds in report.step_seconds.items():
+        LAKE_MAINTENANCE_SECONDS.labels(table=name, operation=operation).observe(seconds)
+    for operation in report.errors.keys() - {"health"}:  # a missing figure is not a failed step
+        LAKE_MAINTENANCE_FAILURES.labels(table=name, operation=operation).inc()
+    if report.compaction is not None:
+        LAKE_COMPACTED_FILES.labels(table=name).inc(report.compaction.files_removed)
+    if report.orphans is not None:
+        LAKE_ORPHANS_DELETED.labels(table=name).inc(len(report.orphans.deleted))
+        LAKE_ORPHAN_BYTES.labels(table=name).set(report.orphans.kept_young_bytes)
+    if report.after is not None:
+        export_health(report.after)
+    LAKE_LAST_MAINTENANCE.labels(table=name).set(report.finished_at)
+
+
 def maintain_table(
     catalog: Catalog,
     identifier: tuple[str, str],
@@ -124,11 +147,13 @@ def maintain_table(
     *,
     now: datetime | None = None,
     before_commit: Callable[[], None] | None = None,
+    export: bool = True,
 ) -> MaintenanceReport:
     """One maintenance run of ``identifier`` with ``lake.maintenance``'s policy (module docstring).
 
     ``before_commit`` runs after compaction has written its files and before it commits (a seam
-    for tests and `k2 maintain --pause-before-commit`).
+    for tests and `k2 maintain --pause-before-commit`). ``export``: record the run in this process's
+    metrics (:func:`export_report`).
     """
     started = time.perf_counter()
     policy = lake.maintenance
@@ -142,17 +167,17 @@ def maintain_table(
     attempts = policy.commit_attempts
 
     def step(operation: str, work: Callable[[], None]) -> None:
+        began = time.perf_counter()
         try:
-            with LAKE_MAINTENANCE_SECONDS.labels(table=name, operation=operation).time():
-                work()
+            work()
         except K2Error as exc:
             report.errors[operation] = str(exc)
-            LAKE_MAINTENANCE_FAILURES.labels(table=name, operation=operation).inc()
             log.warning("lake.maintenance_step_failed", table=name, operation=operation, error=str(exc))
         except (OSError, ValueError) as exc:  # unreadable metadata files and the like
             report.errors[operation] = f"{type(exc).__name__}: {exc}"
-            LAKE_MAINTENANCE_FAILURES.labels(table=name, operation=operation).inc()
             log.warning("lake.maintenance_step_failed", table=name, operation=operation, error=str(exc))
+        finally:
+            report.step_seconds[operation] = time.perf_counter() - began
 
     days = policy.retention_days.get(identifier[1])
     if days is not None:
@@ -173,7 +198,6 @@ def maintain_table(
                 attempts=attempts,
                 before_commit=before_commit,
             )
-            LAKE_COMPACTED_FILES.labels(table=name).inc(report.compaction.files_removed)
 
         step("compact", compaction)
 
@@ -201,17 +225,16 @@ def maintain_table(
 
         def orphans() -> None:
             report.orphans = sweep_orphans(table, policy.orphan_min_age_s)
-            LAKE_ORPHANS_DELETED.labels(table=name).inc(len(report.orphans.deleted))
-            LAKE_ORPHAN_BYTES.labels(table=name).set(report.orphans.kept_young_bytes)
 
         step("remove_orphans", orphans)
     try:
         table.refresh()
         report.after = table_health(table, small)
-        export_health(report.after)
     except Exception as exc:  # the run itself is done; only the figures are missing
         report.errors["health"] = str(exc)
     report.seconds = time.perf_counter() - started
-    LAKE_LAST_MAINTENANCE.labels(table=name).set(time.time())
+    report.finished_at = time.time()
+    if export:
+        export_report(report)
     log.info("lake.maintained", **{k: v for k, v in report.as_dict().items() if k not in ("before", "after")})
     return report

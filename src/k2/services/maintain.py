@@ -5,10 +5,22 @@ scheduled form is a daemon thread with its own catalog connection, off the commi
 the tables' health at start and after every run, and (``lake.maintenance.schedule``) runs the
 maintenance every ``lake.maintenance.interval_s``. Its commits race the process's own writer like
 any other process's would (optimistic concurrency, see :mod:`k2.lake.upkeep`).
+
+Each scheduled run happens in a short-lived child process (``spawn``): compaction reads whole
+partitions into memory, and an allocator keeps much of what it freed, so in the long-running process
+itself every run stepped the resident size up (benchmarks/bench_soak.py). The child returns its
+:class:`MaintenanceReport` per table, which this process exports as metrics, and its memory goes back
+to the system when it exits. It dies with its parent (``PR_SET_PDEATHSIG``) and is terminated on stop;
+a run cut short leaves only orphan files, which a later sweep deletes.
 """
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,8 +35,8 @@ from k2.errors import K2Error
 from k2.lake.catalog import open_catalog, table_name
 from k2.lake.compaction import small_file_bytes
 from k2.lake.health import table_health
-from k2.lake.upkeep import MaintenanceReport, export_health, maintain_table
-from k2.logging import get_logger
+from k2.lake.upkeep import MaintenanceReport, export_health, export_report, maintain_table
+from k2.logging import LogFormat, configure_logging, get_logger, logging_config
 from k2.schema.kinds import RecordKind
 
 log = get_logger(__name__)
@@ -93,6 +105,35 @@ def pause_until_removed(marker: Path) -> None:
         time.sleep(0.05)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux), also by ``kill -9``."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os._exit(1)
+
+
+def maintain_in_child(
+    settings: K2Settings, tables: Sequence[str], parent: int, log_config: tuple[str, LogFormat], sender: Any
+) -> None:
+    """A child process's body: maintain each existing table of ``tables``, send ``{table: report or error}``."""
+    _die_with_parent(parent)
+    configure_logging(*log_config)
+    lake = settings.lake
+    outcome: dict[str, MaintenanceReport | str] = {}
+    try:
+        catalog = open_catalog(lake)
+        for name in tables:
+            try:
+                if catalog.table_exists((lake.namespace, name)):
+                    outcome[name] = maintain_table(catalog, (lake.namespace, name), lake, export=False)
+            except Exception as exc:  # reported by the parent; the next interval tries again
+                outcome[name] = f"{type(exc).__name__}: {exc}"
+    finally:
+        sender.send(outcome)
+        sender.close()
+
+
 class ScheduledMaintenance:
     """The background maintenance of a long-running process (see the module docstring)."""
 
@@ -125,20 +166,46 @@ class ScheduledMaintenance:
                 log.warning("maintenance.catalog_unavailable", error=str(exc))
                 first = False
                 continue
-            for name in self._tables:
-                if self._stop.is_set():
-                    return
-                try:
-                    if not catalog.table_exists((lake.namespace, name)):
-                        continue  # a kind this process has not written yet (or at all)
-                    if policy.schedule and not first:
-                        maintain_table(catalog, (lake.namespace, name), lake)
-                    else:  # at start, or when only the health is wanted
-                        export_health(table_health(catalog.load_table((lake.namespace, name)), small))
-                except Exception as exc:  # never let the thread die: the next interval tries again
-                    log.warning("maintenance.failed", table=name, error=str(exc))
+            if policy.schedule and not first:
+                self._maintain_in_child()
+            else:  # at start, or when only the health is wanted
+                for name in self._tables:
+                    try:
+                        if catalog.table_exists((lake.namespace, name)):  # not a kind not written yet
+                            export_health(table_health(catalog.load_table((lake.namespace, name)), small))
+                    except Exception as exc:  # never let the thread die: the next interval tries again
+                        log.warning("maintenance.failed", table=name, error=str(exc))
+            if self._stop.is_set():
+                return
             first = False
             self.runs += 1
+
+    def _maintain_in_child(self) -> None:
+        """One run of every table in a child process (module docstring); export what it reports."""
+        context = multiprocessing.get_context("spawn")
+        receiver, sender = context.Pipe(duplex=False)
+        args = (self._settings, self._tables, os.getpid(), logging_config(), sender)
+        child = context.Process(target=maintain_in_child, args=args, name="k2-maintenance", daemon=True)
+        child.start()
+        sender.close()
+        try:
+            while not receiver.poll(0.1):
+                if self._stop.is_set():
+                    child.terminate()  # cut short: orphans at most, swept by a later run
+                    return
+            outcome: dict[str, MaintenanceReport | str] = receiver.recv()
+        except EOFError:  # it died without an answer (killed, out of memory)
+            child.join(10)
+            log.warning("maintenance.failed", tables=self._tables, error=f"child process ended: {child.exitcode}")
+            return
+        finally:
+            child.join(10)
+            receiver.close()
+        for name, result in outcome.items():
+            if isinstance(result, str):
+                log.warning("maintenance.failed", table=name, error=result)
+            else:
+                export_report(result)
 
 
 @contextmanager
