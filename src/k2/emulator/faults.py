@@ -96,7 +96,9 @@ class Faults:
     """Faults to inject. ``0``/empty disables each one; counts are 1-based positions in the replay.
 
     * ``disconnect_after``: drop every open connection right after the n-th recorded frame has been
-      sent (cumulative over the replay, so ``(100, 250)`` drops twice).
+      sent (cumulative over the replay, so ``(100, 250)`` drops twice). In a live replay the n-th
+      recorded frame of the feed, sent or missed: the drop comes at the same moment of the feed
+      however long a client was away before it.
     * ``disconnect_code``: ``None`` drops the TCP connection without a WebSocket close frame (the
       client sees 1006, like a network failure); a code such as 1011 closes with that code instead.
     * ``duplicate_every``: send every k-th recorded frame twice.

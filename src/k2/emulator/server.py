@@ -194,6 +194,11 @@ class BinanceEmulator:
         """Let the cursor go on past ``hold_at``."""
         self._released.set()
 
+    def _feed_position(self, sent: int) -> int:
+        """Where a ``disconnect_after`` position is counted: frames sent, and in a live replay also the
+        frames missed, so a live venue drops at a moment of its feed whatever the client missed before."""
+        return sent + self.missed if self.config.live else sent
+
     def _holding(self, out: OutFrame, earlier: int) -> bool:
         """True when ``out``, with ``earlier`` recorded frames taken before it, must wait for release()."""
         hold = self.config.hold_at
@@ -438,7 +443,7 @@ class BinanceEmulator:
             batch.append(out)
             if out.kind == FRAME:
                 position += 1
-                if position in self._disconnect_at:
+                if self._feed_position(position) in self._disconnect_at:
                     break
         return batch
 
@@ -469,7 +474,7 @@ class BinanceEmulator:
         for out, ok in zip(batch, delivered, strict=True):
             if ok and out.kind == FRAME:
                 self.replayed += 1
-                if self.replayed in self._disconnect_at:
+                if self._feed_position(self.replayed) in self._disconnect_at:
                     self._drop_all()
         return sent
 

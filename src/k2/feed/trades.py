@@ -181,10 +181,13 @@ class TradeCompleteness:
         """Gaps recorded OPEN earlier (:func:`~k2.quality.records.open_gaps`) whose every id is
         stored: their trades were written, but the process stopped before their RESOLVED row was.
         Record it now. "Stored" is: in ``seed`` when given, else held by the tracker's restored
-        state. Gaps still missing ids are found again as holes (same event id) and backfilled."""
-        for gap in gaps:
+        state. Gaps still missing ids are found again as holes (same event id) and backfilled; so is a
+        gap whose ids reach above what is stored (:meth:`SequenceTracker.adopt`)."""
+        for gap in sorted(gaps, key=lambda g: (g.key.symbol, g.first_id)):
             if gap.key.exchange != self.exchange:
                 continue
+            if self.tracker.adopt(gap, now_us):
+                continue  # its ids reach above what is stored: a hole again, same event id
             if seed is None:
                 complete = self.tracker.missing(gap.key, gap.first_id, gap.last_id) == 0
             else:

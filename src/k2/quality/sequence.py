@@ -292,6 +292,24 @@ class SequenceTracker:
         for h in sorted(saved.holes, key=lambda h: h.lo):
             state.holes.append(_Hole(h.lo, h.hi, now_us, h.trade_time_us, h.gap_id or gap_id(key, h.hi)))
 
+    def adopt(self, gap: Gap, now_us: int) -> bool:
+        """Hold again, as a pending hole with its own id, a gap recorded OPEN whose ids reach above
+        this stream's restored high: the trades that revealed it were not stored before the process
+        stopped (the event was). The high moves to the gap's last id; ids between the old high and
+        the gap were received but not stored, and become a hole of their own. Without this the ids
+        would be found again as a gap of another extent (another id), and the recorded one would
+        stay OPEN for ever. False (nothing done) when the stream has no state or holds the gap's end."""
+        state = self._states.get(gap.key)
+        if state is None or state.high is None or gap.last_id <= state.high:
+            return False
+        lo = max(gap.first_id, state.high + 1)
+        if lo > state.high + 1:
+            state.holes.append(_Hole(state.high + 1, lo - 1, now_us, gap.trade_time_us, gap_id(gap.key, lo - 1)))
+        state.holes.append(_Hole(lo, gap.last_id, now_us, gap.trade_time_us, gap.gap_id))
+        state.high = gap.last_id
+        state.high_time_us = max(state.high_time_us or gap.trade_time_us, gap.trade_time_us)
+        return True
+
     def high(self, key: StreamKey) -> int | None:
         state = self._states.get(key)
         return None if state is None else state.high

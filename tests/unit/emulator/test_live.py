@@ -50,6 +50,33 @@ def test_live_mode_moves_on_while_the_client_is_away_and_rest_still_serves_what_
     assert answer is not None and answer.status == 200 and json.loads(answer.body)[0]["id"] == lost["t"]
 
 
+def test_live_disconnects_come_at_the_same_moment_of_the_feed_however_much_was_missed(
+    bundled_frames: list[RawFrame],
+) -> None:
+    """``disconnect_after`` counts the feed's frames, sent or missed: the second drop is right after the
+    400th recorded frame, not after the 400th frame this client happened to receive."""
+
+    async def main() -> tuple[list[bytes], int]:
+        config = ReplayConfig(speed=50.0, live=True, faults=Faults(disconnect_after=(100, 400)))
+        async with BinanceEmulator(config) as emu:
+            async with _connect(emu.url + BOTH) as ws:
+                await _until_closed(ws)
+
+            async def moved_on() -> bool:
+                return emu.missed >= 150
+
+            await eventually_async(moved_on, timeout=30)
+            async with _connect(emu.url + BOTH) as ws:
+                second = await _until_closed(ws)
+            return second, emu.missed
+
+    second, missed = asyncio.run(main())
+    expected = [f.payload for f in bundled_frames]
+    assert missed >= 150 and second
+    assert second[-1] == expected[399]  # dropped right after the feed's 400th frame
+    assert second == expected[400 - len(second) : 400]
+
+
 def test_without_live_mode_the_feed_waits_for_the_client(bundled_frames: list[RawFrame]) -> None:
     async def main() -> tuple[list[bytes], int]:
         config = ReplayConfig(speed=50.0, faults=Faults(disconnect_after=(100,)))

@@ -8,7 +8,7 @@ import pyarrow as pa
 from k2.config import K2Settings
 from k2.feed.trades import TradeCompleteness as Completeness
 from k2.quality.records import QualityEventRow, events_batch, open_gaps
-from k2.quality.sequence import Seed, StreamKey, gap_id
+from k2.quality.sequence import HoleRecord, Seed, StreamKey, StreamState, gap_id
 from k2.schema.quality_event import EventKind, EventStatus
 
 KEY = StreamKey("BINANCE", "BTCUSDT")
@@ -60,3 +60,48 @@ def test_open_gaps_whose_ids_are_all_stored_are_resolved_on_start() -> None:
     ]
     assert events[0].event_id == gap_id(KEY, 39)
     assert completeness.stats.gaps_resolved == 1
+
+
+def test_open_gaps_above_the_restored_high_are_held_again_with_their_own_ids() -> None:
+    """Killed after a gap's OPEN event was stored and before the trades that revealed it were: the
+    restored state ends below the gap. The gap becomes a hole again under its recorded id (so its
+    backfill resolves *that* event), and ids between the stored high and the gap, received but not
+    stored, are a hole too. Before, the ids were found again as a gap of another extent and the
+    recorded one stayed OPEN for ever (seen in tests/integration/test_chaos.py under load)."""
+    state = {KEY: StreamState(high=100, high_time_us=1_000, holes=(HoleRecord(50, 59, 900),))}
+    completeness = Completeness(
+        K2Settings(), exchange="BINANCE", venue="binance", is_sample_data=True, now_us=0, state=state
+    )
+    gaps = open_gaps(
+        _events(
+            _gap(50, 59, EventStatus.OPEN, 100),  # held by the restored state already
+            _gap(160, 170, EventStatus.OPEN, 300),
+            _gap(101, 150, EventStatus.OPEN, 200),
+        )
+    )
+    completeness.resolve_stored(gaps, None, now_us=999)
+
+    tracker = completeness.tracker
+    assert tracker.high(KEY) == 170
+    assert [(lo, hi) for lo, hi, _ in tracker.holes(KEY)] == [(50, 59), (101, 150), (151, 159), (160, 170)]
+    assert tracker.export()[KEY].holes[1:] == (
+        HoleRecord(101, 150, 1_000),
+        HoleRecord(151, 159, 1_000),
+        HoleRecord(160, 170, 1_000),
+    )  # ids derived from each hole's last id: the recorded events' ids
+    assert completeness.take_events() == []  # nothing resolved: the ids are still missing
+    assert tracker.missing(KEY, 101, 170) == 70
+
+
+def test_with_a_seed_of_stored_ids_an_open_gap_above_them_is_held_again_too() -> None:
+    """The same for `k2 ingest`, whose state is seeded from the ids in its topic."""
+    completeness = Completeness(
+        K2Settings(), exchange="BINANCE", venue="binance", is_sample_data=True, now_us=0, seed={}
+    )
+    stored = np.arange(1, 101, dtype=np.int64)
+    seed = {"BTCUSDT": Seed(stored, stored * 10)}
+    completeness.tracker.seed(KEY, stored, 0, stored * 10)
+    completeness.resolve_stored(open_gaps(_events(_gap(101, 150, EventStatus.OPEN, 200))), seed, now_us=999)
+    assert completeness.tracker.high(KEY) == 150
+    assert completeness.tracker.export()[KEY].holes == (HoleRecord(101, 150, 1_000),)
+    assert completeness.take_events() == []
