@@ -298,9 +298,13 @@ class SequenceTracker:
         stopped (the event was). The high moves to the gap's last id; ids between the old high and
         the gap were received but not stored, and become a hole of their own. Without this the ids
         would be found again as a gap of another extent (another id), and the recorded one would
-        stay OPEN for ever. False (nothing done) when the stream has no state or holds the gap's end."""
+        stay OPEN for ever. False (nothing done) when the stream has no state, holds the gap's end,
+        or the gap starts more than ``reset_threshold`` above the high (not this id sequence's
+        continuation: e.g. a gap left from before a venue reset must not lift the high back up)."""
         state = self._states.get(gap.key)
         if state is None or state.high is None or gap.last_id <= state.high:
+            return False
+        if gap.first_id - state.high > self.reset_threshold:
             return False
         lo = max(gap.first_id, state.high + 1)
         if lo > state.high + 1:

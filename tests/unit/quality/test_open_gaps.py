@@ -105,3 +105,17 @@ def test_with_a_seed_of_stored_ids_an_open_gap_above_them_is_held_again_too() ->
     assert completeness.tracker.high(KEY) == 150
     assert completeness.tracker.export()[KEY].holes == (HoleRecord(101, 150, 1_000),)
     assert completeness.take_events() == []
+
+
+def test_an_open_gap_far_above_the_restored_high_is_not_adopted() -> None:
+    """A gap starting more than the reset threshold above the stored high is not this sequence's
+    continuation (a gap left from before a venue reset, or a broken row): it must not lift the high."""
+    settings = K2Settings()
+    far = 100 + settings.quality.reset_threshold + 1
+    state = {KEY: StreamState(high=100, high_time_us=1_000)}
+    completeness = Completeness(
+        settings, exchange="BINANCE", venue="binance", is_sample_data=True, now_us=0, state=state
+    )
+    completeness.resolve_stored(open_gaps(_events(_gap(far, far + 9, EventStatus.OPEN, 200))), None, now_us=999)
+    assert completeness.tracker.high(KEY) == 100
+    assert completeness.tracker.holes(KEY) == []
