@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -89,17 +90,28 @@ def build_recording(path: Path, copies: int, *, session: bool = False) -> tuple[
 
 
 # --- the clients (each runs in its own child process) --------------------------------------------------
-async def _k2(url: str, work: Path, expected: int, kinds: tuple[str, ...]) -> dict[str, Any]:
+async def _k2(url: str, work: Path, expected: int, kinds: tuple[str, ...], parse_process: bool) -> dict[str, Any]:
     from k2.config import K2Settings, LakeSettings, SourceSettings
     from k2.query.engine import QueryEngine
     from k2.services.pipeline import EmbeddedPipeline
 
+    try:
+        from k2.services.lifecycle import freeze_start_up
+    except ImportError:  # --compare-src older than it: its `k2 run` did not freeze
+        freeze_start_up = lambda: None  # noqa: E731
+
     settings = K2Settings(
-        source=SourceSettings(symbols=("BTCUSDT", "ETHUSDT"), kinds=kinds, max_connect_attempts=3),
+        source=SourceSettings(
+            symbols=("BTCUSDT", "ETHUSDT"),
+            kinds=kinds,
+            max_connect_attempts=3,
+            **({"parse_process": True} if parse_process else {}),  # (so --compare-src may predate it)
+        ),
         lake=LakeSettings(warehouse=work / "warehouse", flush_rows=100_000, flush_seconds=1.0),
     )
     pipeline = EmbeddedPipeline(settings, ws_base_url=url, is_sample_data=True)
-    start, cpu = time.perf_counter(), time.process_time()
+    freeze_start_up()  # as `k2 run` does
+    start, cpu, children = time.perf_counter(), time.process_time(), _children_cpu_s()
     task = asyncio.create_task(pipeline.run())
     while (s := pipeline.stats).rows_committed + s.quotes_committed < expected:
         if task.done():
@@ -109,6 +121,7 @@ async def _k2(url: str, work: Path, expected: int, kinds: tuple[str, ...]) -> di
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     pipeline.stop()
     await task
+    cpu += _children_cpu_s() - children  # the parse process (joined when the pipeline stopped)
     engine = QueryEngine.from_settings(settings)
     stored = sum(int(engine.sql(f"SELECT count(*) AS n FROM {k}").to_pylist()[0]["n"]) for k in kinds)
     return {"elapsed": elapsed, "cpu": cpu, "rows": expected, "stored": stored}
@@ -203,11 +216,17 @@ def _child(args: argparse.Namespace) -> None:
         result = asyncio.run(_ceiling(args.url, args.expected))
     else:
         kinds = ("trades", "quotes") if args.child == "session" else ("trades",)
-        result = asyncio.run(_k2(args.url, work, args.expected, kinds))
+        result = asyncio.run(_k2(args.url, work, args.expected, kinds, parse_process=args.child == "k2p"))
     print(RESULT + json.dumps(result), flush=True)
 
 
 # --- the parent: interleaved rounds ---------------------------------------------------------------------
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's children that have been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a live process has used, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -250,7 +269,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", default="k2,baseline,ceiling,session", help="which runs, in the order of a round")
     ap.add_argument("--compare-src", help="a src directory (e.g. the previous commit's) to A/B the k2 run against")
-    ap.add_argument("--child", choices=["k2", "baseline", "ceiling", "session"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["k2", "k2p", "baseline", "ceiling", "session"], help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--expected", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
@@ -263,14 +282,14 @@ def main() -> None:
         args.compare_src = str(Path(args.compare_src).resolve())
         if "compare" not in kinds:
             kinds.insert(kinds.index("k2") + 1 if "k2" in kinds else 0, "compare")
-    unknown = set(kinds) - {"k2", "baseline", "ceiling", "session", "compare"}
+    unknown = set(kinds) - {"k2", "k2p", "baseline", "ceiling", "session", "compare"}
     if unknown or ("compare" in kinds and not args.compare_src):
         raise SystemExit(f"unknown runs {sorted(unknown)} (or compare without --compare-src)")
     with tempfile.TemporaryDirectory(prefix="k2-bench-e2e-") as tmp:
         root = Path(tmp)
         trades_rec, session_rec = root / "trades.jsonl.gz", root / "session.jsonl.gz"
         n_trades, _ = build_recording(trades_rec, args.copies)
-        expected = {k: n_trades for k in ("k2", "baseline", "ceiling", "compare")}
+        expected = {k: n_trades for k in ("k2", "k2p", "baseline", "ceiling", "compare")}
         if "session" in kinds:
             expected["session"] = sum(build_recording(session_rec, args.session_copies, session=True))
         print(f"load average before: {os.getloadavg()}; trades per run: {n_trades:,}", flush=True)
@@ -291,6 +310,7 @@ def main() -> None:
     medians = {k: statistics.median(r["rate"] for r in v) for k, v in results.items()}
     names = {
         "k2": "K2 embedded, trades/s",
+        "k2p": "K2 embedded, parse process, trades/s",
         "compare": f"K2 embedded from {args.compare_src}, trades/s",
         "baseline": "straightforward pipeline, trades/s",
         "ceiling": "emulator count-only ceiling, frames/s",
@@ -301,7 +321,9 @@ def main() -> None:
         runs = ", ".join(f"{r['rate']:,.0f}" for r in results[kind])
         cpu_us = statistics.median(r["cpu"] / r["rows"] * 1e6 for r in results[kind])
         print(f"  {names[kind]:56s} {rate:>10,.0f}  {cpu_us:5.2f} µs   ({runs})")
-    for a, b in (("k2", "baseline"), ("k2", "ceiling"), ("k2", "compare"), ("baseline", "ceiling")):
+    pairs = (("k2", "baseline"), ("k2p", "baseline"), ("k2p", "k2"), ("k2", "ceiling"), ("k2p", "ceiling"),
+             ("k2", "compare"), ("baseline", "ceiling"))  # fmt: skip
+    for a, b in pairs:
         if a in medians and b in medians:
             print(f"  ratio {a} / {b}: {medians[a] / medians[b]:.2f}")
 

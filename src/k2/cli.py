@@ -115,6 +115,7 @@ def run(
 ) -> None:
     """Stream live trades and quotes of one venue or several (--venues) into the local Iceberg warehouse
     (embedded mode, no broker): one table per kind, the venue in its exchange column."""
+    from k2.services.lifecycle import freeze_start_up
     from k2.services.run import run_pipeline
 
     _service_logging()
@@ -129,6 +130,7 @@ def run(
             )
         if serve is not None:
             settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": serve})})
+        freeze_start_up()
         stats = asyncio.run(run_pipeline(settings, duration_s=duration, is_sample_data=sample, serve=serve is not None))
     out.print(
         f"stopped: {stats.frames} frames, {stats.trades} trades, {stats.quotes} quotes, {stats.rejected} rejected, "
@@ -369,6 +371,7 @@ def ingest(
     topic per venue and kind), keyed by symbol; gaps backfilled over REST, duplicates dropped, quality events to
     each venue's quality_events topic."""
     from k2.services.ingest import run_ingest
+    from k2.services.lifecycle import freeze_start_up
     from k2.services.run import resolve_symbol_info
 
     _service_logging()
@@ -388,6 +391,7 @@ def ingest(
             schema_registry_url=schema_registry,
         )
         info = resolve_symbol_info(settings) if not ws_url else None  # an emulator: the offline rules
+        freeze_start_up()
         stats = asyncio.run(run_ingest(settings, duration_s=duration, is_sample_data=sample, symbol_info=info))
     p = stats.producer
     out.print(
@@ -413,6 +417,7 @@ def consume(
     """Consume trades (and quotes, quality events) from Kafka into Iceberg, exactly once (offsets live in the
     Iceberg commits); by default every configured venue's topics (--venues), one table per kind."""
     from k2.services.consume import run_consume
+    from k2.services.lifecycle import freeze_start_up
 
     _service_logging()
     with errors():
@@ -423,6 +428,7 @@ def consume(
             schema_registry_url=schema_registry,
             consumer_group=group,
         )
+        freeze_start_up()
         stats = run_consume(
             settings, topics=topic, duration_s=duration, idle_exit_s=idle_exit, max_messages=max_messages
         )

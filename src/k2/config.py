@@ -113,6 +113,9 @@ class SourceSettings(_Section):
     exchange_info_cache: Path = Path.home() / ".cache" / "k2" / "binance_exchange_info.json"
     # What a frame may hold to be stored at all (quarantined otherwise).
     validation: ValidationSettings = ValidationSettings()
+    # Parse each venue's frames in a child process (k2.feed.offload), so receiving and parsing use
+    # two cores; off: in the pipeline's own process.
+    parse_process: bool = False
 
     @field_validator("symbols")
     @classmethod

@@ -60,6 +60,10 @@ class ExchangeUnreachable(SourceError):
     """The exchange could not be reached within the allowed attempts."""
 
 
+class ParseProcessError(SourceError):
+    """The child process that parses a feed's frames died or failed (``source.parse_process``)."""
+
+
 class RecordingError(K2Error):
     """A recording (capture file) that cannot be read or written."""
 

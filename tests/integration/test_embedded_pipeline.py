@@ -115,11 +115,17 @@ def test_bad_frames_are_quarantined_and_the_pipeline_keeps_running(settings: K2S
     _assert_table_is_exactly_the_recording(settings)
 
 
-def test_hostile_frames_among_real_ones_are_quarantined_and_k2_run_keeps_running(settings: K2Settings) -> None:
+@pytest.mark.parametrize("parse_process", [False, True], ids=["parse-here", "parse-process"])
+def test_hostile_frames_among_real_ones_are_quarantined_and_k2_run_keeps_running(
+    settings: K2Settings, parse_process: bool
+) -> None:
     """Issue 9: every adversarial kind (absurd ids, times and prices, `data`/`e` of the wrong type,
     foreign streams), each built from the real frame it follows, arrives among the real frames over
     the WebSocket. The pipeline never stops; each is quarantined with the reason its kind maps to;
-    the table holds exactly the recording, once each (no bogus row took a real trade's place)."""
+    the table holds exactly the recording, once each (no bogus row took a real trade's place).
+    Likewise with the parser in its own process (``source.parse_process``)."""
+    if parse_process:
+        settings = settings.model_copy(update={"source": settings.source.model_copy(update={"parse_process": True})})
     faults = Faults(adversarial_every=701, malformed_every=1009, disconnect_after=(17_000,))
     pipeline, emu = asyncio.run(_replay(settings, faults))
     injected = {k: emu.injected[k] for k in EXPECTED_REASON if emu.injected[k]}

@@ -30,8 +30,11 @@ class RawFeed:
         self.parser = parser
         self.sessions = list(sessions)
 
-    def parse(self, frames: list[RawFrame]) -> list[tuple[RecordKind, pa.RecordBatch]]:
+    async def parse(self, frames: list[RawFrame]) -> list[tuple[RecordKind, pa.RecordBatch]]:
         return []  # never called: the recording sink takes frames, not records
+
+    def close(self) -> None:
+        pass
 
     def backfilled(self) -> list[tuple[RecordKind, pa.RecordBatch]]:
         return []

@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from k2.config import K2Settings
+from k2.feed.offload import ParseProcess
 from k2.feed.quotes import QuoteCompleteness
 from k2.feed.sink import Checkpoint
 from k2.feed.stamp import stamp
@@ -33,7 +34,7 @@ from k2.metrics import LAST_EVENT_TIME, RECORDS_NORMALIZED
 from k2.quality.records import events_batch
 from k2.quality.sequence import Gap, Seed, StreamKey, StreamState
 from k2.schema.kinds import RecordKind
-from k2.sources.base import RawFrame
+from k2.sources.base import ParsedBatch, RawFrame
 from k2.sources.session import WebSocketSession, wall_clock_us
 from k2.sources.venue import SymbolRules, Venue
 
@@ -116,6 +117,7 @@ class VenueFeed:
                 settings, exchange=venue.exchange, venue=venue.name, stream=venue.streams[RecordKind.QUOTES],
                 state=start.quote_state,
             )  # fmt: skip
+        self._parse_process: ParseProcess | None = None  # started at the first batch (source.parse_process)
         self.frames = 0
         self.rejected = 0
         self.rows: dict[str, int] = {}
@@ -126,9 +128,18 @@ class VenueFeed:
         return self._next[kind]
 
     # --- the runner's Feed protocol ---------------------------------------------------------------
-    def parse(self, frames: list[RawFrame]) -> list[tuple[RecordKind, pa.RecordBatch]]:
+    async def parse(self, frames: list[RawFrame]) -> list[tuple[RecordKind, pa.RecordBatch]]:
+        if self.settings.source.parse_process:
+            if self._parse_process is None:
+                self._parse_process = ParseProcess(self.parser, self.name)
+            parsed = await self._parse_process.parse(frames)
+        else:
+            parsed = self.parser.parse(frames)
+        return self.take(frames, parsed)
+
+    def take(self, frames: list[RawFrame], parsed: ParsedBatch) -> list[tuple[RecordKind, pa.RecordBatch]]:
+        """What ``frames`` parsed to, through quarantine, completeness and stamping: rows per kind to store."""
         self.frames += len(frames)
-        parsed = self.parser.parse(frames)
         if parsed.rejected:
             self.rejected += len(parsed.rejected)
             self.quarantine.add(parsed.rejected)
@@ -149,6 +160,11 @@ class VenueFeed:
             if batch.num_rows:
                 out.append((kind, self._stamp(kind, batch)))
         return out
+
+    def close(self) -> None:
+        if self._parse_process is not None:
+            self._parse_process.close()
+            self._parse_process = None
 
     def backfilled(self) -> list[tuple[RecordKind, pa.RecordBatch]]:
         batches, self._backfilled = self._backfilled, []

@@ -46,8 +46,12 @@ class Feed(Protocol):
     @property
     def sessions(self) -> Sequence[WebSocketSession]: ...
 
-    def parse(self, frames: list[RawFrame]) -> list[tuple[RecordKind, pa.RecordBatch]]:
+    async def parse(self, frames: list[RawFrame]) -> list[tuple[RecordKind, pa.RecordBatch]]:
         """Rows to store, per kind: parsed, rejects quarantined, duplicates dropped, columns stamped."""
+        ...
+
+    def close(self) -> None:
+        """Release what the feed started (a parse process); called once the run is over."""
         ...
 
     def backfilled(self) -> list[tuple[RecordKind, pa.RecordBatch]]:
@@ -195,7 +199,11 @@ class FeedRunner:
                 for helper in helpers:  # the processor failed before cancelling them
                     helper.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
-                await self.sink.close()
+                try:
+                    await self.sink.close()
+                finally:
+                    for feed in self.feeds:
+                        feed.close()
         log.info("runner.stopped", **self.stats.as_dict())
         return self.stats
 
@@ -228,7 +236,7 @@ class FeedRunner:
         if frames:
             self.stats.frames += len(frames)
             if self.sink.wants_records:
-                await self._add(feed.name, feed.parse(frames))
+                await self._add(feed.name, await feed.parse(frames))
             else:
                 await self.sink.add_frames(frames)
                 if getattr(self.sink, "done", False):

@@ -16,11 +16,8 @@ a run cut short leaves only orphan files, which a later sweep deletes.
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +27,7 @@ from typing import Any
 
 from pyiceberg.catalog import Catalog
 
+from k2.children import die_with_parent
 from k2.config import K2Settings, load_settings
 from k2.errors import K2Error
 from k2.lake.catalog import open_catalog, table_name
@@ -105,19 +103,11 @@ def pause_until_removed(marker: Path) -> None:
         time.sleep(0.05)
 
 
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel kill this process when its parent dies (Linux), also by ``kill -9``."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the request was in place
-        os._exit(1)
-
-
 def maintain_in_child(
     settings: K2Settings, tables: Sequence[str], parent: int, log_config: tuple[str, LogFormat], sender: Any
 ) -> None:
     """A child process's body: maintain each existing table of ``tables``, send ``{table: report or error}``."""
-    _die_with_parent(parent)
+    die_with_parent(parent)
     configure_logging(*log_config)
     lake = settings.lake
     outcome: dict[str, MaintenanceReport | str] = {}

@@ -77,7 +77,7 @@ def map_from_columns(keys: Sequence[str], columns: Sequence[pa.Array], n: int) -
     # Row-major interleave: row i holds entries (key_0, col_0[i]), (key_1, col_1[i]), ...
     order = np.arange(n * k).reshape(k, n).T.reshape(-1)
     values = pa.concat_arrays([c.cast(pa.string()) for c in columns]).take(pa.array(order))
-    key_col = pa.array(np.tile(np.array(keys, dtype=object), n), pa.string())
+    key_col = pa.array(keys, pa.string()).take(pa.array(np.tile(np.arange(k, dtype=np.int32), n)))
     valid = values.is_valid()
     if valid.false_count:
         values = values.filter(valid)

@@ -57,11 +57,15 @@ class _Feed:
         self.delivered: list[pa.RecordBatch] = []
         self._backfill = backfill
         self.fail_parse = False
+        self.closed = False
 
-    def parse(self, frames: list[RawFrame]) -> list[tuple[RecordKind, pa.RecordBatch]]:
+    async def parse(self, frames: list[RawFrame]) -> list[tuple[RecordKind, pa.RecordBatch]]:
         if self.fail_parse:
             raise RuntimeError("parser bug")
         return [(RecordKind.TRADES, _rows(len(frames)))]
+
+    def close(self) -> None:
+        self.closed = True
 
     def backfilled(self) -> list[tuple[RecordKind, pa.RecordBatch]]:
         out, self.delivered = self.delivered, []
@@ -138,8 +142,9 @@ def test_nothing_the_backfill_delivers_is_left_behind_after_a_stop(deliver_after
     assert sum(sink.durable) in (0, 7)
 
 
-def test_a_failing_parse_is_raised_after_the_drain_and_the_backfill_cancelled() -> None:
+def test_a_failing_parse_is_raised_after_the_drain_the_backfill_cancelled_and_the_feed_closed() -> None:
     cancelled = []
+    feeds: list[_Feed] = []
 
     async def backfill(feed: _Feed) -> None:
         try:
@@ -151,11 +156,13 @@ def test_a_failing_parse_is_raised_after_the_drain_and_the_backfill_cancelled() 
     async def scenario() -> None:
         feed = _Feed(_Session(frames=3), backfill)
         feed.fail_parse = True
+        feeds.append(feed)
         await FeedRunner([feed], _MemorySink(), flush_rows=10, flush_seconds=60).run()
 
     with pytest.raises(RuntimeError, match="parser bug"):
         asyncio.run(asyncio.wait_for(scenario(), timeout=5))
     assert cancelled == [True]
+    assert feeds[0].closed  # a parse process it started does not outlive the run
 
 
 def test_rows_are_flushed_by_count_and_on_stop_with_the_feeds_checkpoint() -> None:

@@ -90,7 +90,7 @@ def test_a_venue_feed_stamps_the_instrument_its_symbol_rules_give(
         ws_base_url="ws://127.0.0.1:9",
     )  # fmt: skip
     assert feed.parser.symbols == ("BTCUSDT", "ETHUSDT")  # both forms, the venue's symbols
-    out = feed.parse(session_frames)
+    out = feed.take(session_frames, feed.parser.parse(session_frames))
     assert {k for k, _ in out} == {RecordKind.TRADES, RecordKind.QUOTES}
     for _, batch in out:
         table = pa.Table.from_batches([batch])

@@ -244,17 +244,18 @@ class BinanceParser:
         checked = trades.check_trades(fields, out, window=self.window, unit_us=self._unit_us)
         if not checked.keep.any():
             return None
-        keep = checked.keep.tolist()
-        rows = [i for i, k in enumerate(keep) if k]
-        checked = checked.kept()
-        symbols = [fields.symbols[i] for i in rows]
-        maker = pa.array([fields.buyer_is_maker[i] for i in rows], pa.bool_())
-        best = pa.array([fields.best_match[i] for i in rows], pa.bool_())  # null when absent: left out of the map
+        if not checked.keep.all():
+            fields = fields.filtered(checked.keep.tolist())
+            checked = checked.kept()
+        n = len(fields)
+        symbols = fields.symbols
+        maker = pa.array(fields.buyer_is_maker, pa.bool_())
+        best = pa.array(fields.best_match, pa.bool_())  # null when absent: left out of the map
         symbol_arr = pa.array(symbols, pa.string())
         base, quote = trades.base_and_quote(symbol_arr, self.instruments)
         vendor: list[pa.Array] = [
             pc.if_else(maker, "true", "false"),
-            pa.repeat("trade", len(rows)),
+            pa.repeat("trade", n),
             pa.array(checked.event_time).cast(pa.string()),
             pa.array(checked.trade_time).cast(pa.string()),
             base,
@@ -262,9 +263,9 @@ class BinanceParser:
             pc.if_else(best, "true", "false"),
         ]
         if checked.has_order_ids:
-            vendor.append(pa.array([fields.buyer_order_ids[i] for i in rows], pa.int64()).cast(pa.string()))
-            vendor.append(pa.array([fields.seller_order_ids[i] for i in rows], pa.int64()).cast(pa.string()))
-        vendor_data = map_from_columns(_STREAM_VENDOR_KEYS[: len(vendor)], vendor, len(rows))
+            vendor.append(pa.array(fields.buyer_order_ids, pa.int64()).cast(pa.string()))
+            vendor.append(pa.array(fields.seller_order_ids, pa.int64()).cast(pa.string()))
+        vendor_data = map_from_columns(_STREAM_VENDOR_KEYS[: len(vendor)], vendor, n)
         return trades.trade_columns(
             symbols, maker, checked, instruments=self.instruments, unit_us=self._unit_us, vendor_data=vendor_data
         )

@@ -10,16 +10,18 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import eventually
 
 PARENT = textwrap.dedent(
     """
     import multiprocessing, sys, time
     from pathlib import Path
-    from k2.services.maintain import _die_with_parent
+    from k2.children import die_with_parent
 
     def child(parent: int, ready: str) -> None:
-        _die_with_parent(parent)
+        die_with_parent(parent)
         Path(ready).write_text(str(__import__("os").getpid()))
         time.sleep(600)
 
@@ -40,10 +42,32 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_the_child_dies_when_its_parent_is_killed_9(tmp_path: Path) -> None:
+# A parent running a parse process (source.parse_process), as `k2 run` can: its child must not outlive it
+# (it has two ways out: PR_SET_PDEATHSIG, and its pipe's end of file once the parent is gone).
+PARSE_PARENT = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from pathlib import Path
+    from k2.feed.offload import ParseProcess
+    from k2.sources import RawFrame
+    from tests.conftest import binance_parser
+
+    if __name__ == "__main__":
+        process = ParseProcess(binance_parser(is_sample_data=True), "binance")
+        asyncio.run(process.parse([RawFrame(b"{}", 1)]))  # started and answering
+        Path(sys.argv[1]).write_text(str(process._process.pid))
+        time.sleep(600)
+    """
+)
+
+
+@pytest.mark.parametrize("parent_script", [PARENT, PARSE_PARENT], ids=["maintenance", "parse-process"])
+def test_the_child_dies_when_its_parent_is_killed_9(tmp_path: Path, parent_script: str) -> None:
     script, ready = tmp_path / "parent.py", tmp_path / "ready"
-    script.write_text(PARENT)
-    parent = subprocess.Popen([sys.executable, str(script), str(ready)])
+    script.write_text(parent_script)
+    root = str(Path(__file__).resolve().parents[2])  # the repository, for `tests.conftest`
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    parent = subprocess.Popen([sys.executable, str(script), str(ready)], env=env)
     try:
         child = int(eventually(lambda: ready.exists() and ready.read_text(), timeout=60, interval=0.05))
         assert _alive(child)
