@@ -12,8 +12,9 @@ or one control reply: nothing in a frame can make :meth:`BinanceParser.parse` ra
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TypeVar, cast
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
 
 import msgspec
 import pyarrow as pa
@@ -31,7 +32,6 @@ from k2.sources.validation import time_windows
 from k2.sources.venue import SymbolRules
 
 _Routed = tuple[RecordKind, bytes | msgspec.Raw, str | None]  # kind, body, the symbol the body must carry
-_T = TypeVar("_T")
 
 STREAMS: Mapping[RecordKind, str] = {RecordKind.TRADES: TRADE_STREAM, RecordKind.QUOTES: BOOK_TICKER_STREAM}
 _KIND_OF = {suffix: kind for kind, suffix in STREAMS.items()}
@@ -106,31 +106,34 @@ class BinanceParser:
         return self._parse_each(frames)
 
     def _parse_clean(self, frames: Sequence[RawFrame]) -> ParsedBatch | None:
-        """The common case in one pass per kind: every frame a subscribed stream's envelope whose body
-        is that stream's message for its symbol. Each kind's bodies are decoded in one msgspec call
-        (the envelopes' ``data`` values, each one whole JSON value, joined into one array). None as
-        soon as any frame is anything else: :meth:`_parse_each` then parses the batch frame by frame,
-        with a reject or a control count where one is due. Both give the same rows and rejects for a
-        clean batch (the range and number checks after decoding are shared)."""
-        decode, streams = wire.envelope_decoder.decode, self._streams
-        bodies: dict[RecordKind, list[msgspec.Raw]] = {}
-        owners: dict[RecordKind, list[RawFrame]] = {}
-        expected: dict[RecordKind, list[str]] = {}
+        """The common case in one pass: every frame a subscribed stream's envelope whose body is that
+        stream's message for its symbol. Each frame is decoded once, straight into its stream's typed
+        envelope (:func:`_stream_decoder`: a union tagged by the stream name). None as soon as any
+        frame is anything else: :meth:`_parse_each` then parses the batch frame by frame, with a
+        reject or a control count where one is due. Both give the same rows and rejects for a clean
+        batch (the range and number checks after decoding are shared)."""
+        decode, stream_of = _stream_decoder(tuple(self._streams))
         try:
             envelopes = [decode(frame.payload) for frame in frames]
-            routed = [streams.get(env.stream) for env in envelopes]
-            if None in routed:
-                return None
-            routes = cast(list[tuple[RecordKind, str]], routed)
-            for kind in {route[0] for route in routes}:
-                picked = [i for i, route in enumerate(routes) if route[0] is kind]
+        except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+            return None
+        routes = self._streams
+        routed = [routes[stream_of[type(env)]] for env in envelopes]
+        bodies: dict[RecordKind, list[Any]] = {}
+        owners: dict[RecordKind, list[RawFrame]] = {}
+        expected: dict[RecordKind, list[str]] = {}
+        if len(self.kinds) == 1:
+            bodies[self.kinds[0]] = [env.data for env in envelopes]
+            owners[self.kinds[0]] = list(frames)
+            expected[self.kinds[0]] = [route[1] for route in routed]
+        else:
+            for kind in {route[0] for route in routed}:
+                picked = [i for i, route in enumerate(routed) if route[0] is kind]
                 bodies[kind] = [envelopes[i].data for i in picked]
                 owners[kind] = [frames[i] for i in picked]
-                expected[kind] = [routes[i][1] for i in picked]
-            trade_list = _decode_all(wire.trades_decoder, bodies.get(RecordKind.TRADES, []))
-            tickers = _decode_all(wire.book_tickers_decoder, bodies.get(RecordKind.QUOTES, []))
-        except (msgspec.DecodeError, TypeError, RecursionError):  # ValidationError is a DecodeError
-            return None
+                expected[kind] = [routed[i][1] for i in picked]
+        trade_list: list[wire.Trade] = bodies.get(RecordKind.TRADES, [])
+        tickers: list[wire.BookTicker] = bodies.get(RecordKind.QUOTES, [])
         if [t.s for t in trade_list] != expected.get(RecordKind.TRADES, []):  # also: one body, one trade
             return None
         if [t.e for t in trade_list].count("trade") != len(trade_list):
@@ -271,9 +274,25 @@ class BinanceParser:
         )
 
 
-def _decode_all(decoder: msgspec.json.Decoder[list[_T]], raws: list[msgspec.Raw]) -> list[_T]:
-    """Whole JSON values (msgspec.Raw) decoded in one call, as the elements of one array."""
-    return decoder.decode(b"[" + b",".join(raws) + b"]") if raws else []
+_BODY: Mapping[RecordKind, type] = {RecordKind.TRADES: wire.Trade, RecordKind.QUOTES: wire.BookTicker}
+
+
+@functools.lru_cache(maxsize=64)
+def _stream_decoder(streams: tuple[str, ...]) -> tuple[Callable[[bytes], Any], dict[type, str]]:
+    """A decoder of a combined-stream frame of one of ``streams`` into an envelope whose ``data`` is
+    typed by the stream's kind (a msgspec union of one struct per stream, tagged by the ``stream``
+    field), and each envelope type's stream name. Any other frame (another stream, no envelope, a body
+    of the wrong shape) is a DecodeError. Built once per subscription and process (a decoder cannot be
+    pickled into a parse process)."""
+    members = {
+        msgspec.defstruct(
+            f"_Envelope{i}", [("data", _BODY[_KIND_OF[name.rsplit("@", 1)[1]]])], tag_field="stream", tag=name,
+            frozen=True,
+        ): name
+        for i, name in enumerate(streams)
+    }  # fmt: skip
+    decoder = msgspec.json.Decoder(Union[tuple(members)])  # noqa: UP007
+    return decoder.decode, members
 
 
 def _reject(out: ParsedBatch, frame: RawFrame, reason: RejectReason, detail: str) -> _Routed | None:

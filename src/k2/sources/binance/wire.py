@@ -89,6 +89,4 @@ class Head(msgspec.Struct):
 envelope_decoder = msgspec.json.Decoder(Envelope)
 trade_decoder = msgspec.json.Decoder(Trade)
 book_ticker_decoder = msgspec.json.Decoder(BookTicker)
-trades_decoder = msgspec.json.Decoder(list[Trade])  # a batch's bodies joined into one array
-book_tickers_decoder = msgspec.json.Decoder(list[BookTicker])
 head_decoder = msgspec.json.Decoder(Head)
