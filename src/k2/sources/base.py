@@ -10,7 +10,7 @@ receive time comes in with each frame.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
@@ -18,6 +18,7 @@ from typing import TypeVar
 import msgspec
 import pyarrow as pa
 
+from k2.errors import ConfigError
 from k2.schema.kinds import RecordKind
 
 
@@ -112,3 +113,17 @@ def decode_or_reject(
     except (msgspec.DecodeError, RecursionError) as exc:
         out.rejected.append(Rejected(frame, RejectReason.MALFORMED_JSON, str(exc)))
     return None
+
+
+def subscription(
+    venue: str, symbols: Iterable[str], kinds: Iterable[RecordKind], served: Container[RecordKind]
+) -> tuple[tuple[str, ...], tuple[RecordKind, ...]]:
+    """A parser's subscription: ``symbols`` and ``kinds``, each once, in the order given. A ConfigError
+    when either is empty or a kind is not one ``venue`` serves."""
+    symbol_list, kind_list = tuple(dict.fromkeys(symbols)), tuple(dict.fromkeys(kinds))
+    if not symbol_list or not kind_list:
+        raise ConfigError("a parser needs at least one symbol and one record kind")
+    unknown = [k for k in kind_list if k not in served]
+    if unknown:
+        raise ConfigError(f"{venue} does not serve {', '.join(k.value for k in unknown)}")
+    return symbol_list, kind_list

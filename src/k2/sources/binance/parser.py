@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from k2.config import ValidationSettings
 from k2.errors import ConfigError
 from k2.schema.kinds import RecordKind
-from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason
+from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason, subscription
 from k2.sources.binance import book_ticker, trades, wire
 from k2.sources.binance.wire import BOOK_TICKER_STREAM, LAUNCH_US, MAX_STREAMS_PER_CONNECTION, TRADE_STREAM
 from k2.sources.columns import brief, map_from_columns
@@ -62,13 +62,7 @@ class BinanceParser:
         is_sample_data: bool = False,
         time_unit: str = "MILLISECOND",
     ) -> None:
-        self.symbols: tuple[str, ...] = tuple(dict.fromkeys(s.upper() for s in symbols))
-        self.kinds: tuple[RecordKind, ...] = tuple(dict.fromkeys(kinds))
-        if not self.symbols or not self.kinds:
-            raise ConfigError("a parser needs at least one symbol and one record kind")
-        unknown = [k for k in self.kinds if k not in STREAMS]
-        if unknown:
-            raise ConfigError(f"binance does not serve {', '.join(k.value for k in unknown)}")
+        self.symbols, self.kinds = subscription("binance", (s.upper() for s in symbols), kinds, STREAMS)
         if time_unit not in ("MILLISECOND", "MICROSECOND"):
             raise ConfigError(f"time_unit must be MILLISECOND or MICROSECOND, not {time_unit!r}")
         self.time_unit = time_unit

@@ -28,7 +28,15 @@ import pyarrow as pa
 from k2.config import ValidationSettings
 from k2.errors import ConfigError
 from k2.schema.kinds import RecordKind
-from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason, decode_or_reject, not_an_object
+from k2.sources.base import (
+    ParsedBatch,
+    RawFrame,
+    Rejected,
+    RejectReason,
+    decode_or_reject,
+    not_an_object,
+    subscription,
+)
 from k2.sources.coinbase import quotes, trades, wire
 from k2.sources.coinbase.wire import CHANNEL_OF_TYPE, HEARTBEAT, LAUNCH_US, MATCHES, MAX_PRODUCTS_PER_CONNECTION, TICKER
 from k2.sources.columns import brief, map_from_columns
@@ -62,13 +70,7 @@ class CoinbaseParser:
         validation: ValidationSettings | None = None,
         is_sample_data: bool = False,
     ) -> None:
-        self.symbols: tuple[str, ...] = tuple(dict.fromkeys(rules.native(s) for s in symbols))
-        self.kinds: tuple[RecordKind, ...] = tuple(dict.fromkeys(kinds))
-        if not self.symbols or not self.kinds:
-            raise ConfigError("a parser needs at least one symbol and one record kind")
-        unknown = [k for k in self.kinds if k not in STREAMS]
-        if unknown:
-            raise ConfigError(f"coinbase does not serve {', '.join(k.value for k in unknown)}")
+        self.symbols, self.kinds = subscription("coinbase", (rules.native(s) for s in symbols), kinds, STREAMS)
         if len(self.symbols) > MAX_PRODUCTS_PER_CONNECTION:
             raise ConfigError(f"at most {MAX_PRODUCTS_PER_CONNECTION} Coinbase products per run")
         self.instruments: dict[str, Instrument] = {s: rules.instrument(s) for s in self.symbols}

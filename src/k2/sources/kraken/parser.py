@@ -20,7 +20,15 @@ import msgspec
 from k2.config import ValidationSettings
 from k2.errors import ConfigError
 from k2.schema.kinds import RecordKind
-from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason, decode_or_reject, not_an_object
+from k2.sources.base import (
+    ParsedBatch,
+    RawFrame,
+    Rejected,
+    RejectReason,
+    decode_or_reject,
+    not_an_object,
+    subscription,
+)
 from k2.sources.columns import brief
 from k2.sources.kraken import wire
 from k2.sources.kraken.ticker import QuoteFields, quote_batch
@@ -63,13 +71,7 @@ class KrakenParser:
         validation: ValidationSettings | None = None,
         is_sample_data: bool = False,
     ) -> None:
-        self.symbols: tuple[str, ...] = tuple(dict.fromkeys(symbols))
-        self.kinds: tuple[RecordKind, ...] = tuple(dict.fromkeys(kinds))
-        if not self.symbols or not self.kinds:
-            raise ConfigError("a parser needs at least one symbol and one record kind")
-        unknown = [k for k in self.kinds if k not in STREAMS]
-        if unknown:
-            raise ConfigError(f"kraken does not serve {', '.join(k.value for k in unknown)}")
+        self.symbols, self.kinds = subscription("kraken", symbols, kinds, STREAMS)
         if len(self.symbols) > MAX_SYMBOLS_PER_CONNECTION:
             raise ConfigError(f"kraken: at most {MAX_SYMBOLS_PER_CONNECTION} symbols on K2's one connection")
         self.instruments: dict[str, Instrument] = {s: rules.instrument(s) for s in self.symbols}
