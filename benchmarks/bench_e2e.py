@@ -1,7 +1,7 @@
 """End to end, embedded, against a baseline and a ceiling measured in the same minutes.
 
     PYTHONPATH=. .venv/bin/python -m benchmarks.bench_e2e [--copies 10] [--rounds 3]
-        [--runs k2,baseline,ceiling,session] [--session-copies 2] [--compare-src /path/to/old/src]
+        [--runs k2,baseline,ceiling,session,k2p] [--session-copies 2] [--compare-src /path/to/old/src]
 
 Every run serves a recording from K2's emulator in a child process (``speed=None``: as fast as the
 client reads; decoded before listening) to a client in another child process (its own interpreter,
@@ -15,6 +15,8 @@ gives each one's median and the ratios between medians:
 * ``baseline``: the straightforward embedded pipeline for the same job: a ``websockets`` client,
   ``json.loads`` per frame, ``Decimal`` per price and quantity, a pyarrow table of six columns per
   100,000 rows and pyiceberg ``append`` to a table in a SQLite catalog. Same emulator, same trades.
+* ``k2p``: as ``k2``, with ``source.parse_process`` (the parser in a child process of its own; the
+  client's CPU then includes that child's).
 * ``ceiling``: a client that only counts frames (picows, no parsing): what the emulator can serve.
 * ``session``: the whole bundled session (trades and bookTicker, their real interleaving; copies
   shifted likewise) through the embedded pipeline with both kinds, as messages (rows) per second.
