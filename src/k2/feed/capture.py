@@ -33,6 +33,9 @@ class RawFeed:
     async def parse(self, frames: list[RawFrame]) -> list[tuple[RecordKind, pa.RecordBatch]]:
         return []  # never called: the recording sink takes frames, not records
 
+    def parsing(self) -> bool:
+        return False
+
     def close(self) -> None:
         pass
 

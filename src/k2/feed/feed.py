@@ -16,6 +16,8 @@ several feeds can share a table without handing out the same numbers.
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +43,8 @@ from k2.sources.venue import SymbolRules, Venue
 log = get_logger(__name__)
 
 PLATFORM_SEQUENCE_PREFIX = "k2.platform-sequence."
+# With source.parse_process: batches handed to the parse process before the feed waits for the oldest.
+MAX_BATCHES_IN_FLIGHT = 2
 LEGACY_PLATFORM_SEQUENCE = "k2.platform-sequence"  # before sequences were per venue (Binance trades only)
 
 
@@ -118,6 +122,7 @@ class VenueFeed:
                 state=start.quote_state,
             )  # fmt: skip
         self._parse_process: ParseProcess | None = None  # started at the first batch (source.parse_process)
+        self._in_flight: deque[tuple[list[RawFrame], asyncio.Future[ParsedBatch]]] = deque()
         self.frames = 0
         self.rejected = 0
         self.rows: dict[str, int] = {}
@@ -129,13 +134,23 @@ class VenueFeed:
 
     # --- the runner's Feed protocol ---------------------------------------------------------------
     async def parse(self, frames: list[RawFrame]) -> list[tuple[RecordKind, pa.RecordBatch]]:
-        if self.settings.source.parse_process:
-            if self._parse_process is None:
-                self._parse_process = ParseProcess(self.parser, self.name)
-            parsed = await self._parse_process.parse(frames)
-        else:
-            parsed = self.parser.parse(frames)
-        return self.take(frames, parsed)
+        if not self.settings.source.parse_process:
+            return self.take(frames, self.parser.parse(frames)) if frames else []
+        # In a child process, pipelined: this batch is handed over, and the rows of the batches handed
+        # over before it that are parsed by now are returned, in order (waiting for the oldest when
+        # too many are out: that is the backpressure). The runner calls again while parsing().
+        if self._parse_process is None:
+            self._parse_process = ParseProcess(self.parser, self.name)
+        if frames:
+            self._in_flight.append((frames, asyncio.ensure_future(self._parse_process.parse(frames))))
+        out: list[tuple[RecordKind, pa.RecordBatch]] = []
+        while self._in_flight and (self._in_flight[0][1].done() or len(self._in_flight) > MAX_BATCHES_IN_FLIGHT):
+            sent, parsed = self._in_flight.popleft()
+            out.extend(self.take(sent, await parsed))
+        return out
+
+    def parsing(self) -> bool:
+        return bool(self._in_flight)
 
     def take(self, frames: list[RawFrame], parsed: ParsedBatch) -> list[tuple[RecordKind, pa.RecordBatch]]:
         """What ``frames`` parsed to, through quarantine, completeness and stamping: rows per kind to store."""
@@ -162,6 +177,9 @@ class VenueFeed:
         return out
 
     def close(self) -> None:
+        for _, parsed in self._in_flight:  # a run that failed: what was handed over is not stored
+            parsed.cancel()
+        self._in_flight.clear()
         if self._parse_process is not None:
             self._parse_process.close()
             self._parse_process = None

@@ -54,7 +54,9 @@ def serve(conn: Connection, parser: VenueParser, parent: int) -> None:
 
 
 class ParseProcess:
-    """``parser`` in a child process; :meth:`parse` is awaited once per batch, batches in order."""
+    """``parser`` in a child process. :meth:`parse` may be awaited for several batches at once: a batch
+    is sent while earlier ones are being parsed (one thread sends, one receives), and the results
+    come back in the order the batches were sent."""
 
     def __init__(self, parser: VenueParser, name: str) -> None:
         context = multiprocessing.get_context("spawn")
@@ -64,32 +66,48 @@ class ParseProcess:
         )
         self._process.start()
         child_end.close()
-        self._io = ThreadPoolExecutor(1, thread_name_prefix=f"k2-parse-{name}")
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix=f"k2-parse-{name}-send")
+        self._receiver = ThreadPoolExecutor(1, thread_name_prefix=f"k2-parse-{name}-receive")
         self.name = name
         log.info("parse_process.started", venue=name, pid=self._process.pid)
 
     async def parse(self, frames: list[RawFrame]) -> ParsedBatch:
-        return await asyncio.get_running_loop().run_in_executor(self._io, self._call, frames)
+        loop = asyncio.get_running_loop()
+        sent = loop.run_in_executor(self._sender, self._send, frames)
+        reply = loop.run_in_executor(self._receiver, self._receive)  # FIFO: the reply to this batch
+        try:
+            await sent
+        finally:
+            parsed = await reply  # (a failed send fails the receive too: the pipe is gone)
+        return parsed
 
-    def _call(self, frames: list[RawFrame]) -> ParsedBatch:
+    def _send(self, frames: list[RawFrame]) -> None:
         request = pickle.dumps(([f.payload for f in frames], [f.received_at_us for f in frames]), _PROTOCOL)
         try:
             self._conn.send_bytes(request)
+        except OSError as exc:
+            raise self._gone() from exc
+
+    def _receive(self) -> ParsedBatch:
+        try:
             reply: Any = pickle.loads(self._conn.recv_bytes())  # noqa: S301 - our own child's bytes
         except (EOFError, OSError) as exc:
-            raise ParseProcessError(f"the parse process of {self.name} is gone ({self._exit_text()})") from exc
+            raise self._gone() from exc
         if isinstance(reply, str):
             raise ParseProcessError(f"the parser of {self.name} failed in its process: {reply}")
         return reply  # type: ignore[no-any-return]
 
-    def _exit_text(self) -> str:
+    def _gone(self) -> ParseProcessError:
         self._process.join(timeout=5)  # its pipe closed: it has exited or is exiting
         code = self._process.exitcode
-        return "still running" if code is None else f"exit code {code}"
+        state = "still running" if code is None else f"exit code {code}"
+        return ParseProcessError(f"the parse process of {self.name} is gone ({state})")
 
     def close(self) -> None:
-        """Stop the child (its pipe closes; it exits) and wait for it."""
-        self._io.shutdown(wait=True)
+        """Stop the child (its pipe closes; it exits) and wait for it. Replies to batches already sent
+        are read first (the child answers each one), so no thread is left reading a closed pipe."""
+        self._sender.shutdown(wait=True)
+        self._receiver.shutdown(wait=True)
         self._conn.close()
         self._process.join(timeout=5)
         if self._process.is_alive():

@@ -50,6 +50,11 @@ class Feed(Protocol):
         """Rows to store, per kind: parsed, rejects quarantined, duplicates dropped, columns stamped."""
         ...
 
+    def parsing(self) -> bool:
+        """Frames handed to :meth:`parse` whose rows it has not returned yet (a parse process): the
+        runner calls :meth:`parse` again, with or without new frames, until it returns them."""
+        ...
+
     def close(self) -> None:
         """Release what the feed started (a parse process); called once the run is over."""
         ...
@@ -233,14 +238,14 @@ class FeedRunner:
                 return
 
     async def _step(self, feed: Feed, frames: list[RawFrame]) -> None:
-        if frames:
-            self.stats.frames += len(frames)
-            if self.sink.wants_records:
+        self.stats.frames += len(frames)
+        if self.sink.wants_records:
+            if frames or feed.parsing():
                 await self._add(feed.name, await feed.parse(frames))
-            else:
-                await self.sink.add_frames(frames)
-                if getattr(self.sink, "done", False):
-                    self.stop()
+        elif frames:
+            await self.sink.add_frames(frames)
+            if getattr(self.sink, "done", False):
+                self.stop()
         await self._add(feed.name, feed.backfilled())
         feed.tick(wall_clock_us())
         events = feed.take_events()
@@ -277,4 +282,5 @@ class FeedRunner:
         return Checkpoint(merged)
 
     def _idle(self) -> bool:
-        return not self.backlog_frames() and self.sink.pending_rows == 0 and not self.sink.busy
+        parsing = any(feed.parsing() for feed in self.feeds)
+        return not self.backlog_frames() and not parsing and self.sink.pending_rows == 0 and not self.sink.busy

@@ -107,6 +107,20 @@ def test_a_parser_in_its_own_process_gives_the_rows_rejects_and_control_counts_o
         _assert_same(small, parser.parse(frames[:5]))
 
 
+def test_batches_handed_over_together_come_back_in_order_each_its_own(process_of: list[ParseProcess]) -> None:
+    frames = _binance_frames()
+    parser = binance_parser(["BTCUSDT", "ETHUSDT"], BOTH, is_sample_data=True)
+    batches = [frames[i : i + 700] for i in range(0, len(frames), 700)]
+    process = ParseProcess(parser, "binance")
+    process_of.append(process)
+
+    async def all_at_once() -> list[ParsedBatch]:
+        return list(await asyncio.gather(*(process.parse(b) for b in batches)))
+
+    for got, batch in zip(asyncio.run(all_at_once()), batches, strict=True):
+        _assert_same(got, parser.parse(batch))
+
+
 class _Failing:
     """A parser with a bug (importable, so the child can unpickle it)."""
 

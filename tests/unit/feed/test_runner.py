@@ -64,6 +64,9 @@ class _Feed:
             raise RuntimeError("parser bug")
         return [(RecordKind.TRADES, _rows(len(frames)))]
 
+    def parsing(self) -> bool:
+        return False
+
     def close(self) -> None:
         self.closed = True
 
