@@ -281,7 +281,7 @@ def _stream_decoder(streams: tuple[str, ...]) -> tuple[Callable[[bytes], Any], d
     members = {
         msgspec.defstruct(
             f"_Envelope{i}", [("data", _BODY[_KIND_OF[name.rsplit("@", 1)[1]]])], tag_field="stream", tag=name,
-            frozen=True,
+            frozen=True, gc=False,  # holds one message of scalars: no cycle, so never tracked (collections stay short)
         ): name
         for i, name in enumerate(streams)
     }  # fmt: skip
