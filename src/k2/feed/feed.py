@@ -43,9 +43,9 @@ from k2.sources.venue import SymbolRules, Venue
 log = get_logger(__name__)
 
 PLATFORM_SEQUENCE_PREFIX = "k2.platform-sequence."
+LEGACY_PLATFORM_SEQUENCE = "k2.platform-sequence"  # before sequences were per venue (Binance trades only)
 # With source.parse_process: batches handed to the parse process before the feed waits for the oldest.
 MAX_BATCHES_IN_FLIGHT = 2
-LEGACY_PLATFORM_SEQUENCE = "k2.platform-sequence"  # before sequences were per venue (Binance trades only)
 
 
 def platform_sequence_property(venue: str) -> str:
