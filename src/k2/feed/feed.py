@@ -178,7 +178,10 @@ class VenueFeed:
 
     def close(self) -> None:
         for _, parsed in self._in_flight:  # a run that failed: what was handed over is not stored
-            parsed.cancel()
+            if not parsed.done():
+                parsed.cancel()
+            elif not parsed.cancelled():
+                parsed.exception()  # seen: the run's own error is the one raised
         self._in_flight.clear()
         if self._parse_process is not None:
             self._parse_process.close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import msgspec
 import pyarrow as pa
@@ -112,7 +112,10 @@ class BinanceParser:
         except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
             return None
         routes = self._streams
-        routed = [routes[stream_of[type(env)]] for env in envelopes]
+        found = [routes.get(stream_of[type(env)]) for env in envelopes]  # type: ignore[arg-type]
+        if None in found:  # the decoder's sentinel: a frame naming no subscribed stream
+            return None
+        routed = cast(list[tuple[RecordKind, str]], found)
         bodies: dict[RecordKind, list[Any]] = {}
         owners: dict[RecordKind, list[RawFrame]] = {}
         expected: dict[RecordKind, list[str]] = {}
@@ -272,19 +275,22 @@ _BODY: Mapping[RecordKind, type] = {RecordKind.TRADES: wire.Trade, RecordKind.QU
 
 
 @functools.lru_cache(maxsize=64)
-def _stream_decoder(streams: tuple[str, ...]) -> tuple[Callable[[bytes], Any], dict[type, str]]:
+def _stream_decoder(streams: tuple[str, ...]) -> tuple[Callable[[bytes], Any], dict[type, str | None]]:
     """A decoder of a combined-stream frame of one of ``streams`` into an envelope whose ``data`` is
     typed by the stream's kind (a msgspec union of one struct per stream, tagged by the ``stream``
     field), and each envelope type's stream name. Any other frame (another stream, no envelope, a body
     of the wrong shape) is a DecodeError. Built once per subscription and process (a decoder cannot be
     pickled into a parse process)."""
-    members = {
+    members: dict[type, str | None] = {
         msgspec.defstruct(
             f"_Envelope{i}", [("data", _BODY[_KIND_OF[name.rsplit("@", 1)[1]]])], tag_field="stream", tag=name,
             frozen=True, gc=False,  # holds one message of scalars: no cycle, so never tracked (collections stay short)
         ): name
         for i, name in enumerate(streams)
     }  # fmt: skip
+    # A union of one struct would take a frame without ``stream`` for that struct (msgspec only requires the
+    # tag to tell members apart): a sentinel member keeps the tag required. It routes nowhere (None).
+    members[msgspec.defstruct("_NoStream", [], tag_field="stream", tag="\x00k2:none", frozen=True, gc=False)] = None
     decoder = msgspec.json.Decoder(Union[tuple(members)])  # noqa: UP007
     return decoder.decode, members
 

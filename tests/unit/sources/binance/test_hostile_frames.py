@@ -116,6 +116,26 @@ def test_json_nested_too_deep_for_the_decoder_is_quarantined_not_raised(where: b
     _assert_quarantined(_parse(payload), payload, expected)
 
 
+@pytest.mark.parametrize("change", ["no stream", "stream null", "another stream"])
+def test_a_parser_of_one_stream_quarantines_a_frame_that_does_not_name_it(change: str) -> None:
+    """One symbol, one kind: the clean batch path decodes frames with a union tagged by the stream
+    names, and a union of one struct would not require the tag. The frame must still be quarantined."""
+    envelope = json.loads(REAL)
+    if change == "no stream":
+        del envelope["stream"]
+    else:
+        envelope["stream"] = None if change == "stream null" else "ethusdt@trade"
+    payload = json.dumps(envelope).encode()
+    parser = binance_parser(["BTCUSDT"], is_sample_data=True)
+    frames = [RawFrame(REAL, RECEIVED_US), RawFrame(payload, RECEIVED_US), RawFrame(REAL_NEXT, RECEIVED_US)]
+    parsed = parser.parse(frames)
+    reason = {"no stream": RejectReason.MISSING_FIELD, "stream null": RejectReason.MISSING_FIELD}
+    assert [(r.reason, r.frame.payload) for r in parsed.rejected] == [
+        (reason.get(change, RejectReason.UNSUBSCRIBED), payload)
+    ]
+    assert parsed.records[RecordKind.TRADES]["trade_id"].to_pylist() == ["3735683259", "3735683305"]
+
+
 def test_a_raw_event_of_an_unsubscribed_symbol_is_quarantined() -> None:
     data = json.loads(REAL)["data"]
     payload = json.dumps({**data, "s": "BNBUSDT"}).encode()
