@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -58,6 +59,14 @@ async def eventually_async(check: Callable[[], Awaitable[T]], timeout: float = 1
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def _unfrozen_heap() -> Iterator[None]:
+    """A CLI command run in the test process freezes its heap (``freeze_start_up``): unfreeze it
+    after each test, so what one test allocated stays collectable in the next."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")
