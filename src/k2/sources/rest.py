@@ -21,7 +21,7 @@ import ssl
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import certifi
 import httpx
@@ -29,6 +29,12 @@ import httpx
 from k2.errors import BackfillError, RateLimited, SourceError
 from k2.logging import get_logger
 from k2.metrics import REST_REQUESTS, REST_WAIT_SECONDS
+
+if TYPE_CHECKING:
+    from k2.config import K2Settings, ValidationSettings
+    from k2.quality.sequence import Gap
+    from k2.sources.symbols import Instrument
+    from k2.sources.venue import FetchedTrades, SymbolRules
 
 log = get_logger(__name__)
 
@@ -191,3 +197,53 @@ class RestClient:
         log.warning("backfill.retry", attempt=attempt, retry_in_s=wait, problem=problem)
         REST_WAIT_SECONDS.labels(venue=self.venue).inc(wait)
         await asyncio.sleep(wait)
+
+
+class PageParser(Protocol):
+    """A venue's pure parser of one REST trades page: ``parse(body, symbol, *, received_at_us,
+    instrument, validation)`` (e.g. :func:`k2.sources.binance.rest.parse_historical_trades`)."""
+
+    def __call__(
+        self, payload: bytes, symbol: str, /, *, received_at_us: int, instrument: Instrument,
+        validation: ValidationSettings | None = None,
+    ) -> FetchedTrades: ...  # fmt: skip
+
+
+class IdPagedFetcher:
+    """A :class:`~k2.sources.venue.TradeFetcher` over an endpoint that pages by trade id (Binance's
+    ``historicalTrades``, Coinbase's ``/products/{id}/trades``): a venue gives its client, its page
+    parser and :meth:`request` (the path and query of the page from ``from_id``). A 200 page that
+    holds none of the asked ids, though the ids say they exist, is refused (a ``SourceError``), so the
+    client retries it like a transient fault."""
+
+    def __init__(self, settings: K2Settings, rules: SymbolRules, client: RestClient, parse: PageParser) -> None:
+        self._rules = rules
+        self._validation = settings.source.validation
+        self._parse = parse
+        self.client = client
+
+    def request(self, symbol: str, from_id: int, last_id: int, limit: int) -> tuple[str, dict[str, str]]:
+        """The path and query of the page of ``symbol`` from ``from_id`` (at most ``limit`` trades)."""
+        raise NotImplementedError
+
+    def clock_us(self) -> int:
+        return self.client.clock_us()
+
+    async def page(self, gap: Gap, from_id: int, limit: int) -> FetchedTrades:
+        symbol = gap.key.symbol
+        instrument = self._rules.instrument(symbol)
+
+        def accept(page: Page) -> FetchedTrades:
+            parsed = self._parse(
+                page.body, symbol, received_at_us=page.received_at_us, instrument=instrument,
+                validation=self._validation,
+            )  # fmt: skip
+            if not any(from_id <= i <= gap.last_id for i in parsed.ids):  # the ids say these trades exist
+                raise SourceError(f"no trade of ids {from_id}..{gap.last_id} in a page of {len(parsed.ids)}")
+            return parsed
+
+        path, params = self.request(symbol, from_id, gap.last_id, limit)
+        return await self.client.get(path, params, accept)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
