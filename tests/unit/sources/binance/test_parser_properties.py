@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import pyarrow as pa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from k2.errors import SourceError
@@ -42,14 +42,7 @@ from k2.sources.validation import (
     within_window,
 )
 from tests.conftest import FIXTURES, rest_trades
-
-PROPERTIES = settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
+from tests.unit.sources.properties import DEEP, PROPERTIES, dumps, json_scalars, json_values
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 RECORDED: list[bytes] = [
@@ -76,20 +69,7 @@ BOUNDARY_DECIMALS = st.sampled_from(
      "", ".5", "1.", "-", "0x10", "1,5", "1.5\n", "\u00a01.5", "0", "0.00000000", "-61837.63000000",
      "61837.63000000", "0.00000001"]
 )  # fmt: skip
-JSON_SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**80), max_value=2**80)
-    | BOUNDARY_INTS
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-    | BOUNDARY_DECIMALS
-)
-JSON_VALUES = st.recursive(
-    JSON_SCALARS,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
-    max_leaves=12,
-)
+JSON_VALUES = json_values(json_scalars(BOUNDARY_INTS, BOUNDARY_DECIMALS))
 FIELD_VALUES = (
     BOUNDARY_INTS
     | BOUNDARY_DECIMALS
@@ -99,14 +79,6 @@ FIELD_VALUES = (
     | st.sampled_from([None, True, False, [], {}, 1.5, -0.0, "trade", "BTCUSDT", "ETHUSDT", "BNBUSDT", "btcusdt"])
 )
 STREAMS = st.sampled_from(["btcusdt@trade", "ethusdt@trade", "bnbusdt@trade", "btcusdt@aggTrade", "BTCUSDT@trade", ""])
-
-
-DEEP = st.integers(min_value=1, max_value=100_000).map(lambda n: b"[" * n + b"1" + b"]" * n)
-"""JSON nested up to 100,000 levels (msgspec's depth limit raises RecursionError)."""
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
 @st.composite
@@ -136,7 +108,7 @@ def mutated_frames(draw: st.DrawFn) -> bytes:
             envelope["data"] = data
         else:
             envelope = data if isinstance(data, dict) else envelope
-    return _dumps(envelope)
+    return dumps(envelope)
 
 
 @st.composite
@@ -145,8 +117,8 @@ def trade_shaped(draw: st.DrawFn) -> bytes:
     keys = draw(st.lists(st.sampled_from(TRADE_FIELDS), unique=True))
     data = {k: draw(FIELD_VALUES | JSON_VALUES) for k in keys}
     if draw(st.booleans()):
-        return _dumps({"stream": draw(STREAMS | st.text(max_size=8)), "data": data})
-    return _dumps(data)
+        return dumps({"stream": draw(STREAMS | st.text(max_size=8)), "data": data})
+    return dumps(data)
 
 
 # --- checks -------------------------------------------------------------------------------------------
@@ -204,7 +176,7 @@ def test_any_bytes_are_rows_rejects_or_control(payloads: list[bytes], is_sample_
 
 
 @PROPERTIES
-@given(st.lists(JSON_VALUES.map(_dumps), min_size=1, max_size=6), st.booleans())
+@given(st.lists(JSON_VALUES.map(dumps), min_size=1, max_size=6), st.booleans())
 def test_any_json_value_is_rows_rejects_or_control(payloads: list[bytes], is_sample_data: bool) -> None:
     _assert_accounted_and_exact(*_parse(payloads, is_sample_data))
 
@@ -246,7 +218,7 @@ def rest_pages(draw: st.DrawFn) -> bytes:
             elif op == "replace":
                 element = draw(JSON_VALUES)
         page.append(element)
-    return _dumps(page)
+    return dumps(page)
 
 
 def _assert_rest(payload: bytes, received_us: int) -> None:
@@ -298,7 +270,7 @@ def test_rest_any_bytes_are_rows_rejects_or_a_source_error(payload: bytes) -> No
 
 
 @PROPERTIES
-@given(JSON_VALUES.map(_dumps))
+@given(JSON_VALUES.map(dumps))
 def test_rest_any_json_is_rows_rejects_or_a_source_error(payload: bytes) -> None:
     _assert_rest(payload, RECEIVED_US)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from k2.errors import SourceError
@@ -34,14 +34,7 @@ from k2.sources.symbols import Instrument
 from k2.sources.timestamps import format_us
 from k2.sources.validation import INT64_MAX
 from tests.conftest import FIXTURES
-
-PROPERTIES = settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
+from tests.unit.sources.properties import DEEP, PROPERTIES, dumps, json_scalars, json_values
 
 PRODUCTS = ("SKL-BTC", "BAND-GBP", "SKL-GBP", "YFI-BTC")
 COINBASE = FIXTURES / "coinbase"
@@ -64,6 +57,7 @@ BOUNDARY_DECIMALS = st.sampled_from(
      "1_000", "1e3", "NaN", "Infinity", "-0", "+1.5", "", ".5", "1.", "0", "0.00000000", "-0.7904", "0.7904",
      "0.00001303", "0.00001305", "14.8060"]
 )  # fmt: skip
+
 BOUNDARY_TIMES = st.sampled_from(
     ["2021-04-17T16:43:37.089723Z", "2021-04-17T16:43:37Z", "2021-04-17T16:43:37.089723123Z",
      "2021-04-17T18:43:37+02:00", "2021-04-17 16:43:37", "2021-02-29T00:00:00Z", "2021-04-17T24:00:00Z",
@@ -72,15 +66,7 @@ BOUNDARY_TIMES = st.sampled_from(
      "+294247-01-10T04:00:54.775808Z", "-0001-01-01T00:00:00Z", "２０２１-04-17T16:43:37Z", "", "Z"]
 )  # fmt: skip
 TIMES_AROUND = st.integers(LAUNCH_US - 10**6, RECEIVED_US + 400 * 10**6).map(format_us)
-JSON_SCALARS = (
-    st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80) | BOUNDARY_INTS
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20) | BOUNDARY_DECIMALS
-)  # fmt: skip
-JSON_VALUES = st.recursive(
-    JSON_SCALARS,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
-    max_leaves=12,
-)
+JSON_VALUES = json_values(json_scalars(BOUNDARY_INTS, BOUNDARY_DECIMALS))
 FIELD_VALUES = (
     BOUNDARY_INTS | BOUNDARY_DECIMALS | BOUNDARY_TIMES | TIMES_AROUND
     | st.integers(min_value=-(2**70), max_value=2**70) | st.from_regex(r"-?[0-9]{1,40}(\.[0-9]{0,15})?", fullmatch=True)
@@ -88,11 +74,6 @@ FIELD_VALUES = (
     | st.sampled_from([None, True, False, [], {}, 1.5, "match", "last_match", "ticker", "heartbeat", "l2update",
                        "error", "subscriptions", "buy", "sell", "BUY", *PRODUCTS, "BTC-USD", "skl-btc"])
 )  # fmt: skip
-DEEP = st.integers(min_value=1, max_value=100_000).map(lambda n: b"[" * n + b"1" + b"]" * n)
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
 @st.composite
@@ -112,14 +93,14 @@ def mutated_messages(draw: st.DrawFn) -> bytes:
             message[name] = str(value) if not isinstance(value, str) else draw(BOUNDARY_INTS | st.just(1.5))
         elif op == "replace":
             message = draw(JSON_VALUES)
-    return _dumps(message)
+    return dumps(message)
 
 
 @st.composite
 def shaped(draw: st.DrawFn) -> bytes:
     """An object with (some of) a match's or ticker's keys, each holding any value."""
     keys = draw(st.lists(st.sampled_from(MATCH_FIELDS + TICKER_FIELDS), unique=True))
-    return _dumps({k: draw(FIELD_VALUES | JSON_VALUES) for k in keys})
+    return dumps({k: draw(FIELD_VALUES | JSON_VALUES) for k in keys})
 
 
 # --- checks -------------------------------------------------------------------------------------------
@@ -189,7 +170,7 @@ def test_any_bytes_are_rows_rejects_or_control(payloads: list[bytes], is_sample_
 
 
 @PROPERTIES
-@given(st.lists(JSON_VALUES.map(_dumps), min_size=1, max_size=6), st.booleans())
+@given(st.lists(JSON_VALUES.map(dumps), min_size=1, max_size=6), st.booleans())
 def test_any_json_value_is_rows_rejects_or_control(payloads: list[bytes], is_sample_data: bool) -> None:
     _assert_accounted_and_exact(*_parse(payloads, is_sample_data))
 
@@ -229,7 +210,7 @@ def rest_pages(draw: st.DrawFn) -> bytes:
             elif op == "replace":
                 element = draw(JSON_VALUES)
         page.append(element)
-    return _dumps(page)
+    return dumps(page)
 
 
 def _assert_rest(payload: bytes) -> None:
@@ -275,7 +256,7 @@ def test_rest_any_bytes_are_rows_rejects_or_a_source_error(payload: bytes) -> No
 
 
 @PROPERTIES
-@given(JSON_VALUES.map(_dumps))
+@given(JSON_VALUES.map(dumps))
 def test_rest_any_json_is_rows_rejects_or_a_source_error(payload: bytes) -> None:
     _assert_rest(payload)
 

@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from k2.errors import SourceError
@@ -29,14 +29,7 @@ from k2.sources.kraken.rest import parse_trades_page
 from k2.sources.kraken.wire import LAUNCH_US
 from k2.sources.symbols import Instrument
 from tests.unit.sources.kraken.recorded import REST_PAGE, SNIPPETS, TRADE_UPDATE_RECV_US, parser
-
-PROPERTIES = settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
+from tests.unit.sources.properties import PROPERTIES, json_values
 
 SYMBOLS = ("BTC/USD", "BTC/USDT")
 RECORDED: list[str] = list(SNIPPETS.values())
@@ -62,6 +55,7 @@ BOUNDARY_TEXTS = st.sampled_from(
      "2013-09-09T23:59:59Z", "9999-12-31T23:59:59.999999Z", "2024-02-30T00:00:00Z", "2024-05-27T12:43:11.123456789Z",
      "2024-05-27T14:43:11+02:00", "trade", "ticker", "snapshot", "update", "limit", "market"]
 )  # fmt: skip
+
 JSON_SCALARS = (
     st.none()
     | st.booleans()
@@ -71,11 +65,7 @@ JSON_SCALARS = (
     | st.text(max_size=20)
     | BOUNDARY_TEXTS
 )
-JSON_VALUES = st.recursive(
-    JSON_SCALARS,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
-    max_leaves=12,
-)
+JSON_VALUES = json_values(JSON_SCALARS)
 DEEP = st.integers(min_value=1, max_value=100_000).map(lambda n: "[" * n + "1" + "]" * n)
 
 
