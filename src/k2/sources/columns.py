@@ -15,6 +15,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from k2.schema import PRICE_PRECISION, PRICE_SCALE
+from k2.schema.kinds import RecordKind, wire_schema
 from k2.sources.validation import exact_decimal_mask, to_decimal
 
 # Namespace for deterministic message ids: uuid5(K2_NAMESPACE, "BINANCE:BTCUSDT:3735683259").
@@ -26,6 +27,8 @@ UTC_US = pa.timestamp("us", tz="UTC")
 ZERO = pa.scalar(0, DECIMAL)
 
 Mask = npt.NDArray[np.bool_]
+Int64s = npt.NDArray[np.int64]
+QUOTE_TAG = "quote"  # quote message ids: uuid5("<EXCHANGE>:<symbol>:quote:<update id>")
 
 
 def message_ids(exchange: str, symbols: Sequence[str], ids: Sequence[int], tag: str | None = None) -> pa.StringArray:
@@ -61,6 +64,68 @@ def message_id(exchange: str, symbol: str, record_id: int | str, tag: str | None
     digest[8] = (digest[8] & 0x3F) | 0x80
     h = digest.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def canonical_trades(
+    exchange: str, symbols: Sequence[str], symbol_array: pa.Array, ids: Int64s, *, timestamp: pa.Array,
+    price: pa.Array, quantity: pa.Array, currency: pa.Array, side: pa.Array, received_us: Int64s,
+    vendor_data: pa.MapArray, asset_class: str,
+) -> pa.RecordBatch:  # fmt: skip
+    """Canonical trades (wire form) of rows that all passed a venue's checks. The venue gives what
+    differs between venues; what every venue fills alike is built here: the message id (UUIDv5 of
+    exchange, symbol and trade id), the trade id as text and as the source sequence, no trade
+    conditions, the receive time as the ingestion timestamp."""
+    n = len(symbols)
+    id_array = pa.array(ids, pa.int64())
+    columns: dict[str, pa.Array] = {
+        "message_id": message_ids(exchange, symbols, ids.tolist()),
+        "trade_id": id_array.cast(pa.string()),
+        "symbol": symbol_array,
+        "exchange": pa.repeat(exchange, n),
+        "asset_class": pa.repeat(asset_class, n),
+        "timestamp": timestamp,
+        "price": price,
+        "quantity": quantity,
+        "currency": currency,
+        "side": side,
+        "trade_conditions": empty_lists(n),
+        "source_sequence": id_array,
+        "ingestion_timestamp": pa.array(received_us, UTC_US),
+        "vendor_data": vendor_data,
+    }
+    return _batch(RecordKind.TRADES, columns)
+
+
+def canonical_quotes(
+    exchange: str, symbols: Sequence[str], symbol_array: pa.Array, ids: Int64s, *, timestamp: pa.Array,
+    bid_price: pa.Array, bid_size: pa.Array, ask_price: pa.Array, ask_size: pa.Array, currency: pa.Array,
+    received_us: Int64s, vendor_data: pa.MapArray, asset_class: str,
+) -> pa.RecordBatch:  # fmt: skip
+    """Canonical best bid/offer rows (wire form) of rows that all passed a venue's checks; ``ids`` are
+    the venue's update ids (the message id is the UUIDv5 of exchange, symbol, ``quote`` and the id;
+    they are the source sequence too)."""
+    n = len(symbols)
+    columns: dict[str, pa.Array] = {
+        "message_id": message_ids(exchange, symbols, ids.tolist(), QUOTE_TAG),
+        "symbol": symbol_array,
+        "exchange": pa.repeat(exchange, n),
+        "asset_class": pa.repeat(asset_class, n),
+        "timestamp": timestamp,
+        "bid_price": bid_price,
+        "bid_size": bid_size,
+        "ask_price": ask_price,
+        "ask_size": ask_size,
+        "currency": currency,
+        "source_sequence": pa.array(ids, pa.int64()),
+        "ingestion_timestamp": pa.array(received_us, UTC_US),
+        "vendor_data": vendor_data,
+    }
+    return _batch(RecordKind.QUOTES, columns)
+
+
+def _batch(kind: RecordKind, columns: dict[str, pa.Array]) -> pa.RecordBatch:
+    schema = wire_schema(kind)
+    return pa.RecordBatch.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
 
 
 def exact_decimals(texts: Sequence[str]) -> tuple[pa.Array, Mask]:

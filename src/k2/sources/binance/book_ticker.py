@@ -14,15 +14,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.schema import PRICE_PRECISION, PRICE_SCALE
-from k2.schema.kinds import RecordKind, wire_schema
 from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason
 from k2.sources.binance.trades import ASSET_CLASS, EXCHANGE
 from k2.sources.binance.wire import FIRST_ID, BookTicker
-from k2.sources.columns import UTC_US, ZERO, brief, by_symbol, exact_decimals, map_from_columns, message_ids, to_mask
+from k2.sources.columns import (
+    UTC_US,
+    ZERO,
+    brief,
+    by_symbol,
+    canonical_quotes,
+    exact_decimals,
+    map_from_columns,
+    to_mask,
+)
 from k2.sources.symbols import Instrument
 from k2.sources.validation import int64_column, valid_ids
 
-QUOTE_TAG = "quote"  # message ids: uuid5("BINANCE:BTCUSDT:quote:<u>")
 _VENDOR_KEYS = ("update_id", "base_asset", "quote_asset")
 
 
@@ -74,20 +81,9 @@ def book_ticker_batch(
     quote = by_symbol(symbol_arr, {s: i.quote for s, i in instruments.items()})
     vendor = map_from_columns(_VENDOR_KEYS, [pa.array(update_ids).cast(pa.string()), base, quote], m)
     received = np.fromiter((frames[i].received_at_us for i in rows.tolist()), np.int64, m)
-    columns: dict[str, pa.Array] = {
-        "message_id": message_ids(EXCHANGE, symbols, update_ids.tolist(), QUOTE_TAG),
-        "symbol": symbol_arr,
-        "exchange": pa.repeat(EXCHANGE, m),
-        "asset_class": pa.repeat(ASSET_CLASS, m),
-        "timestamp": pa.nulls(m, UTC_US),
-        "bid_price": bid.filter(mask),
-        "bid_size": bid_size.filter(mask),
-        "ask_price": ask.filter(mask),
-        "ask_size": ask_size.filter(mask),
-        "currency": quote,
-        "source_sequence": pa.array(update_ids),
-        "ingestion_timestamp": pa.array(received, UTC_US),
-        "vendor_data": vendor,
-    }
-    schema = wire_schema(RecordKind.QUOTES)
-    return pa.RecordBatch.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
+    return canonical_quotes(
+        EXCHANGE, symbols, symbol_arr, update_ids, timestamp=pa.nulls(m, UTC_US), bid_price=bid.filter(mask),
+        bid_size=bid_size.filter(mask), ask_price=ask.filter(mask), ask_size=ask_size.filter(mask), currency=quote,
+        received_us=received,
+        vendor_data=vendor, asset_class=ASSET_CLASS,
+    )  # fmt: skip

@@ -19,10 +19,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.schema import PRICE_PRECISION, PRICE_SCALE
-from k2.schema.kinds import RecordKind, wire_schema
 from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason
 from k2.sources.binance.wire import FIRST_ID, Trade
-from k2.sources.columns import UTC_US, ZERO, brief, by_symbol, empty_lists, exact_decimals, message_ids, to_mask
+from k2.sources.columns import (
+    UTC_US,
+    ZERO,
+    brief,
+    by_symbol,
+    canonical_trades,
+    exact_decimals,
+    to_mask,
+)
 from k2.sources.symbols import Instrument
 from k2.sources.validation import TimeWindow, int64_column, valid_ids, within_window
 
@@ -172,28 +179,14 @@ def trade_columns(
     vendor_data: pa.MapArray,
 ) -> pa.RecordBatch:
     """The canonical trades (wire form) of rows that all passed :func:`check_trades` (see ``kept()``)."""
-    n = len(symbols)
     symbol_arr = pa.array(symbols, pa.string())
-    quote = by_symbol(symbol_arr, {s: i.quote for s, i in instruments.items()})
-    ids = pa.array(checked.ids)
-    columns: dict[str, pa.Array] = {
-        "message_id": message_ids(EXCHANGE, symbols, checked.ids.tolist()),
-        "trade_id": ids.cast(pa.string()),
-        "symbol": symbol_arr,
-        "exchange": pa.repeat(EXCHANGE, n),
-        "asset_class": pa.repeat(ASSET_CLASS, n),
-        "timestamp": pa.array(checked.trade_time * unit_us, UTC_US),
-        "price": checked.price,
-        "quantity": checked.quantity,
-        "currency": quote,
-        "side": pc.if_else(buyer_is_maker, "SELL", "BUY"),
-        "trade_conditions": empty_lists(n),
-        "source_sequence": ids,
-        "ingestion_timestamp": pa.array(checked.received, UTC_US),
-        "vendor_data": vendor_data,
-    }
-    schema = wire_schema(RecordKind.TRADES)
-    return pa.RecordBatch.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
+    return canonical_trades(
+        EXCHANGE, symbols, symbol_arr, checked.ids, timestamp=pa.array(checked.trade_time * unit_us, UTC_US),
+        price=checked.price, quantity=checked.quantity,
+        currency=by_symbol(symbol_arr, {s: i.quote for s, i in instruments.items()}),
+        side=pc.if_else(buyer_is_maker, "SELL", "BUY"), received_us=checked.received,
+        vendor_data=vendor_data, asset_class=ASSET_CLASS,
+    )  # fmt: skip
 
 
 def base_and_quote(symbols: pa.Array, instruments: dict[str, Instrument]) -> tuple[pa.Array, pa.Array]:

@@ -22,15 +22,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.schema import PRICE_PRECISION, PRICE_SCALE
-from k2.schema.kinds import RecordKind, wire_schema
 from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason
 from k2.sources.coinbase.trades import ASSET_CLASS, EXCHANGE, Mask, window_text
 from k2.sources.coinbase.wire import FIRST_ID, Ticker
-from k2.sources.columns import DECIMAL, UTC_US, ZERO, brief, by_symbol, map_from_columns, message_ids, to_mask
+from k2.sources.columns import (
+    DECIMAL,
+    UTC_US,
+    ZERO,
+    brief,
+    by_symbol,
+    canonical_quotes,
+    map_from_columns,
+    to_mask,
+)
 from k2.sources.symbols import Instrument
 from k2.sources.validation import TimeWindow, exact_decimal_mask, int64_column, to_decimal, valid_ids, within_window
 
-QUOTE_TAG = "quote"  # message ids: uuid5("COINBASE:BTC-USD:quote:<sequence>")
 _PRICES = ("best_bid", "best_bid_size", "best_ask", "best_ask_size")
 _VENDOR = (  # vendor_data key, Ticker attribute
     ("sequence", "sequence"), ("trade_id", "trade_id"), ("last_price", "price"), ("last_size", "last_size"),
@@ -125,21 +132,9 @@ def ticker_batch(
         [k for k, _ in _VENDOR] + ["base_asset", "quote_asset"], [*vendor_columns, base, quote], m
     )
     kept_times = [fields.times_us[i] for i in rows]
-    columns: dict[str, pa.Array] = {
-        "message_id": message_ids(EXCHANGE, products, update_ids.tolist(), QUOTE_TAG),
-        "symbol": symbol_arr,
-        "instrument": by_symbol(symbol_arr, {s: i.name for s, i in instruments.items()}),
-        "exchange": pa.repeat(EXCHANGE, m),
-        "asset_class": pa.repeat(ASSET_CLASS, m),
-        "timestamp": pa.array(kept_times, pa.int64()).cast(UTC_US),
-        "bid_price": bid.filter(mask),
-        "bid_size": bid_size.filter(mask),
-        "ask_price": ask.filter(mask),
-        "ask_size": ask_size.filter(mask),
-        "currency": quote,
-        "source_sequence": pa.array(update_ids),
-        "ingestion_timestamp": pa.array(received[keep], UTC_US),
-        "vendor_data": vendor,
-    }
-    schema = wire_schema(RecordKind.QUOTES)
-    return pa.RecordBatch.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
+    return canonical_quotes(
+        EXCHANGE, products, symbol_arr, update_ids, timestamp=pa.array(kept_times, pa.int64()).cast(UTC_US),
+        bid_price=bid.filter(mask), bid_size=bid_size.filter(mask), ask_price=ask.filter(mask),
+        ask_size=ask_size.filter(mask), currency=quote, received_us=received[keep],
+        vendor_data=vendor, asset_class=ASSET_CLASS,
+    )  # fmt: skip

@@ -22,10 +22,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.schema import PRICE_PRECISION, PRICE_SCALE
-from k2.schema.kinds import RecordKind, wire_schema
 from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason
 from k2.sources.coinbase.wire import FIRST_ID
-from k2.sources.columns import UTC_US, ZERO, brief, by_symbol, empty_lists, exact_decimals, message_ids, to_mask
+from k2.sources.columns import (
+    UTC_US,
+    ZERO,
+    brief,
+    by_symbol,
+    canonical_trades,
+    exact_decimals,
+    to_mask,
+)
 from k2.sources.symbols import Instrument
 from k2.sources.validation import TimeWindow, int64_column, valid_ids, within_window
 
@@ -128,29 +135,18 @@ def trade_columns(
     """The canonical trades (wire form) of the rows of ``fields`` that passed :func:`check_trades`."""
     rows = checked.rows
     keep = pa.array(checked.keep)
-    n = len(rows)
     products = [fields.products[i] for i in rows]
     symbol_arr = pa.array(products, pa.string())
-    ids = checked.ids[checked.keep]
     maker_sell = pc.equal(pa.array([fields.maker_sides[i] for i in rows], pa.string()), "sell")
-    columns: dict[str, pa.Array] = {
-        "message_id": message_ids(EXCHANGE, products, ids.tolist()),
-        "trade_id": pa.array(ids).cast(pa.string()),
-        "symbol": symbol_arr,
-        "exchange": pa.repeat(EXCHANGE, n),
-        "asset_class": pa.repeat(ASSET_CLASS, n),
-        "timestamp": pa.array(checked.times_us[checked.keep], UTC_US),
-        "price": checked.price.filter(keep),
-        "quantity": checked.quantity.filter(keep),
-        "currency": by_symbol(symbol_arr, {s: i.quote for s, i in instruments.items()}),
-        "side": pc.if_else(maker_sell, "BUY", "SELL"),  # the taker took the other side of the maker's order
-        "trade_conditions": empty_lists(n),
-        "source_sequence": pa.array(ids),
-        "ingestion_timestamp": pa.array(checked.received[checked.keep], UTC_US),
-        "vendor_data": vendor_data,
-    }
-    schema = wire_schema(RecordKind.TRADES)
-    return pa.RecordBatch.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
+    return canonical_trades(
+        EXCHANGE, products, symbol_arr, checked.ids[checked.keep],
+        timestamp=pa.array(checked.times_us[checked.keep], UTC_US), price=checked.price.filter(keep),
+        quantity=checked.quantity.filter(keep),
+        currency=by_symbol(symbol_arr, {s: i.quote for s, i in instruments.items()}),
+        side=pc.if_else(maker_sell, "BUY", "SELL"),  # the taker took the other side of the maker's order
+        received_us=checked.received[checked.keep],
+        vendor_data=vendor_data, asset_class=ASSET_CLASS,
+    )  # fmt: skip
 
 
 def kept(values: Sequence[object], checked: CheckedTrades) -> list[object]:

@@ -24,15 +24,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.schema import PRICE_PRECISION, PRICE_SCALE
-from k2.schema.kinds import RecordKind, wire_schema
 from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason
-from k2.sources.columns import UTC_US, ZERO, brief, by_symbol, exact_decimals, map_from_columns, message_ids, to_mask
+from k2.sources.columns import (
+    UTC_US,
+    ZERO,
+    brief,
+    by_symbol,
+    canonical_quotes,
+    exact_decimals,
+    map_from_columns,
+    to_mask,
+)
 from k2.sources.kraken.trades import ASSET_CLASS, EXCHANGE
 from k2.sources.kraken.wire import TICKER_VENDOR_FIELDS
 from k2.sources.symbols import Instrument
 from k2.sources.validation import TimeWindow, int64_column, within_window
 
-QUOTE_TAG = "quote"  # message ids: uuid5("KRAKEN:BTC/USD:quote:<receive time µs>")
 PRICE_FIELDS = ("bid", "bid_qty", "ask", "ask_qty")
 
 
@@ -134,21 +141,9 @@ def quote_batch(
     vendor = map_from_columns((*vendor_keys, "base_asset", "quote_asset"), [*vendor_cols, base, quote], m)
     recv = received[keep]
     stamped = np.where(has_time[keep], times[keep], 0)
-    columns: dict[str, pa.Array] = {
-        "message_id": message_ids(EXCHANGE, symbols, recv.tolist(), QUOTE_TAG),
-        "symbol": symbol_arr,
-        "instrument": by_symbol(symbol_arr, {s: x.name for s, x in instruments.items()}),
-        "exchange": pa.repeat(EXCHANGE, m),
-        "asset_class": pa.repeat(ASSET_CLASS, m),
-        "timestamp": pa.array(stamped, UTC_US, mask=~has_time[keep]),
-        "bid_price": bid.filter(mask),
-        "bid_size": bid_qty.filter(mask),
-        "ask_price": ask.filter(mask),
-        "ask_size": ask_qty.filter(mask),
-        "currency": quote,
-        "source_sequence": pa.array(recv),
-        "ingestion_timestamp": pa.array(recv, UTC_US),
-        "vendor_data": vendor,
-    }
-    schema = wire_schema(RecordKind.QUOTES)
-    return pa.RecordBatch.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
+    return canonical_quotes(  # Kraken's ticker has no update id: the receive time is the id (and the sequence)
+        EXCHANGE, symbols, symbol_arr, recv, timestamp=pa.array(stamped, UTC_US, mask=~has_time[keep]),
+        bid_price=bid.filter(mask), bid_size=bid_qty.filter(mask), ask_price=ask.filter(mask),
+        ask_size=ask_qty.filter(mask), currency=quote, received_us=recv,
+        vendor_data=vendor, asset_class=ASSET_CLASS,
+    )  # fmt: skip

@@ -21,17 +21,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.schema import PRICE_PRECISION, PRICE_SCALE
-from k2.schema.kinds import RecordKind, wire_schema
 from k2.sources.base import ParsedBatch, RawFrame, Rejected, RejectReason
 from k2.sources.columns import (
     UTC_US,
     ZERO,
     brief,
     by_symbol,
-    empty_lists,
+    canonical_trades,
     exact_decimals,
     map_from_columns,
-    message_ids,
     to_mask,
 )
 from k2.sources.kraken.wire import FIRST_ID
@@ -158,22 +156,9 @@ def _columns(
     quote = by_symbol(symbol_arr, {s: x.quote for s, x in instruments.items()})
     vendor_values = [pa.array([values[i] for i in rows], pa.string()) for values in fields.vendor]
     vendor = map_from_columns((*fields.vendor_keys, "base_asset", "quote_asset"), [*vendor_values, base, quote], m)
-    kept_ids = ids[keep]
-    columns: dict[str, pa.Array] = {
-        "message_id": message_ids(EXCHANGE, symbols, kept_ids.tolist()),
-        "trade_id": pa.array(kept_ids).cast(pa.string()),
-        "symbol": symbol_arr,
-        "exchange": pa.repeat(EXCHANGE, m),
-        "asset_class": pa.repeat(ASSET_CLASS, m),
-        "timestamp": pa.array(times[keep], UTC_US),
-        "price": price.filter(mask),
-        "quantity": quantity.filter(mask),
-        "currency": quote,
-        "side": pa.array([fields.sides[i] for i in rows], pa.string()),
-        "trade_conditions": empty_lists(m),
-        "source_sequence": pa.array(kept_ids),
-        "ingestion_timestamp": pa.array(received[keep], UTC_US),
-        "vendor_data": vendor,
-    }
-    schema = wire_schema(RecordKind.TRADES)
-    return pa.RecordBatch.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
+    return canonical_trades(
+        EXCHANGE, symbols, symbol_arr, ids[keep], timestamp=pa.array(times[keep], UTC_US), price=price.filter(mask),
+        quantity=quantity.filter(mask), currency=quote, side=pa.array([fields.sides[i] for i in rows], pa.string()),
+        received_us=received[keep],
+        vendor_data=vendor, asset_class=ASSET_CLASS,
+    )  # fmt: skip
