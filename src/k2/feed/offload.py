@@ -42,6 +42,7 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 def serve(conn: Connection, parser: VenueParser, parent: int) -> None:
     """The child's body: parse each batch that arrives until the pipe closes."""
     die_with_parent(parent)
+    gc.collect()  # start-up's garbage freed, not frozen (as k2.services.lifecycle.freeze_start_up)
     gc.freeze()  # the modules and the parser live as long as the process: never scanned again
     while True:
         try:

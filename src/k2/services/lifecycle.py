@@ -65,8 +65,9 @@ def freeze_start_up() -> None:
     move every object that exists (modules, settings, clients) out of the collector's generations
     (``gc.freeze``), so that the collections the pipeline's allocations trigger stop walking them.
     Measured: about 1.2x the embedded pipeline's throughput (BENCHMARKS.md). Not for a process that
-    runs many pipelines one after another (a test run): what is frozen is never collected. The
-    garbage start-up left is collected first, so that it is freed rather than frozen."""
+    runs many pipelines one after another (a test run; the test suite unfreezes after each test): what
+    is frozen is never collected. The garbage start-up left is collected first, so that it is freed
+    rather than frozen."""
     gc.collect()
     gc.freeze()
 

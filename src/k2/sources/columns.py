@@ -101,9 +101,10 @@ def canonical_quotes(
     bid_price: pa.Array, bid_size: pa.Array, ask_price: pa.Array, ask_size: pa.Array, currency: pa.Array,
     received_us: Int64s, vendor_data: pa.MapArray, asset_class: str,
 ) -> pa.RecordBatch:  # fmt: skip
-    """Canonical best bid/offer rows (wire form) of rows that all passed a venue's checks; ``ids`` are
-    the venue's update ids (the message id is the UUIDv5 of exchange, symbol, ``quote`` and the id;
-    they are the source sequence too)."""
+    """Canonical best bid/offer rows (wire form) of rows that all passed a venue's checks. ``ids`` order
+    a symbol's quotes: the venue's update ids, or the receive times where it has none (Kraken); the
+    message id is the UUIDv5 of exchange, symbol, ``quote`` and the id, and the ids are the source
+    sequence. ``symbol_array`` is ``symbols`` as a column (the caller has built it for its own)."""
     n = len(symbols)
     columns: dict[str, pa.Array] = {
         "message_id": message_ids(exchange, symbols, ids.tolist(), QUOTE_TAG),

@@ -11,7 +11,8 @@ capped backoff), and so are network errors, timeouts and a 200 answer that ``acc
 statuses fail with :class:`~k2.errors.BackfillError`. A venue that reports errors inside a 200 body
 (Kraken's ``error`` array) has ``accept`` raise :class:`~k2.errors.RateLimited` (every request pauses
 for its ``retry_after_s``, like a 429) or :class:`~k2.errors.BackfillError` (the request itself is
-wrong: not retried). TLS is verified against certifi's CA bundle.
+wrong: not retried). TLS is verified against certifi's CA bundle. :class:`IdPagedFetcher` is the
+backfill of a venue whose trades endpoint pages by trade id (Binance, Coinbase) on top of it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -209,7 +211,7 @@ class PageParser(Protocol):
     ) -> FetchedTrades: ...  # fmt: skip
 
 
-class IdPagedFetcher:
+class IdPagedFetcher(ABC):
     """A :class:`~k2.sources.venue.TradeFetcher` over an endpoint that pages by trade id (Binance's
     ``historicalTrades``, Coinbase's ``/products/{id}/trades``): a venue gives its client, its page
     parser and :meth:`request` (the path and query of the page from ``from_id``). A 200 page that
@@ -222,9 +224,9 @@ class IdPagedFetcher:
         self._parse = parse
         self.client = client
 
+    @abstractmethod
     def request(self, symbol: str, from_id: int, last_id: int, limit: int) -> tuple[str, dict[str, str]]:
         """The path and query of the page of ``symbol`` from ``from_id`` (at most ``limit`` trades)."""
-        raise NotImplementedError
 
     def clock_us(self) -> int:
         return self.client.clock_us()

@@ -55,7 +55,6 @@ BOUNDARY_TEXTS = st.sampled_from(
      "2013-09-09T23:59:59Z", "9999-12-31T23:59:59.999999Z", "2024-02-30T00:00:00Z", "2024-05-27T12:43:11.123456789Z",
      "2024-05-27T14:43:11+02:00", "trade", "ticker", "snapshot", "update", "limit", "market"]
 )  # fmt: skip
-
 JSON_SCALARS = (
     st.none()
     | st.booleans()
