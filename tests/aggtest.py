@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from k2.schema.kinds import RecordKind, wire_schema
+from k2.schema.kinds import RecordKind
 from k2.sources import ParsedBatch, RawFrame, Rejected, RejectReason, register_venue
-from k2.sources.columns import UTC_US, empty_lists, exact_decimals, map_from_columns, message_ids
+from k2.sources.columns import UTC_US, canonical_trades, exact_decimals, map_from_columns
 from k2.sources.symbols import Instrument
 from k2.sources.venue import ConnectionLimits, SymbolRules, Venue
 from tests.conftest import FIXTURES
@@ -54,20 +54,13 @@ class AggTradeParser:
         if rows:
             s, ids, p, q, t, m, recv = (list(c) for c in zip(*rows, strict=True))
             (price, _), (qty, _) = exact_decimals(p), exact_decimals(q)
-            symbols = pa.array(s)
-            cols = {
-                "message_id": message_ids("AGGTEST", s, ids), "trade_id": pa.array(ids).cast(pa.string()),
-                "symbol": symbols, "exchange": pa.repeat("AGGTEST", len(s)), "asset_class": pa.repeat("crypto", len(s)),
-                "timestamp": pa.array(np.array(t) * 1000, UTC_US), "price": price, "quantity": qty,
-                "currency": pa.array([self.rules.instrument(x).quote for x in s]),
-                "side": pc.if_else(pa.array(m), "SELL", "BUY"), "trade_conditions": empty_lists(len(s)),
-                "source_sequence": pa.array(ids), "ingestion_timestamp": pa.array(recv, UTC_US),
-                "vendor_data": map_from_columns(["aggregate_id"], [pa.array(ids)], len(s)),
-            }  # fmt: skip
-            schema = wire_schema(RecordKind.TRADES)
-            out.records[RecordKind.TRADES] = pa.RecordBatch.from_arrays(
-                [cols[f.name].cast(f.type) for f in schema], schema=schema
-            )
+            symbols = pa.array(s, pa.string())
+            out.records[RecordKind.TRADES] = canonical_trades(
+                "AGGTEST", s, symbols, np.array(ids, np.int64), timestamp=pa.array(np.array(t) * 1000, UTC_US),
+                price=price, quantity=qty, currency=pa.array([self.rules.instrument(x).quote for x in s]),
+                side=pc.if_else(pa.array(m), "SELL", "BUY"), received_us=np.array(recv, np.int64),
+                vendor_data=map_from_columns(["aggregate_id"], [pa.array(ids)], len(s)), asset_class="crypto",
+            )  # fmt: skip
         return out
 
 
