@@ -129,14 +129,12 @@ def check_trades(fields: TradeFields, out: ParsedBatch, *, window: TimeWindow, u
     ids, ids_fit = int64_column(fields.ids)
     trade_time, trade_fit = int64_column(fields.trade_times)
     event_time, event_fit = int64_column(fields.event_times)
-    received = np.fromiter((f.received_at_us for f in fields.frames), np.int64, n)
+    received = np.array([f.received_at_us for f in fields.frames], np.int64)
     ok_id = valid_ids(ids, ids_fit, first=FIRST_ID)
     ok_trade_time = within_window(trade_time, trade_fit, received, window, unit_us)
     ok_event_time = within_window(event_time, event_fit, received, window, unit_us)
     ok_orders = np.ones(n, np.bool_)
-    has_order_ids = any(b is not None for b in fields.buyer_order_ids) or any(
-        a is not None for a in fields.seller_order_ids
-    )
+    has_order_ids = fields.buyer_order_ids.count(None) != n or fields.seller_order_ids.count(None) != n
     if has_order_ids:
         for values in (fields.buyer_order_ids, fields.seller_order_ids):
             ok_orders &= valid_ids(*int64_column([v or 0 for v in values]), first=FIRST_ID)

@@ -84,7 +84,7 @@ def ticker_batch(
     ok_seq = valid_ids(sequences, seq_fit, first=FIRST_ID)
     ok_trade = valid_ids(*int64_column([t.trade_id or 0 for t in tickers]), first=FIRST_ID)
     times, times_fit = int64_column([0 if t is None else t for t in fields.times_us])
-    received = np.fromiter((f.received_at_us for f in frames), np.int64, n)
+    received = np.array([f.received_at_us for f in frames], np.int64)
     has_time = np.fromiter((t is not None for t in fields.times_us), np.bool_, n)
     ok_time = ~has_time | within_window(times, times_fit, received, window)
     ok_range = ok_seq & ok_trade & ok_time

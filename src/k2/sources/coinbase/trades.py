@@ -101,7 +101,7 @@ def check_trades(
     quantity, ok_qty = exact_decimals(fields.sizes)
     trade_ids, ids_fit = int64_column(fields.ids)
     times, times_fit = int64_column(fields.times_us)
-    received = np.fromiter((f.received_at_us for f in fields.frames), np.int64, n)
+    received = np.array([f.received_at_us for f in fields.frames], np.int64)
     checks: list[tuple[str, Sequence[object], Mask]] = [
         ("trade_id", fields.ids, valid_ids(trade_ids, ids_fit, first=FIRST_ID)),
         ("time", fields.times, within_window(times, times_fit, received, window)),
