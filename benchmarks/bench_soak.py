@@ -135,6 +135,7 @@ def main() -> None:
         stack.callback(emulator.stop)
         env = dict(os.environ)
         common = ["--ws-url", emulator.url, "--rest-url", "http" + emulator.url[2:], "--sample"]
+        common += ["--connect-attempts", "30"]  # a busy machine can keep the emulator from answering at first
         warehouse = ["--warehouse", str(root / "warehouse")]
         duration = ["--duration", str(duration_s)]
         procs: dict[str, subprocess.Popen[bytes]] = {}
