@@ -132,6 +132,7 @@ class BinanceEmulator:
         self._client_messages_per_s = self.config.max_client_messages_per_s or self.protocol.max_client_messages_per_s
         self.rest: RestSide | None = self.protocol.rest(self.config.recording, self.config.faults)
         """The REST side (e.g. ``/api/v3/...`` on the same port); ``rest.requests`` logs every request."""
+        self._rest_turn = threading.Lock()  # REST answers one at a time (see _answer_rest)
 
     # --- lifecycle --------------------------------------------------------------------------------
     @property
@@ -228,16 +229,29 @@ class BinanceEmulator:
 
     # --- connections --------------------------------------------------------------------------------
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        rest = None if self.rest is None else self.rest.handle(request.path)
-        if rest is not None:
-            if rest.delay_s:
-                await asyncio.sleep(rest.delay_s)
-            return _http_response(rest)
         try:
             self.protocol.open(request.path)
+            return None  # a WebSocket path: the handshake goes on
         except PathError as exc:
-            return connection.respond(exc.status, exc.text)
-        return None
+            refused = exc
+        rest = None
+        if self.rest is not None:
+            # Off the event loop: an answer may first index the whole recording (exchangeInfo lists its
+            # symbols, historicalTrades pages its trades), minutes for a long one, and the replay and
+            # the WebSocket handshakes must go on meanwhile.
+            rest = await asyncio.to_thread(self._answer_rest, self.rest, request.path)
+        if rest is None:
+            return connection.respond(refused.status, refused.text)
+        if rest.delay_s:
+            await asyncio.sleep(rest.delay_s)
+        return _http_response(rest)
+
+    def _answer_rest(self, rest: RestSide, target: str) -> RestResponse | None:
+        """One REST answer, on a worker thread. The lock is taken here, not by the awaiting handshake:
+        when a handshake times out the thread goes on, and the next answer still waits for it (a REST
+        side's state, its request log and lazily built index, is not shared)."""
+        with self._rest_turn:
+            return rest.handle(target)
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
+from k2.emulator.contract import RestSide
 from k2.emulator.faults import ADVERSARIAL_KINDS, EXPECTED_REASON, MALFORMED_KINDS, Faults, replay_frames
 from k2.emulator.recording import BUNDLED_BINANCE_TRADES, RecordingWriter, read_recording
+from k2.emulator.rest import RestResponse
 from k2.emulator.runner import EmulatorProcess
 from k2.emulator.server import BinanceEmulator, EmulatorThread, ReplayConfig
 from k2.errors import ConfigError, RecordingError
@@ -408,3 +412,42 @@ def test_emulator_process_serves_from_a_child_process(bundled_frames: list[RawFr
     finally:
         emu.stop()
     eventually(lambda: emu._proc is None)
+
+
+class _HeldRest:
+    """A REST side whose answers wait for ``released`` (as one that first indexes a long recording)."""
+
+    def __init__(self, inner: RestSide) -> None:
+        self.inner, self.requests = inner, inner.requests
+        self.entered, self.released = threading.Event(), threading.Event()
+
+    def handle(self, target: str) -> RestResponse | None:
+        if target.startswith("/api/"):
+            self.entered.set()
+            self.released.wait(60)
+        return self.inner.handle(target)
+
+
+def test_a_rest_answer_that_takes_long_does_not_hold_up_the_websocket_side(bundled_frames: list[RawFrame]) -> None:
+    """While a REST request is being answered, clients still connect and the replay goes on."""
+
+    async def main() -> tuple[list[bytes], bool]:
+        async with BinanceEmulator() as emu:
+            assert emu.rest is not None
+            held = emu.rest = _HeldRest(emu.rest)
+            ping = "http" + emu.url.removeprefix("ws") + "/api/v3/ping"
+            answer = asyncio.ensure_future(asyncio.to_thread(urllib.request.urlopen, ping, timeout=60))
+            try:
+                assert await asyncio.to_thread(held.entered.wait, 30)
+                async with _connect(emu.url + BOTH) as ws:
+                    got = await _recv(ws, 100)
+                pending = not answer.done()
+            finally:
+                held.released.set()
+                # Not asserted: the server's handshake timeout (10 s) may have dropped a request held longer.
+                await asyncio.gather(answer, return_exceptions=True)
+            return got, pending
+
+    got, pending = asyncio.run(main())
+    assert got == [f.payload for f in bundled_frames[:100]]
+    assert pending  # the frames came while the REST answer was still held
