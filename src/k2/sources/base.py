@@ -10,7 +10,7 @@ receive time comes in with each frame.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
@@ -80,16 +80,6 @@ class ParsedBatch:
     def rows(self, kind: RecordKind) -> int:
         batch = self.records.get(kind)
         return 0 if batch is None else batch.num_rows
-
-    @classmethod
-    def concat(cls, parts: Sequence[ParsedBatch]) -> ParsedBatch:
-        """The parts of consecutive runs of a batch as one: each kind's rows in order, the rejects in
-        order of the parts, the control counts summed."""
-        out = cls(rejected=[r for part in parts for r in part.rejected], control=sum(part.control for part in parts))
-        for kind in dict.fromkeys(kind for part in parts for kind in part.records):
-            batches = [part.records[kind] for part in parts if kind in part.records]
-            out.records[kind] = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
-        return out
 
 
 T = TypeVar("T")

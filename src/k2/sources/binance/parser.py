@@ -36,8 +36,6 @@ _Routed = tuple[RecordKind, bytes | msgspec.Raw, str | None]  # kind, body, the 
 STREAMS: Mapping[RecordKind, str] = {RecordKind.TRADES: TRADE_STREAM, RecordKind.QUOTES: BOOK_TICKER_STREAM}
 _KIND_OF = {suffix: kind for kind, suffix in STREAMS.items()}
 
-_RUN = 1024  # frames per run when a batch is not clean as a whole (see BinanceParser.parse)
-
 _STREAM_VENDOR_KEYS = (
     "is_buyer_maker",
     "event_type",
@@ -99,20 +97,14 @@ class BinanceParser:
         clean = self._parse_clean(frames)
         if clean is not None:
             return clean
-        if len(frames) <= _RUN:
-            return self._parse_each(frames)
-        # Not clean: run by run, so one odd frame sends only its run frame by frame, not a batch of up to
-        # hundreds of thousands of frames (a backlog). Rows are per frame, so the runs give the same rows.
-        runs = [frames[i : i + _RUN] for i in range(0, len(frames), _RUN)]
-        return ParsedBatch.concat([self._parse_clean(run) or self._parse_each(run) for run in runs])
+        return self._parse_each(frames)
 
     def _parse_clean(self, frames: Sequence[RawFrame]) -> ParsedBatch | None:
         """The common case in one pass: every frame a subscribed stream's envelope whose body is that
         stream's message for its symbol. Each frame is decoded once, straight into its stream's typed
         envelope (:func:`_stream_decoder`: a union tagged by the stream name). None as soon as any
-        frame is anything else: :meth:`parse` then goes run by run, and a run that is not clean
-        either is parsed frame by frame (:meth:`_parse_each`), with a reject or a control count where
-        one is due. Both give the same rows and rejects for a clean
+        frame is anything else: :meth:`_parse_each` then parses the batch frame by frame, with a
+        reject or a control count where one is due. Both give the same rows and rejects for a clean
         batch (the range and number checks after decoding are shared)."""
         decode, stream_of = _stream_decoder(tuple(self._streams))
         try:

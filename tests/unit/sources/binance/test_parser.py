@@ -16,7 +16,7 @@ from k2.config import ValidationSettings
 from k2.errors import ConfigError
 from k2.feed.stamp import parse_canonical
 from k2.schema.kinds import RecordKind
-from k2.sources import ParsedBatch, RawFrame, RejectReason, load_venue
+from k2.sources import RawFrame, RejectReason, load_venue
 from k2.sources.binance import BinanceParser
 from k2.sources.binance.symbols import parse_exchange_info
 from k2.sources.columns import K2_NAMESPACE, message_id, message_ids
@@ -249,41 +249,3 @@ def test_one_odd_frame_sends_the_batch_frame_by_frame_and_the_others_still_parse
     parsed = parser.parse(batch)
     assert parsed.rows(RecordKind.TRADES) == 100
     assert len(parsed.rejected) + parsed.control == 1
-
-
-def test_a_long_batch_with_odd_frames_parses_run_by_run_exactly_as_frame_by_frame(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Odd frames in a long batch (a backlog) send only their runs frame by frame: the same rows per
-    kind, in the same order, and the same rejects and control count as the whole batch frame by frame."""
-    frames = [f for f in _session_frames() if b"@depth" not in f.payload[:40]][:6_000]
-    odd = [
-        b'{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate"}}',
-        b'{"result":null,"id":1}',
-        b"not json",
-        b'{"stream":"ethusdt@bookTicker","data":{"u":1,"s":"ETHUSDT","b":"2","B":"1","a":"1","A":"1"}}',  # crossed
-    ]
-    batch = list(frames)
-    for position, payload in zip((10, 1500, 1501, 5990), odd, strict=True):
-        batch.insert(position, RawFrame(payload, frames[position].received_at_us))
-    parser = binance_parser(["BTCUSDT", "ETHUSDT"], kinds=(RecordKind.TRADES, RecordKind.QUOTES))
-    each = parser._parse_each(batch)
-    each_of, frame_by_frame = parser._parse_each, []  # the lengths parse sends frame by frame
-
-    def spy(run: list[RawFrame]) -> ParsedBatch:
-        frame_by_frame.append(len(run))
-        return each_of(run)
-
-    monkeypatch.setattr(parser, "_parse_each", spy)
-    parsed = parser.parse(batch)
-    assert frame_by_frame == [1024, 1024]  # the runs of the first three odd frames; the crossed quote is clean JSON
-    assert parsed.records.keys() == each.records.keys() == {RecordKind.TRADES, RecordKind.QUOTES}
-    for kind in each.records:
-        assert parsed.records[kind].equals(each.records[kind]), kind
-    assert sum(parsed.rows(kind) for kind in parsed.records) == len(frames)
-    assert parsed.control == each.control == 1
-
-    def rejects(p: ParsedBatch) -> list[tuple[bytes, str]]:
-        return sorted((r.frame.payload, str(r.reason)) for r in p.rejected)
-
-    assert rejects(parsed) == rejects(each) and len(parsed.rejected) == 3
