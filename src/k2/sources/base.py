@@ -37,29 +37,19 @@ class RejectReason(StrEnum):
     VENUE_ERROR = "venue_error"  # the venue's own error reply (e.g. a refused subscription): kept visible
 
 
-class RawFrame:
-    """One frame as received: its bytes and the UTC receive time in microseconds. Treat as immutable.
+class RawFrame(msgspec.Struct, frozen=True, gc=False):
+    """One frame as received: its bytes and the UTC receive time in microseconds. Immutable.
 
-    A plain class with slots rather than a frozen dataclass: one is built per frame on the receive
-    path, and a frozen dataclass's ``__init__`` (``object.__setattr__`` per field) costs three times as much.
+    A msgspec Struct, because one is built per frame on the receive path: a Struct is built in C, in about a
+    seventh of the time of a plain class with slots and an ``__init__`` (96-155 against 762-1,054 ns per
+    frame, built in a list comprehension, on a slow day of the development machine), and, holding only
+    bytes and an int (no reference cycle possible), is left out of the garbage collector's tracking
+    (``gc=False``), so a million frames in flight do not trigger collections. Equality, hashing and the
+    ``RawFrame(payload=..., received_at_us=...)`` repr come with it.
     """
 
-    __slots__ = ("payload", "received_at_us")
-
-    def __init__(self, payload: bytes, received_at_us: int) -> None:
-        self.payload = payload
-        self.received_at_us = received_at_us
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, RawFrame):
-            return NotImplemented
-        return self.payload == other.payload and self.received_at_us == other.received_at_us
-
-    def __hash__(self) -> int:
-        return hash((self.payload, self.received_at_us))
-
-    def __repr__(self) -> str:
-        return f"RawFrame(payload={self.payload!r}, received_at_us={self.received_at_us!r})"
+    payload: bytes
+    received_at_us: int
 
 
 @dataclass(frozen=True, slots=True)
